@@ -1,0 +1,109 @@
+# Wrenn's build. The two commands a new user needs: `make dev` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO            ?= go
+MODULE        := github.com/wrenn-dev/wrenn
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS       := -s -w -X $(MODULE)/internal/buildinfo.Version=$(VERSION)
+BIN           := $(CURDIR)/bin
+export PATH   := $(BIN):$(PATH)
+# Where images, templates and sandboxes live (shared by dev and tests).
+export WRENN_DIR ?= /var/lib/wrenn
+
+# Pinned code generators and linters, installed into ./bin by `make tools`.
+PROTOC_GEN_GO_VERSION         := v1.36.12
+PROTOC_GEN_CONNECT_GO_VERSION := v1.19.1
+SQLC_VERSION                  := v1.30.0
+STATICCHECK_VERSION           := v0.8.2
+
+PROTO_FILES := proto/envd/process/process.proto proto/envd/filesystem/filesystem.proto proto/hostagent/v1/hostagent.proto
+SWAGGER_DIST := internal/controlplane/api/swaggerui/dist
+
+.PHONY: help setup tools web build images generate check-generated lint test test-go bench dev clean
+
+help:
+	@echo "make dev     - install what is missing, build, run the whole platform locally"
+	@echo "make test    - install what is missing, build, run every test"
+	@echo "make build   - build bin/wrenn and bin/envd"
+	@echo "make images  - build the VM kernel and root filesystem into WRENN_DIR ($(WRENN_DIR))"
+	@echo "make generate, make lint, make bench"
+
+setup:
+	@bash scripts/setup.sh
+
+tools: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go $(BIN)/sqlc $(BIN)/staticcheck
+
+$(BIN)/protoc-gen-go: Makefile
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@touch $@
+$(BIN)/protoc-gen-connect-go: Makefile
+	GOBIN=$(BIN) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
+	@touch $@
+$(BIN)/sqlc: Makefile
+	GOBIN=$(BIN) $(GO) install github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION)
+	@touch $@
+$(BIN)/staticcheck: Makefile
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@touch $@
+
+# Front-end assets come from the npm registry at pinned versions and are
+# embedded into the binary; nothing is fetched at run time.
+web: $(SWAGGER_DIST)/swagger-ui-bundle.js
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(SWAGGER_DIST)/swagger-ui-bundle.js: web/node_modules/.package-lock.json
+	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js web/node_modules/swagger-ui-dist/swagger-ui.css \
+	   web/node_modules/swagger-ui-dist/favicon-32x32.png $(SWAGGER_DIST)/
+	@touch $@
+
+build: web
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/wrenn ./cmd/wrenn
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/envd ./cmd/envd
+
+# Kernel and the minimal root filesystem; cached, so a no-op when current.
+images: build
+	$(BIN)/wrenn images build --envd $(BIN)/envd
+
+generate: tools
+	protoc -I proto -I /usr/include \
+	  --go_out=. --go_opt=module=$(MODULE) \
+	  --connect-go_out=. --connect-go_opt=module=$(MODULE) $(PROTO_FILES)
+	sqlc generate
+
+# Fails when committed generated code differs from what the generators make.
+check-generated: tools
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	protoc -I proto -I /usr/include \
+	  --go_out=$$tmp --go_opt=module=$(MODULE) \
+	  --connect-go_out=$$tmp --connect-go_opt=module=$(MODULE) $(PROTO_FILES); \
+	if ! diff -r -q $$tmp/proto proto -x '*.proto' >/dev/null; then \
+	  diff -r $$tmp/proto proto -x '*.proto' | head -40; \
+	  echo "generated protobuf code is stale: run 'make generate' and commit"; exit 1; fi; \
+	if ! sqlc diff >/dev/null 2>&1; then sqlc diff | head -40; \
+	  echo "generated sqlc code is stale: run 'make generate' and commit"; exit 1; fi; \
+	echo "generated code is current"
+
+lint: tools
+	@out=$$(gofmt -l cmd internal db proto); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	staticcheck ./...
+
+# Everything: set-up, build, images, generated-code check, lint, all tests.
+test: setup tools build images check-generated lint test-go
+
+test-go:
+	CI=$${CI:-} $(GO) test -timeout 20m ./...
+
+bench: setup build images
+	bash scripts/bench.sh
+
+dev: setup build images
+	$(BIN)/wrenn dev
+
+clean:
+	rm -rf $(BIN) web/node_modules
+	find $(SWAGGER_DIST) -type f ! -name .gitkeep -delete

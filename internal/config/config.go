@@ -1,0 +1,137 @@
+// Package config reads the settings of every wrenn role from environment
+// variables (a .env file is loaded into the environment by the CLI first).
+// Each problem names its variable, so an operator knows what to fix.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Getenv looks up one variable; os.Getenv in production, a map in tests.
+type Getenv func(name string) string
+
+// VarError is a problem with one variable.
+type VarError struct {
+	Var     string
+	Problem string
+}
+
+func (e *VarError) Error() string { return e.Var + ": " + e.Problem }
+
+// Errors collects every problem found while loading, in variable order.
+type Errors []*VarError
+
+func (e Errors) Error() string {
+	parts := make([]string, len(e))
+	for i, v := range e {
+		parts[i] = v.Error()
+	}
+	return "invalid configuration: " + strings.Join(parts, "; ")
+}
+
+// reader accumulates problems so one run reports all of them at once.
+type reader struct {
+	get  Getenv
+	errs Errors
+}
+
+func (r *reader) fail(name, format string, args ...any) {
+	r.errs = append(r.errs, &VarError{Var: name, Problem: fmt.Sprintf(format, args...)})
+}
+
+func (r *reader) err() error {
+	if len(r.errs) == 0 {
+		return nil
+	}
+	return r.errs
+}
+
+func (r *reader) str(name, def string) string {
+	if v := strings.TrimSpace(r.get(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (r *reader) required(name, hint string) string {
+	v := r.str(name, "")
+	if v == "" {
+		r.fail(name, "is required (%s)", hint)
+	}
+	return v
+}
+
+func (r *reader) oneOf(name, def string, allowed ...string) string {
+	v := strings.ToLower(r.str(name, def))
+	if !slices.Contains(allowed, v) {
+		r.fail(name, "must be one of %s, got %q", strings.Join(allowed, "|"), v)
+	}
+	return v
+}
+
+func (r *reader) listenAddr(name, def string) string {
+	v := r.str(name, def)
+	if _, port, err := net.SplitHostPort(v); err != nil {
+		r.fail(name, "must be host:port or :port, got %q", v)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		r.fail(name, "port must be 0-65535, got %q", port)
+	}
+	return v
+}
+
+func (r *reader) integer(name string, def, lo, hi int) int {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	v, err := strconv.Atoi(raw)
+	if err != nil {
+		r.fail(name, "must be a whole number, got %q", raw)
+		return def
+	}
+	if v < lo || v > hi {
+		r.fail(name, "must be between %d and %d, got %d", lo, hi, v)
+		return def
+	}
+	return v
+}
+
+func (r *reader) duration(name string, def, lo time.Duration) time.Duration {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	v, err := time.ParseDuration(raw)
+	if err != nil {
+		r.fail(name, "must be a duration such as 30s or 5m, got %q", raw)
+		return def
+	}
+	if v < lo {
+		r.fail(name, "must be at least %s, got %s", lo, v)
+		return def
+	}
+	return v
+}
+
+// urlWithScheme checks that a non-empty value parses as an absolute URL
+// with one of the given schemes.
+func (r *reader) urlWithScheme(name, value string, schemes ...string) {
+	if value == "" {
+		return
+	}
+	u, err := url.Parse(value)
+	if err != nil {
+		r.fail(name, "is not a valid URL: %v", errors.Unwrap(err))
+		return
+	}
+	if !slices.Contains(schemes, u.Scheme) || u.Host == "" {
+		r.fail(name, "must be a %s URL with a host", strings.Join(schemes, " or "))
+	}
+}

@@ -1,0 +1,115 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(m map[string]string) Getenv { return func(k string) string { return m[k] } }
+
+func validCP() map[string]string {
+	return map[string]string{
+		"DATABASE_URL":     "postgres://u:p@localhost:5432/wrenn",
+		"REDIS_URL":        "redis://localhost:6379/0",
+		"WRENN_JWT_SECRET": strings.Repeat("s", 32),
+	}
+}
+
+func TestLoadControlPlaneDefaults(t *testing.T) {
+	c, err := LoadControlPlane(envOf(validCP()))
+	if err != nil {
+		t.Fatalf("valid config rejected: %v", err)
+	}
+	if c.ListenAddr != ":8000" || c.ShutdownTimeout != 20*time.Second || c.Log.Level != "info" || c.Log.Format != "text" {
+		t.Fatalf("defaults wrong: %+v", c)
+	}
+}
+
+func TestLoadControlPlaneProblems(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  map[string]string
+		wantVar string
+		wantMsg string
+	}{
+		{"missing database", map[string]string{"DATABASE_URL": ""}, "DATABASE_URL", "is required"},
+		{"database not postgres", map[string]string{"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL", "postgres"},
+		{"database garbage", map[string]string{"DATABASE_URL": "::not a url"}, "DATABASE_URL", "not a valid URL"},
+		{"missing redis", map[string]string{"REDIS_URL": "  "}, "REDIS_URL", "is required"},
+		{"redis wrong scheme", map[string]string{"REDIS_URL": "http://localhost:6379"}, "REDIS_URL", "redis"},
+		{"short secret", map[string]string{"WRENN_JWT_SECRET": "short"}, "WRENN_JWT_SECRET", "at least 32"},
+		{"missing secret", map[string]string{"WRENN_JWT_SECRET": ""}, "WRENN_JWT_SECRET", "is required"},
+		{"listen no port", map[string]string{"WRENN_CP_LISTEN_ADDR": "localhost"}, "WRENN_CP_LISTEN_ADDR", "host:port"},
+		{"listen port too big", map[string]string{"WRENN_CP_LISTEN_ADDR": ":70000"}, "WRENN_CP_LISTEN_ADDR", "0-65535"},
+		{"public url relative", map[string]string{"CP_PUBLIC_URL": "/wrenn"}, "CP_PUBLIC_URL", "http or https"},
+		{"bad duration", map[string]string{"WRENN_SHUTDOWN_TIMEOUT": "soon"}, "WRENN_SHUTDOWN_TIMEOUT", "duration"},
+		{"duration too short", map[string]string{"WRENN_SHUTDOWN_TIMEOUT": "1ms"}, "WRENN_SHUTDOWN_TIMEOUT", "at least"},
+		{"bad log level", map[string]string{"WRENN_LOG_LEVEL": "loud"}, "WRENN_LOG_LEVEL", "one of"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := validCP()
+			for k, v := range tt.change {
+				env[k] = v
+			}
+			_, err := LoadControlPlane(envOf(env))
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error = %v, want config.Errors", err)
+			}
+			for _, e := range errs {
+				if e.Var == tt.wantVar && strings.Contains(e.Problem, tt.wantMsg) {
+					if strings.Contains(err.Error(), "\n") {
+						t.Fatalf("message spans lines: %q", err)
+					}
+					return
+				}
+			}
+			t.Fatalf("error %q does not name %s with %q", err, tt.wantVar, tt.wantMsg)
+		})
+	}
+}
+
+func TestLoadControlPlaneReportsEveryProblem(t *testing.T) {
+	_, err := LoadControlPlane(envOf(map[string]string{}))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 3 {
+		t.Fatalf("want 3 problems (DATABASE_URL, REDIS_URL, WRENN_JWT_SECRET), got %v", err)
+	}
+}
+
+func TestLoadAgent(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantVar string
+	}{
+		{"defaults", map[string]string{}, ""},
+		{"qemu tcg", map[string]string{"WRENN_VMM": "QEMU", "WRENN_ACCEL": "tcg"}, ""},
+		{"bad vmm", map[string]string{"WRENN_VMM": "xen"}, "WRENN_VMM"},
+		{"bad accel", map[string]string{"WRENN_ACCEL": "hvf"}, "WRENN_ACCEL"},
+		{"relative dir", map[string]string{"WRENN_DIR": "var/wrenn"}, "WRENN_DIR"},
+		{"vcpus not a number", map[string]string{"WRENN_MAX_VCPUS": "many"}, "WRENN_MAX_VCPUS"},
+		{"vcpus zero", map[string]string{"WRENN_MAX_VCPUS": "0"}, "WRENN_MAX_VCPUS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := LoadAgent(envOf(tt.env))
+			if tt.wantVar == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if a.Dir == "" || a.ListenAddr == "" {
+					t.Fatalf("defaults missing: %+v", a)
+				}
+				return
+			}
+			var errs Errors
+			if !errors.As(err, &errs) || errs[0].Var != tt.wantVar {
+				t.Fatalf("error = %v, want one naming %s", err, tt.wantVar)
+			}
+		})
+	}
+}

@@ -1,0 +1,119 @@
+// Package api is the control plane's HTTP layer: routing, authentication
+// middleware, request decoding and the one error format. Handlers stay thin
+// and call the service layer, which holds the rules.
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+)
+
+// HealthChecker reports whether a dependency (database, Redis) answers.
+type HealthChecker interface {
+	Ping(ctx context.Context) error
+}
+
+// Deps are what the HTTP layer needs; constructed by the caller.
+type Deps struct {
+	Logger *slog.Logger
+	// Checks are run by GET /health, by name.
+	Checks map[string]HealthChecker
+	// Version is reported by GET /health.
+	Version string
+}
+
+// Server is the control plane's HTTP handler.
+type Server struct {
+	deps   Deps
+	router chi.Router
+	spec   []byte
+}
+
+// New builds the router.
+func New(deps Deps) (*Server, error) {
+	spec, err := buildSpec()
+	if err != nil {
+		return nil, fmt.Errorf("build openapi spec: %w", err)
+	}
+	s := &Server{deps: deps, router: chi.NewRouter(), spec: spec}
+	r := s.router
+	r.Use(middleware.RequestID, middleware.RealIP, s.recoverer, s.accessLog)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path)
+	})
+	r.Get("/health", s.health)
+	r.Get("/openapi.yaml", s.serveOpenAPI)
+	r.Get("/docs", serveDocsIndex)
+	r.Get("/docs/*", serveDocsAsset)
+	return s, nil
+}
+
+// Router exposes the router so other route groups can be mounted.
+func (s *Server) Router() chi.Router { return s.router }
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := make(map[string]string, len(s.deps.Checks))
+	status := http.StatusOK
+	for name, c := range s.deps.Checks {
+		if err := c.Ping(ctx); err != nil {
+			s.deps.Logger.WarnContext(ctx, "health check failed", "check", name, "err", err)
+			checks[name] = "unavailable"
+			status = http.StatusServiceUnavailable
+			continue
+		}
+		checks[name] = "ok"
+	}
+	body := map[string]any{"status": "ok", "version": s.deps.Version, "checks": checks}
+	if status != http.StatusOK {
+		body["status"] = "degraded"
+	}
+	WriteJSON(w, status, body)
+}
+
+func (s *Server) serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/yaml")
+	_, _ = w.Write(s.spec)
+}
+
+// recoverer turns a handler panic into a 500 in the API's error format and
+// logs it; the stack never reaches the client.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.deps.Logger.ErrorContext(r.Context(), "handler panic", "panic", v, "method", r.Method, "path", r.URL.Path)
+				WriteError(w, http.StatusInternalServerError, "internal", "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		// Only the path is logged: query strings may carry tokens.
+		s.deps.Logger.LogAttrs(r.Context(), slog.LevelDebug, "http request",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.Int("status", ww.Status()), slog.Duration("took", time.Since(start)),
+			slog.String("request_id", middleware.GetReqID(r.Context())))
+	})
+}

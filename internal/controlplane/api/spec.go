@@ -1,0 +1,82 @@
+package api
+
+import (
+	"embed"
+	"fmt"
+	"io/fs"
+	"sort"
+
+	"gopkg.in/yaml.v3"
+)
+
+// The OpenAPI document is kept as one YAML file per area under openapi/
+// (base, auth, sandboxes, ...) so areas can be edited independently; they
+// are merged into the single document served at /openapi.yaml.
+//
+//go:embed openapi/*.yaml
+var specFiles embed.FS
+
+// buildSpec merges the spec fragments: the first file (00-base.yaml) gives
+// everything; later files may add paths, components.schemas,
+// components.parameters, components.responses and tags. A duplicate key is an
+// error, so two areas cannot silently overwrite each other.
+func buildSpec() ([]byte, error) {
+	names, err := fs.Glob(specFiles, "openapi/*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	var doc map[string]any
+	for i, name := range names {
+		raw, err := specFiles.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		var part map[string]any
+		if err := yaml.Unmarshal(raw, &part); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if i == 0 {
+			doc = part
+			continue
+		}
+		if err := mergeSection(doc, part, name, "paths"); err != nil {
+			return nil, err
+		}
+		if tags, ok := part["tags"].([]any); ok {
+			existing, _ := doc["tags"].([]any)
+			doc["tags"] = append(existing, tags...)
+		}
+		comps, _ := part["components"].(map[string]any)
+		for section := range comps {
+			docComps, _ := doc["components"].(map[string]any)
+			if docComps == nil {
+				docComps = map[string]any{}
+				doc["components"] = docComps
+			}
+			if err := mergeSection(docComps, comps, name, section); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return yaml.Marshal(doc)
+}
+
+func mergeSection(dst, src map[string]any, file, section string) error {
+	add, _ := src[section].(map[string]any)
+	if len(add) == 0 {
+		return nil
+	}
+	into, _ := dst[section].(map[string]any)
+	if into == nil {
+		into = map[string]any{}
+		dst[section] = into
+	}
+	for k, v := range add {
+		if _, dup := into[k]; dup {
+			return fmt.Errorf("%s: %s %q is already defined by another spec file", file, section, k)
+		}
+		into[k] = v
+	}
+	return nil
+}
