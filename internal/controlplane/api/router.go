@@ -43,7 +43,7 @@ func New(deps Deps) (*Server, error) {
 	}
 	s := &Server{deps: deps, router: chi.NewRouter(), spec: spec}
 	r := s.router
-	r.Use(middleware.RequestID, middleware.RealIP, s.recoverer, s.accessLog)
+	r.Use(middleware.RequestID, s.recoverer, s.accessLog)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path)
 	})
