@@ -7,7 +7,7 @@ packages=(
   # services the platform and its tests run
   postgresql redis-server
   # the VMM and disk tooling
-  qemu-system-x86 qemu-utils e2fsprogs
+  qemu-system-x86 qemu-utils e2fsprogs xfsprogs
   # sandbox networking
   iproute2 nftables
   # the minimal root filesystem
