@@ -1,0 +1,297 @@
+package httpapi
+
+import (
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/wrenn-dev/wrenn/internal/envd/users"
+)
+
+// copyBufSize is the buffer used to stream uploads to disk.
+const copyBufSize = 256 << 10
+
+// EntryInfo is one written file in the POST /files answer.
+type EntryInfo struct {
+	Path string `json:"path"`
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+// requestUser resolves the "username" query parameter (default user when absent).
+func (a *API) requestUser(r *http.Request) (*users.User, int, error) {
+	name := r.URL.Query().Get("username")
+	if name == "" {
+		name = a.cfg.Env.State.DefaultUser()
+	}
+	u, err := users.Lookup(name)
+	if err != nil {
+		if errors.Is(err, users.ErrUnknown) {
+			return nil, http.StatusUnauthorized, err
+		}
+		return nil, http.StatusInternalServerError, err
+	}
+	return u, 0, nil
+}
+
+func (a *API) download(w http.ResponseWriter, r *http.Request) {
+	u, code, err := a.requestUser(r)
+	if err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	p, err := a.cfg.Env.Resolver.Resolve(r.URL.Query().Get("path"), u.Home)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			writeError(w, http.StatusNotFound, fmt.Sprintf("path %q does not exist", r.URL.Query().Get("path")))
+		case errors.Is(err, fs.ErrPermission):
+			writeError(w, http.StatusUnauthorized, fmt.Sprintf("permission denied: %q", r.URL.Query().Get("path")))
+		default:
+			writeError(w, http.StatusInternalServerError, err.Error())
+		}
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if st.IsDir() {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("path %q is a directory", r.URL.Query().Get("path")))
+		return
+	}
+	if !canAccess(u, st, 4) {
+		writeError(w, http.StatusUnauthorized, fmt.Sprintf("user %q may not read %q", u.Name, r.URL.Query().Get("path")))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": filepath.Base(p)}))
+	// ServeContent streams (sendfile where it can) and handles Range.
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+// canAccess checks the permission bits (want: 4 read, 2 write) for u,
+// because envd itself usually runs as root.
+func canAccess(u *users.User, st fs.FileInfo, want uint32) bool {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || u.UID == 0 {
+		return true
+	}
+	mode := uint32(st.Mode().Perm())
+	switch {
+	case sys.Uid == u.UID:
+		return mode>>6&want == want
+	case sys.Gid == u.GID || contains(u.Groups, sys.Gid):
+		return mode>>3&want == want
+	default:
+		return mode&want == want
+	}
+}
+
+func contains(s []uint32, v uint32) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *API) upload(w http.ResponseWriter, r *http.Request) {
+	u, code, err := a.requestUser(r)
+	if err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	qpath := r.URL.Query().Get("path")
+	body := io.Reader(r.Body)
+	if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("gzip body: %v", err))
+			return
+		}
+		defer zr.Close()
+		body = zr
+	}
+	ct, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var written []EntryInfo
+	if ct == "multipart/form-data" {
+		boundary := params["boundary"]
+		if boundary == "" {
+			writeError(w, http.StatusBadRequest, "multipart body without boundary")
+			return
+		}
+		// Parts are read as a stream: unlike ParseMultipartForm nothing is
+		// buffered in memory or spilled to temporary files.
+		mr := multipart.NewReader(body, boundary)
+		for {
+			part, err := mr.NextPart()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("read multipart body: %v", err))
+				return
+			}
+			if part.FormName() != "file" {
+				part.Close()
+				continue
+			}
+			target := qpath
+			if target == "" {
+				target = rawFileName(part.Header.Get("Content-Disposition"))
+			}
+			if target == "" {
+				part.Close()
+				writeError(w, http.StatusBadRequest, "path query parameter or a part file name is required")
+				return
+			}
+			e, code, err := a.writeFile(u, target, part)
+			part.Close()
+			if err != nil {
+				writeError(w, code, err.Error())
+				return
+			}
+			written = append(written, e)
+		}
+		if len(written) == 0 {
+			writeError(w, http.StatusBadRequest, `multipart body has no "file" field`)
+			return
+		}
+	} else {
+		if qpath == "" {
+			writeError(w, http.StatusBadRequest, "path query parameter is required for a raw body")
+			return
+		}
+		e, code, err := a.writeFile(u, qpath, body)
+		if err != nil {
+			writeError(w, code, err.Error())
+			return
+		}
+		written = append(written, e)
+	}
+	writeJSON(w, http.StatusOK, written)
+}
+
+// writeFile streams src to the client path target: into a temporary file
+// next to it, then fsync and rename, so readers never see a partial file.
+func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo, int, error) {
+	p, err := a.cfg.Env.Resolver.Resolve(target, u.Home)
+	if err != nil {
+		return EntryInfo{}, http.StatusBadRequest, err
+	}
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		return EntryInfo{}, http.StatusBadRequest, fmt.Errorf("path %q is a directory", target)
+	}
+	dir := filepath.Dir(p)
+	if err := mkdirAllAs(dir, u); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("create parent directories of %q: %w", target, err)
+	}
+	tmp, err := os.CreateTemp(dir, ".wrenn-upload-*")
+	if err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("create temporary file for %q: %w", target, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	buf := make([]byte, copyBufSize)
+	if _, err := io.CopyBuffer(onlyWriter{tmp}, src, buf); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("sync %q: %w", target, err)
+	}
+	mode := os.FileMode(0o644)
+	if st, err := os.Stat(p); err == nil {
+		mode = st.Mode().Perm()
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chmod %q: %w", target, err)
+	}
+	if !u.IsSelf() {
+		if err := tmp.Chown(int(u.UID), int(u.GID)); err != nil {
+			return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chown %q: %w", target, err)
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("close %q: %w", target, err)
+	}
+	if err := os.Rename(tmp.Name(), p); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("rename into %q: %w", target, err)
+	}
+	ok = true
+	return EntryInfo{Path: a.cfg.Env.Resolver.Client(p), Name: filepath.Base(p), Type: "file"}, 0, nil
+}
+
+// onlyWriter hides ReadFrom so the copy uses our buffer size.
+type onlyWriter struct{ io.Writer }
+
+func errStatus(err error) int {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, fs.ErrPermission):
+		return http.StatusUnauthorized
+	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENAMETOOLONG):
+		return http.StatusBadRequest
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// mkdirAllAs creates dir and missing parents, owned by u.
+func mkdirAllAs(dir string, u *users.User) error {
+	if st, err := os.Stat(dir); err == nil {
+		if !st.IsDir() {
+			return fmt.Errorf("%s: %w", dir, syscall.ENOTDIR)
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAllAs(parent, u); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if !u.IsSelf() {
+		if err := os.Lchown(dir, int(u.UID), int(u.GID)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rawFileName returns the filename parameter as sent: E2B SDKs put a whole
+// path there when writing several files, which Part.FileName would cut to
+// its base name.
+func rawFileName(disposition string) string {
+	_, params, err := mime.ParseMediaType(disposition)
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
+}
