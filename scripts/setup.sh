@@ -11,7 +11,7 @@ packages=(
   # sandbox networking
   iproute2 nftables
   # the minimal root filesystem
-  busybox-static ca-certificates
+  busybox-static bash-static ca-certificates
   # the microVM kernel build (from Debian's kernel source)
   linux-source-6.1 build-essential bc bison flex libelf-dev cpio xz-utils
   # protobuf code generation (protoc and the well-known types)
