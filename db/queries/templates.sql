@@ -9,3 +9,17 @@ LIMIT 1;
 SELECT * FROM templates
 WHERE team_id = sqlc.narg(team_id) OR team_id IS NULL
 ORDER BY name;
+
+-- name: InsertSnapshotTemplate :one
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes)
+VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7)
+RETURNING *;
+
+-- name: ListSnapshots :many
+SELECT * FROM templates WHERE team_id = $1 AND kind = 'snapshot' ORDER BY created_at DESC, id;
+
+-- name: GetSnapshot :one
+SELECT * FROM templates WHERE team_id = sqlc.arg(team_id) AND name = sqlc.arg(name) AND kind = 'snapshot';
+
+-- name: DeleteSnapshot :execrows
+DELETE FROM templates WHERE team_id = sqlc.arg(team_id) AND name = sqlc.arg(name) AND kind = 'snapshot';

@@ -1,5 +1,12 @@
 package config
 
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
 // Agent configures `wrenn agent`.
 type Agent struct {
 	// ListenAddr is where the agent's Connect RPC server listens.
@@ -14,7 +21,31 @@ type Agent struct {
 	MaxVCPUs    int
 	MaxMemoryMB int
 	MaxDiskMB   int
-	Log         Log
+	// NetPrefix starts the names of every network namespace, link and nft
+	// table the agent creates (stale ones with it are removed at start);
+	// NetRange is the IPv4 range cut into one /30 per sandbox. Two agents
+	// on one machine need different values of both.
+	NetPrefix string
+	NetRange  string
+	Log       Log
+	// Registration with a control plane; empty CPURL runs standalone.
+	Registration AgentRegistration
+}
+
+// AgentRegistration configures joining a control plane.
+type AgentRegistration struct {
+	// CPURL is the control plane's URL (WRENN_CP_URL, --cp-url).
+	CPURL string
+	// Token is a one-time registration token (--register); when set the
+	// agent registers before serving.
+	Token string
+	// Address is the host:port the control plane dials (--address).
+	Address string
+	// HeartbeatInterval is the time between heartbeats.
+	HeartbeatInterval time.Duration
+	// PauseAfter is how long the control plane may stay unreachable before
+	// every sandbox is paused.
+	PauseAfter time.Duration
 }
 
 // LoadAgent reads the host agent's configuration.
@@ -28,10 +59,53 @@ func LoadAgent(get Getenv) (Agent, error) {
 		MaxVCPUs:    r.integer("WRENN_MAX_VCPUS", 4, 1, 64),
 		MaxMemoryMB: r.integer("WRENN_MAX_MEMORY_MB", 4096, 128, 1<<20),
 		MaxDiskMB:   r.integer("WRENN_MAX_DISK_MB", 20480, 256, 1<<22),
+		NetPrefix:   r.str("WRENN_NET_PREFIX", "wrn-"),
+		NetRange:    r.str("WRENN_NET_RANGE", "10.200.0.0/16"),
 		Log:         loadLog(r),
+	}
+	if !validNetPrefix(a.NetPrefix) {
+		r.fail("WRENN_NET_PREFIX", "must be 1-8 of a-z, 0-9 and '-', got %q", a.NetPrefix)
+	}
+	if p, err := netip.ParsePrefix(a.NetRange); err != nil || !p.Addr().Is4() || p.Bits() > 29 || p.Masked() != p {
+		r.fail("WRENN_NET_RANGE", "must be an IPv4 network of /29 or larger such as 10.200.0.0/16, got %q", a.NetRange)
+	}
+	a.Registration = AgentRegistration{
+		CPURL:             r.str("WRENN_CP_URL", ""),
+		Token:             r.str("WRENN_REGISTER_TOKEN", ""),
+		Address:           r.str("WRENN_AGENT_ADDRESS", ""),
+		HeartbeatInterval: r.duration("WRENN_HEARTBEAT_INTERVAL", 30*time.Second, 100*time.Millisecond),
+		PauseAfter:        r.duration("WRENN_CP_UNREACHABLE_PAUSE_AFTER", 5*time.Minute, time.Second),
+	}
+	r.urlWithScheme("WRENN_CP_URL", a.Registration.CPURL, "http", "https")
+	if a.Registration.Token != "" && (a.Registration.CPURL == "" || a.Registration.Address == "") {
+		r.fail("WRENN_REGISTER_TOKEN", "registering needs WRENN_CP_URL (--cp-url) and WRENN_AGENT_ADDRESS (--address) too")
+	}
+	if a.Registration.Address != "" {
+		r.hostPort("WRENN_AGENT_ADDRESS", a.Registration.Address)
 	}
 	if a.Dir != "" && a.Dir[0] != '/' {
 		r.fail("WRENN_DIR", "must be an absolute path, got %q", a.Dir)
 	}
 	return a, r.err()
+}
+
+// hostPort checks a host:port with a non-empty host and a port 1-65535.
+func (r *reader) hostPort(name, v string) {
+	host, port, err := net.SplitHostPort(v)
+	p, perr := strconv.Atoi(port)
+	if err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+		r.fail(name, "must be host:port with a port 1-65535, got %q", v)
+	}
+}
+
+func validNetPrefix(p string) bool {
+	if p == "" || len(p) > 8 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -93,6 +93,13 @@ func TestLoadAgent(t *testing.T) {
 		{"relative dir", map[string]string{"WRENN_DIR": "var/wrenn"}, "WRENN_DIR"},
 		{"vcpus not a number", map[string]string{"WRENN_MAX_VCPUS": "many"}, "WRENN_MAX_VCPUS"},
 		{"vcpus zero", map[string]string{"WRENN_MAX_VCPUS": "0"}, "WRENN_MAX_VCPUS"},
+		{"net settings", map[string]string{"WRENN_NET_PREFIX": "wt1-", "WRENN_NET_RANGE": "10.9.8.0/24"}, ""},
+		{"net prefix too long", map[string]string{"WRENN_NET_PREFIX": "waytoolongprefix"}, "WRENN_NET_PREFIX"},
+		{"net prefix upper", map[string]string{"WRENN_NET_PREFIX": "WRN-"}, "WRENN_NET_PREFIX"},
+		{"net range not cidr", map[string]string{"WRENN_NET_RANGE": "10.200.0.0"}, "WRENN_NET_RANGE"},
+		{"net range too small", map[string]string{"WRENN_NET_RANGE": "10.200.0.0/30"}, "WRENN_NET_RANGE"},
+		{"net range ipv6", map[string]string{"WRENN_NET_RANGE": "fd00::/64"}, "WRENN_NET_RANGE"},
+		{"net range host bits", map[string]string{"WRENN_NET_RANGE": "10.200.0.1/24"}, "WRENN_NET_RANGE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,6 +17,43 @@ type ControlPlane struct {
 	// ShutdownTimeout bounds graceful shutdown.
 	ShutdownTimeout time.Duration
 	Log             Log
+	// JWTTTL is how long a session token is valid.
+	JWTTTL time.Duration
+	// ReconcileInterval is how often sandbox rows are compared with the hosts.
+	ReconcileInterval time.Duration
+	// AgentLifecycleTimeout bounds create/pause/resume/destroy calls to an agent.
+	AgentLifecycleTimeout time.Duration
+	Limits                Limits
+	Hosts                 Hosts
+}
+
+// Hosts configures host registration and the host monitor.
+type Hosts struct {
+	// JWTSecret signs host JWTs; empty derives a separate key from
+	// JWTSecret, so user and host tokens never share a key.
+	JWTSecret string
+	// MonitorInterval is how often the host monitor runs.
+	MonitorInterval time.Duration
+	// UnreachableAfter is the heartbeat silence that marks a host unreachable.
+	UnreachableAfter time.Duration
+	// Scheduler is round-robin or least-loaded.
+	Scheduler string
+}
+
+// Limits bound what users may ask for.
+type Limits struct {
+	SandboxMaxVCPUs      int
+	SandboxMaxMemoryMB   int
+	SandboxMaxTimeoutSec int
+	// TeamMaxRunningSandboxes counts pending and running sandboxes.
+	TeamMaxRunningSandboxes int
+	// MaxBodyBytes bounds JSON request bodies.
+	MaxBodyBytes int64
+	// MaxUploadBytes bounds one file upload.
+	MaxUploadBytes int64
+	// AuthRateLimit is the number of signup/login attempts per client IP per
+	// minute; 0 disables the limit.
+	AuthRateLimit int
 }
 
 // Log configures structured logging.
@@ -41,6 +78,31 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		PublicURL:       r.str("CP_PUBLIC_URL", ""),
 		ShutdownTimeout: r.duration("WRENN_SHUTDOWN_TIMEOUT", 20*time.Second, time.Second),
 		Log:             loadLog(r),
+
+		JWTTTL:                r.duration("WRENN_JWT_TTL", 24*time.Hour, time.Minute),
+		ReconcileInterval:     r.duration("WRENN_RECONCILE_INTERVAL", 5*time.Second, time.Second),
+		AgentLifecycleTimeout: r.duration("WRENN_AGENT_LIFECYCLE_TIMEOUT", 5*time.Minute, 5*time.Second),
+		Limits: Limits{
+			SandboxMaxVCPUs:         r.integer("WRENN_SANDBOX_MAX_VCPUS", 8, 1, 256),
+			SandboxMaxMemoryMB:      r.integer("WRENN_SANDBOX_MAX_MEMORY_MB", 8192, 128, 1<<22),
+			SandboxMaxTimeoutSec:    r.integer("WRENN_SANDBOX_MAX_TIMEOUT_SEC", 86400, 1, 365*86400),
+			TeamMaxRunningSandboxes: r.integer("WRENN_TEAM_MAX_RUNNING_SANDBOXES", 20, 1, 100000),
+			MaxBodyBytes:            int64(r.integer("WRENN_MAX_BODY_BYTES", 1<<20, 1<<10, 1<<30)),
+			MaxUploadBytes:          int64(r.integer("WRENN_MAX_UPLOAD_BYTES", 1<<30, 1<<10, 1<<40)),
+			AuthRateLimit:           r.integer("WRENN_AUTH_RATE_LIMIT", 20, 0, 1000000),
+		},
+	}
+	c.Hosts = Hosts{
+		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
+		MonitorInterval:  r.duration("WRENN_HOST_MONITOR_INTERVAL", 10*time.Second, 100*time.Millisecond),
+		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),
+		Scheduler:        r.oneOf("WRENN_SCHEDULER", "round-robin", "round-robin", "least-loaded"),
+	}
+	if c.Hosts.JWTSecret != "" && len(c.Hosts.JWTSecret) < MinJWTSecretLen {
+		r.fail("WRENN_HOST_JWT_SECRET", "must be at least %d characters, got %d", MinJWTSecretLen, len(c.Hosts.JWTSecret))
+	}
+	if c.Hosts.JWTSecret != "" && c.Hosts.JWTSecret == c.JWTSecret {
+		r.fail("WRENN_HOST_JWT_SECRET", "must differ from WRENN_JWT_SECRET")
 	}
 	r.urlWithScheme("DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
 	r.urlWithScheme("REDIS_URL", c.RedisURL, "redis", "rediss", "unix")

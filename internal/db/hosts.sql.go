@@ -37,6 +37,47 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 	return i, err
 }
 
+const listAllOnlineHosts = `-- name: ListAllOnlineHosts :many
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts WHERE status = 'online' ORDER BY id
+`
+
+func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
+	rows, err := q.db.Query(ctx, listAllOnlineHosts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Host{}
+	for rows.Next() {
+		var i Host
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Address,
+			&i.Status,
+			&i.Vmm,
+			&i.Accel,
+			&i.Arch,
+			&i.Version,
+			&i.CpuCount,
+			&i.MemoryMb,
+			&i.DiskGb,
+			&i.LastHeartbeatAt,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listHosts = `-- name: ListHosts :many
 SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts ORDER BY created_at, id
 `
@@ -76,4 +117,123 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 		return nil, err
 	}
 	return items, nil
+}
+
+const listOnlineHosts = `-- name: ListOnlineHosts :many
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts
+WHERE status = 'online' AND (team_id IS NULL OR team_id = $1)
+ORDER BY id
+`
+
+// Hosts that may take a new sandbox of the team: shared hosts and the team's own.
+func (q *Queries) ListOnlineHosts(ctx context.Context, teamID *string) ([]Host, error) {
+	rows, err := q.db.Query(ctx, listOnlineHosts, teamID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Host{}
+	for rows.Next() {
+		var i Host
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Address,
+			&i.Status,
+			&i.Vmm,
+			&i.Accel,
+			&i.Arch,
+			&i.Version,
+			&i.CpuCount,
+			&i.MemoryMb,
+			&i.DiskGb,
+			&i.LastHeartbeatAt,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const setHostStatus = `-- name: SetHostStatus :exec
+UPDATE hosts SET status = $1, updated_at = now() WHERE id = $2
+`
+
+type SetHostStatusParams struct {
+	Status string `json:"status"`
+	ID     string `json:"id"`
+}
+
+func (q *Queries) SetHostStatus(ctx context.Context, arg SetHostStatusParams) error {
+	_, err := q.db.Exec(ctx, setHostStatus, arg.Status, arg.ID)
+	return err
+}
+
+const upsertHost = `-- name: UpsertHost :one
+INSERT INTO hosts (id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (id) DO UPDATE SET
+    team_id = EXCLUDED.team_id, name = EXCLUDED.name, address = EXCLUDED.address, status = EXCLUDED.status,
+    vmm = EXCLUDED.vmm, accel = EXCLUDED.accel, arch = EXCLUDED.arch, version = EXCLUDED.version,
+    cpu_count = EXCLUDED.cpu_count, memory_mb = EXCLUDED.memory_mb, updated_at = now()
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
+`
+
+type UpsertHostParams struct {
+	ID       string  `json:"id"`
+	TeamID   *string `json:"team_id"`
+	Name     string  `json:"name"`
+	Address  string  `json:"address"`
+	Status   string  `json:"status"`
+	Vmm      string  `json:"vmm"`
+	Accel    string  `json:"accel"`
+	Arch     string  `json:"arch"`
+	Version  string  `json:"version"`
+	CpuCount int32   `json:"cpu_count"`
+	MemoryMb int64   `json:"memory_mb"`
+}
+
+// Registers (or re-registers) a host by ID; used by `wrenn dev` and tests.
+func (q *Queries) UpsertHost(ctx context.Context, arg UpsertHostParams) (Host, error) {
+	row := q.db.QueryRow(ctx, upsertHost,
+		arg.ID,
+		arg.TeamID,
+		arg.Name,
+		arg.Address,
+		arg.Status,
+		arg.Vmm,
+		arg.Accel,
+		arg.Arch,
+		arg.Version,
+		arg.CpuCount,
+		arg.MemoryMb,
+	)
+	var i Host
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Address,
+		&i.Status,
+		&i.Vmm,
+		&i.Accel,
+		&i.Arch,
+		&i.Version,
+		&i.CpuCount,
+		&i.MemoryMb,
+		&i.DiskGb,
+		&i.LastHeartbeatAt,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
 }

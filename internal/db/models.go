@@ -28,6 +28,17 @@ type Host struct {
 	UpdatedAt       time.Time  `json:"updated_at"`
 }
 
+type HostRefreshToken struct {
+	ID         string     `json:"id"`
+	HostID     string     `json:"host_id"`
+	FamilyID   string     `json:"family_id"`
+	TokenHash  string     `json:"token_hash"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  time.Time  `json:"expires_at"`
+	RevokedAt  *time.Time `json:"revoked_at"`
+	ReplacedBy string     `json:"replaced_by"`
+}
+
 type Sandbox struct {
 	ID           string          `json:"id"`
 	TeamID       string          `json:"team_id"`
@@ -50,10 +61,11 @@ type Sandbox struct {
 }
 
 type Team struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	ByocEnabled bool      `json:"byoc_enabled"`
 }
 
 type TeamApiKey struct {

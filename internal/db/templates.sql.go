@@ -9,6 +9,49 @@ import (
 	"context"
 )
 
+const deleteSnapshot = `-- name: DeleteSnapshot :execrows
+DELETE FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
+`
+
+type DeleteSnapshotParams struct {
+	TeamID *string `json:"team_id"`
+	Name   string  `json:"name"`
+}
+
+func (q *Queries) DeleteSnapshot(ctx context.Context, arg DeleteSnapshotParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteSnapshot, arg.TeamID, arg.Name)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const getSnapshot = `-- name: GetSnapshot :one
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
+`
+
+type GetSnapshotParams struct {
+	TeamID *string `json:"team_id"`
+	Name   string  `json:"name"`
+}
+
+func (q *Queries) GetSnapshot(ctx context.Context, arg GetSnapshotParams) (Template, error) {
+	row := q.db.QueryRow(ctx, getSnapshot, arg.TeamID, arg.Name)
+	var i Template
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Kind,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.SizeBytes,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const getTemplateByName = `-- name: GetTemplateByName :one
 SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates
 WHERE name = $1 AND (team_id = $2 OR team_id IS NULL)
@@ -37,6 +80,81 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.CreatedAt,
 	)
 	return i, err
+}
+
+const insertSnapshotTemplate = `-- name: InsertSnapshotTemplate :one
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes)
+VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7)
+RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at
+`
+
+type InsertSnapshotTemplateParams struct {
+	ID        string  `json:"id"`
+	TeamID    *string `json:"team_id"`
+	Name      string  `json:"name"`
+	Vcpus     int32   `json:"vcpus"`
+	MemoryMb  int32   `json:"memory_mb"`
+	DiskMb    int32   `json:"disk_mb"`
+	SizeBytes int64   `json:"size_bytes"`
+}
+
+func (q *Queries) InsertSnapshotTemplate(ctx context.Context, arg InsertSnapshotTemplateParams) (Template, error) {
+	row := q.db.QueryRow(ctx, insertSnapshotTemplate,
+		arg.ID,
+		arg.TeamID,
+		arg.Name,
+		arg.Vcpus,
+		arg.MemoryMb,
+		arg.DiskMb,
+		arg.SizeBytes,
+	)
+	var i Template
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Kind,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.SizeBytes,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
+const listSnapshots = `-- name: ListSnapshots :many
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates WHERE team_id = $1 AND kind = 'snapshot' ORDER BY created_at DESC, id
+`
+
+func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template, error) {
+	rows, err := q.db.Query(ctx, listSnapshots, teamID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Template{}
+	for rows.Next() {
+		var i Template
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Kind,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.SizeBytes,
+			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const listTemplates = `-- name: ListTemplates :many

@@ -12,6 +12,9 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
 // HealthChecker reports whether a dependency (database, Redis) answers.
@@ -26,6 +29,21 @@ type Deps struct {
 	Checks map[string]HealthChecker
 	// Version is reported by GET /health.
 	Version string
+	// Hosts serves /v1/hosts (registration, heartbeats, host management);
+	// without it those routes answer 503. User sessions on host management
+	// routes are checked by Service, or by HostUserAuth when Service is nil.
+	Hosts        *hostauth.Service
+	HostUserAuth HostUserAuth
+
+	// Service serves accounts, teams, API keys, sandboxes and snapshots;
+	// without it those routes answer 503.
+	Service *service.Service
+	// RateLimiter guards signup and login; nil disables the limit.
+	RateLimiter RateLimiter
+	// MaxBodyBytes bounds JSON bodies (default 1 MiB); MaxUploadBytes one
+	// file upload (default 1 GiB).
+	MaxBodyBytes   int64
+	MaxUploadBytes int64
 }
 
 // Server is the control plane's HTTP handler.
@@ -41,6 +59,12 @@ func New(deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build openapi spec: %w", err)
 	}
+	if deps.MaxBodyBytes <= 0 {
+		deps.MaxBodyBytes = 1 << 20
+	}
+	if deps.MaxUploadBytes <= 0 {
+		deps.MaxUploadBytes = 1 << 30
+	}
 	s := &Server{deps: deps, router: chi.NewRouter(), spec: spec}
 	r := s.router
 	r.Use(middleware.RequestID, s.recoverer, s.accessLog)
@@ -54,6 +78,8 @@ func New(deps Deps) (*Server, error) {
 	r.Get("/openapi.yaml", s.serveOpenAPI)
 	r.Get("/docs", serveDocsIndex)
 	r.Get("/docs/*", serveDocsAsset)
+	s.mountHosts(r)
+	s.mountV1(r)
 	return s, nil
 }
 

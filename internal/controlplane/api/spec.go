@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -59,7 +60,42 @@ func buildSpec() ([]byte, error) {
 			}
 		}
 	}
+	if err := aliasPaths(doc, "/v1/sandboxes", "/v1/capsules", "Capsule"); err != nil {
+		return nil, err
+	}
 	return yaml.Marshal(doc)
+}
+
+// aliasPaths documents every path under from again under to (the router
+// serves both), with operationIds suffixed so they stay unique.
+func aliasPaths(doc map[string]any, from, to, suffix string) error {
+	paths, _ := doc["paths"].(map[string]any)
+	for p, item := range paths {
+		rest, ok := strings.CutPrefix(p, from)
+		if !ok || (rest != "" && !strings.HasPrefix(rest, "/")) {
+			continue
+		}
+		raw, err := yaml.Marshal(item)
+		if err != nil {
+			return err
+		}
+		var cp map[string]any
+		if err := yaml.Unmarshal(raw, &cp); err != nil {
+			return err
+		}
+		for _, v := range cp {
+			if o, ok := v.(map[string]any); ok {
+				if id, ok := o["operationId"].(string); ok {
+					o["operationId"] = id + suffix
+				}
+			}
+		}
+		if _, dup := paths[to+rest]; dup {
+			return fmt.Errorf("path %s is documented twice", to+rest)
+		}
+		paths[to+rest] = cp
+	}
+	return nil
 }
 
 func mergeSection(dst, src map[string]any, file, section string) error {

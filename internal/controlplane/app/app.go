@@ -80,14 +80,29 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	}
 	defer rdb.Close()
 
-	handler, err := api.New(api.Deps{
-		Logger:  logger,
-		Version: buildinfo.Version,
-		Checks:  map[string]api.HealthChecker{"postgres": pool, "redis": redisPinger{rdb}},
-	})
+	core, err := NewCore(cfg, pool, rdb, logger)
 	if err != nil {
 		return err
 	}
+	deps := api.Deps{
+		Logger:  logger,
+		Version: buildinfo.Version,
+		Checks:  map[string]api.HealthChecker{"postgres": pool, "redis": redisPinger{rdb}},
+	}
+	core.Fill(&deps)
+	hostSvc, hostMon, err := NewHostParts(cfg, pool, rdb, core.HostPool, logger)
+	if err != nil {
+		return err
+	}
+	deps.Hosts = hostSvc
+	handler, err := api.New(deps)
+	if err != nil {
+		return err
+	}
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	defer stopBackground()
+	go core.RunBackground(bgCtx)
+	go hostMon.Run(bgCtx)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

@@ -1,0 +1,100 @@
+-- Host registration, credentials, heartbeats and the host monitor (issue 6).
+
+-- name: InsertPendingHost :one
+INSERT INTO hosts (id, team_id, name, status, created_by)
+VALUES (sqlc.arg(id), sqlc.narg(team_id), sqlc.arg(name), 'pending', sqlc.narg(created_by))
+RETURNING *;
+
+-- name: ListTeamHosts :many
+SELECT * FROM hosts WHERE team_id = $1 ORDER BY created_at, id;
+
+-- name: DeleteHostByID :execrows
+DELETE FROM hosts WHERE id = $1;
+
+-- name: GetTeamBYOC :one
+SELECT byoc_enabled FROM teams WHERE id = $1;
+
+-- name: SetTeamBYOC :exec
+UPDATE teams SET byoc_enabled = sqlc.arg(byoc_enabled), updated_at = now() WHERE id = sqlc.arg(id);
+
+-- name: RegisterHostSpecs :one
+-- The agent registered: record where it listens and what it runs on.
+UPDATE hosts SET
+    address = sqlc.arg(address), status = 'online',
+    vmm = sqlc.arg(vmm), accel = sqlc.arg(accel), arch = sqlc.arg(arch), version = sqlc.arg(version),
+    cpu_count = sqlc.arg(cpu_count), memory_mb = sqlc.arg(memory_mb), disk_gb = sqlc.arg(disk_gb),
+    last_heartbeat_at = now(), updated_at = now()
+WHERE id = sqlc.arg(id)
+RETURNING *;
+
+-- name: HeartbeatHost :one
+-- A live host is online whatever it was; the monitor reconciles it next.
+UPDATE hosts SET status = 'online', last_heartbeat_at = now(),
+    updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END
+WHERE id = $1 AND status <> 'pending'
+RETURNING *;
+
+-- name: MarkStaleHostsUnreachable :many
+-- Online hosts silent since before the cutoff.
+UPDATE hosts SET status = 'unreachable', updated_at = now()
+WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < sqlc.arg(cutoff)::timestamptz)
+RETURNING *;
+
+-- name: MarkHostSandboxesMissing :many
+UPDATE sandboxes SET status = 'missing', updated_at = now()
+WHERE host_id = $1 AND status = 'running'
+RETURNING id;
+
+-- name: ListHostSandboxesForReconcile :many
+-- Every sandbox the control plane places on the host, whatever its state.
+SELECT id, status, updated_at FROM sandboxes WHERE host_id = $1;
+
+-- name: ListHostActiveSandboxes :many
+-- What a host delete would affect.
+SELECT * FROM sandboxes
+WHERE host_id = $1 AND status IN ('pending', 'running', 'paused', 'missing')
+ORDER BY created_at, id;
+
+-- name: RestoreMissingSandbox :execrows
+-- Missing but alive again on its host.
+UPDATE sandboxes SET status = sqlc.arg(to_status), updated_at = now(),
+    paused_at = CASE WHEN sqlc.arg(to_status) = 'paused' THEN now() ELSE paused_at END,
+    last_active_at = CASE WHEN sqlc.arg(to_status) = 'running' THEN now() ELSE last_active_at END
+WHERE id = sqlc.arg(id) AND status = 'missing';
+
+-- name: StopSandboxByID :execrows
+-- Used for sandboxes that are gone for good (host deleted, not found back).
+UPDATE sandboxes SET status = 'stopped', error_message = sqlc.arg(reason), updated_at = now(), stopped_at = now()
+WHERE id = sqlc.arg(id) AND status = ANY(sqlc.arg(from_statuses)::text[]);
+
+-- name: ListSchedulableHostsByLoad :many
+-- Online hosts a team may use (its own when BYOC, shared otherwise), least
+-- loaded first. Load counts pending and running sandboxes.
+SELECT h.id, h.address, h.team_id, count(s.id)::bigint AS active
+FROM hosts h
+LEFT JOIN sandboxes s ON s.host_id = h.id AND s.status IN ('pending', 'running')
+WHERE h.status = 'online' AND h.address <> ''
+  AND ((sqlc.narg(team_id)::text IS NULL AND h.team_id IS NULL) OR h.team_id = sqlc.narg(team_id)::text)
+GROUP BY h.id
+ORDER BY active, h.id;
+
+-- name: InsertHostRefreshToken :one
+INSERT INTO host_refresh_tokens (id, host_id, family_id, token_hash, expires_at)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING *;
+
+-- name: GetHostRefreshTokenForUpdate :one
+SELECT * FROM host_refresh_tokens WHERE token_hash = $1 FOR UPDATE;
+
+-- name: RevokeHostRefreshToken :execrows
+UPDATE host_refresh_tokens SET revoked_at = now(), replaced_by = sqlc.arg(replaced_by)
+WHERE id = sqlc.arg(id) AND revoked_at IS NULL;
+
+-- name: RevokeHostRefreshFamily :execrows
+UPDATE host_refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL;
+
+-- name: RevokeHostRefreshTokens :execrows
+UPDATE host_refresh_tokens SET revoked_at = now() WHERE host_id = $1 AND revoked_at IS NULL;
+
+-- name: ListHostRefreshTokens :many
+SELECT * FROM host_refresh_tokens WHERE host_id = $1 ORDER BY created_at, id;

@@ -1,0 +1,219 @@
+package registration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+)
+
+// Options configure Run.
+type Options struct {
+	// Dir is WRENN_DIR; credentials live in Dir/host-credentials.json.
+	Dir string
+	// CPURL is the control plane's URL; needed to register, and overrides
+	// the saved one when set.
+	CPURL string
+	// RegisterToken, when set, registers first (replacing saved credentials).
+	RegisterToken string
+	// Address is the host:port the control plane dials; needed to register.
+	Address string
+	// Specs describe this machine at registration.
+	Specs Specs
+	// Interval between heartbeats (30 s).
+	Interval time.Duration
+	// UnreachableAfter: how long the control plane may stay unreachable
+	// before every sandbox is paused (5 min).
+	UnreachableAfter time.Duration
+	// PauseAll pauses every running sandbox; may be nil.
+	PauseAll func(ctx context.Context) error
+	// HTTPClient talks to the control plane; nil uses a 30 s timeout client.
+	HTTPClient *http.Client
+	Logger     *slog.Logger
+	// OnRegistered, if set, is called with the credentials in use once
+	// the loop starts (after registering or loading them).
+	OnRegistered func(Credentials)
+}
+
+// Run registers when a token is given (else loads saved credentials), then
+// sends heartbeats until ctx ends (nil), the host is deleted
+// (ErrHostDeleted) or the credentials are refused (ErrCredentialsRejected,
+// after PauseAll).
+func Run(ctx context.Context, o Options) error {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	var creds Credentials
+	registered := false
+	if o.RegisterToken != "" {
+		c, err := Register(ctx, o.HTTPClient, o.CPURL, o.RegisterToken, o.Address, o.Specs)
+		var ae *APIError
+		switch {
+		case err == nil:
+			if err := Save(o.Dir, c); err != nil {
+				return err
+			}
+			o.Logger.Info("registered with the control plane", "host_id", c.HostID, "cp_url", c.CPURL)
+			creds, registered = c, true
+		case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
+			// A restart that still passes the (now used) token keeps the
+			// credentials it already has.
+			if _, lerr := Load(o.Dir); lerr != nil {
+				return err
+			}
+			o.Logger.Warn("registration token refused; using the saved credentials", "err", err)
+		default:
+			return err
+		}
+	}
+	if !registered {
+		c, err := Load(o.Dir)
+		if err != nil {
+			return err
+		}
+		if o.CPURL != "" && o.CPURL != c.CPURL {
+			if err := checkCPURL(o.CPURL); err != nil {
+				return err
+			}
+			c.CPURL = o.CPURL
+		}
+		creds = c
+	}
+	if o.OnRegistered != nil {
+		o.OnRegistered(creds)
+	}
+	hb := &Heartbeater{Dir: o.Dir, Creds: creds, Interval: o.Interval, UnreachableAfter: o.UnreachableAfter,
+		PauseAll: o.PauseAll, HTTPClient: o.HTTPClient, Logger: o.Logger}
+	return hb.Run(ctx)
+}
+
+// Heartbeater is the heartbeat loop.
+type Heartbeater struct {
+	Dir              string
+	Creds            Credentials
+	Interval         time.Duration
+	UnreachableAfter time.Duration
+	PauseAll         func(ctx context.Context) error
+	HTTPClient       *http.Client
+	Logger           *slog.Logger
+}
+
+func (h *Heartbeater) defaults() {
+	if h.Interval <= 0 {
+		h.Interval = 30 * time.Second
+	}
+	if h.UnreachableAfter <= 0 {
+		h.UnreachableAfter = 5 * time.Minute
+	}
+	if h.Logger == nil {
+		h.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Run beats until ctx ends or the control plane ends the relationship.
+func (h *Heartbeater) Run(ctx context.Context) error {
+	h.defaults()
+	lastOK := time.Now()
+	paused := false
+	t := time.NewTicker(h.Interval)
+	defer t.Stop()
+	for {
+		err := h.beatOnce(ctx)
+		switch {
+		case err == nil:
+			if paused {
+				h.Logger.Info("control plane reachable again")
+			}
+			lastOK, paused = time.Now(), false
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, ErrHostDeleted):
+			h.Logger.Warn("the control plane deleted this host; stopping heartbeats")
+			if rerr := os.Remove(CredentialsPath(h.Dir)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				h.Logger.Warn("remove host credentials", "err", rerr)
+			}
+			return ErrHostDeleted
+		case errors.Is(err, ErrCredentialsRejected):
+			h.Logger.Error("host credentials rejected; pausing all sandboxes", "err", err)
+			h.pauseAll(ctx)
+			return ErrCredentialsRejected
+		default:
+			silent := time.Since(lastOK)
+			h.Logger.Warn("heartbeat failed", "err", err, "unreachable_for", silent.Round(time.Second))
+			if silent >= h.UnreachableAfter && !paused {
+				h.Logger.Error("control plane unreachable too long; pausing all sandboxes", "unreachable_for", silent.Round(time.Second))
+				h.pauseAll(ctx)
+				paused = true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (h *Heartbeater) pauseAll(ctx context.Context) {
+	if h.PauseAll == nil {
+		return
+	}
+	// Pausing must finish even while the agent shuts down.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	if err := h.PauseAll(pctx); err != nil {
+		h.Logger.Error("pause all sandboxes", "err", err)
+	}
+}
+
+// beatOnce sends one heartbeat, refreshing the JWT first when it is about
+// to expire and again when the control plane refuses it (401/403).
+func (h *Heartbeater) beatOnce(ctx context.Context) error {
+	if !h.Creds.TokenExpiresAt.IsZero() && time.Until(h.Creds.TokenExpiresAt) < 2*h.Interval {
+		if err := h.refresh(ctx); err != nil {
+			return err
+		}
+	}
+	err := h.post(ctx)
+	var ae *APIError
+	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
+		if err := h.refresh(ctx); err != nil {
+			return err
+		}
+		err = h.post(ctx)
+	}
+	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+		return ErrHostDeleted
+	}
+	return err
+}
+
+func (h *Heartbeater) post(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, h.Interval)
+	defer cancel()
+	return newClient(h.HTTPClient, h.Creds.CPURL).post(cctx, "/v1/hosts/"+h.Creds.HostID+"/heartbeat", h.Creds.Token, nil, nil)
+}
+
+// refresh rotates credentials and saves them before using them, so a crash
+// right after never leaves the file holding a revoked refresh token.
+func (h *Heartbeater) refresh(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, h.Interval)
+	defer cancel()
+	c, err := Refresh(cctx, h.HTTPClient, h.Creds)
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
+		return fmt.Errorf("%w: %v", ErrCredentialsRejected, err)
+	}
+	if err != nil {
+		return err
+	}
+	if err := Save(h.Dir, c); err != nil {
+		return fmt.Errorf("keep refreshed credentials: %w", err)
+	}
+	h.Creds = c
+	h.Logger.Info("host token refreshed", "expires_at", c.TokenExpiresAt)
+	return nil
+}

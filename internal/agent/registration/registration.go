@@ -1,0 +1,239 @@
+// Package registration is the host agent's side of joining a control
+// plane: it trades a one-time registration token for credentials (kept in
+// WRENN_DIR/host-credentials.json, mode 0600), then sends heartbeats,
+// refreshing its host JWT when the control plane refuses it. When the
+// credentials cannot be refreshed, or the control plane stays unreachable
+// too long, it pauses every sandbox (a PauseAll callback): an agent the
+// control plane cannot see must not keep running billable work. A 404 on
+// heartbeat means the host was deleted, and the loop stops.
+package registration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// CredentialsFile is the name of the credentials file inside WRENN_DIR.
+const CredentialsFile = "host-credentials.json"
+
+// Specs describe this machine to the control plane.
+type Specs struct {
+	VMM      string `json:"vmm"`
+	Accel    string `json:"accel"`
+	Arch     string `json:"arch"`
+	Version  string `json:"version"`
+	CPUCount int32  `json:"cpu_count"`
+	MemoryMB int64  `json:"memory_mb"`
+	DiskGB   int64  `json:"disk_gb"`
+}
+
+// Credentials are the agent's identity with its control plane.
+type Credentials struct {
+	CPURL                 string    `json:"cp_url"`
+	HostID                string    `json:"host_id"`
+	Token                 string    `json:"token"`
+	TokenExpiresAt        time.Time `json:"token_expires_at"`
+	RefreshToken          string    `json:"refresh_token"`
+	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at"`
+}
+
+var (
+	// ErrNotRegistered: no credentials file; run with --register first.
+	ErrNotRegistered = errors.New("this agent is not registered with a control plane (run `wrenn agent --register TOKEN --address HOST:PORT --cp-url URL`)")
+	// ErrHostDeleted: the control plane answered 404; the host was deleted.
+	ErrHostDeleted = errors.New("the control plane deleted this host")
+	// ErrCredentialsRejected: the refresh token was refused; register again.
+	ErrCredentialsRejected = errors.New("the control plane rejected this host's credentials; register again with a new token")
+)
+
+// APIError is an error answer of the control plane.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("control plane answered %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// CredentialsPath is where dir's credentials live.
+func CredentialsPath(dir string) string { return filepath.Join(dir, CredentialsFile) }
+
+// Load reads the credentials in dir.
+func Load(dir string) (Credentials, error) {
+	raw, err := os.ReadFile(CredentialsPath(dir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Credentials{}, ErrNotRegistered
+	}
+	if err != nil {
+		return Credentials{}, fmt.Errorf("read host credentials: %w", err)
+	}
+	return parseCredentials(raw)
+}
+
+func parseCredentials(raw []byte) (Credentials, error) {
+	var c Credentials
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return Credentials{}, fmt.Errorf("parse %s: %w", CredentialsFile, err)
+	}
+	if c.HostID == "" || c.Token == "" || c.RefreshToken == "" || c.CPURL == "" {
+		return Credentials{}, fmt.Errorf("parse %s: host_id, token, refresh_token and cp_url are required", CredentialsFile)
+	}
+	if err := checkCPURL(c.CPURL); err != nil {
+		return Credentials{}, fmt.Errorf("parse %s: %w", CredentialsFile, err)
+	}
+	return c, nil
+}
+
+// Save writes the credentials atomically with mode 0600: a crash never
+// leaves a half-written file, which would lock the host out.
+func Save(dir string, c Credentials) error {
+	raw, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode host credentials: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, ".host-credentials-*")
+	if err != nil {
+		return fmt.Errorf("save host credentials: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save host credentials: %w", err)
+	}
+	if _, err := tmp.Write(raw); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save host credentials: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save host credentials: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save host credentials: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), CredentialsPath(dir)); err != nil {
+		return fmt.Errorf("save host credentials: %w", err)
+	}
+	return nil
+}
+
+func checkCPURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("control plane URL must be http(s)://host[:port], got %q", raw)
+	}
+	return nil
+}
+
+// client talks to the control plane's host routes.
+type client struct {
+	http  *http.Client
+	cpURL string
+}
+
+// post sends body as JSON and decodes a 200 answer into out.
+func (c client) post(ctx context.Context, path, bearer string, body, out any) error {
+	var rd io.Reader = http.NoBody
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cpURL, "/")+path, rd)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("POST %s: read answer: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var eb struct {
+			Error struct {
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		_ = json.Unmarshal(raw, &eb)
+		return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("POST %s: decode answer: %w", path, err)
+		}
+	}
+	return nil
+}
+
+func newClient(hc *http.Client, cpURL string) client {
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	return client{http: hc, cpURL: cpURL}
+}
+
+// Register trades a registration token for credentials; address is the
+// host:port where the control plane reaches this agent. hc may be nil.
+func Register(ctx context.Context, hc *http.Client, cpURL, token, address string, specs Specs) (Credentials, error) {
+	if err := checkCPURL(cpURL); err != nil {
+		return Credentials{}, err
+	}
+	if strings.TrimSpace(token) == "" {
+		return Credentials{}, errors.New("registration token is empty")
+	}
+	if strings.TrimSpace(address) == "" {
+		return Credentials{}, errors.New("agent address (host:port the control plane dials) is empty")
+	}
+	var c Credentials
+	err := newClient(hc, cpURL).post(ctx, "/v1/hosts/register", "", map[string]any{
+		"token": token, "address": address, "specs": specs}, &c)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("register host: %w", err)
+	}
+	if c.HostID == "" || c.Token == "" || c.RefreshToken == "" {
+		return Credentials{}, errors.New("register host: the control plane's answer lacks credentials")
+	}
+	c.CPURL = cpURL
+	return c, nil
+}
+
+// Refresh rotates the refresh token; the new credentials replace c.
+func Refresh(ctx context.Context, hc *http.Client, c Credentials) (Credentials, error) {
+	var out Credentials
+	err := newClient(hc, c.CPURL).post(ctx, "/v1/hosts/auth/refresh", "", map[string]string{"refresh_token": c.RefreshToken}, &out)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("refresh host token: %w", err)
+	}
+	if out.Token == "" || out.RefreshToken == "" {
+		return Credentials{}, errors.New("refresh host token: the control plane's answer lacks credentials")
+	}
+	out.CPURL = c.CPURL
+	return out, nil
+}

@@ -1,0 +1,66 @@
+package config
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestControlPlaneLimitsDefaults(t *testing.T) {
+	c, err := LoadControlPlane(envOf(validCP()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Limits{SandboxMaxVCPUs: 8, SandboxMaxMemoryMB: 8192, SandboxMaxTimeoutSec: 86400, TeamMaxRunningSandboxes: 20,
+		MaxBodyBytes: 1 << 20, MaxUploadBytes: 1 << 30, AuthRateLimit: 20}
+	if c.Limits != want {
+		t.Fatalf("limits = %+v, want %+v", c.Limits, want)
+	}
+	if c.JWTTTL != 24*time.Hour || c.ReconcileInterval != 5*time.Second || c.AgentLifecycleTimeout != 5*time.Minute {
+		t.Fatalf("durations wrong: %v %v %v", c.JWTTTL, c.ReconcileInterval, c.AgentLifecycleTimeout)
+	}
+}
+
+func TestControlPlaneLimitsFromEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		check   func(ControlPlane) bool
+		wantVar string
+	}{
+		{"vcpus", map[string]string{"WRENN_SANDBOX_MAX_VCPUS": "4"}, func(c ControlPlane) bool { return c.Limits.SandboxMaxVCPUs == 4 }, ""},
+		{"memory", map[string]string{"WRENN_SANDBOX_MAX_MEMORY_MB": "2048"}, func(c ControlPlane) bool { return c.Limits.SandboxMaxMemoryMB == 2048 }, ""},
+		{"timeout", map[string]string{"WRENN_SANDBOX_MAX_TIMEOUT_SEC": "600"}, func(c ControlPlane) bool { return c.Limits.SandboxMaxTimeoutSec == 600 }, ""},
+		{"team running", map[string]string{"WRENN_TEAM_MAX_RUNNING_SANDBOXES": "3"}, func(c ControlPlane) bool { return c.Limits.TeamMaxRunningSandboxes == 3 }, ""},
+		{"rate limit off", map[string]string{"WRENN_AUTH_RATE_LIMIT": "0"}, func(c ControlPlane) bool { return c.Limits.AuthRateLimit == 0 }, ""},
+		{"reconcile", map[string]string{"WRENN_RECONCILE_INTERVAL": "2s"}, func(c ControlPlane) bool { return c.ReconcileInterval == 2*time.Second }, ""},
+		{"jwt ttl", map[string]string{"WRENN_JWT_TTL": "1h"}, func(c ControlPlane) bool { return c.JWTTTL == time.Hour }, ""},
+		{"upload", map[string]string{"WRENN_MAX_UPLOAD_BYTES": "2048"}, func(c ControlPlane) bool { return c.Limits.MaxUploadBytes == 2048 }, ""},
+		{"vcpus zero", map[string]string{"WRENN_SANDBOX_MAX_VCPUS": "0"}, nil, "WRENN_SANDBOX_MAX_VCPUS"},
+		{"memory garbage", map[string]string{"WRENN_SANDBOX_MAX_MEMORY_MB": "lots"}, nil, "WRENN_SANDBOX_MAX_MEMORY_MB"},
+		{"team zero", map[string]string{"WRENN_TEAM_MAX_RUNNING_SANDBOXES": "0"}, nil, "WRENN_TEAM_MAX_RUNNING_SANDBOXES"},
+		{"reconcile too fast", map[string]string{"WRENN_RECONCILE_INTERVAL": "10ms"}, nil, "WRENN_RECONCILE_INTERVAL"},
+		{"ttl garbage", map[string]string{"WRENN_JWT_TTL": "forever"}, nil, "WRENN_JWT_TTL"},
+		{"body too small", map[string]string{"WRENN_MAX_BODY_BYTES": "10"}, nil, "WRENN_MAX_BODY_BYTES"},
+		{"lifecycle too short", map[string]string{"WRENN_AGENT_LIFECYCLE_TIMEOUT": "1s"}, nil, "WRENN_AGENT_LIFECYCLE_TIMEOUT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := validCP()
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := LoadControlPlane(envOf(env))
+			if tt.wantVar == "" {
+				if err != nil || !tt.check(c) {
+					t.Fatalf("err %v, config %+v", err, c)
+				}
+				return
+			}
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Var != tt.wantVar {
+				t.Fatalf("error = %v, want one naming %s", err, tt.wantVar)
+			}
+		})
+	}
+}

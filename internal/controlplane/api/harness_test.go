@@ -1,0 +1,291 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/migrate"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
+)
+
+// syncBuffer collects log output from concurrent handlers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type exchange struct {
+	method, path string
+	status       int
+	body         string
+}
+
+// env is a control plane on real PostgreSQL talking to an in-process agent
+// over real Connect RPC.
+type env struct {
+	t     testing.TB
+	srv   *httptest.Server
+	svc   *service.Service
+	pool  *pgxpool.Pool
+	q     *db.Queries
+	agent *agenttest.Agent
+	logs  *syncBuffer
+
+	mu        sync.Mutex
+	exchanges []exchange
+}
+
+type envOpts struct {
+	limits      service.Limits
+	rateLimiter RateLimiter
+	maxUpload   int64
+}
+
+const testSecret = "test-secret-test-secret-test-secret!"
+
+func openTestDB(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	url := testenv.PostgresURL(t)
+	m, err := migrate.Open(url)
+	if err != nil {
+		t.Fatalf("open migrations: %v", err)
+	}
+	defer m.Close()
+	if _, err := m.Up(context.Background()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
+	t.Helper()
+	o := envOpts{limits: service.Limits{MaxRunningPerTeam: 5}, maxUpload: 8 << 20}
+	for _, f := range opt {
+		f(&o)
+	}
+	pool := openTestDB(t)
+	q := db.New(pool)
+	agent := agenttest.New()
+	if err := agent.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	t.Cleanup(agent.Close)
+	if _, err := q.UpsertHost(context.Background(), db.UpsertHostParams{ID: "host-test", Name: "test", Address: agent.Address(), Status: "online", Vmm: "test"}); err != nil {
+		t.Fatalf("register host: %v", err)
+	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tokens, err := auth.NewTokens(testSecret, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := service.New(service.Deps{Pool: pool, Tokens: tokens, Passwords: auth.Passwords{Cost: bcrypt.MinCost}, Limits: o.limits, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return &env{t: t, srv: srv, svc: svc, pool: pool, q: q, agent: agent, logs: logs}
+}
+
+// cred is how a request authenticates.
+type cred struct {
+	jwt, key string
+}
+
+func (c cred) apply(r *http.Request) {
+	if c.jwt != "" {
+		r.Header.Set("Authorization", "Bearer "+c.jwt)
+	}
+	if c.key != "" {
+		r.Header.Set("X-API-Key", c.key)
+	}
+}
+
+// do sends a request; body may be nil, a string (sent raw) or a value
+// (sent as JSON).
+func (e *env) do(method, path string, body any, c cred) (int, []byte) {
+	e.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, e.srv.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	c.apply(req)
+	return e.send(req)
+}
+
+func (e *env) send(req *http.Request) (int, []byte) {
+	e.t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("read body: %v", err)
+	}
+	e.mu.Lock()
+	e.exchanges = append(e.exchanges, exchange{method: req.Method, path: req.URL.Path, status: resp.StatusCode, body: string(b)})
+	e.mu.Unlock()
+	if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable {
+		e.t.Errorf("%s %s answered %d: %s", req.Method, req.URL.Path, resp.StatusCode, b)
+	}
+	return resp.StatusCode, b
+}
+
+// want asserts the status and decodes the body into out (if not nil).
+func (e *env) want(method, path string, body any, c cred, status int, out any) []byte {
+	e.t.Helper()
+	got, b := e.do(method, path, body, c)
+	if got != status {
+		e.t.Fatalf("%s %s = %d, want %d: %s", method, path, got, status, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			e.t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
+		}
+	}
+	return b
+}
+
+type apiErr struct {
+	Error struct {
+		Code, Message, Field string
+	} `json:"error"`
+}
+
+// wantErr asserts an error status, code (if not empty) and field (if not empty).
+func (e *env) wantErr(method, path string, body any, c cred, status int, code, field string) {
+	e.t.Helper()
+	var ae apiErr
+	e.want(method, path, body, c, status, &ae)
+	if ae.Error.Message == "" || (code != "" && ae.Error.Code != code) || (field != "" && ae.Error.Field != field) {
+		e.t.Fatalf("%s %s: error %+v, want code %q field %q", method, path, ae.Error, code, field)
+	}
+}
+
+type session struct {
+	Token string `json:"token"`
+	User  struct {
+		ID      string `json:"id"`
+		Email   string `json:"email"`
+		IsAdmin bool   `json:"is_admin"`
+	} `json:"user"`
+	Team struct {
+		ID   string `json:"id"`
+		Role string `json:"role"`
+	} `json:"team"`
+}
+
+func (s session) cred() cred { return cred{jwt: s.Token} }
+
+const testPassword = "correct horse battery"
+
+func (e *env) signup(email string) session {
+	e.t.Helper()
+	var s session
+	e.want("POST", "/v1/auth/signup", map[string]string{"email": email, "password": testPassword, "name": "T " + email}, cred{}, http.StatusCreated, &s)
+	return s
+}
+
+// apiKey creates a key in the session's current team.
+func (e *env) apiKey(s session, name string) (key, id string) {
+	e.t.Helper()
+	var k struct{ Key, ID string }
+	e.want("POST", "/v1/api-keys", map[string]string{"name": name}, s.cred(), http.StatusCreated, &k)
+	return k.Key, k.ID
+}
+
+type sandboxResp struct {
+	ID           string            `json:"id"`
+	TeamID       string            `json:"team_id"`
+	Status       string            `json:"status"`
+	Template     string            `json:"template"`
+	VCPUs        int               `json:"vcpus"`
+	MemoryMB     int               `json:"memory_mb"`
+	TimeoutSec   int               `json:"timeout_sec"`
+	Metadata     map[string]string `json:"metadata"`
+	CreatedBy    string            `json:"created_by"`
+	ErrorMessage string            `json:"error_message"`
+}
+
+func (e *env) createSandbox(c cred, body any) sandboxResp {
+	e.t.Helper()
+	var sb sandboxResp
+	e.want("POST", "/v1/sandboxes", body, c, http.StatusCreated, &sb)
+	return sb
+}
+
+// join adds a user to a team with a role through the API (as the owner).
+func (e *env) join(owner session, teamID string, member session, role string) {
+	e.t.Helper()
+	e.want("POST", "/v1/teams/"+teamID+"/members", map[string]string{"email": member.User.Email, "role": role}, owner.cred(), http.StatusCreated, nil)
+}
+
+// switchTo returns a session of member in teamID.
+func (e *env) switchTo(s session, teamID string) session {
+	e.t.Helper()
+	var out session
+	e.want("POST", "/v1/auth/switch-team", map[string]string{"team_id": teamID}, s.cred(), http.StatusOK, &out)
+	return out
+}
+
+func sbPath(id string, rest ...string) string {
+	return fmt.Sprintf("/v1/sandboxes/%s%s", id, strings.Join(rest, ""))
+}

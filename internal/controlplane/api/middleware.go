@@ -1,0 +1,154 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+)
+
+// authMode says which credentials a route group takes.
+type authMode int
+
+const (
+	// jwtOnly: user management (account, teams, keys).
+	jwtOnly authMode = iota
+	// jwtOrKey: sandbox operations.
+	jwtOrKey
+)
+
+// authenticate resolves the request's credentials into an AuthContext.
+// Browsers cannot set headers on WebSocket requests, so WebSocket upgrades
+// may pass them as the `token` or `api_key` query parameter instead.
+func (s *Server) authenticate(mode authMode) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			bearer := ""
+			if h := r.Header.Get("Authorization"); h != "" {
+				scheme, tok, ok := strings.Cut(h, " ")
+				if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+					s.writeErr(w, r, service.Unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))
+					return
+				}
+				bearer = strings.TrimSpace(tok)
+			}
+			key := r.Header.Get("X-API-Key")
+			if isWebSocket(r) {
+				q := r.URL.Query()
+				if bearer == "" {
+					bearer = q.Get("token")
+				}
+				if key == "" {
+					key = q.Get("api_key")
+				}
+			}
+			var (
+				ac  auth.AuthContext
+				err error
+			)
+			switch {
+			case bearer != "":
+				ac, err = s.deps.Service.AuthenticateJWT(r.Context(), bearer)
+			case key != "" && mode == jwtOnly:
+				err = service.Forbidden("session_required", "this endpoint needs a user session (Authorization: Bearer <token>); API keys only work for sandbox operations")
+			case key != "":
+				ac, err = s.deps.Service.AuthenticateAPIKey(r.Context(), key)
+			default:
+				msg := "authentication required: send Authorization: Bearer <token>"
+				if mode == jwtOrKey {
+					msg += " or X-API-Key: <key>"
+				}
+				err = service.Unauthorized("unauthenticated", msg)
+			}
+			if err != nil {
+				s.writeErr(w, r, err)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(auth.WithContext(r.Context(), ac)))
+		})
+	}
+}
+
+func isWebSocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// caller returns the AuthContext the middleware stored.
+func caller(r *http.Request) auth.AuthContext {
+	ac, _ := auth.FromContext(r.Context())
+	return ac
+}
+
+// limitBody caps request bodies.
+func limitBody(n int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body != nil {
+				r.Body = http.MaxBytesReader(w, r.Body, n)
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// RateLimiter decides whether one more request under key is allowed.
+type RateLimiter interface {
+	Allow(ctx context.Context, key string) (bool, error)
+}
+
+// RedisRateLimiter is a fixed-window counter in Redis, shared by every
+// control plane replica.
+type RedisRateLimiter struct {
+	rdb    *redis.Client
+	limit  int
+	window time.Duration
+	now    func() time.Time
+}
+
+// NewRedisRateLimiter allows limit requests per key per window.
+func NewRedisRateLimiter(rdb *redis.Client, limit int, window time.Duration) *RedisRateLimiter {
+	return &RedisRateLimiter{rdb: rdb, limit: limit, window: window, now: time.Now}
+}
+
+// Allow counts one request.
+func (l *RedisRateLimiter) Allow(ctx context.Context, key string) (bool, error) {
+	slot := l.now().UnixNano() / int64(l.window)
+	k := fmt.Sprintf("wrenn:ratelimit:%s:%d", key, slot)
+	pipe := l.rdb.TxPipeline()
+	incr := pipe.Incr(ctx, k)
+	pipe.Expire(ctx, k, l.window+time.Second)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return false, fmt.Errorf("rate limit counter: %w", err)
+	}
+	return incr.Val() <= int64(l.limit), nil
+}
+
+// rateLimit guards signup and login per client IP. When Redis fails the
+// request is let through: a broken limiter must not lock everyone out.
+func (s *Server) rateLimit(name string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s.deps.RateLimiter != nil {
+				ip := r.RemoteAddr
+				if h, _, err := net.SplitHostPort(ip); err == nil {
+					ip = h
+				}
+				ok, err := s.deps.RateLimiter.Allow(r.Context(), name+":"+ip)
+				if err != nil {
+					s.deps.Logger.WarnContext(r.Context(), "rate limiter unavailable", "err", err)
+				} else if !ok {
+					s.writeErr(w, r, &service.Error{Kind: service.KindRateLimited, Code: "rate_limited", Message: "too many attempts; try again in a minute"})
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}

@@ -1,0 +1,85 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+	"github.com/wrenn-dev/wrenn/internal/db"
+)
+
+// Core is the control plane core (accounts, teams, keys, sandboxes) built
+// from configuration.
+type Core struct {
+	Service   *service.Service
+	HostPool  *hosts.Pool
+	Scheduler hosts.Scheduler
+	// APIDeps are the api.Deps fields the core fills in.
+	RateLimiter       api.RateLimiter
+	MaxBodyBytes      int64
+	MaxUploadBytes    int64
+	ReconcileInterval time.Duration
+}
+
+// NewCore builds the core services. rdb may be nil (no rate limits).
+func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, logger *slog.Logger) (*Core, error) {
+	ttl := cfg.JWTTTL
+	if ttl == 0 {
+		ttl = 24 * time.Hour
+	}
+	tokens, err := auth.NewTokens(cfg.JWTSecret, ttl, nil)
+	if err != nil {
+		return nil, fmt.Errorf("WRENN_JWT_SECRET: %w", err)
+	}
+	q := db.New(pool)
+	hp := hosts.NewPool(q, nil)
+	var sch hosts.Scheduler = hosts.NewRoundRobin(q)
+	if cfg.Hosts.Scheduler == "least-loaded" {
+		sch = hosts.NewLeastLoaded(q)
+	}
+	svc, err := service.New(service.Deps{
+		Pool: pool, Hosts: hp, Scheduler: sch, Tokens: tokens, Logger: logger,
+		Limits: service.Limits{
+			MaxVCPUs: cfg.Limits.SandboxMaxVCPUs, MaxMemoryMB: cfg.Limits.SandboxMaxMemoryMB,
+			MaxTimeoutSec: cfg.Limits.SandboxMaxTimeoutSec, MaxRunningPerTeam: cfg.Limits.TeamMaxRunningSandboxes,
+			LifecycleTimeout: cfg.AgentLifecycleTimeout,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build service: %w", err)
+	}
+	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval}
+	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
+		c.RateLimiter = api.NewRedisRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute)
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = 5 * time.Second
+	}
+	return c, nil
+}
+
+// Fill sets the core's fields of api.Deps.
+func (c *Core) Fill(d *api.Deps) {
+	d.Service = c.Service
+	d.RateLimiter = c.RateLimiter
+	d.MaxBodyBytes = c.MaxBodyBytes
+	d.MaxUploadBytes = c.MaxUploadBytes
+	if d.HostUserAuth == nil {
+		d.HostUserAuth = c.Service
+	}
+}
+
+// RunBackground runs the reconciler until ctx ends.
+func (c *Core) RunBackground(ctx context.Context) {
+	c.Service.RunReconciler(ctx, c.ReconcileInterval)
+}

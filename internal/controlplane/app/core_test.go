@@ -1,0 +1,129 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/migrate"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// NewCore builds a working control plane from configuration alone: signup,
+// an API key, a sandbox on a registered host, and the background
+// reconciler noticing an auto-pause.
+func TestNewCoreServesTheAPI(t *testing.T) {
+	ctx := testenv.Context(t)
+	dbURL := testenv.PostgresURL(t)
+	m, err := migrate.Open(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("s", 40),
+		"WRENN_RECONCILE_INTERVAL": "1s", "WRENN_AUTH_RATE_LIMIT": "100"}
+	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	opts, _ := redis.ParseURL(cfg.RedisURL)
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	core, err := NewCore(cfg, pool, rdb, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if core.RateLimiter == nil || core.ReconcileInterval != time.Second {
+		t.Fatalf("core not configured from cfg: %+v", core)
+	}
+	deps := api.Deps{Logger: logger}
+	core.Fill(&deps)
+	h, err := api.New(deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	go core.RunBackground(ctx)
+
+	agent := agenttest.New()
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(agent.Close)
+	if _, err := db.New(pool).UpsertHost(ctx, db.UpsertHostParams{ID: "host-dev", Address: agent.Address(), Status: "online"}); err != nil {
+		t.Fatal(err)
+	}
+
+	post := func(path, auth, body string, want int, out any) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("POST %s = %d %s", path, resp.StatusCode, b)
+		}
+		if out != nil {
+			_ = json.Unmarshal(b, out)
+		}
+	}
+	var s struct{ Token string }
+	post("/v1/auth/signup", "", `{"email":"admin@example.com","password":"a long passphrase"}`, 201, &s)
+	var sb struct{ ID, Status string }
+	post("/v1/sandboxes", s.Token, `{}`, 201, &sb)
+	agent.AutoPause(sb.ID)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		row, err := db.New(pool).GetSandbox(ctx, db.GetSandboxParams{ID: sb.ID, TeamID: mustTeam(t, pool)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row.Status == "paused" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("background reconciler did not mark the auto-paused sandbox paused (status %s)", row.Status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func mustTeam(t *testing.T, pool *pgxpool.Pool) string {
+	var id string
+	if err := pool.QueryRow(context.Background(), "SELECT id FROM teams LIMIT 1").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}

@@ -1,0 +1,123 @@
+// Package hosts reaches host agents: a pool of Connect clients keyed by
+// host ID, and the scheduler that picks a host for a new sandbox.
+package hosts
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// Client is the agent RPC client.
+type Client = hostagentv1connect.HostAgentServiceClient
+
+// ErrHostUnavailable means the host is unknown, not online, or has no address.
+var ErrHostUnavailable = errors.New("host unavailable")
+
+// Pool lazily creates one client per host from the hosts table's address.
+// A client is stateless; the cache only saves re-creating it.
+type Pool struct {
+	q          *db.Queries
+	httpClient *http.Client
+
+	mu      sync.Mutex
+	clients map[string]cached
+}
+
+type cached struct {
+	address string
+	client  Client
+}
+
+// NewPool builds a pool. httpClient carries the transport (mTLS later); nil
+// uses a default client without an overall timeout, as streams are long.
+func NewPool(q *db.Queries, httpClient *http.Client) *Pool {
+	if httpClient == nil {
+		httpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	}
+	return &Pool{q: q, httpClient: httpClient, clients: map[string]cached{}}
+}
+
+// Get returns the client of an online host.
+func (p *Pool) Get(ctx context.Context, hostID string) (Client, error) {
+	h, err := p.q.GetHost(ctx, hostID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("host %s: %w", hostID, ErrHostUnavailable)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load host %s: %w", hostID, err)
+	}
+	if h.Status != "online" || h.Address == "" {
+		return nil, fmt.Errorf("host %s is %s: %w", hostID, h.Status, ErrHostUnavailable)
+	}
+	return p.ForHost(h), nil
+}
+
+// ForHost returns the client for a host row already loaded.
+func (p *Pool) ForHost(h db.Host) Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.clients[h.ID]; ok && c.address == h.Address {
+		return c.client
+	}
+	c := hostagentv1connect.NewHostAgentServiceClient(p.httpClient, BaseURL(h.Address))
+	p.clients[h.ID] = cached{address: h.Address, client: c}
+	return c
+}
+
+// Evict forgets a host's client (host deleted or re-addressed).
+func (p *Pool) Evict(hostID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.clients, hostID)
+}
+
+// BaseURL turns a stored address (host:port or a URL) into a base URL.
+func BaseURL(address string) string {
+	if strings.Contains(address, "://") {
+		return strings.TrimSuffix(address, "/")
+	}
+	return "http://" + address
+}
+
+// Scheduler picks the host for a new sandbox.
+type Scheduler interface {
+	Pick(ctx context.Context, teamID string) (db.Host, error)
+}
+
+// RoundRobin spreads sandboxes over the online hosts a team may use.
+type RoundRobin struct {
+	q    *db.Queries
+	next atomic.Uint64
+}
+
+// NewRoundRobin builds the default scheduler.
+func NewRoundRobin(q *db.Queries) *RoundRobin { return &RoundRobin{q: q} }
+
+// Pick returns ErrHostUnavailable when no host is online.
+func (r *RoundRobin) Pick(ctx context.Context, teamID string) (db.Host, error) {
+	hs, err := r.q.ListOnlineHosts(ctx, &teamID)
+	if err != nil {
+		return db.Host{}, fmt.Errorf("list online hosts: %w", err)
+	}
+	var usable []db.Host
+	for _, h := range hs {
+		if h.Address != "" {
+			usable = append(usable, h)
+		}
+	}
+	if len(usable) == 0 {
+		return db.Host{}, fmt.Errorf("no online host: %w", ErrHostUnavailable)
+	}
+	n := r.next.Add(1) - 1
+	return usable[n%uint64(len(usable))], nil
+}

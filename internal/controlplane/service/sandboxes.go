@@ -1,0 +1,558 @@
+package service
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
+	"github.com/wrenn-dev/wrenn/internal/db"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+// Sandbox states.
+const (
+	StatusPending = "pending"
+	StatusRunning = "running"
+	StatusPaused  = "paused"
+	StatusStopped = "stopped"
+	StatusError   = "error"
+	StatusMissing = "missing"
+)
+
+var allStatuses = []string{StatusPending, StatusRunning, StatusPaused, StatusStopped, StatusError, StatusMissing}
+
+// Sandbox as shown by the API.
+type Sandbox struct {
+	ID           string            `json:"id"`
+	TeamID       string            `json:"team_id"`
+	HostID       *string           `json:"host_id"`
+	Template     string            `json:"template"`
+	Status       string            `json:"status"`
+	VCPUs        int32             `json:"vcpus"`
+	MemoryMB     int32             `json:"memory_mb"`
+	DiskMB       int32             `json:"disk_mb"`
+	TimeoutSec   int32             `json:"timeout_sec"`
+	Metadata     map[string]string `json:"metadata"`
+	ErrorMessage string            `json:"error_message,omitempty"`
+	CreatedBy    string            `json:"created_by"`
+	CreatedAt    time.Time         `json:"created_at"`
+	UpdatedAt    time.Time         `json:"updated_at"`
+	StartedAt    *time.Time        `json:"started_at"`
+	LastActiveAt *time.Time        `json:"last_active_at"`
+	PausedAt     *time.Time        `json:"paused_at"`
+	StoppedAt    *time.Time        `json:"stopped_at"`
+}
+
+func toSandbox(r db.Sandbox) Sandbox {
+	md := map[string]string{}
+	_ = json.Unmarshal(r.Metadata, &md)
+	return Sandbox{ID: r.ID, TeamID: r.TeamID, HostID: r.HostID, Template: r.Template, Status: r.Status,
+		VCPUs: r.Vcpus, MemoryMB: r.MemoryMb, DiskMB: r.DiskMb, TimeoutSec: r.TimeoutSec, Metadata: md,
+		ErrorMessage: r.ErrorMessage, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		StartedAt: r.StartedAt, LastActiveAt: r.LastActiveAt, PausedAt: r.PausedAt, StoppedAt: r.StoppedAt}
+}
+
+// CreateSandboxInput is POST /v1/sandboxes.
+type CreateSandboxInput struct {
+	Template       string            `json:"template"`
+	VCPUs          *int              `json:"vcpus"`
+	MemoryMB       *int              `json:"memory_mb"`
+	TimeoutSec     *int              `json:"timeout_sec"`
+	Metadata       map[string]string `json:"metadata"`
+	EnvVars        map[string]string `json:"env_vars"`
+	InternetAccess *bool             `json:"internet_access"`
+}
+
+const (
+	maxMetadataKeys = 50
+	maxMetadataKey  = 64
+	maxMetadataVal  = 512
+)
+
+func checkStringMap(field string, m map[string]string, maxKeys int) error {
+	if len(m) > maxKeys {
+		return Invalid(field, "%s may have at most %d entries", field, maxKeys)
+	}
+	for k, v := range m {
+		if k == "" || len(k) > maxMetadataKey {
+			return Invalid(field, "%s keys must be 1-%d bytes", field, maxMetadataKey)
+		}
+		if len(v) > maxMetadataVal {
+			return Invalid(field, "%s[%q] must be at most %d bytes", field, k, maxMetadataVal)
+		}
+		if !utf8.ValidString(k) || !utf8.ValidString(v) || strings.ContainsRune(k+v, 0) {
+			return Invalid(field, "%s must be valid UTF-8 text without NUL", field)
+		}
+	}
+	return nil
+}
+
+func (s *Service) checkTimeout(field string, v *int) error {
+	if v != nil && (*v < 0 || *v > s.limits.MaxTimeoutSec) {
+		return Invalid(field, "%s must be between 0 and %d", field, s.limits.MaxTimeoutSec)
+	}
+	return nil
+}
+
+// CheckCreate validates what can be checked without the database.
+func (s *Service) CheckCreate(in CreateSandboxInput) error {
+	if len(in.Template) > 128 || strings.ContainsRune(in.Template, 0) {
+		return Invalid("template", "template must be a name of at most 128 bytes")
+	}
+	if in.VCPUs != nil && (*in.VCPUs < 1 || *in.VCPUs > s.limits.MaxVCPUs) {
+		return Invalid("vcpus", "vcpus must be between 1 and %d", s.limits.MaxVCPUs)
+	}
+	if in.MemoryMB != nil && (*in.MemoryMB < 128 || *in.MemoryMB > s.limits.MaxMemoryMB) {
+		return Invalid("memory_mb", "memory_mb must be between 128 and %d", s.limits.MaxMemoryMB)
+	}
+	if err := checkStringMap("metadata", in.Metadata, maxMetadataKeys); err != nil {
+		return err
+	}
+	if err := checkStringMap("env_vars", in.EnvVars, 200); err != nil {
+		return err
+	}
+	return s.checkTimeout("timeout_sec", in.TimeoutSec)
+}
+
+// agentTemplate is the name the agent knows a template by: platform images
+// by name, snapshots by their ID (names are only unique within a team).
+func agentTemplate(t db.Template) string {
+	if t.Kind == "snapshot" {
+		return t.ID
+	}
+	return t.Name
+}
+
+// CreateSandbox schedules a host, records the sandbox as pending, asks the
+// agent to boot it and records the outcome. It answers once the sandbox runs.
+func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in CreateSandboxInput) (Sandbox, error) {
+	if in.Template == "" {
+		in.Template = "minimal"
+	}
+	if err := s.CheckCreate(in); err != nil {
+		return Sandbox{}, err
+	}
+	tpl, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.Template, TeamID: &a.TeamID})
+	if isNoRows(err) {
+		return Sandbox{}, &Error{Kind: KindInvalid, Code: "unknown_template", Field: "template", Message: fmt.Sprintf("no template named %q", in.Template)}
+	}
+	if err != nil {
+		return Sandbox{}, Internal("load template", err)
+	}
+	vcpus, mem := int(tpl.Vcpus), int(tpl.MemoryMb)
+	if in.VCPUs != nil {
+		vcpus = *in.VCPUs
+	}
+	if in.MemoryMB != nil {
+		mem = *in.MemoryMB
+	}
+	if tpl.Kind == "snapshot" && (vcpus != int(tpl.Vcpus) || mem != int(tpl.MemoryMb)) {
+		return Sandbox{}, Invalid("vcpus", "a sandbox from snapshot %q keeps its %d vCPUs and %d MB", tpl.Name, tpl.Vcpus, tpl.MemoryMb)
+	}
+	timeout := 0
+	if in.TimeoutSec != nil {
+		timeout = *in.TimeoutSec
+	}
+	md := in.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	mdJSON, _ := json.Marshal(md)
+
+	host, err := s.scheduler.Pick(ctx, a.TeamID)
+	if errors.Is(err, hosts.ErrHostUnavailable) {
+		return Sandbox{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "no host is available to run the sandbox", Err: err}
+	}
+	if err != nil {
+		return Sandbox{}, Internal("schedule sandbox", err)
+	}
+
+	var row db.Sandbox
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		if err := q.LockTeamSandboxes(ctx, a.TeamID); err != nil {
+			return err
+		}
+		n, err := q.CountActiveSandboxes(ctx, a.TeamID)
+		if err != nil {
+			return err
+		}
+		if n >= int64(s.limits.MaxRunningPerTeam) {
+			return &Error{Kind: KindRateLimited, Code: "sandbox_limit", Message: fmt.Sprintf("the team already runs %d sandboxes, the most allowed", n)}
+		}
+		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: a.TeamID, HostID: &host.ID,
+			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
+			Metadata: mdJSON, CreatedBy: a.Actor()})
+		return err
+	})
+	if err != nil {
+		return Sandbox{}, wrapDB("create sandbox", err)
+	}
+
+	lctx, cancel := s.lifecycleCtx(ctx)
+	defer cancel()
+	client := s.hosts.ForHost(host)
+	_, agentErr := client.CreateSandbox(lctx, connect.NewRequest(&pb.CreateSandboxRequest{
+		SandboxId: row.ID, Template: agentTemplate(tpl), Vcpus: uint32(vcpus), MemoryMb: uint32(mem),
+		DiskMb: uint32(tpl.DiskMb), TimeoutSec: int64(timeout), EnvVars: in.EnvVars, Metadata: md, InternetAccess: in.InternetAccess,
+	}))
+	if agentErr != nil {
+		se := fromAgent("create the sandbox", agentErr)
+		msg := se.Message
+		if _, err := s.q.TransitionSandbox(lctx, db.TransitionSandboxParams{ID: row.ID, TeamID: a.TeamID, FromStatuses: []string{StatusPending}, ToStatus: StatusError, ErrorMessage: msg}); err != nil && !isNoRows(err) {
+			s.log.ErrorContext(ctx, "record sandbox error", "sandbox_id", row.ID, "err", err)
+		}
+		s.log.WarnContext(ctx, "create sandbox failed", "sandbox_id", row.ID, "host_id", host.ID, "err", agentErr)
+		if se.Kind == KindNotFound {
+			se = &Error{Kind: KindUpstream, Code: "template_unavailable", Message: fmt.Sprintf("host %s does not have template %q", host.ID, tpl.Name), Err: agentErr}
+		}
+		return Sandbox{}, se
+	}
+	row, err = s.q.TransitionSandbox(lctx, db.TransitionSandboxParams{ID: row.ID, TeamID: a.TeamID, FromStatuses: []string{StatusPending}, ToStatus: StatusRunning})
+	if isNoRows(err) {
+		// Destroyed while booting: do not leave the VM behind.
+		if _, derr := client.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: row.ID})); derr != nil {
+			s.log.WarnContext(ctx, "destroy sandbox deleted while starting", "sandbox_id", row.ID, "err", derr)
+		}
+		return Sandbox{}, Conflict("invalid_state", "the sandbox was destroyed while it was starting")
+	}
+	if err != nil {
+		return Sandbox{}, Internal("record sandbox running", err)
+	}
+	s.log.InfoContext(ctx, "sandbox created", "sandbox_id", row.ID, "team_id", a.TeamID, "host_id", host.ID, "actor", a.Actor())
+	return toSandbox(row), nil
+}
+
+// loadSandbox returns the team's sandbox or 404.
+func (s *Service) loadSandbox(ctx context.Context, a auth.AuthContext, id string) (db.Sandbox, error) {
+	if !ids.Valid(ids.Sandbox, id) {
+		return db.Sandbox{}, errSandboxNotFound
+	}
+	r, err := s.q.GetSandbox(ctx, db.GetSandboxParams{ID: id, TeamID: a.TeamID})
+	if isNoRows(err) {
+		return r, errSandboxNotFound
+	}
+	if err != nil {
+		return r, Internal("load sandbox", err)
+	}
+	return r, nil
+}
+
+func wrongState(r db.Sandbox, want string) *Error {
+	return &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, want)}
+}
+
+func (s *Service) client(ctx context.Context, r db.Sandbox) (hosts.Client, error) {
+	if r.HostID == nil {
+		return nil, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "the sandbox has no host"}
+	}
+	c, err := s.hosts.Get(ctx, *r.HostID)
+	if errors.Is(err, hosts.ErrHostUnavailable) {
+		return nil, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "the sandbox's host is not online", Err: err}
+	}
+	if err != nil {
+		return nil, Internal("reach host", err)
+	}
+	return c, nil
+}
+
+// runningSandbox loads a sandbox that must be running, and its agent.
+func (s *Service) runningSandbox(ctx context.Context, a auth.AuthContext, id string) (db.Sandbox, hosts.Client, error) {
+	r, err := s.loadSandbox(ctx, a, id)
+	if err != nil {
+		return r, nil, err
+	}
+	if r.Status != StatusRunning {
+		return r, nil, wrongState(r, StatusRunning)
+	}
+	c, err := s.client(ctx, r)
+	return r, c, err
+}
+
+// GetSandbox returns one sandbox.
+func (s *Service) GetSandbox(ctx context.Context, a auth.AuthContext, id string) (Sandbox, error) {
+	r, err := s.loadSandbox(ctx, a, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	return toSandbox(r), nil
+}
+
+// ListSandboxesInput filters GET /v1/sandboxes.
+type ListSandboxesInput struct {
+	Statuses []string
+	Metadata map[string]string
+	Limit    int
+	Cursor   string
+}
+
+// SandboxPage is one page of sandboxes, newest first.
+type SandboxPage struct {
+	Sandboxes  []Sandbox `json:"sandboxes"`
+	NextCursor string    `json:"next_cursor,omitempty"`
+}
+
+// MaxPageSize bounds list pages.
+const MaxPageSize = 200
+
+func encodeCursor(t time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	ts, id, ok := strings.Cut(string(raw), "|")
+	if !ok || !ids.Valid(ids.Sandbox, id) {
+		return time.Time{}, "", errors.New("bad cursor")
+	}
+	us, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	return time.UnixMicro(us), id, nil
+}
+
+// ListSandboxes pages through the team's sandboxes.
+func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in ListSandboxesInput) (SandboxPage, error) {
+	if in.Limit == 0 {
+		in.Limit = 50
+	}
+	if in.Limit < 1 || in.Limit > MaxPageSize {
+		return SandboxPage{}, Invalid("limit", "limit must be between 1 and %d", MaxPageSize)
+	}
+	for _, st := range in.Statuses {
+		if !contains(allStatuses, st) {
+			return SandboxPage{}, Invalid("status", "unknown status %q; use %s", st, strings.Join(allStatuses, ", "))
+		}
+	}
+	if err := checkStringMap("metadata", in.Metadata, maxMetadataKeys); err != nil {
+		return SandboxPage{}, err
+	}
+	md := in.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	mdJSON, _ := json.Marshal(md)
+	p := db.ListSandboxesParams{TeamID: a.TeamID, Statuses: in.Statuses, Metadata: mdJSON, Lim: int32(in.Limit + 1)}
+	if p.Statuses == nil {
+		p.Statuses = []string{}
+	}
+	if in.Cursor != "" {
+		t, id, err := decodeCursor(in.Cursor)
+		if err != nil {
+			return SandboxPage{}, Invalid("cursor", "cursor is not one this API returned")
+		}
+		p.CursorCreatedAt, p.CursorID = &t, id
+	}
+	rows, err := s.q.ListSandboxes(ctx, p)
+	if err != nil {
+		return SandboxPage{}, Internal("list sandboxes", err)
+	}
+	page := SandboxPage{Sandboxes: make([]Sandbox, 0, len(rows))}
+	if len(rows) > in.Limit {
+		rows = rows[:in.Limit]
+		last := rows[len(rows)-1]
+		page.NextCursor = encodeCursor(last.CreatedAt, last.ID)
+	}
+	for _, r := range rows {
+		page.Sandboxes = append(page.Sandboxes, toSandbox(r))
+	}
+	return page, nil
+}
+
+func contains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// DestroySandbox stops a sandbox for good. Destroying a stopped sandbox is a
+// no-op, so retries are safe.
+func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id string) error {
+	r, err := s.loadSandbox(ctx, a, id)
+	if err != nil {
+		return err
+	}
+	if r.Status == StatusStopped {
+		return nil
+	}
+	lctx, cancel := s.lifecycleCtx(ctx)
+	defer cancel()
+	c, err := s.client(ctx, r)
+	switch {
+	case err == nil:
+		_, aerr := c.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: r.ID}))
+		if aerr != nil && connect.CodeOf(aerr) != connect.CodeNotFound {
+			se := fromAgent("destroy the sandbox", aerr)
+			// A sandbox that never ran (error) or was lost (missing) can be
+			// forgotten even when its agent is away.
+			if !(se.Kind == KindUnavailable && (r.Status == StatusError || r.Status == StatusMissing)) {
+				return se
+			}
+		}
+	case r.Status == StatusError || r.Status == StatusMissing || r.Status == StatusPending:
+		// Host gone: nothing can run there for this sandbox.
+	default:
+		return err
+	}
+	notStopped := []string{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing}
+	_, err = s.q.TransitionSandbox(lctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: notStopped, ToStatus: StatusStopped, ErrorMessage: r.ErrorMessage})
+	if err != nil && !isNoRows(err) {
+		return Internal("record sandbox stopped", err)
+	}
+	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox_id", r.ID, "actor", a.Actor())
+	return nil
+}
+
+// PauseSandbox snapshots a running sandbox's memory and stops its VM.
+func (s *Service) PauseSandbox(ctx context.Context, a auth.AuthContext, id string) (Sandbox, error) {
+	r, c, err := s.runningSandbox(ctx, a, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	lctx, cancel := s.lifecycleCtx(ctx)
+	defer cancel()
+	if _, err := c.PauseSandbox(lctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: r.ID})); err != nil {
+		return Sandbox{}, fromAgent("pause the sandbox", err)
+	}
+	return s.transition(lctx, a, r, []string{StatusRunning}, StatusPaused, nil)
+}
+
+// ResumeInput is POST /v1/sandboxes/{id}/resume.
+type ResumeInput struct {
+	TimeoutSec *int `json:"timeout_sec"`
+}
+
+// ResumeSandbox restores a paused sandbox on its host.
+func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id string, in ResumeInput) (Sandbox, error) {
+	if err := s.checkTimeout("timeout_sec", in.TimeoutSec); err != nil {
+		return Sandbox{}, err
+	}
+	r, err := s.loadSandbox(ctx, a, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if r.Status != StatusPaused {
+		return Sandbox{}, wrongState(r, StatusPaused)
+	}
+	c, err := s.client(ctx, r)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	timeout := int64(r.TimeoutSec)
+	var newTimeout *int32
+	if in.TimeoutSec != nil {
+		timeout = int64(*in.TimeoutSec)
+		t := int32(*in.TimeoutSec)
+		newTimeout = &t
+	}
+	lctx, cancel := s.lifecycleCtx(ctx)
+	defer cancel()
+	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
+		return Sandbox{}, fromAgent("resume the sandbox", err)
+	}
+	return s.transition(lctx, a, r, []string{StatusPaused}, StatusRunning, newTimeout)
+}
+
+// transition applies a conditional state change; losing the race to another
+// transition is a 409 naming the state the sandbox is in now.
+func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandbox, from []string, to string, timeout *int32) (Sandbox, error) {
+	row, err := s.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: from, ToStatus: to, TimeoutSec: timeout})
+	if isNoRows(err) {
+		now, gerr := s.loadSandbox(ctx, a, r.ID)
+		if gerr != nil {
+			return Sandbox{}, gerr
+		}
+		return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
+	}
+	if err != nil {
+		return Sandbox{}, Internal("record sandbox state", err)
+	}
+	return toSandbox(row), nil
+}
+
+// PingResult is POST /v1/sandboxes/{id}/ping.
+type PingResult struct {
+	LastActiveAt time.Time `json:"last_active_at"`
+}
+
+// PingSandbox resets the idle timer on the agent and in the database.
+func (s *Service) PingSandbox(ctx context.Context, a auth.AuthContext, id string) (PingResult, error) {
+	r, c, err := s.runningSandbox(ctx, a, id)
+	if err != nil {
+		return PingResult{}, err
+	}
+	if _, err := c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: r.ID})); err != nil {
+		return PingResult{}, fromAgent("ping the sandbox", err)
+	}
+	at, err := s.q.TouchSandbox(ctx, db.TouchSandboxParams{ID: r.ID, TeamID: a.TeamID})
+	if isNoRows(err) {
+		return PingResult{}, Conflict("invalid_state", "the sandbox stopped running")
+	}
+	if err != nil || at == nil {
+		return PingResult{}, Internal("touch sandbox", err)
+	}
+	return PingResult{LastActiveAt: *at}, nil
+}
+
+// Metrics is GET /v1/sandboxes/{id}/metrics.
+type Metrics struct {
+	Current *MetricSample  `json:"current"`
+	History []MetricSample `json:"history"`
+}
+
+// MetricSample is one resource sample.
+type MetricSample struct {
+	SampledAt        time.Time `json:"sampled_at"`
+	CPUPercent       float64   `json:"cpu_percent"`
+	MemoryUsedBytes  uint64    `json:"memory_used_bytes"`
+	MemoryTotalBytes uint64    `json:"memory_total_bytes"`
+	DiskUsedBytes    uint64    `json:"disk_used_bytes"`
+	DiskTotalBytes   uint64    `json:"disk_total_bytes"`
+}
+
+func toSample(m *pb.SandboxMetrics) MetricSample {
+	out := MetricSample{CPUPercent: m.GetCpuPercent(), MemoryUsedBytes: m.GetMemoryUsedBytes(), MemoryTotalBytes: m.GetMemoryTotalBytes(),
+		DiskUsedBytes: m.GetDiskUsedBytes(), DiskTotalBytes: m.GetDiskTotalBytes()}
+	if m.GetSampledAt() != nil {
+		out.SampledAt = m.GetSampledAt().AsTime()
+	}
+	return out
+}
+
+// SandboxMetrics reads the agent's current and recent samples.
+func (s *Service) SandboxMetrics(ctx context.Context, a auth.AuthContext, id string) (Metrics, error) {
+	r, c, err := s.runningSandbox(ctx, a, id)
+	if err != nil {
+		return Metrics{}, err
+	}
+	resp, err := c.GetSandboxMetrics(ctx, connect.NewRequest(&pb.GetSandboxMetricsRequest{SandboxId: r.ID}))
+	if err != nil {
+		return Metrics{}, fromAgent("read metrics", err)
+	}
+	out := Metrics{History: make([]MetricSample, 0, len(resp.Msg.GetHistory()))}
+	if cur := resp.Msg.GetCurrent(); cur != nil {
+		c := toSample(cur)
+		out.Current = &c
+	}
+	for _, h := range resp.Msg.GetHistory() {
+		out.History = append(out.History, toSample(h))
+	}
+	return out, nil
+}

@@ -1,0 +1,129 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/db"
+)
+
+// Limits bound what one request or team may ask for.
+type Limits struct {
+	MaxVCPUs          int
+	MaxMemoryMB       int
+	MaxTimeoutSec     int
+	MaxRunningPerTeam int
+	// LifecycleTimeout bounds create/pause/resume/destroy calls to an agent;
+	// they run detached from the HTTP request so a client hanging up cannot
+	// leave a half-made transition.
+	LifecycleTimeout time.Duration
+}
+
+// DefaultLimits are used for zero fields.
+var defaultLimits = Limits{MaxVCPUs: 8, MaxMemoryMB: 8192, MaxTimeoutSec: 86400, MaxRunningPerTeam: 20, LifecycleTimeout: 5 * time.Minute}
+
+// Deps are the service's collaborators.
+type Deps struct {
+	Pool      *pgxpool.Pool
+	Hosts     *hosts.Pool
+	Scheduler hosts.Scheduler
+	Tokens    *auth.Tokens
+	Passwords auth.Passwords
+	Limits    Limits
+	Logger    *slog.Logger
+}
+
+// Service is the control plane's business layer.
+type Service struct {
+	pool      *pgxpool.Pool
+	q         *db.Queries
+	hosts     *hosts.Pool
+	scheduler hosts.Scheduler
+	tokens    *auth.Tokens
+	passwords auth.Passwords
+	limits    Limits
+	log       *slog.Logger
+	dummyHash string
+}
+
+// New builds the service. It does not touch the database.
+func New(d Deps) (*Service, error) {
+	if d.Tokens == nil {
+		return nil, errors.New("service: Tokens is required")
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	l := d.Limits
+	if l.MaxVCPUs <= 0 {
+		l.MaxVCPUs = defaultLimits.MaxVCPUs
+	}
+	if l.MaxMemoryMB <= 0 {
+		l.MaxMemoryMB = defaultLimits.MaxMemoryMB
+	}
+	if l.MaxTimeoutSec <= 0 {
+		l.MaxTimeoutSec = defaultLimits.MaxTimeoutSec
+	}
+	if l.MaxRunningPerTeam <= 0 {
+		l.MaxRunningPerTeam = defaultLimits.MaxRunningPerTeam
+	}
+	if l.LifecycleTimeout <= 0 {
+		l.LifecycleTimeout = defaultLimits.LifecycleTimeout
+	}
+	var q *db.Queries
+	if d.Pool != nil {
+		q = db.New(d.Pool)
+	}
+	hp := d.Hosts
+	if hp == nil && q != nil {
+		hp = hosts.NewPool(q, nil)
+	}
+	sch := d.Scheduler
+	if sch == nil && q != nil {
+		sch = hosts.NewRoundRobin(q)
+	}
+	dummy, err := d.Passwords.Hash("wrenn timing equalizer")
+	if err != nil {
+		return nil, err
+	}
+	return &Service{pool: d.Pool, q: q, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy}, nil
+}
+
+// Limits reports the effective limits.
+func (s *Service) Limits() Limits { return s.limits }
+
+// inTx runs fn in a transaction.
+func (s *Service) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return fn(s.q.WithTx(tx)) })
+}
+
+func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// lifecycleCtx detaches an agent lifecycle call from the request.
+func (s *Service) lifecycleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), s.limits.LifecycleTimeout)
+}
+
+func wrapDB(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := AsError(err); ok {
+		return err
+	}
+	return Internal(what, fmt.Errorf("%w", err))
+}

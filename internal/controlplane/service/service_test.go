@@ -1,0 +1,84 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+func TestReconcileTarget(t *testing.T) {
+	const id = "sb-x"
+	tests := []struct {
+		status string
+		live   map[string]pb.SandboxState
+		want   string
+	}{
+		{StatusRunning, map[string]pb.SandboxState{}, StatusStopped},
+		{StatusPaused, map[string]pb.SandboxState{}, StatusStopped},
+		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED}, StatusPaused},
+		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_PAUSED}, StatusPaused},
+		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_RUNNING}, ""},
+		{StatusPaused, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_PAUSED}, ""},
+		{StatusPaused, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_RUNNING}, ""},
+		{StatusMissing, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_RUNNING}, StatusRunning},
+		{StatusMissing, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED}, StatusPaused},
+		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_DEAD}, StatusError},
+		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_STOPPED}, StatusStopped},
+		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_STARTING}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/%v", tt.status, tt.live[id]), func(t *testing.T) {
+			if got := reconcileTarget(tt.status, tt.live, id); got != tt.want {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCursorRoundTrip(t *testing.T) {
+	at := time.Date(2026, 11, 30, 12, 0, 0, 123456000, time.UTC)
+	c := encodeCursor(at, "sb-abcdefghijklmnopqrst")
+	got, id, err := decodeCursor(c)
+	if err != nil || !got.Equal(at) || id != "sb-abcdefghijklmnopqrst" {
+		t.Fatalf("round trip: %v %s %v", got, id, err)
+	}
+	for _, bad := range []string{"", "!!", "bm9waXBl", encodeCursor(at, "usr-abc")[:10]} {
+		if _, _, err := decodeCursor(bad); err == nil {
+			t.Errorf("cursor %q accepted", bad)
+		}
+	}
+}
+
+func TestFromAgent(t *testing.T) {
+	tests := []struct {
+		err  error
+		kind Kind
+		code string
+	}{
+		{connect.NewError(connect.CodeNotFound, errors.New("no such file")), KindNotFound, "not_found"},
+		{connect.NewError(connect.CodeFailedPrecondition, errors.New("paused")), KindConflict, "invalid_state"},
+		{connect.NewError(connect.CodeInvalidArgument, errors.New("bad path")), KindInvalid, "invalid_request"},
+		{connect.NewError(connect.CodeUnavailable, errors.New("dial tcp: refused")), KindUnavailable, "agent_unavailable"},
+		{connect.NewError(connect.CodeDeadlineExceeded, errors.New("slow")), KindUnavailable, "agent_unavailable"},
+		{connect.NewError(connect.CodeResourceExhausted, errors.New("full")), KindUnavailable, "host_capacity"},
+		{connect.NewError(connect.CodeInternal, errors.New("qemu crashed")), KindUpstream, "agent_error"},
+		{errors.New("plain network error"), KindUnavailable, "agent_unavailable"},
+	}
+	for _, tt := range tests {
+		got := fromAgent("do it", tt.err)
+		if got.Kind != tt.kind || got.Code != tt.code || got.Message == "" {
+			t.Errorf("%v: got %+v", tt.err, got)
+		}
+		if tt.kind == KindUpstream && got.Message != "the host agent failed to do it" {
+			t.Errorf("internal agent detail leaked: %q", got.Message)
+		}
+	}
+	if fromAgent("x", nil) != nil {
+		t.Fatal("nil error mapped to non-nil")
+	}
+}

@@ -1,0 +1,185 @@
+package service
+
+import (
+	"context"
+	"regexp"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
+	"github.com/wrenn-dev/wrenn/internal/db"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+// Snapshot is a team's snapshot template.
+type Snapshot struct {
+	Name      string    `json:"name"`
+	ID        string    `json:"id"`
+	VCPUs     int32     `json:"vcpus"`
+	MemoryMB  int32     `json:"memory_mb"`
+	SizeBytes int64     `json:"size_bytes"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func toSnapshot(t db.Template) Snapshot {
+	return Snapshot{Name: t.Name, ID: t.ID, VCPUs: t.Vcpus, MemoryMB: t.MemoryMb, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt}
+}
+
+// SnapshotInput is POST /v1/snapshots.
+type SnapshotInput struct {
+	SandboxID string `json:"sandbox_id"`
+	Name      string `json:"name"`
+}
+
+var snapshotName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// CheckSnapshotName validates a snapshot name.
+func CheckSnapshotName(name string) error {
+	if name == "" {
+		return Invalid("name", "name is required")
+	}
+	if !snapshotName.MatchString(name) {
+		return Invalid("name", "name must be 1-63 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit")
+	}
+	return nil
+}
+
+// CreateSnapshot saves a running or paused sandbox as a template that new
+// sandboxes can start from. The agent stores it under the template's ID.
+func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in SnapshotInput) (Snapshot, error) {
+	if in.SandboxID == "" {
+		return Snapshot{}, Invalid("sandbox_id", "sandbox_id is required")
+	}
+	if err := CheckSnapshotName(in.Name); err != nil {
+		return Snapshot{}, err
+	}
+	sb, err := s.loadSandbox(ctx, a, in.SandboxID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if sb.Status != StatusRunning && sb.Status != StatusPaused {
+		return Snapshot{}, wrongState(sb, "running or paused")
+	}
+	if _, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.Name, TeamID: &a.TeamID}); err == nil {
+		return Snapshot{}, &Error{Kind: KindConflict, Code: "name_taken", Field: "name", Message: "a template or snapshot with this name exists"}
+	} else if !isNoRows(err) {
+		return Snapshot{}, Internal("create snapshot", err)
+	}
+	c, err := s.client(ctx, sb)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	tplID := ids.New(ids.Template)
+	lctx, cancel := s.lifecycleCtx(ctx)
+	defer cancel()
+	resp, err := c.CreateSnapshot(lctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: sb.ID, Name: tplID}))
+	if err != nil {
+		return Snapshot{}, fromAgent("snapshot the sandbox", err)
+	}
+	// The agent may have paused or stopped the sandbox to snapshot it.
+	s.syncFromAgent(lctx, c, sb)
+	vcpus, mem := sb.Vcpus, sb.MemoryMb
+	if resp.Msg.GetVcpus() > 0 {
+		vcpus, mem = int32(resp.Msg.GetVcpus()), int32(resp.Msg.GetMemoryMb())
+	}
+	t, err := s.q.InsertSnapshotTemplate(lctx, db.InsertSnapshotTemplateParams{ID: tplID, TeamID: &a.TeamID, Name: in.Name, Vcpus: vcpus, MemoryMb: mem, DiskMb: sb.DiskMb, SizeBytes: resp.Msg.GetSizeBytes()})
+	if err != nil {
+		if _, derr := c.DeleteSnapshot(lctx, connect.NewRequest(&pb.DeleteSnapshotRequest{Name: tplID})); derr != nil {
+			s.log.WarnContext(ctx, "drop unrecorded snapshot", "template_id", tplID, "err", derr)
+		}
+		if isUniqueViolation(err) {
+			return Snapshot{}, &Error{Kind: KindConflict, Code: "name_taken", Field: "name", Message: "a template or snapshot with this name exists"}
+		}
+		return Snapshot{}, Internal("record snapshot", err)
+	}
+	return toSnapshot(t), nil
+}
+
+// syncFromAgent records the state the agent reports for a sandbox.
+func (s *Service) syncFromAgent(ctx context.Context, c interface {
+	GetSandbox(context.Context, *connect.Request[pb.GetSandboxRequest]) (*connect.Response[pb.GetSandboxResponse], error)
+}, sb db.Sandbox) {
+	resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: sb.ID}))
+	to := ""
+	switch {
+	case connect.CodeOf(err) == connect.CodeNotFound:
+		to = StatusStopped
+	case err != nil:
+		s.log.WarnContext(ctx, "read sandbox state after snapshot", "sandbox_id", sb.ID, "err", err)
+		return
+	default:
+		to = stateToStatus(resp.Msg.GetSandbox().GetState())
+	}
+	if to == "" || to == sb.Status {
+		return
+	}
+	if _, err := s.q.ReconcileSandbox(ctx, db.ReconcileSandboxParams{ID: sb.ID, FromStatus: sb.Status, ToStatus: to, SeenUpdatedAt: sb.UpdatedAt}); err != nil {
+		s.log.WarnContext(ctx, "record sandbox state after snapshot", "sandbox_id", sb.ID, "err", err)
+	}
+}
+
+func stateToStatus(st pb.SandboxState) string {
+	switch st {
+	case pb.SandboxState_SANDBOX_STATE_RUNNING:
+		return StatusRunning
+	case pb.SandboxState_SANDBOX_STATE_PAUSED, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED:
+		return StatusPaused
+	case pb.SandboxState_SANDBOX_STATE_STOPPED:
+		return StatusStopped
+	case pb.SandboxState_SANDBOX_STATE_DEAD:
+		return StatusError
+	}
+	return ""
+}
+
+// ListSnapshots lists the team's snapshots, newest first.
+func (s *Service) ListSnapshots(ctx context.Context, a auth.AuthContext) ([]Snapshot, error) {
+	rows, err := s.q.ListSnapshots(ctx, &a.TeamID)
+	if err != nil {
+		return nil, Internal("list snapshots", err)
+	}
+	out := make([]Snapshot, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, toSnapshot(r))
+	}
+	return out, nil
+}
+
+// DeleteSnapshot removes a snapshot from every online host and then from
+// the database. A snapshot that live sandboxes were started from stays.
+func (s *Service) DeleteSnapshot(ctx context.Context, a auth.AuthContext, name string) error {
+	if err := CheckSnapshotName(name); err != nil {
+		return NotFound("snapshot_not_found", "snapshot not found")
+	}
+	t, err := s.q.GetSnapshot(ctx, db.GetSnapshotParams{TeamID: &a.TeamID, Name: name})
+	if isNoRows(err) {
+		return NotFound("snapshot_not_found", "snapshot not found")
+	}
+	if err != nil {
+		return Internal("delete snapshot", err)
+	}
+	n, err := s.q.CountTemplateUsers(ctx, db.CountTemplateUsersParams{TeamID: a.TeamID, Template: name})
+	if err != nil {
+		return Internal("delete snapshot", err)
+	}
+	if n > 0 {
+		return Conflict("snapshot_in_use", "sandboxes started from this snapshot still exist; destroy them first")
+	}
+	hs, err := s.q.ListAllOnlineHosts(ctx)
+	if err != nil {
+		return Internal("delete snapshot", err)
+	}
+	// Templates have no host: every online host is asked to drop it.
+	for _, h := range hs {
+		_, err := s.hosts.ForHost(h).DeleteSnapshot(ctx, connect.NewRequest(&pb.DeleteSnapshotRequest{Name: t.ID}))
+		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+			return fromAgent("delete the snapshot on host "+h.ID, err)
+		}
+	}
+	if _, err := s.q.DeleteSnapshot(ctx, db.DeleteSnapshotParams{TeamID: &a.TeamID, Name: name}); err != nil {
+		return Internal("delete snapshot", err)
+	}
+	return nil
+}
