@@ -1,0 +1,578 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/agent/images"
+	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+func isPaused(st pb.SandboxState) bool {
+	return st == pb.SandboxState_SANDBOX_STATE_PAUSED || st == pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED
+}
+
+// Pause saves the sandbox's memory, devices and disk under
+// WRENN_DIR/snapshots/<id> and tears the VM down. If anything fails before
+// the VM is torn down, the VM keeps running.
+func (m *Manager) Pause(ctx context.Context, id string) (*pb.SandboxInfo, error) {
+	return m.pause(ctx, id, false, nil)
+}
+
+// pause does Pause; auto marks a reaper pause, stillIdle (when set) is
+// re-checked under the operation lock so a ping that raced the reaper wins.
+func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle func(*record) bool) (*pb.SandboxInfo, error) {
+	s, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	s.op.Lock()
+	defer s.op.Unlock()
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return nil, notFound(id)
+	}
+	if s.rec.State != pb.SandboxState_SANDBOX_STATE_RUNNING || s.machine == nil {
+		st := s.rec.State
+		s.mu.Unlock()
+		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: only a running sandbox can be paused", id, stateName(st))
+	}
+	if stillIdle != nil && !stillIdle(&s.rec) {
+		s.mu.Unlock()
+		return nil, wrapErr(CodeFailedPrecondition, errBecameActive, "sandbox %q", id)
+	}
+	mref, client, slot := s.machine, s.client, s.rec.Slot
+	diskPath, diskFormat := s.rec.DiskPath, s.rec.DiskFormat
+	s.mu.Unlock()
+
+	start := time.Now()
+	dir := m.snapshotDir(id)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("clear old snapshot: %w", err)
+	}
+	if err := mref.m.Pause(ctx); err != nil {
+		return nil, wrapErr(codeForVMM(err), err, "pause vm")
+	}
+	snap, err := mref.m.Snapshot(ctx, dir)
+	if err != nil {
+		// Disk full, VMM trouble: the VM must keep running.
+		os.RemoveAll(dir)
+		if rerr := mref.m.Resume(context.WithoutCancel(ctx)); rerr != nil {
+			return nil, wrapErr(CodeInternal, errors.Join(err, rerr), "snapshot failed and the vm could not be resumed")
+		}
+		return nil, wrapErr(codeForVMM(err), err, "snapshot vm")
+	}
+	if snap.DiskPath == "" {
+		snap.DiskPath, snap.DiskFormat = diskPath, diskFormat
+	}
+	if snap.Driver == "" {
+		snap.Driver = m.cfg.Driver.Name()
+	}
+	// From here the sandbox is paused whatever happens: the snapshot is safe.
+	tctx := context.WithoutCancel(ctx)
+	s.mu.Lock()
+	mref.stopping.Store(true)
+	s.machine, s.client = nil, nil
+	s.rec.Snapshot = &snap
+	s.rec.PID = 0
+	s.lastSample = nil
+	st := pb.SandboxState_SANDBOX_STATE_PAUSED
+	if auto {
+		st = pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED
+	}
+	m.setStateLocked(s, st)
+	s.mu.Unlock()
+	if client != nil {
+		client.Close()
+	}
+	if err := mref.m.Stop(tctx); err != nil {
+		m.log.Warn("pause: stop vm", "sandbox", id, "err", err)
+	}
+	if err := m.cfg.Net.Release(tctx, slot); err != nil {
+		m.log.Warn("pause: release network", "sandbox", id, "err", err)
+	} else {
+		s.mu.Lock()
+		s.rec.Slot = NetSlot{}
+		m.persistLocked(s)
+		s.mu.Unlock()
+	}
+	m.log.Info("sandbox paused", "sandbox", id, "auto", auto, "took", time.Since(start).Round(time.Millisecond))
+	return s.info(), nil
+}
+
+// Resume restores a paused sandbox on a fresh network slot and
+// re-initialises envd (clock, new access token, env). On failure the
+// sandbox stays paused with its snapshot untouched.
+func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb.SandboxInfo, error) {
+	if timeoutSec != nil && *timeoutSec < 0 {
+		return nil, errorf(CodeInvalidArgument, "timeout_sec %d is negative", *timeoutSec)
+	}
+	s, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	s.op.Lock()
+	defer s.op.Unlock()
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return nil, notFound(id)
+	}
+	if !isPaused(s.rec.State) {
+		st := s.rec.State
+		s.mu.Unlock()
+		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: only a paused sandbox can be resumed", id, stateName(st))
+	}
+	if s.rec.Snapshot == nil {
+		s.mu.Unlock()
+		return nil, errorf(CodeFailedPrecondition, "sandbox %q: no snapshot recorded", id)
+	}
+	snap := *s.rec.Snapshot
+	staleSlot := s.rec.Slot
+	s.mu.Unlock()
+	if err := checkSnapshotFiles(snap); err != nil {
+		return nil, wrapErr(CodeFailedPrecondition, err, "resume %q: snapshot under %s", id, snap.Dir)
+	}
+	if snap.Driver != "" && snap.Driver != m.cfg.Driver.Name() {
+		return nil, errorf(CodeFailedPrecondition, "resume %q: snapshot made by %s, this agent runs %s", id, snap.Driver, m.cfg.Driver.Name())
+	}
+	start := time.Now()
+	if staleSlot.Name != "" {
+		if err := m.cfg.Net.Release(ctx, staleSlot); err != nil {
+			return nil, wrapErr(CodeUnavailable, err, "release old network")
+		}
+		s.mu.Lock()
+		s.rec.Slot = NetSlot{}
+		s.mu.Unlock()
+	}
+	// The driver may have saved the disk inside the snapshot directory; the
+	// sandbox's disk lives in its own directory.
+	if snap.DiskPath != s.rec.DiskPath {
+		if err := os.Rename(snap.DiskPath, s.rec.DiskPath); err != nil {
+			return nil, wrapErr(CodeInternal, err, "move snapshot disk")
+		}
+		s.mu.Lock()
+		s.rec.Snapshot.DiskPath = s.rec.DiskPath
+		m.persistLocked(s)
+		s.mu.Unlock()
+		snap.DiskPath = s.rec.DiskPath
+	}
+	slot, err := m.cfg.Net.Allocate(ctx, id, s.rec.InternetAccess)
+	if err != nil {
+		return nil, wrapErr(CodeUnavailable, err, "allocate network")
+	}
+	r := s.rec // a copy with the new slot, applied on success only
+	r.Slot = slot
+	undo := func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if err := m.cfg.Net.Release(cctx, slot); err != nil {
+			m.log.Warn("resume cleanup: release network", "sandbox", id, "err", err)
+		}
+	}
+	mach, err := m.cfg.Driver.Restore(ctx, m.vmConfig(&r), snap)
+	if err != nil {
+		undo()
+		return nil, wrapErr(codeForVMM(err), err, "restore vm")
+	}
+	mref := &machineRef{m: mach}
+	client := envdclient.New(slot.EnvdAddr)
+	client.SetToken(r.AccessToken)
+	tmp := &Sandbox{rec: r}
+	if err := m.initEnvd(ctx, tmp, mref, client); err != nil {
+		client.Close()
+		mref.stopping.Store(true)
+		mach.Stop(context.WithoutCancel(ctx))
+		undo()
+		return nil, err
+	}
+	s.mu.Lock()
+	s.rec.Slot = slot
+	s.rec.AccessToken = tmp.rec.AccessToken
+	s.rec.Snapshot = nil
+	s.rec.PID = mach.PID()
+	s.rec.LastActive = m.cfg.Now()
+	if timeoutSec != nil {
+		s.rec.TimeoutSec = *timeoutSec
+	}
+	s.machine, s.client = mref, client
+	m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_RUNNING)
+	s.mu.Unlock()
+	go m.watch(s, mref)
+	// The restored VM holds what it needs (mapped or loaded memory).
+	if err := os.RemoveAll(m.snapshotDir(id)); err != nil {
+		m.log.Warn("resume: remove snapshot", "sandbox", id, "err", err)
+	}
+	m.log.Info("sandbox resumed", "sandbox", id, "took", time.Since(start).Round(time.Millisecond))
+	return s.info(), nil
+}
+
+// errBecameActive: the reaper lost a race with activity; not a failure.
+var errBecameActive = errors.New("became active")
+
+func (m *Manager) isRunning(id string) bool {
+	s, err := m.get(id)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rec.State == pb.SandboxState_SANDBOX_STATE_RUNNING
+}
+
+// Reap pauses every sandbox idle longer than its timeout; when pausing
+// fails it destroys the sandbox. It runs on a context detached from ctx's
+// cancellation so an agent shutdown never leaves a half-done pause.
+func (m *Manager) Reap(ctx context.Context) {
+	now := m.cfg.Now()
+	idle := func(r *record) bool {
+		return r.TimeoutSec > 0 && m.cfg.Now().Sub(r.LastActive) >= time.Duration(r.TimeoutSec)*time.Second
+	}
+	var due []string
+	for _, s := range m.all() {
+		s.mu.Lock()
+		if s.rec.State == pb.SandboxState_SANDBOX_STATE_RUNNING && s.rec.TimeoutSec > 0 &&
+			now.Sub(s.rec.LastActive) >= time.Duration(s.rec.TimeoutSec)*time.Second {
+			due = append(due, s.rec.ID)
+		}
+		s.mu.Unlock()
+	}
+	for _, id := range due {
+		octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.OpTimeout)
+		_, err := m.pause(octx, id, true, idle)
+		if err != nil && !errors.Is(err, errBecameActive) && m.isRunning(id) {
+			m.log.Warn("reaper: pause failed, destroying sandbox", "sandbox", id, "err", err)
+			if derr := m.Destroy(octx, id); derr != nil && CodeOf(derr) != CodeNotFound {
+				m.log.Error("reaper: destroy after failed pause", "sandbox", id, "err", derr)
+			}
+		} else if err == nil {
+			m.log.Info("reaper: sandbox auto-paused", "sandbox", id)
+		}
+		cancel()
+	}
+}
+
+// PauseAll pauses every running sandbox, at most parallelism at a time.
+func (m *Manager) PauseAll(ctx context.Context, parallelism int) *pb.PauseAllResponse {
+	if parallelism <= 0 {
+		parallelism = 4
+	}
+	res := &pb.PauseAllResponse{Failed: map[string]string{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallelism)
+	for _, s := range m.all() {
+		s.mu.Lock()
+		run := s.rec.State == pb.SandboxState_SANDBOX_STATE_RUNNING
+		id := s.rec.ID
+		s.mu.Unlock()
+		if !run {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, err := m.Pause(context.WithoutCancel(ctx), id)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Failed[id] = err.Error()
+			} else {
+				res.PausedSandboxIds = append(res.PausedSandboxIds, id)
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// newTemplateDir reserves WRENN_DIR/templates/<name> by building it under a
+// temporary name; commit renames it into place.
+func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, err error) {
+	if !validTemplate(name) {
+		return "", nil, errorf(CodeInvalidArgument, "template name %q: use 1-64 of a-z, 0-9, '-', '_', '.'", name)
+	}
+	final := m.paths.TemplateDir(name)
+	if _, err := os.Stat(final); err == nil {
+		return "", nil, errorf(CodeAlreadyExists, "template %q already exists", name)
+	}
+	tmp = filepath.Join(m.cfg.Dir, "templates", ".tmp-"+name+"-"+randomHex(4))
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return "", nil, fmt.Errorf("create template dir: %w", err)
+	}
+	return tmp, func() error {
+		if err := os.Rename(tmp, final); err != nil {
+			os.RemoveAll(tmp)
+			if errors.Is(err, fs.ErrExist) || errors.Is(err, os.ErrExist) {
+				return errorf(CodeAlreadyExists, "template %q already exists", name)
+			}
+			return fmt.Errorf("commit template %q: %w", name, err)
+		}
+		return nil
+	}, nil
+}
+
+// CreateSnapshot makes a snapshot template from a running or paused
+// sandbox; the sandbox stays as it was.
+func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.CreateSnapshotResponse, error) {
+	s, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	tmp, commit, err := m.newTemplateDir(name)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	s.op.Lock()
+	defer s.op.Unlock()
+	s.mu.Lock()
+	r := s.rec
+	mref := s.machine
+	s.mu.Unlock()
+	snapDir := filepath.Join(tmp, "snapshot")
+	var snap vmm.Snapshot
+	switch {
+	case r.State == pb.SandboxState_SANDBOX_STATE_RUNNING && mref != nil:
+		if err := mref.m.Pause(ctx); err != nil {
+			return nil, wrapErr(codeForVMM(err), err, "pause vm")
+		}
+		snap, err = mref.m.Snapshot(ctx, snapDir)
+		if err == nil && (snap.DiskPath == "" || snap.DiskPath == r.DiskPath) {
+			// The disk keeps changing once the VM runs again: copy it now.
+			dst := filepath.Join(snapDir, "disk")
+			snap.DiskFormat, err = m.cfg.Disks.Clone(ctx, r.DiskPath, r.DiskFormat, dst)
+			snap.DiskPath = dst
+		}
+		if rerr := mref.m.Resume(context.WithoutCancel(ctx)); rerr != nil {
+			m.log.Error("create snapshot: resume source vm", "sandbox", id, "err", rerr)
+		}
+		if err != nil {
+			return nil, wrapErr(codeForVMM(err), err, "snapshot vm")
+		}
+	case isPaused(r.State) && r.Snapshot != nil:
+		snap, err = copySnapshot(ctx, m.cfg.Disks, *r.Snapshot, snapDir)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: snapshot needs a running or paused sandbox", id, stateName(r.State))
+	}
+	if snap.Driver == "" {
+		snap.Driver = m.cfg.Driver.Name()
+	}
+	meta := snapshotMeta{
+		Name: name, Source: id, Driver: snap.Driver, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
+		KernelPath: r.KernelPath, AccessToken: r.AccessToken, CreatedAt: m.cfg.Now(),
+	}
+	// Paths are rewritten for the template's final place.
+	final := filepath.Join(m.paths.TemplateDir(name), "snapshot")
+	meta.Snapshot = rebase(snap, snapDir, final)
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := os.WriteFile(filepath.Join(snapDir, "meta.json"), b, 0o600); err != nil {
+		return nil, fmt.Errorf("write snapshot meta: %w", err)
+	}
+	size := dirSize(tmp)
+	if err := commit(); err != nil {
+		return nil, err
+	}
+	ok = true
+	m.log.Info("snapshot template created", "template", name, "sandbox", id, "bytes", size)
+	return &pb.CreateSnapshotResponse{Name: name, SizeBytes: size, Vcpus: uint32(r.VCPUs), MemoryMb: uint32(r.MemoryMB)}, nil
+}
+
+func rebase(s vmm.Snapshot, from, to string) vmm.Snapshot {
+	re := func(p string) string {
+		if rel, err := filepath.Rel(from, p); err == nil && !filepath.IsAbs(rel) && rel != ".." && !startsDotDot(rel) {
+			return filepath.Join(to, rel)
+		}
+		return p
+	}
+	s.Dir = to
+	s.StatePath, s.MemoryPath, s.DiskPath = re(s.StatePath), re(s.MemoryPath), re(s.DiskPath)
+	return s
+}
+
+func startsDotDot(p string) bool { return len(p) >= 3 && p[:3] == "../" }
+
+// copySnapshot copies a pause snapshot (hard links where possible: the
+// files are never modified in place) into dir.
+func copySnapshot(ctx context.Context, disks DiskMaker, src vmm.Snapshot, dir string) (vmm.Snapshot, error) {
+	if err := checkSnapshotFiles(src); err != nil {
+		return vmm.Snapshot{}, wrapErr(CodeFailedPrecondition, err, "paused sandbox's snapshot")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	out := src
+	out.Dir = dir
+	for _, f := range []struct{ from, to *string }{{&src.StatePath, &out.StatePath}, {&src.MemoryPath, &out.MemoryPath}} {
+		if *f.from == "" {
+			continue
+		}
+		dst := filepath.Join(dir, filepath.Base(*f.from))
+		if err := linkOrCopy(*f.from, dst); err != nil {
+			return vmm.Snapshot{}, fmt.Errorf("copy snapshot file: %w", err)
+		}
+		*f.to = dst
+	}
+	dst := filepath.Join(dir, "disk")
+	f, err := disks.Clone(ctx, src.DiskPath, src.DiskFormat, dst)
+	if err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("copy snapshot disk: %w", err)
+	}
+	out.DiskPath, out.DiskFormat = dst, f
+	return out, nil
+}
+
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// dirSize is the disk space used by the files under dir.
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if st, err := d.Info(); err == nil {
+				n += allocated(st)
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// DeleteSnapshot removes a snapshot template.
+func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
+	if !validTemplate(name) {
+		return errorf(CodeInvalidArgument, "template name %q is invalid", name)
+	}
+	dir := m.paths.TemplateDir(name)
+	if _, err := os.Stat(filepath.Join(dir, "snapshot", "meta.json")); err != nil {
+		if _, derr := os.Stat(dir); derr == nil {
+			return errorf(CodeFailedPrecondition, "template %q is not a snapshot template", name)
+		}
+		return errorf(CodeNotFound, "snapshot template %q not found", name)
+	}
+	// Sandboxes made from it have their disks chained on its disk.
+	for _, s := range m.all() {
+		s.mu.Lock()
+		uses := s.rec.Template == name
+		id := s.rec.ID
+		s.mu.Unlock()
+		if uses {
+			return errorf(CodeFailedPrecondition, "snapshot template %q is in use by sandbox %q", name, id)
+		}
+	}
+	// Move it aside first so a create never sees half a template.
+	trash := filepath.Join(m.cfg.Dir, "templates", ".del-"+name+"-"+randomHex(4))
+	if err := os.Rename(dir, trash); err != nil {
+		return fmt.Errorf("delete snapshot template: %w", err)
+	}
+	return os.RemoveAll(trash)
+}
+
+// FlattenRootfs writes a sandbox's disk, merged with its base, as a
+// standalone shrunk image template; the sandbox keeps running.
+func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*pb.FlattenRootfsResponse, error) {
+	s, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	tmp, commit, err := m.newTemplateDir(name)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	s.op.Lock()
+	defer s.op.Unlock()
+	s.mu.Lock()
+	r := s.rec
+	mref, client := s.machine, s.client
+	s.mu.Unlock()
+	src, srcFormat := r.DiskPath, r.DiskFormat
+	dst := filepath.Join(tmp, "rootfs.ext4")
+	var size int64
+	switch {
+	case r.State == pb.SandboxState_SANDBOX_STATE_RUNNING && mref != nil:
+		// Flush the guest's page cache, then hold the vCPUs still while the
+		// disk is read.
+		if client != nil {
+			m.Exec(ctx, &pb.ExecRequest{SandboxId: id, Cmd: "sync", TimeoutSec: 60})
+		}
+		if err := mref.m.Pause(ctx); err != nil {
+			return nil, wrapErr(codeForVMM(err), err, "pause vm")
+		}
+		// The VMM holds a lock on its disk: copy it while the vCPUs are
+		// stopped (a stopped VMM has flushed it), let the VM go on, and
+		// flatten the copy.
+		cp := filepath.Join(tmp, "disk.copy")
+		var cpFormat string
+		cpFormat, err = m.cfg.Disks.Clone(ctx, src, srcFormat, cp)
+		if rerr := mref.m.Resume(context.WithoutCancel(ctx)); rerr != nil {
+			m.log.Error("flatten: resume vm", "sandbox", id, "err", rerr)
+		}
+		if err == nil {
+			size, err = m.cfg.Disks.Flatten(ctx, cp, cpFormat, dst)
+		}
+		os.Remove(cp)
+	case isPaused(r.State) && r.Snapshot != nil:
+		src, srcFormat = r.Snapshot.DiskPath, r.Snapshot.DiskFormat
+		size, err = m.cfg.Disks.Flatten(ctx, src, srcFormat, dst)
+	default:
+		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: flatten needs a running or paused sandbox", id, stateName(r.State))
+	}
+	if err != nil {
+		return nil, wrapErr(CodeInternal, err, "flatten disk")
+	}
+	meta := images.Metadata{Template: name, RootfsKey: "flat-" + randomHex(6), RootfsFile: "rootfs.ext4", Format: "raw", SizeBytes: size, BuiltAt: m.cfg.Now()}
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, "metadata.json"), b, 0o644); err != nil {
+		return nil, fmt.Errorf("write template metadata: %w", err)
+	}
+	if err := commit(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return &pb.FlattenRootfsResponse{Name: name, SizeBytes: size}, nil
+}

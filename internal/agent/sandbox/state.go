@@ -1,0 +1,285 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+// record is what the agent persists per sandbox in
+// WRENN_DIR/sandboxes/<id>/state.json (mode 0600: it holds the token).
+type record struct {
+	ID             string            `json:"id"`
+	Template       string            `json:"template"`
+	State          pb.SandboxState   `json:"state"`
+	StateSeq       uint64            `json:"state_seq"`
+	VCPUs          int               `json:"vcpus"`
+	MemoryMB       int               `json:"memory_mb"`
+	DiskMB         int               `json:"disk_mb"`
+	TimeoutSec     int64             `json:"timeout_sec"`
+	EnvVars        map[string]string `json:"env_vars,omitempty"`
+	Metadata       map[string]string `json:"metadata,omitempty"`
+	InternetAccess bool              `json:"internet_access"`
+	Driver         string            `json:"driver"`
+	StartedAt      time.Time         `json:"started_at"`
+	LastActive     time.Time         `json:"last_active"`
+	AccessToken    string            `json:"access_token"`
+	KernelPath     string            `json:"kernel_path"`
+	DiskPath       string            `json:"disk_path"`
+	DiskFormat     string            `json:"disk_format"`
+	Slot           NetSlot           `json:"slot"`
+	PID            int               `json:"pid"`
+	// Snapshot is set while the sandbox is paused.
+	Snapshot *vmm.Snapshot `json:"snapshot,omitempty"`
+}
+
+const stateFile = "state.json"
+
+// persistLocked writes s.rec atomically; s.mu held.
+func (m *Manager) persistLocked(s *Sandbox) error {
+	if s.removed {
+		return nil
+	}
+	dir := m.sandboxDir(s.rec.ID)
+	b, err := json.MarshalIndent(&s.rec, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	tmp := filepath.Join(dir, stateFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// Recover loads the sandboxes an earlier agent process left under
+// WRENN_DIR: running VMs are re-adopted (or reported DEAD when their VMM
+// is gone), paused ones are listed again, half-created ones are removed.
+// It returns how many were adopted as running.
+func (m *Manager) Recover(ctx context.Context) (int, error) {
+	entries, err := os.ReadDir(filepath.Join(m.cfg.Dir, "sandboxes"))
+	if err != nil {
+		return 0, fmt.Errorf("recover: %w", err)
+	}
+	adopted := 0
+	var errs []error
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(m.cfg.Dir, "sandboxes", e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, stateFile))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				m.log.Warn("recover: removing sandbox dir without state", "dir", dir)
+				os.RemoveAll(dir)
+				continue
+			}
+			errs = append(errs, fmt.Errorf("recover %s: %w", e.Name(), err))
+			continue
+		}
+		var r record
+		if err := json.Unmarshal(b, &r); err != nil || r.ID != e.Name() {
+			errs = append(errs, fmt.Errorf("recover %s: corrupt state file (%v); left in place", e.Name(), err))
+			continue
+		}
+		if r.StateSeq > m.seq.Load() {
+			m.seq.Store(r.StateSeq)
+		}
+		s := &Sandbox{rec: r}
+		ok, err := m.recoverOne(ctx, s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", r.ID, err))
+		}
+		if ok {
+			adopted++
+		}
+	}
+	m.removeOrphans()
+	return adopted, errors.Join(errs...)
+}
+
+// removeOrphans deletes what a crashed agent left half-made: snapshot
+// directories of sandboxes that no longer exist and unfinished or
+// half-deleted templates.
+func (m *Manager) removeOrphans() {
+	snaps, _ := os.ReadDir(filepath.Join(m.cfg.Dir, "snapshots"))
+	for _, e := range snaps {
+		if _, err := m.get(e.Name()); err != nil {
+			m.log.Warn("recover: removing orphaned snapshot", "dir", e.Name())
+			os.RemoveAll(filepath.Join(m.cfg.Dir, "snapshots", e.Name()))
+		}
+	}
+	tmpl, _ := os.ReadDir(filepath.Join(m.cfg.Dir, "templates"))
+	for _, e := range tmpl {
+		if strings.HasPrefix(e.Name(), ".tmp-") || strings.HasPrefix(e.Name(), ".del-") {
+			m.log.Warn("recover: removing unfinished template", "dir", e.Name())
+			os.RemoveAll(filepath.Join(m.cfg.Dir, "templates", e.Name()))
+		}
+	}
+}
+
+func (m *Manager) recoverOne(ctx context.Context, s *Sandbox) (bool, error) {
+	r := &s.rec
+	add := func() {
+		m.mu.Lock()
+		m.sandboxes[r.ID] = s
+		m.mu.Unlock()
+	}
+	switch r.State {
+	case pb.SandboxState_SANDBOX_STATE_PAUSED, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED, pb.SandboxState_SANDBOX_STATE_DEAD:
+		add()
+		return false, nil
+	case pb.SandboxState_SANDBOX_STATE_RUNNING:
+	default:
+		// STARTING (or unknown): a create that never finished. Remove it all.
+		m.log.Warn("recover: removing half-created sandbox", "sandbox", r.ID, "state", r.State)
+		if r.Slot.Name != "" {
+			if err := m.cfg.Net.Adopt(ctx, r.Slot); err == nil {
+				if mach, err := m.cfg.Driver.Adopt(ctx, m.vmConfig(r)); err == nil {
+					mach.Stop(ctx)
+				}
+				m.cfg.Net.Release(ctx, r.Slot)
+			}
+		}
+		return false, os.RemoveAll(m.sandboxDir(r.ID))
+	}
+	// RUNNING: take the network back, then the VMM.
+	if err := m.cfg.Net.Adopt(ctx, r.Slot); err != nil {
+		m.log.Warn("recover: network gone, sandbox is dead", "sandbox", r.ID, "err", err)
+		r.Slot = NetSlot{}
+		s.mu.Lock()
+		m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_DEAD)
+		s.mu.Unlock()
+		add()
+		return false, nil
+	}
+	mach, err := m.cfg.Driver.Adopt(ctx, m.vmConfig(r))
+	if err != nil {
+		m.log.Warn("recover: vmm gone, sandbox is dead", "sandbox", r.ID, "err", err)
+		if rerr := m.cfg.Net.Release(ctx, r.Slot); rerr == nil {
+			r.Slot = NetSlot{}
+		}
+		s.mu.Lock()
+		m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_DEAD)
+		s.mu.Unlock()
+		add()
+		return false, nil
+	}
+	client := envdclient.New(r.Slot.EnvdAddr)
+	client.SetToken(r.AccessToken)
+	mref := &machineRef{m: mach}
+	s.mu.Lock()
+	s.machine, s.client = mref, client
+	r.PID = mach.PID()
+	// Idle time while no agent ran does not count against the sandbox.
+	r.LastActive = m.cfg.Now()
+	m.persistLocked(s)
+	s.mu.Unlock()
+	add()
+	go m.watch(s, mref)
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := client.Health(hctx); err != nil {
+		m.log.Warn("recover: adopted vm but envd does not answer yet", "sandbox", r.ID, "err", err)
+	}
+	m.log.Info("recover: sandbox adopted", "sandbox", r.ID, "pid", r.PID)
+	return true, nil
+}
+
+// SlotNames returns the network slots held by known sandboxes, so stale
+// cleanup can keep them.
+func (m *Manager) SlotNames() map[string]bool {
+	out := map[string]bool{}
+	for _, s := range m.all() {
+		s.mu.Lock()
+		if s.rec.Slot.Name != "" {
+			out[s.rec.Slot.Name] = true
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// template is what a sandbox starts from: an image (kernel + rootfs) or a
+// snapshot (restore).
+type template struct {
+	kernel     string
+	disk       string
+	diskFormat string
+	snap       *vmm.Snapshot
+	meta       snapshotMeta
+}
+
+// snapshotMeta is WRENN_DIR/templates/<name>/snapshot/meta.json.
+type snapshotMeta struct {
+	Name        string       `json:"name"`
+	Source      string       `json:"source_sandbox"`
+	Driver      string       `json:"driver"`
+	VCPUs       int          `json:"vcpus"`
+	MemoryMB    int          `json:"memory_mb"`
+	KernelPath  string       `json:"kernel_path"`
+	AccessToken string       `json:"access_token"`
+	Snapshot    vmm.Snapshot `json:"snapshot"`
+	CreatedAt   time.Time    `json:"created_at"`
+}
+
+func (m *Manager) snapshotTemplateDir(name string) string {
+	return filepath.Join(m.paths.TemplateDir(name), "snapshot")
+}
+
+func (m *Manager) resolveTemplate(name string) (template, error) {
+	metaPath := filepath.Join(m.snapshotTemplateDir(name), "meta.json")
+	if b, err := os.ReadFile(metaPath); err == nil {
+		var meta snapshotMeta
+		if err := json.Unmarshal(b, &meta); err != nil {
+			return template{}, wrapErr(CodeFailedPrecondition, err, "snapshot template %q: corrupt %s", name, metaPath)
+		}
+		if err := checkSnapshotFiles(meta.Snapshot); err != nil {
+			return template{}, wrapErr(CodeFailedPrecondition, err, "snapshot template %q", name)
+		}
+		snap := meta.Snapshot
+		return template{kernel: meta.KernelPath, disk: snap.DiskPath, diskFormat: snap.DiskFormat, snap: &snap, meta: meta}, nil
+	}
+	kernel, err := m.paths.ResolvedKernel()
+	if err != nil {
+		return template{}, wrapErr(CodeFailedPrecondition, err, "kernel")
+	}
+	rootfs, err := m.paths.ResolvedRootfs(name)
+	if err != nil {
+		if _, serr := os.Stat(m.paths.TemplateDir(name)); serr != nil {
+			return template{}, errorf(CodeNotFound, "template %q not found on this host (image templates are built with `wrenn images build`)", name)
+		}
+		return template{}, wrapErr(CodeFailedPrecondition, err, "template %q", name)
+	}
+	return template{kernel: kernel, disk: rootfs, diskFormat: "raw"}, nil
+}
+
+// checkSnapshotFiles makes sure every file a restore needs is there.
+func checkSnapshotFiles(s vmm.Snapshot) error {
+	for _, p := range []string{s.StatePath, s.MemoryPath, s.DiskPath} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%w: %v", vmm.ErrSnapshotInvalid, err)
+		}
+	}
+	if s.StatePath == "" {
+		return fmt.Errorf("%w: no state file recorded", vmm.ErrSnapshotInvalid)
+	}
+	return nil
+}

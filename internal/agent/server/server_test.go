@@ -1,0 +1,277 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
+	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
+	"github.com/wrenn-dev/wrenn/internal/agent/server"
+	"github.com/wrenn-dev/wrenn/internal/envdclient/envdtest"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// The server is tested over real HTTP on loopback, in front of a manager
+// whose "VMs" are real envd processes on the host (see sandboxtest).
+
+func startServer(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClient) {
+	t.Helper()
+	bin := envdtest.Build(t)
+	dir := t.TempDir()
+	if err := sandboxtest.FakeImages(dir); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := sandbox.New(sandbox.Config{Dir: dir, Driver: &sandboxtest.HostDriver{Bin: bin}, Net: sandboxtest.NewLoopNet(), Disks: sandboxtest.FileDisks{}, Logger: log, Accel: "tcg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range m.List(context.Background()).Sandboxes {
+			m.Destroy(context.Background(), s.SandboxId)
+		}
+	})
+	srv, err := server.New(server.Config{Manager: m, Dir: dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	base := "http://" + ln.Addr().String()
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	return hostagentv1connect.NewHostAgentServiceClient(http.DefaultClient, base),
+		hostagentv1connect.NewHostAgentServiceClient(h2c, base)
+}
+
+func TestServerOverHTTP(t *testing.T) {
+	h1, h2 := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	hi, err := h2.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{}))
+	if err != nil {
+		t.Fatalf("host info over h2c: %v", err)
+	}
+	if hi.Msg.Vmm != "host-envd" || hi.Msg.Accel != "tcg" || hi.Msg.CpuCount == 0 || hi.Msg.MemoryBytes == 0 || hi.Msg.DiskFreeBytes == 0 || !hi.Msg.Healthy || len(hi.Msg.Templates) != 1 {
+		t.Fatalf("host info %v", hi.Msg)
+	}
+
+	cr, err := h1.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "s1"}))
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if cr.Msg.Sandbox.State != pb.SandboxState_SANDBOX_STATE_RUNNING {
+		t.Fatalf("state %v", cr.Msg.Sandbox.State)
+	}
+
+	t.Run("error codes", func(t *testing.T) {
+		tests := []struct {
+			name string
+			call func() error
+			code connect.Code
+		}{
+			{"unknown sandbox", func() error {
+				_, err := h2.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: "nope", Cmd: "true"}))
+				return err
+			}, connect.CodeNotFound},
+			{"bad size", func() error {
+				_, err := h1.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{Vcpus: 1000}))
+				return err
+			}, connect.CodeInvalidArgument},
+			{"duplicate", func() error {
+				_, err := h1.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "s1"}))
+				return err
+			}, connect.CodeAlreadyExists},
+			{"resume running", func() error {
+				_, err := h1.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: "s1"}))
+				return err
+			}, connect.CodeFailedPrecondition},
+			{"missing file", func() error {
+				_, err := h1.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: "s1", Path: "/nope"}))
+				return err
+			}, connect.CodeNotFound},
+			{"stream without header", func() error {
+				st := h2.WriteFileStream(ctx)
+				st.Send(&pb.WriteFileStreamRequest{Part: &pb.WriteFileStreamRequest_Chunk{Chunk: []byte("x")}})
+				_, err := st.CloseAndReceive()
+				return err
+			}, connect.CodeInvalidArgument},
+			{"unknown process", func() error {
+				st, err := h1.ConnectProcess(ctx, connect.NewRequest(&pb.ConnectProcessRequest{SandboxId: "s1", Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: "zz"}}}))
+				if err != nil {
+					return err
+				}
+				for st.Receive() {
+				}
+				return st.Err()
+			}, connect.CodeNotFound},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if err := tt.call(); connect.CodeOf(err) != tt.code {
+					t.Fatalf("err = %v, want %v", err, tt.code)
+				}
+			})
+		}
+	})
+
+	t.Run("exec", func(t *testing.T) {
+		r, err := h2.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: "s1", Cmd: "/bin/sh", Args: []string{"-c", "echo hello | tr a-z A-Z"}}))
+		if err != nil || string(r.Msg.Stdout) != "HELLO\n" || r.Msg.ExitCode != 0 {
+			t.Fatalf("exec: %v %v", r, err)
+		}
+		st, err := h1.ExecStream(ctx, connect.NewRequest(&pb.ExecStreamRequest{SandboxId: "s1", Cmd: "/bin/sh", Args: []string{"-c", "echo a; echo b >&2; exit 4"}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut []byte
+		var code int32 = -100
+		for st.Receive() {
+			out = append(out, st.Msg().GetStdout()...)
+			errOut = append(errOut, st.Msg().GetStderr()...)
+			if e := st.Msg().GetEnd(); e != nil {
+				code = e.ExitCode
+			}
+		}
+		if st.Err() != nil || string(out) != "a\n" || string(errOut) != "b\n" || code != 4 {
+			t.Fatalf("stream: %v %q %q %d", st.Err(), out, errOut, code)
+		}
+	})
+
+	t.Run("file streams", func(t *testing.T) {
+		data := make([]byte, 6<<20+11)
+		rand.Read(data)
+		ws := h2.WriteFileStream(ctx)
+		if err := ws.Send(&pb.WriteFileStreamRequest{Part: &pb.WriteFileStreamRequest_Header_{Header: &pb.WriteFileStreamRequest_Header{SandboxId: "s1", Path: "/big"}}}); err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(data); off += 100 << 10 {
+			end := min(off+100<<10, len(data))
+			if err := ws.Send(&pb.WriteFileStreamRequest{Part: &pb.WriteFileStreamRequest_Chunk{Chunk: data[off:end]}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wr, err := ws.CloseAndReceive()
+		if err != nil || wr.Msg.Size != int64(len(data)) {
+			t.Fatalf("write stream: %v %v", wr, err)
+		}
+		rs, err := h1.ReadFileStream(ctx, connect.NewRequest(&pb.ReadFileStreamRequest{SandboxId: "s1", Path: "/big", ChunkSize: 1 << 20}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		var size int64 = -1
+		var got int64
+		for rs.Receive() {
+			if rs.Msg().GetChunk() == nil {
+				size = rs.Msg().GetSize()
+			}
+			n, _ := h.Write(rs.Msg().GetChunk())
+			got += int64(n)
+		}
+		want := sha256.Sum256(data)
+		if rs.Err() != nil || size != int64(len(data)) || got != size || !bytes.Equal(h.Sum(nil), want[:]) {
+			t.Fatalf("read stream: err %v size %d got %d", rs.Err(), size, got)
+		}
+	})
+
+	t.Run("background process", func(t *testing.T) {
+		sp, err := h1.StartProcess(ctx, connect.NewRequest(&pb.StartProcessRequest{SandboxId: "s1", Cmd: "/bin/sh", Args: []string{"-c", "echo one; sleep 0.3; echo two"}, Tag: "job"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := h2.ConnectProcess(ctx, connect.NewRequest(&pb.ConnectProcessRequest{SandboxId: "s1", Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: sp.Msg.Pid}}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []byte
+		ended := false
+		for st.Receive() {
+			out = append(out, st.Msg().GetStdout()...)
+			ended = ended || st.Msg().GetEnd() != nil
+		}
+		if st.Err() != nil || string(out) != "one\ntwo\n" || !ended {
+			t.Fatalf("connect: %v %q ended=%v", st.Err(), out, ended)
+		}
+	})
+
+	ls, err := h1.ListSandboxes(ctx, connect.NewRequest(&pb.ListSandboxesRequest{}))
+	if err != nil || len(ls.Msg.Sandboxes) != 1 || len(ls.Msg.AutoPausedSandboxIds) != 0 {
+		t.Fatalf("list: %v %v", ls, err)
+	}
+	m, err := h1.GetSandboxMetrics(ctx, connect.NewRequest(&pb.GetSandboxMetricsRequest{SandboxId: "s1"}))
+	if err != nil || m.Msg.Current == nil || m.Msg.Current.MemoryTotalBytes == 0 {
+		t.Fatalf("metrics: %v %v", m, err)
+	}
+	if _, err := h2.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: "s1"})); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h2.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: "s1"}))
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("get after destroy: %v", err)
+	}
+}
+
+func TestPlainHealth(t *testing.T) {
+	srv, err := server.New(server.Config{Manager: mustManager(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.New(server.Config{}); err == nil {
+		t.Fatal("New without a manager succeeded")
+	}
+}
+
+func mustManager(t *testing.T) *sandbox.Manager {
+	dir := t.TempDir()
+	m, err := sandbox.New(sandbox.Config{Dir: dir, Driver: &sandboxtest.HostDriver{Bin: "/nonexistent"}, Net: sandboxtest.NewLoopNet(), Disks: sandboxtest.FileDisks{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

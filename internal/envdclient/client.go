@@ -1,0 +1,335 @@
+// Package envdclient talks to one envd (the guest agent inside a sandbox):
+// its Connect process and filesystem services and its plain HTTP endpoints
+// (/health, /init, /files, /metrics). Every request carries the sandbox's
+// access token once it is set.
+package envdclient
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
+	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
+)
+
+// TokenHeader carries the access token set by /init.
+const TokenHeader = "X-Access-Token"
+
+// ErrNotFound is returned by DownloadFile when the path does not exist.
+var ErrNotFound = errors.New("envd: path not found")
+
+// HTTPError is a non-2xx answer from one of envd's HTTP endpoints.
+type HTTPError struct {
+	Op      string
+	Status  int
+	Message string
+}
+
+func (e *HTTPError) Error() string {
+	return fmt.Sprintf("envd %s: HTTP %d: %s", e.Op, e.Status, e.Message)
+}
+
+// Is lets errors.Is(err, ErrNotFound) match a 404.
+func (e *HTTPError) Is(target error) bool {
+	return target == ErrNotFound && e.Status == http.StatusNotFound
+}
+
+// Client is a client for one envd. It is safe for concurrent use.
+type Client struct {
+	base string
+	http *http.Client
+
+	mu    sync.RWMutex
+	token string
+
+	Process    processconnect.ProcessClient
+	Filesystem filesystemconnect.FilesystemClient
+}
+
+// New returns a client for the envd at addr ("host:port").
+func New(addr string) *Client {
+	c := &Client{base: "http://" + addr}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     60 * time.Second,
+		// Many processes stream at once; HTTP/1.1 gives each its own
+		// connection, so one slow stream never blocks the others.
+		DisableCompression: true,
+	}
+	c.http = &http.Client{Transport: &tokenTransport{c: c, next: tr}}
+	c.Process = processconnect.NewProcessClient(c.http, c.base)
+	c.Filesystem = filesystemconnect.NewFilesystemClient(c.http, c.base)
+	return c
+}
+
+// Addr is the base URL of the envd.
+func (c *Client) Addr() string { return c.base }
+
+// SetToken sets the access token sent with every request.
+func (c *Client) SetToken(tok string) {
+	c.mu.Lock()
+	c.token = tok
+	c.mu.Unlock()
+}
+
+// Token returns the current access token.
+func (c *Client) Token() string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.token
+}
+
+// Close drops idle connections.
+func (c *Client) Close() {
+	c.http.CloseIdleConnections()
+}
+
+// tokenTransport adds the access token to every request, Connect or plain.
+type tokenTransport struct {
+	c    *Client
+	next http.RoundTripper
+}
+
+func (t *tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if tok := t.c.Token(); tok != "" && r.Header.Get(TokenHeader) == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set(TokenHeader, tok)
+	}
+	return t.next.RoundTrip(r)
+}
+
+// WithUser sets the user a Connect request runs as (envd reads it from a
+// Basic authorization header, as E2B's SDKs send it).
+func WithUser(h http.Header, user string) {
+	if user != "" {
+		h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+	}
+}
+
+// NewRequest builds a Connect request running as user.
+func NewRequest[T any](msg *T, user string) *connect.Request[T] {
+	r := connect.NewRequest(msg)
+	WithUser(r.Header(), user)
+	return r
+}
+
+// Health does one GET /health.
+func (c *Client) Health(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
+	if err != nil {
+		return fmt.Errorf("envd health: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("envd health: %w", err)
+	}
+	defer drain(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return readHTTPError("health", resp)
+	}
+	return nil
+}
+
+// WaitHealthy polls /health every interval (20 ms when zero) until it
+// answers or ctx ends; it returns the last error with ctx's.
+func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		interval = 20 * time.Millisecond
+	}
+	var last error
+	for {
+		// A short per-try deadline: a SYN into a guest that is not up yet
+		// must not eat the whole budget.
+		tctx, cancel := context.WithTimeout(ctx, time.Second)
+		last = c.Health(tctx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("envd at %s not healthy: %w (last: %v)", c.base, ctx.Err(), last)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// InitRequest is the body of POST /init.
+type InitRequest struct {
+	EnvVars        map[string]string `json:"envVars,omitempty"`
+	AccessToken    *string           `json:"accessToken,omitempty"`
+	Timestamp      *time.Time        `json:"timestamp,omitempty"`
+	DefaultUser    string            `json:"defaultUser,omitempty"`
+	DefaultWorkdir string            `json:"defaultWorkdir,omitempty"`
+}
+
+// Init posts /init. When it sets an access token the client uses it from
+// then on.
+func (c *Client) Init(ctx context.Context, in InitRequest) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("envd init: encode: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/init", strings.NewReader(string(body)))
+	if err != nil {
+		return fmt.Errorf("envd init: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("envd init: %w", err)
+	}
+	defer drain(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return readHTTPError("init", resp)
+	}
+	if in.AccessToken != nil {
+		c.SetToken(*in.AccessToken)
+	}
+	return nil
+}
+
+// Metrics is the body of GET /metrics.
+type Metrics struct {
+	TS         int64   `json:"ts"`
+	CPUCount   int     `json:"cpu_count"`
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	MemTotal   uint64  `json:"mem_total"`
+	MemUsed    uint64  `json:"mem_used"`
+	DiskUsed   uint64  `json:"disk_used"`
+	DiskTotal  uint64  `json:"disk_total"`
+}
+
+// Metrics reads GET /metrics.
+func (c *Client) Metrics(ctx context.Context) (Metrics, error) {
+	var m Metrics
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return m, fmt.Errorf("envd metrics: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return m, fmt.Errorf("envd metrics: %w", err)
+	}
+	defer drain(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return m, readHTTPError("metrics", resp)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&m); err != nil {
+		return m, fmt.Errorf("envd metrics: decode: %w", err)
+	}
+	return m, nil
+}
+
+func (c *Client) filesURL(path, user string) string {
+	q := url.Values{}
+	q.Set("path", path)
+	if user != "" {
+		q.Set("username", user)
+	}
+	return c.base + "/files?" + q.Encode()
+}
+
+// UploadFile streams r to path in the guest as a multipart "file" field;
+// nothing is buffered whole. It returns the bytes sent.
+func (c *Client) UploadFile(ctx context.Context, path, user string, r io.Reader) (int64, error) {
+	if path == "" {
+		return 0, errors.New("envd upload: empty path")
+	}
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	var n int64
+	go func() {
+		part, err := mw.CreateFormFile("file", baseName(path))
+		if err == nil {
+			n, err = io.Copy(part, r)
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.filesURL(path, user), pr)
+	if err != nil {
+		pr.CloseWithError(err)
+		return 0, fmt.Errorf("envd upload %s: %w", path, err)
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := c.http.Do(req)
+	// Unblock the writer goroutine whatever happened.
+	pr.CloseWithError(errors.New("upload request finished"))
+	if err != nil {
+		return 0, fmt.Errorf("envd upload %s: %w", path, err)
+	}
+	defer drain(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return 0, readHTTPError("upload "+path, resp)
+	}
+	return n, nil
+}
+
+// DownloadFile opens path in the guest for reading; size is -1 when envd
+// did not say. The caller closes the reader.
+func (c *Client) DownloadFile(ctx context.Context, path, user string) (rc io.ReadCloser, size int64, err error) {
+	if path == "" {
+		return nil, 0, errors.New("envd download: empty path")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.filesURL(path, user), nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("envd download %s: %w", path, err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("envd download %s: %w", path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer drain(resp.Body)
+		return nil, 0, readHTTPError("download "+path, resp)
+	}
+	size = -1
+	if v := resp.Header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			size = n
+		}
+	}
+	return resp.Body, size, nil
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 && i < len(p)-1 {
+		return p[i+1:]
+	}
+	return "file"
+}
+
+func readHTTPError(op string, resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	msg := strings.TrimSpace(string(b))
+	var e struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(b, &e) == nil && e.Message != "" {
+		msg = e.Message
+	}
+	return &HTTPError{Op: op, Status: resp.StatusCode, Message: msg}
+}
+
+func drain(r io.ReadCloser) {
+	io.Copy(io.Discard, io.LimitReader(r, 64<<10))
+	r.Close()
+}
