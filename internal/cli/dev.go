@@ -11,31 +11,43 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agentapp"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/app"
+	"github.com/wrenn-dev/wrenn/internal/devboot"
 	"github.com/wrenn-dev/wrenn/internal/localsvc"
 	"github.com/wrenn-dev/wrenn/internal/migrate"
 )
 
 func newDevCmd() *cobra.Command {
 	var dataDir string
+	var noAgent bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run the whole platform on this machine with embedded defaults",
 		Long: `Run the whole platform locally: its own PostgreSQL and Redis under the
-data dir (unless DATABASE_URL / REDIS_URL are set), migrations, and the
-control plane. Ctrl-C stops everything it started.`,
+data dir (unless DATABASE_URL / REDIS_URL are set), migrations, the control
+plane, and one host agent registered through the public registration flow.
+The first run creates an admin user, a team and an API key and prints them.
+Ctrl-C pauses every sandbox to disk and stops everything it started.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), dataDir, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return runDev(cmd.Context(), devOptions{dataDir: dataDir, noAgent: noAgent}, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("WRENN_DEV_DIR", ".wrenn-dev"), "where dev keeps its database, Redis and secrets (env WRENN_DEV_DIR)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("WRENN_DEV_DIR", ".wrenn-dev"), "where dev keeps its database, Redis and credentials (env WRENN_DEV_DIR)")
+	cmd.Flags().BoolVar(&noAgent, "no-agent", false, "run without a host agent (no root or images needed; sandboxes cannot start)")
 	return cmd
+}
+
+type devOptions struct {
+	dataDir string
+	noAgent bool
 }
 
 func envOr(name, def string) string {
@@ -45,20 +57,26 @@ func envOr(name, def string) string {
 	return def
 }
 
-func runDev(ctx context.Context, dataDir string, stdout, stderr io.Writer) (err error) {
-	dataDir, err = filepath.Abs(dataDir)
+func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err error) {
+	dataDir, err := filepath.Abs(opts.dataDir)
 	if err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	// 0711: the postgres user (PostgreSQL refuses to run as root) must be
+	// able to pass through to its own sub-directory; the files here are 0600.
+	if err := os.MkdirAll(dataDir, 0o711); err != nil {
 		return fmt.Errorf("make data dir: %w", err)
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(stdout, "==> "+format+"\n", args...) }
 
 	databaseURL := os.Getenv("DATABASE_URL")
 	if databaseURL == "" {
-		say("starting PostgreSQL in %s", filepath.Join(dataDir, "postgres"))
-		pg, err := localsvc.StartPostgres(filepath.Join(dataDir, "postgres"), localsvc.PostgresOptions{Durable: true})
+		pgDir, err := localsvc.PostgresDir(filepath.Join(dataDir, "postgres"))
+		if err != nil {
+			return err
+		}
+		say("starting PostgreSQL in %s", pgDir)
+		pg, err := localsvc.StartPostgres(pgDir, localsvc.PostgresOptions{Durable: true})
 		if err != nil {
 			return fmt.Errorf("start PostgreSQL (or set DATABASE_URL): %w", err)
 		}
@@ -102,29 +120,153 @@ func runDev(ctx context.Context, dataDir string, stdout, stderr io.Writer) (err 
 	if err != nil {
 		return err
 	}
-	env := map[string]string{"DATABASE_URL": databaseURL, "REDIS_URL": redisURL, "WRENN_JWT_SECRET": secret}
+	defaults := map[string]string{"DATABASE_URL": databaseURL, "REDIS_URL": redisURL, "WRENN_JWT_SECRET": secret}
 	cfg, err := config.LoadControlPlane(func(name string) string {
 		if v := os.Getenv(name); v != "" {
 			return v
 		}
-		return env[name]
+		return defaults[name]
 	})
 	if err != nil {
 		return err
 	}
 	logger := newLogger(stderr, cfg.Log)
-	return app.Run(ctx, cfg, logger, func(addr net.Addr) {
-		base := "http://" + displayAddr(addr)
-		fmt.Fprintf(stdout, `
+
+	// The control plane outlives the agent: on Ctrl-C the agent pauses its
+	// sandboxes first, and the control plane must still be there for it.
+	cpCtx, stopCP := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCP()
+	cpAddr := make(chan net.Addr, 1)
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- app.Run(cpCtx, cfg, logger, func(a net.Addr) { cpAddr <- a }) }()
+	var base string
+	select {
+	case a := <-cpAddr:
+		base = "http://" + displayAddr(a)
+	case err := <-cpDone:
+		return err
+	}
+	waitCP := func() error {
+		stopCP()
+		return <-cpDone
+	}
+
+	boot, err := devboot.Bootstrap(ctx, devboot.Options{
+		BaseURL:   base,
+		StatePath: filepath.Join(dataDir, "dev-state.json"),
+		AgentDir:  agentDir(),
+		NoAgent:   opts.noAgent,
+	})
+	if err != nil {
+		return errors.Join(err, waitCP())
+	}
+
+	agentDone := make(chan error, 1)
+	if opts.noAgent {
+		close(agentDone)
+	} else {
+		acfg, err := devAgentConfig(base, boot.HostToken)
+		if err != nil {
+			return errors.Join(err, waitCP())
+		}
+		say("starting the host agent (WRENN_DIR=%s)", acfg.Dir)
+		go func() {
+			agentDone <- agentapp.RunWith(ctx, acfg, logger.With("role", "agent"), agentapp.RunOptions{PauseOnExit: true})
+		}()
+		if err := waitHostOnline(ctx, boot, agentDone); err != nil {
+			return errors.Join(err, <-agentDone, waitCP())
+		}
+	}
+
+	printDevBanner(stdout, base, dataDir, boot, opts.noAgent)
+
+	var agentErr error
+	select {
+	case <-ctx.Done():
+		say("stopping: pausing sandboxes and shutting down")
+		agentErr = <-agentDone
+	case agentErr = <-agentDone:
+		if agentErr != nil {
+			logger.Error("host agent stopped", "err", agentErr)
+		}
+	case err := <-cpDone:
+		cpDone <- err
+	}
+	return errors.Join(agentErr, waitCP())
+}
+
+// agentDir is where the dev agent keeps images and state: the same
+// WRENN_DIR that `make images` builds into.
+func agentDir() string { return envOr("WRENN_DIR", "/var/lib/wrenn") }
+
+// devAgentConfig is the agent's configuration for dev: the environment, a
+// loopback listen address on a free port, and registration with this
+// control plane.
+func devAgentConfig(cpURL, token string) (config.Agent, error) {
+	port, err := localsvc.FreePort()
+	if err != nil {
+		return config.Agent{}, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	overrides := map[string]string{
+		"WRENN_AGENT_LISTEN_ADDR": addr,
+		"WRENN_AGENT_ADDRESS":     addr,
+		"WRENN_CP_URL":            cpURL,
+		"WRENN_REGISTER_TOKEN":    token,
+		"WRENN_DIR":               agentDir(),
+	}
+	return config.LoadAgent(func(name string) string {
+		if v, ok := overrides[name]; ok {
+			return v
+		}
+		return os.Getenv(name)
+	})
+}
+
+// waitHostOnline waits until the dev agent has registered and its host is
+// online, so the printed curl works at once.
+func waitHostOnline(ctx context.Context, boot devboot.Result, agentDone <-chan error) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		select {
+		case err := <-agentDone:
+			if err == nil {
+				err = errors.New("host agent exited during start")
+			}
+			return fmt.Errorf("host agent: %w", err)
+		case <-ctx.Done():
+			return fmt.Errorf("host agent did not come online: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+		online, err := boot.HostOnline(ctx)
+		if err == nil && online {
+			return nil
+		}
+	}
+}
+
+func printDevBanner(w io.Writer, base, dataDir string, boot devboot.Result, noAgent bool) {
+	fmt.Fprintf(w, `
 Wrenn is running.
   API:        %[1]s/v1
-  Health:     %[1]s/health
   API docs:   %[1]s/docs
-  OpenAPI:    %[1]s/openapi.yaml
+  Health:     %[1]s/health
   Data dir:   %[2]s
-Press Ctrl-C to stop.
-`, base, dataDir)
-	})
+
+  Admin login:  %[3]s / %[4]s
+  API key:      %[5]s
+`, base, dataDir, boot.Email, boot.Password, boot.APIKey)
+	if noAgent {
+		fmt.Fprintf(w, "\nNo host agent (--no-agent): sandboxes cannot start.\n")
+	} else {
+		fmt.Fprintf(w, `
+Create a sandbox and run a command:
+  id=$(curl -s -X POST %[1]s/v1/sandboxes -H 'X-API-Key: %[2]s' -H 'Content-Type: application/json' -d '{"template":"minimal"}' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+  curl -s -X POST %[1]s/v1/sandboxes/$id/exec -H 'X-API-Key: %[2]s' -H 'Content-Type: application/json' -d '{"cmd":"uname","args":["-a"]}'
+`, base, boot.APIKey)
+	}
+	fmt.Fprintf(w, "\nPress Ctrl-C to stop (running sandboxes are paused to disk).\n")
 }
 
 // displayAddr turns a wildcard listen address into one a browser can open.

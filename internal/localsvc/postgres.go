@@ -185,3 +185,63 @@ func waitFor(timeout time.Duration, ready func() error) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// PostgresDir returns preferred when the user PostgreSQL runs as can reach
+// it, and otherwise a directory in that user's home named after preferred.
+// As root, PostgreSQL runs as "postgres", which cannot enter e.g. /root.
+func PostgresDir(preferred string) (string, error) {
+	if os.Geteuid() != 0 {
+		return preferred, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return "", fmt.Errorf("running as root and user postgres is missing (install postgresql): %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if traversable(filepath.Dir(preferred), uint32(uid), uint32(gid)) {
+		return preferred, nil
+	}
+	sum := fnv32(preferred)
+	return filepath.Join(u.HomeDir, fmt.Sprintf("wrenn-%08x", sum)), nil
+}
+
+// traversable reports whether uid/gid may search every directory from / to dir.
+func traversable(dir string, uid, gid uint32) bool {
+	for d := dir; ; d = filepath.Dir(d) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(d, &st); err != nil {
+			// A directory still to be made is created by us with 0711.
+			if !errors.Is(err, syscall.ENOENT) {
+				return false
+			}
+		} else {
+			switch {
+			case st.Uid == uid:
+				if st.Mode&0o100 == 0 {
+					return false
+				}
+			case st.Gid == gid:
+				if st.Mode&0o010 == 0 {
+					return false
+				}
+			default:
+				if st.Mode&0o001 == 0 {
+					return false
+				}
+			}
+		}
+		if d == "/" || d == "." {
+			return true
+		}
+	}
+}
+
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
