@@ -1,15 +1,10 @@
 package agentapp
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
-
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/network"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
@@ -46,52 +41,12 @@ func (a NetAdapter) Allocate(ctx context.Context, id string, internet bool) (san
 	if err != nil {
 		return sandbox.NetSlot{}, err
 	}
-	if err := setFixedTapMAC(s.NetNSPath, s.TapDevice); err != nil {
-		a.M.Release(ctx, s)
-		return sandbox.NetSlot{}, err
-	}
 	ns, err := toNetSlot(s)
 	if err != nil {
 		a.M.Release(ctx, s)
 		return sandbox.NetSlot{}, err
 	}
 	return ns, nil
-}
-
-// GatewayMAC is the MAC every slot's TAP device gets. A restored guest
-// keeps the gateway's MAC in its ARP cache from before the snapshot; with
-// a different MAC on the new slot's TAP its replies were dropped until the
-// entry went stale (measured: 45-60 s before envd answered after resume).
-const GatewayMAC = "02:fc:00:00:00:06"
-
-// setFixedTapMAC gives the slot's TAP the fixed gateway MAC.
-// TODO(network): belongs in internal/agent/network's TAP creation.
-func setFixedTapMAC(nsPath, tap string) error {
-	mac, err := net.ParseMAC(GatewayMAC)
-	if err != nil {
-		return err
-	}
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", nsPath, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", nsPath, err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(tap)
-	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", tap, nsPath, err)
-	}
-	if bytes.Equal(l.Attrs().HardwareAddr, mac) {
-		return nil
-	}
-	if err := h.LinkSetHardwareAddr(l, mac); err != nil {
-		return fmt.Errorf("set MAC of %s in %s: %w", tap, nsPath, err)
-	}
-	return nil
 }
 
 // Release implements sandbox.NetworkAllocator.

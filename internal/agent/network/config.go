@@ -32,6 +32,10 @@ const (
 	DefaultGuestPrefixLen = 30
 	// DefaultGuestMAC is locally administered and fixed for the same reason.
 	DefaultGuestMAC = "02:fc:00:00:00:05"
+	// DefaultGatewayMAC is the TAP's own MAC, fixed too: a restored guest
+	// keeps the gateway's MAC in its ARP cache, and with a new one per slot it
+	// would wait for that entry to expire (~60 s) before it could answer.
+	DefaultGatewayMAC = "02:fc:00:00:00:06"
 	// DefaultTapName and DefaultPeerVethName are device names inside each
 	// namespace (no clash possible between namespaces).
 	DefaultTapName      = "tap0"
@@ -57,6 +61,7 @@ type Config struct {
 	GatewayIP      string
 	GuestPrefixLen int
 	GuestMAC       string
+	GatewayMAC     string
 	TapName        string
 	PeerVethName   string
 	EnvdPort       uint16
@@ -77,6 +82,7 @@ type settings struct {
 	gatewayIP      netip.Addr
 	guestPrefixLen int
 	guestMAC       net.HardwareAddr
+	gatewayMAC     net.HardwareAddr
 	tapName        string
 	peerVethName   string
 	envdPort       uint16
@@ -169,6 +175,12 @@ func (c Config) validate() (*settings, error) {
 	}
 	if s.guestMAC, err = net.ParseMAC(orDefault(c.GuestMAC, DefaultGuestMAC)); err != nil || len(s.guestMAC) != 6 {
 		return nil, fmt.Errorf("guest MAC %q: not an Ethernet address", orDefault(c.GuestMAC, DefaultGuestMAC))
+	}
+	if s.gatewayMAC, err = net.ParseMAC(orDefault(c.GatewayMAC, DefaultGatewayMAC)); err != nil || len(s.gatewayMAC) != 6 {
+		return nil, fmt.Errorf("gateway MAC %q: not an Ethernet address", orDefault(c.GatewayMAC, DefaultGatewayMAC))
+	}
+	if s.gatewayMAC.String() == s.guestMAC.String() {
+		return nil, errors.New("gateway MAC and guest MAC must differ")
 	}
 	deny := append(append([]string{}, alwaysDenied...), s.hostRange.String())
 	deny = append(deny, c.ExtraDeny...)

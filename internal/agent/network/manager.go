@@ -450,6 +450,13 @@ func (m *Manager) createTap(s *Slot) error {
 	if err := netlink.LinkAdd(tap); err != nil {
 		return fmt.Errorf("create tap %s: %w", s.TapDevice, err)
 	}
+	l, err := netlink.LinkByName(s.TapDevice)
+	if err != nil {
+		return fmt.Errorf("find tap %s: %w", s.TapDevice, err)
+	}
+	if err := netlink.LinkSetHardwareAddr(l, m.st.gatewayMAC); err != nil {
+		return fmt.Errorf("set MAC of tap %s: %w", s.TapDevice, err)
+	}
 	return nil
 }
 

@@ -387,6 +387,10 @@ func TestRealTap(t *testing.T) {
 		if a := l.Attrs(); a.Flags&net.FlagUp == 0 {
 			return fmt.Errorf("tap is not up")
 		}
+		// Every slot's TAP has the same MAC so restored guests' ARP caches stay right.
+		if got := l.Attrs().HardwareAddr.String(); got != DefaultGatewayMAC {
+			return fmt.Errorf("tap MAC = %s, want the fixed gateway MAC %s", got, DefaultGatewayMAC)
+		}
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err

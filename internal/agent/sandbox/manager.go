@@ -243,12 +243,6 @@ func (m *Manager) setStateLocked(s *Sandbox, st pb.SandboxState) {
 	}
 }
 
-func (m *Manager) setState(s *Sandbox, st pb.SandboxState) {
-	s.mu.Lock()
-	m.setStateLocked(s, st)
-	s.mu.Unlock()
-}
-
 func (m *Manager) get(id string) (*Sandbox, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

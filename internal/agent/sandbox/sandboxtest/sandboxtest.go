@@ -124,7 +124,6 @@ func IsEnvd(pid int, bin string) bool {
 type hostMachine struct {
 	pid  int
 	done chan struct{}
-	once sync.Once
 }
 
 func (m *hostMachine) PID() int                     { return m.pid }
