@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	"github.com/wrenn-dev/wrenn/internal/envdwire"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -341,7 +342,9 @@ func (m *Manager) StartProcess(ctx context.Context, req *pb.StartProcessRequest)
 		tag := req.GetTag()
 		preq.Tag = &tag
 	}
-	st, err := c.Process.Start(sctx, envdclient.NewRequest(preq, req.GetUser()))
+	sreq := envdclient.NewRequest(preq, req.GetUser())
+	sreq.Header().Set(envdwire.DetachHeader, "true")
+	st, err := c.Process.Start(sctx, sreq)
 	if err != nil {
 		return nil, envdErr(err, "start process")
 	}

@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/envd/rpcutil"
+	"github.com/wrenn-dev/wrenn/internal/envdwire"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
@@ -147,6 +148,11 @@ func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartReques
 	defer p.Unsubscribe(sub)
 	if err := stream.Send(&pb.StartResponse{Event: startEvent(p)}); err != nil {
 		return err
+	}
+	if req.Header().Get(envdwire.DetachHeader) == "true" {
+		// The caller wants only the pid: end the stream now so no output is
+		// counted as delivered, and a later Connect replays all of it.
+		return nil
 	}
 	return follow(ctx, p, sub, nil, rpcutil.Keepalive(req.Header()), func(e *pb.ProcessEvent) error {
 		return stream.Send(&pb.StartResponse{Event: e})

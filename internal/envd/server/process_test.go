@@ -13,6 +13,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/envdwire"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 )
 
@@ -543,4 +544,40 @@ func TestReplayIsBounded(t *testing.T) {
 		t.Errorf("replayed %d bytes, want about 1 MiB (the bound)", got)
 	}
 	e.proc.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}, Signal: pb.Signal_SIGNAL_SIGKILL}))
+}
+
+// With the Wrenn-Detach header, Start answers only the start event and every
+// byte of output waits for Connect, even output printed at once.
+func TestStartDetachedKeepsAllOutputForConnect(t *testing.T) {
+	e := newEnv(t, Config{})
+	ctx := ctxT(t, 30*time.Second)
+	req := connect.NewRequest(&pb.StartRequest{
+		Process: &pb.ProcessConfig{Cmd: "/bin/sh", Args: []string{"-c", "echo one; echo two >&2; sleep 0.2; echo three"}},
+		Tag:     new("detached"),
+	})
+	req.Header().Set(envdwire.DetachHeader, "true")
+	st, err := e.proc.Start(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events int
+	for st.Receive() {
+		events++
+		if st.Msg().GetEvent().GetStart() == nil {
+			t.Fatalf("detached start sent more than the start event: %v", st.Msg())
+		}
+	}
+	if st.Err() != nil || events != 1 {
+		t.Fatalf("detached start: %d events, err %v; want exactly the start event", events, st.Err())
+	}
+	st.Close()
+	cst, err := e.proc.Connect(ctx, connect.NewRequest(&pb.ConnectRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: "detached"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cst.Close()
+	res, err := drain(cst, func() *pb.ProcessEvent { return cst.Msg().GetEvent() })
+	if err != nil || res.stdout.String() != "one\nthree\n" || res.stderr.String() != "two\n" || res.end == nil || res.end.ExitCode != 0 {
+		t.Fatalf("connect after detached start: stdout %q stderr %q end %v err %v", res.stdout.String(), res.stderr.String(), res.end, err)
+	}
 }

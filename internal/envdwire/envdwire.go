@@ -1,0 +1,12 @@
+// Package envdwire names the Wrenn-only extensions of the envd wire
+// protocol that both envd and its clients use. E2B's messages are never
+// changed; extensions are request headers or separate endpoints.
+package envdwire
+
+// DetachHeader on a process.Process/Start request, with the value "true",
+// makes envd end the stream right after the start event while the process
+// runs on in the background with its output kept for Connect (up to the
+// replay bound). Without it, a client that starts a process and hangs up at
+// once may already have been sent, and so be counted as having received,
+// its first output, which a later Connect would then not replay.
+const DetachHeader = "Wrenn-Detach"
