@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/agent/nsexec"
 )
 
 // proc is a host process the driver watches: either a child it started
@@ -63,7 +63,7 @@ func spawn(spec spawnSpec) (*proc, error) {
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
-	if err := startInNetNS(spec.netns, cmd); err != nil {
+	if err := nsexec.Start(spec.netns, cmd); err != nil {
 		return nil, err
 	}
 	p := &proc{pid: cmd.Process.Pid, cmd: cmd, pidfd: -1, done: make(chan struct{})}
@@ -78,58 +78,6 @@ func spawn(spec spawnSpec) (*proc, error) {
 		close(p.done)
 	}()
 	return p, nil
-}
-
-// startInNetNS starts cmd with the network namespace at nsPath. A child
-// inherits the namespace of the OS thread that forks it, so the fork runs
-// on a dedicated, locked thread that switches namespace and back. If the
-// switch back fails, the goroutine exits still locked and the Go runtime
-// throws the thread away instead of reusing it in the wrong namespace.
-func startInNetNS(nsPath string, cmd *exec.Cmd) error {
-	if nsPath == "" {
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start %s: %w", cmd.Path, err)
-		}
-		return nil
-	}
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("open network namespace %s: %w", nsPath, err)
-	}
-	defer target.Close()
-
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", nsPath, err)
-			return
-		}
-		startErr := cmd.Start()
-		if err := netns.Set(orig); err != nil {
-			// Thread stays locked: it dies with this goroutine.
-			if startErr == nil {
-				_ = cmd.Process.Kill()
-				_, _ = cmd.Process.Wait()
-			}
-			errc <- fmt.Errorf("restore network namespace after start: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		if startErr != nil {
-			startErr = fmt.Errorf("start %s in %s: %w", cmd.Path, nsPath, startErr)
-		}
-		errc <- startErr
-	}()
-	return <-errc
 }
 
 // adoptProc watches a process started by an earlier agent. startTime (from

@@ -18,14 +18,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/wrenn-dev/wrenn/internal/agent/nsexec"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 )
 
@@ -369,7 +367,7 @@ func (d *Driver) launch(ctx context.Context, cfg vmm.Config, mo MachineOptions, 
 	// Own session: the VMM survives the agent (and its terminal's signals)
 	// so a restarted agent can adopt it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := startIn(cfg.NetNSPath, cmd); err != nil {
+	if err := nsexec.Start(cfg.NetNSPath, cmd); err != nil {
 		return nil, err
 	}
 	m := newMachine(d, cfg, st)
@@ -416,49 +414,6 @@ func (d *Driver) launch(ctx context.Context, cfg vmm.Config, mo MachineOptions, 
 	}
 	d.opts.Logger.Debug("qemu started", "id", cfg.ID, "pid", m.pid, "accel", cfg.Accel, "netns", cfg.NetNSPath)
 	return m, nil
-}
-
-// startIn starts cmd with its network namespace set to nsPath: the fork
-// happens on a locked OS thread switched into the namespace. The thread is
-// switched back before being unlocked; if that fails it stays locked, so Go
-// discards it with the goroutine instead of reusing it in the wrong namespace.
-func startIn(nsPath string, cmd *exec.Cmd) error {
-	if nsPath == "" {
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("exec qemu: %w", err)
-		}
-		return nil
-	}
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", nsPath, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", nsPath, err)
-			return // thread may be half-switched: let it die
-		}
-		startErr := cmd.Start()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		if startErr != nil {
-			errc <- fmt.Errorf("exec qemu in netns %s: %w", nsPath, startErr)
-			return
-		}
-		errc <- nil
-	}()
-	return <-errc
 }
 
 // Adopt implements vmm.Driver: it reattaches to the QEMU an earlier agent
