@@ -51,8 +51,8 @@ type Result struct {
 	Password string
 	APIKey   string
 	HostID   string
-	// HostToken is a fresh registration token, empty when the agent's saved
-	// credentials still belong to HostID.
+	// HostToken is a fresh registration token for HostID: the agent
+	// registers with it on every start (its address may have changed).
 	HostToken string
 
 	session string
@@ -123,8 +123,9 @@ func Bootstrap(ctx context.Context, o Options) (Result, error) {
 	return r, nil
 }
 
-// ensureHost reuses the agent's saved registration when it belongs to this
-// platform's host, and otherwise makes a new shared host and token.
+// ensureHost keeps the platform's host (with a fresh token, so the agent
+// registers its current address) when the agent's saved registration
+// belongs to it, and otherwise makes a new shared host and token.
 func (r *Result) ensureHost(ctx context.Context, st *state, o Options) error {
 	creds, err := registration.Load(o.AgentDir)
 	if err == nil && st.HostID != "" && creds.HostID == st.HostID && creds.CPURL == o.BaseURL {
@@ -133,7 +134,21 @@ func (r *Result) ensureHost(ctx context.Context, st *state, o Options) error {
 			return err
 		}
 		if status == http.StatusOK {
-			r.HostID = st.HostID
+			// dev's agent listens on a new free port each run, and only a
+			// registration records an agent's address: a fresh token makes
+			// the agent register again (same host, same sandboxes), so the
+			// control plane dials the port it listens on now.
+			var regen struct {
+				Token string `json:"registration_token"`
+			}
+			status, err := r.call(ctx, http.MethodPost, "/v1/hosts/"+st.HostID+"/token", r.session, nil, &regen)
+			if err != nil {
+				return err
+			}
+			if status != http.StatusOK || regen.Token == "" {
+				return fmt.Errorf("regenerate the host's registration token answered %d", status)
+			}
+			r.HostID, r.HostToken = st.HostID, regen.Token
 			return nil
 		}
 	}

@@ -1,0 +1,402 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"mime/multipart"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+)
+
+// devRun is one running `wrenn dev`.
+type devRun struct {
+	p      *proc
+	base   string
+	email  string
+	apiKey string
+}
+
+var (
+	bannerLogin = regexp.MustCompile(`Admin login:\s+(\S+) / (\S+)`)
+	bannerKey   = regexp.MustCompile(`API key:\s+(wrn_\S+)`)
+)
+
+// startDev runs `wrenn dev` and waits for its banner.
+func startDev(t *testing.T, env []string, dataDir string, port int) devRun {
+	t.Helper()
+	p := startProc(t, "wrenn-dev", env, wrennBin(t), "dev", "--data-dir", dataDir)
+	t.Cleanup(func() {
+		if p.running() {
+			p.stop(syscall.SIGINT, 90*time.Second)
+		}
+		if t.Failed() {
+			t.Logf("logs of this wrenn dev run:\n%s", p.logs())
+		}
+	})
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(p.stdout(), "Press Ctrl-C to stop") {
+		if !p.running() {
+			t.Fatalf("wrenn dev exited before its banner (code %d)\n%s", p.cmd.ProcessState.ExitCode(), p.logs())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("wrenn dev printed no banner within 3m\n%s", p.logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out := p.stdout()
+	login, key := bannerLogin.FindStringSubmatch(out), bannerKey.FindStringSubmatch(out)
+	if login == nil || key == nil {
+		t.Fatalf("banner without admin login or API key:\n%s", out)
+	}
+	return devRun{p: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), email: login[1], apiKey: key[1]}
+}
+
+// stopDev sends Ctrl-C and checks that dev exits 0 in time and leaves no
+// process, namespace, link or nft table behind.
+func stopDev(t *testing.T, d devRun, dataDir, wrennDir, prefix string) {
+	t.Helper()
+	start := time.Now()
+	code, clean := d.p.stop(syscall.SIGINT, 90*time.Second)
+	took := time.Since(start)
+	if !clean {
+		t.Fatalf("wrenn dev did not exit within 90s of SIGINT\n%s", d.p.logs())
+	}
+	t.Logf("wrenn dev stopped in %s", took.Round(time.Millisecond))
+	if code != 0 {
+		t.Errorf("wrenn dev exited %d after SIGINT, want 0\n%s", code, d.p.logs())
+	}
+	// Processes a stopped parent reaps may take a moment to vanish.
+	eventually(t, 10*time.Second, "no process left in the agent dir or the data dir", func() (bool, string) {
+		left := append(processesUnder(wrennDir), processesUnder(dataDir)...)
+		return len(left) == 0, fmt.Sprint(left)
+	})
+	if left := netLeftovers(prefix); len(left) > 0 {
+		t.Errorf("network state left with prefix %s: %v", prefix, left)
+	}
+}
+
+// TestDevEndToEnd starts `wrenn dev` and drives the platform over HTTP only,
+// as a new user: signup, API key, sandbox create, exec, files, the exec
+// stream, pause, resume, ping, tenancy, destroy. Ctrl-C must leave nothing
+// behind, and a second start on the same data dir must bring back the admin,
+// the keys and the sandbox that was running, paused.
+func TestDevEndToEnd(t *testing.T) {
+	src := requirePlatform(t)
+	wrennDir := agentDir(t, src)
+	dataDir := traversableTempDir(t, "wrenn-e2e-dev-")
+	prefix := fmt.Sprintf("wed%d-", testID)
+	netRange := fmt.Sprintf("10.234.%d.0/24", testID)
+	t.Cleanup(func() { scrub(t, dataDir, prefix, netRange); scrub(t, wrennDir, prefix, netRange) })
+	port := freePort(t)
+	env := childEnv("WRENN_DIR="+wrennDir, fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", port),
+		"WRENN_NET_PREFIX="+prefix, "WRENN_NET_RANGE="+netRange, "WRENN_VMM=qemu", "WRENN_ACCEL=tcg",
+		"WRENN_RECONCILE_INTERVAL=1s", "WRENN_HOST_MONITOR_INTERVAL=500ms")
+
+	t0 := time.Now()
+	dev := startDev(t, env, dataDir, port)
+	t.Logf("wrenn dev ready in %s", time.Since(t0).Round(time.Millisecond))
+	anon := newClient(dev.base)
+
+	// A new user, its API key, and a sandbox made with the key.
+	email := "e2e-" + randomHex(t, 4) + "@example.com"
+	user := anon.withSession(anon.signup(t, email))
+	var key struct {
+		Key string `json:"key"`
+	}
+	user.must(t, http.MethodPost, "/v1/api-keys", map[string]string{"name": "e2e"}, &key, http.StatusCreated)
+	if !strings.HasPrefix(key.Key, "wrn_") {
+		t.Fatalf("API key %q does not start with wrn_", key.Key)
+	}
+	api := anon.withKey(key.Key)
+	t1 := time.Now()
+	sb := api.createSandbox(t)
+	t.Logf("sandbox %s created in %s", sb.ID, time.Since(t1).Round(time.Millisecond))
+
+	t.Run("exec", func(t *testing.T) {
+		for _, tc := range []struct {
+			name     string
+			body     map[string]any
+			stdout   string // substring
+			stderr   string
+			exitCode int32
+		}{
+			{"uname", map[string]any{"cmd": "uname", "args": []string{"-a"}}, "Linux", "", 0},
+			{"pipeline", map[string]any{"cmd": "/bin/sh", "args": []string{"-c", "echo hello wrenn | tr a-z A-Z | wc -c"}}, "12", "", 0},
+			{"stderr and exit code", map[string]any{"cmd": "/bin/sh", "args": []string{"-c", "echo oops >&2; exit 3"}}, "", "oops", 3},
+			{"env and cwd", map[string]any{"cmd": "/bin/sh", "args": []string{"-c", "echo $GREETING; pwd"}, "env": map[string]string{"GREETING": "hi-e2e"}, "cwd": "/tmp"}, "hi-e2e\n/tmp", "", 0},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var r execResult
+				api.must(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", tc.body, &r, http.StatusOK)
+				if !strings.Contains(r.Stdout, tc.stdout) || !strings.Contains(r.Stderr, tc.stderr) || r.ExitCode != tc.exitCode {
+					t.Errorf("got stdout %q stderr %q exit %d; want stdout ~%q stderr ~%q exit %d", r.Stdout, r.Stderr, r.ExitCode, tc.stdout, tc.stderr, tc.exitCode)
+				}
+			})
+		}
+	})
+
+	t.Run("file round trip", func(t *testing.T) {
+		data := make([]byte, 3<<20+12345)
+		if _, err := rand.Read(data); err != nil {
+			t.Fatal(err)
+		}
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		_ = mw.WriteField("path", "/tmp/e2e-blob.bin")
+		fw, err := mw.CreateFormFile("file", "blob.bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write(data)
+		mw.Close()
+		if status, b := api.raw(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/files/write", mw.FormDataContentType(), &body); status != http.StatusOK {
+			t.Fatalf("files/write: %d %s", status, b)
+		}
+		if r := api.sh(t, sb.ID, "wc -c < /tmp/e2e-blob.bin"); strings.TrimSpace(r.Stdout) != strconv.Itoa(len(data)) {
+			t.Errorf("size in the guest %q, want %d", r.Stdout, len(data))
+		}
+		status, got := api.do(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/files/read", map[string]string{"path": "/tmp/e2e-blob.bin"})
+		if status != http.StatusOK {
+			t.Fatalf("files/read: %d %.200s", status, got)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("read back %d bytes, not identical to the %d written", len(got), len(data))
+		}
+	})
+
+	t.Run("exec stream", func(t *testing.T) {
+		for _, tc := range []struct {
+			name  string
+			query string
+			hdr   http.Header
+		}{
+			{"key header", "", http.Header{"X-API-Key": {key.Key}}},
+			{"key query", "?api_key=" + key.Key, nil},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				url := "ws" + strings.TrimPrefix(dev.base, "http") + "/v1/sandboxes/" + sb.ID + "/exec/stream" + tc.query
+				c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: tc.hdr})
+				if err != nil {
+					t.Fatalf("dial: %v", err)
+				}
+				defer c.CloseNow()
+				start := map[string]any{"type": "start", "cmd": "/bin/sh", "args": []string{"-c", "echo out-1; echo err-1 >&2; sleep 0.2; echo out-2; exit 7"}}
+				if err := wsjson.Write(ctx, c, start); err != nil {
+					t.Fatal(err)
+				}
+				var types []string
+				var stdout, stderr string
+				var exit map[string]any
+				for exit == nil {
+					var m map[string]any
+					if err := wsjson.Read(ctx, c, &m); err != nil {
+						t.Fatalf("read after %v: %v", types, err)
+					}
+					typ, _ := m["type"].(string)
+					types = append(types, typ)
+					data, _ := m["data"].(string)
+					switch typ {
+					case "stdout":
+						stdout += data
+					case "stderr":
+						stderr += data
+					case "exit":
+						exit = m
+					case "error":
+						t.Fatalf("stream error: %v", m)
+					}
+				}
+				if types[0] != "start" || stdout != "out-1\nout-2\n" || stderr != "err-1\n" {
+					t.Errorf("messages %v, stdout %q, stderr %q", types, stdout, stderr)
+				}
+				if code, _ := exit["exit_code"].(float64); code != 7 {
+					t.Errorf("exit message %v, want exit_code 7", exit)
+				}
+			})
+		}
+	})
+
+	t.Run("pause and resume keep memory", func(t *testing.T) {
+		var bg struct {
+			PID uint32 `json:"pid"`
+		}
+		api.must(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "/bin/sh", "args": []string{"-c",
+			"i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done"}, "background": true, "tag": "counter"}, &bg, http.StatusOK, http.StatusCreated)
+		if bg.PID == 0 {
+			t.Fatal("background exec answered no pid")
+		}
+		counter := func() int {
+			r := api.sh(t, sb.ID, "cat /tmp/counter")
+			n, err := strconv.Atoi(strings.TrimSpace(r.Stdout))
+			if err != nil {
+				t.Fatalf("counter %q: %v", r.Stdout, err)
+			}
+			return n
+		}
+		var before int
+		eventually(t, 10*time.Second, "the counter runs", func() (bool, string) {
+			r := api.sh(t, sb.ID, "cat /tmp/counter 2>/dev/null")
+			before, _ = strconv.Atoi(strings.TrimSpace(r.Stdout))
+			return before > 0, r.Stdout
+		})
+		api.sh(t, sb.ID, "echo kept-in-tmp > /tmp/marker")
+
+		tp := time.Now()
+		var paused sandbox
+		api.must(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/pause", nil, &paused, http.StatusOK)
+		t.Logf("pause took %s", time.Since(tp).Round(time.Millisecond))
+		if paused.Status != "paused" || api.getSandbox(t, sb.ID).Status != "paused" {
+			t.Fatalf("after pause the sandbox is %q", paused.Status)
+		}
+		if status, b := api.do(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "true"}); status != http.StatusConflict {
+			t.Errorf("exec on a paused sandbox: %d %s, want 409", status, b)
+		}
+		tr := time.Now()
+		var resumed sandbox
+		api.must(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/resume", map[string]any{}, &resumed, http.StatusOK)
+		t.Logf("resume took %s", time.Since(tr).Round(time.Millisecond))
+		if resumed.Status != "running" {
+			t.Fatalf("after resume the sandbox is %q", resumed.Status)
+		}
+		if r := api.sh(t, sb.ID, "cat /tmp/marker"); r.Stdout != "kept-in-tmp\n" {
+			t.Errorf("marker after resume: %q", r.Stdout)
+		}
+		after := counter()
+		if after < before {
+			t.Errorf("counter went back from %d to %d: the process restarted", before, after)
+		}
+		eventually(t, 10*time.Second, "the counter keeps counting after resume", func() (bool, string) {
+			n := counter()
+			return n > after, fmt.Sprintf("%d (was %d)", n, after)
+		})
+		var ping map[string]any
+		api.must(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/ping", nil, &ping, http.StatusOK)
+	})
+
+	t.Run("another team sees nothing", func(t *testing.T) {
+		other := anon.withSession(anon.signup(t, "e2e-other-"+randomHex(t, 4)+"@example.com"))
+		for _, r := range []struct{ method, path string }{
+			{http.MethodGet, "/v1/sandboxes/" + sb.ID},
+			{http.MethodPost, "/v1/sandboxes/" + sb.ID + "/exec"},
+			{http.MethodPost, "/v1/sandboxes/" + sb.ID + "/pause"},
+			{http.MethodDelete, "/v1/sandboxes/" + sb.ID},
+		} {
+			var body any
+			if r.method == http.MethodPost {
+				body = map[string]any{"cmd": "true"}
+				if strings.HasSuffix(r.path, "/pause") {
+					body = nil
+				}
+			}
+			if status, b := other.do(t, r.method, r.path, body); status != http.StatusNotFound {
+				t.Errorf("%s %s as another team: %d %s, want 404", r.method, r.path, status, b)
+			}
+		}
+		if got := api.getSandbox(t, sb.ID).Status; got != "running" {
+			t.Errorf("after the other team's attempts the sandbox is %q", got)
+		}
+	})
+
+	t.Run("services stay up", func(t *testing.T) {
+		// A token regeneration needs Redis and PostgreSQL: after VMs came
+		// and went in this process, both must still answer (Redis once died
+		// here when a thread that had started it ended).
+		var login struct {
+			Token string `json:"token"`
+		}
+		m := bannerLogin.FindStringSubmatch(dev.p.stdout())
+		anon.must(t, http.MethodPost, "/v1/auth/login", map[string]string{"email": m[1], "password": m[2]}, &login, http.StatusOK)
+		admin := anon.withSession(login.Token)
+		var hosts struct {
+			Hosts []struct {
+				ID     string `json:"id"`
+				Status string `json:"status"`
+			} `json:"hosts"`
+		}
+		admin.must(t, http.MethodGet, "/v1/hosts", nil, &hosts, http.StatusOK)
+		if len(hosts.Hosts) != 1 || hosts.Hosts[0].Status != "online" {
+			t.Fatalf("hosts: %+v, want dev's one host online", hosts.Hosts)
+		}
+		admin.must(t, http.MethodPost, "/v1/hosts/"+hosts.Hosts[0].ID+"/token", nil, nil, http.StatusOK)
+		var comms []string
+		for _, p := range processesUnder(dataDir) {
+			comms = append(comms, p.comm)
+		}
+		if !slices.Contains(comms, "redis-server") || !slices.Contains(comms, "postgres") {
+			t.Errorf("processes in the data dir: %v, want redis-server and postgres alive", comms)
+		}
+	})
+
+	// Destroy this one; a second sandbox stays running across the restart.
+	api.must(t, http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil, nil, http.StatusNoContent, http.StatusOK)
+	if got := api.getSandbox(t, sb.ID).Status; got != "stopped" {
+		t.Errorf("destroyed sandbox is %q, want stopped", got)
+	}
+	if status, b := api.do(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "true"}); status != http.StatusConflict && status != http.StatusNotFound {
+		t.Errorf("exec on a destroyed sandbox: %d %s, want 409 or 404", status, b)
+	}
+	survivor := api.createSandbox(t)
+	api.sh(t, survivor.ID, "echo across-restarts > /tmp/survive")
+	api.must(t, http.MethodPost, "/v1/sandboxes/"+survivor.ID+"/exec", map[string]any{"cmd": "/bin/sh", "args": []string{"-c",
+		"i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done"}, "background": true}, nil, http.StatusOK, http.StatusCreated)
+	eventually(t, 10*time.Second, "the survivor's counter runs", func() (bool, string) {
+		r := api.sh(t, survivor.ID, "cat /tmp/counter 2>/dev/null")
+		return strings.TrimSpace(r.Stdout) != "", r.Stdout
+	})
+	if t.Failed() {
+		return
+	}
+
+	stopDev(t, dev, dataDir, wrennDir, prefix)
+
+	t2 := time.Now()
+	dev2 := startDev(t, env, dataDir, port)
+	t.Logf("wrenn dev restarted in %s", time.Since(t2).Round(time.Millisecond))
+	if dev2.email != dev.email || dev2.apiKey != dev.apiKey {
+		t.Errorf("second run: admin %s key %s..., first run: admin %s key %s...", dev2.email, dev2.apiKey[:10], dev.email, dev.apiKey[:10])
+	}
+	for name, k := range map[string]string{"dev's key": dev.apiKey, "the user's key": key.Key} {
+		if status, b := anon.withKey(k).do(t, http.MethodGet, "/v1/sandboxes?limit=1", nil); status != http.StatusOK {
+			t.Errorf("%s after restart: %d %s", name, status, b)
+		}
+	}
+	var login struct {
+		Token string `json:"token"`
+	}
+	anon.must(t, http.MethodPost, "/v1/auth/login", map[string]string{"email": email, "password": "e2e passphrase " + email}, &login, http.StatusOK)
+
+	eventually(t, 30*time.Second, "the sandbox running at Ctrl-C is paused after the restart", func() (bool, string) {
+		s := api.getSandbox(t, survivor.ID).Status
+		return s == "paused", s
+	})
+	tr := time.Now()
+	var resumed sandbox
+	api.must(t, http.MethodPost, "/v1/sandboxes/"+survivor.ID+"/resume", map[string]any{}, &resumed, http.StatusOK)
+	t.Logf("resume after restart took %s", time.Since(tr).Round(time.Millisecond))
+	if r := api.sh(t, survivor.ID, "cat /tmp/survive"); r.Stdout != "across-restarts\n" {
+		t.Errorf("file after restart and resume: %q", r.Stdout)
+	}
+	first := api.sh(t, survivor.ID, "cat /tmp/counter").Stdout
+	eventually(t, 10*time.Second, "the survivor's counter goes on after the restart", func() (bool, string) {
+		now := api.sh(t, survivor.ID, "cat /tmp/counter").Stdout
+		a, _ := strconv.Atoi(strings.TrimSpace(first))
+		b, _ := strconv.Atoi(strings.TrimSpace(now))
+		return a > 0 && b > a, fmt.Sprintf("%q then %q", first, now)
+	})
+	api.must(t, http.MethodDelete, "/v1/sandboxes/"+survivor.ID, nil, nil, http.StatusNoContent, http.StatusOK)
+
+	stopDev(t, dev2, dataDir, wrennDir, prefix)
+}
