@@ -96,7 +96,7 @@ lint: tools
 test: setup tools build images check-generated lint test-go
 
 test-go:
-	CI=$${CI:-} $(GO) test -timeout 20m ./...
+	$(GO) test -count=1 -timeout 20m ./...
 
 bench: setup build images
 	bash scripts/bench.sh
