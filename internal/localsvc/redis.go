@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/childproc"
 )
 
 // Redis is a running redis-server started by this package.
@@ -58,26 +59,12 @@ func StartRedis(opts RedisOptions) (*Redis, error) {
 		cmd := exec.Command(bin, args...)
 		cmd.Dir = opts.Dir
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-		r := &Redis{cmd: cmd, port: port, done: make(chan struct{})}
-		// Pdeathsig fires when the OS thread that started the child ends,
-		// not the process, and Go ends a thread whenever a goroutine locked
-		// to it exits (the agent's namespace code does): that killed Redis
-		// in the middle of `wrenn dev`. Starting and waiting on one locked
-		// goroutine keeps that thread alive exactly as long as the child.
-		started := make(chan error, 1)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread ends with the child
-			if err := cmd.Start(); err != nil {
-				started <- err
-				return
-			}
-			started <- nil
-			_ = cmd.Wait()
-			close(r.done)
-		}()
-		if err := <-started; err != nil {
+		waited, err := childproc.Start(cmd)
+		if err != nil {
 			return nil, fmt.Errorf("start redis-server: %w", err)
 		}
+		r := &Redis{cmd: cmd, port: port, done: make(chan struct{})}
+		go func() { <-waited; close(r.done) }()
 		if lastErr = r.waitReady(10 * time.Second); lastErr == nil {
 			return r, nil
 		}

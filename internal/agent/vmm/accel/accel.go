@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/childproc"
 )
 
 // Mode is the WRENN_ACCEL setting.
@@ -238,11 +239,13 @@ func (d *Detector) runProbe(ctx context.Context, args []string) error {
 	cmd := exec.Command(d.opts.QEMUPath, args...)
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// childproc: a plain Start would tie the probe's life to whichever
+	// thread forked it, and a thread ending early would make a KVM host look
+	// like TCG.
+	done, err := childproc.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("start probe: %w", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
