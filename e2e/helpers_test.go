@@ -36,7 +36,7 @@ var testID = os.Getpid() % 200
 
 // requirePlatform checks what real VMs need and returns the WRENN_DIR
 // holding the images.
-func requirePlatform(t *testing.T) string {
+func requirePlatform(t testing.TB) string {
 	t.Helper()
 	testenv.Require(t, os.Geteuid() == 0, "needs root (network namespaces, nftables)")
 	_, err := os.Stat("/dev/net/tun")
@@ -55,7 +55,7 @@ func requirePlatform(t *testing.T) string {
 // agentDir makes a private WRENN_DIR for one agent whose kernel and minimal
 // template are symlinks to the built files in src: sandboxes, snapshots,
 // credentials and state stay private, the big images are shared.
-func agentDir(t *testing.T, src string) string {
+func agentDir(t testing.TB, src string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "wrenn-e2e-agent-")
 	if err != nil {
@@ -80,7 +80,7 @@ func agentDir(t *testing.T, src string) string {
 // traversableTempDir makes a temporary directory every user may pass
 // through (PostgreSQL runs as "postgres" under root and must reach its data
 // dir inside it).
-func traversableTempDir(t *testing.T, pattern string) string {
+func traversableTempDir(t testing.TB, pattern string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", pattern)
 	if err != nil {
@@ -107,7 +107,7 @@ func childEnv(extra ...string) []string {
 	return append(env, extra...)
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	p, err := testenv.FreePort()
 	if err != nil {
@@ -116,7 +116,7 @@ func freePort(t *testing.T) int {
 	return p
 }
 
-func randomHex(t *testing.T, n int) string {
+func randomHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -137,7 +137,7 @@ type proc struct {
 
 // startProc runs bin args with env; stdout and stderr go to files under a
 // temporary directory, shown by logs() when something fails.
-func startProc(t *testing.T, name string, env []string, bin string, args ...string) *proc {
+func startProc(t testing.TB, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
 	dir := t.TempDir()
 	p := &proc{name: name, outPath: filepath.Join(dir, name+".stdout"), errPath: filepath.Join(dir, name+".stderr"), done: make(chan struct{})}
@@ -225,7 +225,7 @@ func (p *proc) logs() string {
 
 // eventually polls cond every 100 ms until it holds or timeout passes; cond
 // returns a description of the current state for the failure message.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -441,7 +441,7 @@ func netLeftovers(prefix string) []string {
 // scrub removes whatever an agent under dir with this prefix and range may
 // have left (used in t.Cleanup, after the agent is gone): VMM and other
 // processes working there, then namespaces, links and nft tables.
-func scrub(t *testing.T, dir, prefix, netRange string) {
+func scrub(t testing.TB, dir, prefix, netRange string) {
 	for _, p := range processesUnder(dir) {
 		t.Logf("cleanup: killing leftover %s", p)
 		_ = syscall.Kill(p.pid, syscall.SIGKILL)
