@@ -816,3 +816,62 @@ func TestVMMeasure(t *testing.T) {
 	t.Logf("resume to envd ready: %s", pct(resume))
 	t.Logf("create from snapshot template (TCG): %s", pct(clone))
 }
+
+// A pause whose snapshot cannot be written (disk full) must leave the VM
+// running with its memory, and a later pause with room must work.
+func TestVMPauseWithFullDiskKeepsRunning(t *testing.T) {
+	e := newVMEnv(t, nil)
+	m := e.parts.Manager
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := m.Create(ctx, &pb.CreateSandboxRequest{SandboxId: "full"}); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, m, "full", "echo kept > /tmp/marker")
+
+	// A 64 KiB filesystem where snapshots go: too small for the device state.
+	snaps := filepath.Join(m.Dir(), "snapshots")
+	if err := os.MkdirAll(snaps, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", snaps, "tmpfs", 0, "size=64k"); err != nil {
+		envdtest.Require(t, false, fmt.Sprintf("mount a small tmpfs: %v", err))
+	}
+	mounted := true
+	unmount := func() {
+		if mounted {
+			if err := syscall.Unmount(snaps, syscall.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", snaps, err)
+			}
+			mounted = false
+		}
+	}
+	t.Cleanup(unmount)
+
+	_, err := m.Pause(ctx, "full")
+	if err == nil {
+		t.Fatal("pause with a full snapshot disk succeeded")
+	}
+	t.Logf("pause error: %v", err)
+	info, err := m.Get(ctx, "full")
+	if err != nil || info.State != pb.SandboxState_SANDBOX_STATE_RUNNING {
+		t.Fatalf("after the failed pause: state %v, err %v; want RUNNING", info.GetState(), err)
+	}
+	if out := mustExec(t, m, "full", "cat /tmp/marker"); out != "kept\n" {
+		t.Fatalf("after the failed pause the guest says %q", out)
+	}
+	if left, _ := os.ReadDir(snaps); len(left) != 0 {
+		t.Fatalf("a failed pause left snapshot files: %v", left)
+	}
+
+	unmount()
+	if _, err := m.Pause(ctx, "full"); err != nil {
+		t.Fatalf("pause with room: %v", err)
+	}
+	if _, err := m.Resume(ctx, "full", nil); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if out := mustExec(t, m, "full", "cat /tmp/marker"); out != "kept\n" {
+		t.Fatalf("after pause and resume the guest says %q", out)
+	}
+}
