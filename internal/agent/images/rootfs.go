@@ -166,6 +166,14 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 		return "", "", false, fmt.Errorf("install metadata: %w", err)
 	}
 	log.Info("rootfs built", "template", name, "path", path, "took", time.Since(start).Round(time.Millisecond))
+	removed, err := b.paths.PruneRootfs(name, path)
+	if err != nil {
+		// The new image is in place; an old one left behind only costs disk.
+		log.Warn("rootfs: prune superseded images", "err", err)
+	}
+	for _, r := range removed {
+		log.Info("rootfs: removed superseded image", "path", r)
+	}
 	return key, path, true, nil
 }
 
