@@ -18,6 +18,8 @@ func TestExitCodes(t *testing.T) {
 		{"unknown flag", []string{"server", "--nope"}, nil, ExitUsage, "unknown flag: --nope"},
 		{"extra argument", []string{"version", "extra"}, nil, ExitUsage, `unknown command "extra"`},
 		{"migrate without subcommand", []string{"migrate"}, nil, ExitUsage, "up, down or status"},
+		{"images without subcommand shows its own usage", []string{"images"}, nil, ExitUsage, "wrenn images [command]"},
+		{"images build without envd", []string{"images", "build"}, nil, ExitUsage, "--envd is required"},
 		{"server without config", []string{"server"}, map[string]string{"DATABASE_URL": "", "REDIS_URL": "", "WRENN_JWT_SECRET": ""}, 1, "DATABASE_URL: is required"},
 		{"server with bad config", []string{"server"}, map[string]string{"DATABASE_URL": "mysql://x", "REDIS_URL": "redis://localhost:1/0", "WRENN_JWT_SECRET": strings.Repeat("x", 40)}, 1, "DATABASE_URL: must be a postgres"},
 		{"migrate without database", []string{"migrate", "status"}, map[string]string{"DATABASE_URL": ""}, 1, "DATABASE_URL: is required"},

@@ -39,13 +39,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 
 	root := newRoot(stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
 	}
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsageError(err) {
-		fmt.Fprintf(stderr, "wrenn: %v\n\n%s", err, root.UsageString())
+		if cmd == nil {
+			cmd = root
+		}
+		fmt.Fprintf(stderr, "wrenn: %v\n\n%s", err, cmd.UsageString())
 		return ExitUsage
 	}
 	fmt.Fprintf(stderr, "wrenn: %v\n", err)
