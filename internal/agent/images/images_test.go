@@ -426,3 +426,17 @@ func TestConcurrentBuilds(t *testing.T) {
 		t.Fatalf("Build while locked: %v", err)
 	}
 }
+
+func TestCompileProgressCountsObjects(t *testing.T) {
+	p := newCompileProgress()
+	// kbuild's quiet output, split at awkward places as pipes deliver it.
+	chunks := []string{"  CC      kernel/fork.o\n  CC      kernel/", "exit.o\n  AR      kernel/built-in.a\n  LD  ", "    vmlinux.o\n  CC      mm/slab.o\n"}
+	for _, c := range chunks {
+		if _, err := p.Write([]byte(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.count(); got != 3 {
+		t.Fatalf("counted %d objects, want 3", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,7 +123,13 @@ func (b *Builder) buildKernel(ctx context.Context) (key, path string, built bool
 	for _, s := range steps {
 		t := time.Now()
 		log.Info("kernel: "+s.what, "dir", srcDir)
-		if err := b.run(ctx, srcDir, s.args...); err != nil {
+		// The compile takes minutes: report how many objects are built so
+		// far, so a long quiet step does not look hung.
+		progress := newCompileProgress()
+		stop := progress.report(log, "kernel: compiling", 15*time.Second)
+		err := b.run(ctx, srcDir, progress, s.args...)
+		stop()
+		if err != nil {
 			return "", "", false, fmt.Errorf("%s: %w", s.what, err)
 		}
 		log.Debug("kernel: step done", "step", s.what, "took", time.Since(t).Round(time.Millisecond))
@@ -164,7 +171,7 @@ func (b *Builder) prepareSource(ctx context.Context, srcID string) (string, erro
 	}
 	defer os.RemoveAll(tmp)
 	b.cfg.Logger.Info("kernel: extracting source", "tarball", b.cfg.KernelSource)
-	if err := b.run(ctx, tmp, "tar", "-xJf", b.cfg.KernelSource); err != nil {
+	if err := b.run(ctx, tmp, io.Discard, "tar", "-xJf", b.cfg.KernelSource); err != nil {
 		return "", fmt.Errorf("extract kernel source: %w", err)
 	}
 	entries, err := os.ReadDir(tmp)
@@ -189,11 +196,11 @@ func (b *Builder) prepareSource(ctx context.Context, srcID string) (string, erro
 
 // run executes a build tool, streaming its output to cfg.Output and keeping
 // the tail for the error message.
-func (b *Builder) run(ctx context.Context, dir string, args ...string) error {
+func (b *Builder) run(ctx context.Context, dir string, progress io.Writer, args ...string) error {
 	tail := &tailBuffer{max: 4096}
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Dir = dir
-	w := io.MultiWriter(b.cfg.Output, tail)
+	w := io.MultiWriter(b.cfg.Output, tail, progress)
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
@@ -284,4 +291,58 @@ func hasXenPVHNote(data []byte, bo binary.ByteOrder) bool {
 func fileExists(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.Mode().IsRegular() && st.Size() > 0
+}
+
+// compileProgress counts the objects kbuild reports ("  CC  path.o" lines).
+type compileProgress struct {
+	mu      sync.Mutex
+	objects int
+	partial []byte
+}
+
+func newCompileProgress() *compileProgress { return &compileProgress{} }
+
+func (p *compileProgress) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	data := append(p.partial, b...)
+	for {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			break
+		}
+		if bytes.HasPrefix(bytes.TrimLeft(data[:i], " "), []byte("CC ")) {
+			p.objects++
+		}
+		data = data[i+1:]
+	}
+	p.partial = append(p.partial[:0], data...)
+	return len(b), nil
+}
+
+func (p *compileProgress) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.objects
+}
+
+// report logs the count every interval until the returned stop is called.
+func (p *compileProgress) report(log *slog.Logger, msg string, interval time.Duration) (stop func()) {
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if n := p.count(); n > 0 {
+					log.Info(msg, "objects", n, "elapsed", time.Since(start).Round(time.Second))
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }

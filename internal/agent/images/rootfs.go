@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,7 +144,7 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 	}
 	log.Info("rootfs: mkfs.ext4", "size_mib", b.cfg.RootfsSizeMiB)
 	// -d copies the staging tree in, so no loop mount (and no root for mount) is needed.
-	if err := b.run(ctx, staging, "mkfs.ext4", "-q", "-F", "-L", "wrenn-root", "-m", "0",
+	if err := b.run(ctx, staging, io.Discard, "mkfs.ext4", "-q", "-F", "-L", "wrenn-root", "-m", "0",
 		"-E", "root_owner=0:0", "-d", staging, tmp); err != nil {
 		return "", "", false, fmt.Errorf("mkfs.ext4 (e2fsprogs): %w", err)
 	}
