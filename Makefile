@@ -27,7 +27,7 @@ help:
 	@echo "make test    - install what is missing, build, run every test"
 	@echo "make build   - build bin/wrenn and bin/envd"
 	@echo "make images  - build the VM kernel and root filesystem into WRENN_DIR ($(WRENN_DIR))"
-	@echo "make generate, make lint, make bench"
+	@echo "make generate, make lint (gofmt, go mod tidy, vet, staticcheck), make bench"
 
 setup:
 	@bash scripts/setup.sh
@@ -89,6 +89,7 @@ check-generated: tools
 
 lint: tools
 	@out=$$(gofmt -l cmd internal db proto); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@$(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit"; exit 1; }
 	$(GO) vet ./...
 	staticcheck ./...
 
