@@ -161,20 +161,26 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 		return errors.Join(err, waitCP())
 	}
 
-	agentDone := make(chan error, 1)
-	if opts.noAgent {
-		close(agentDone)
-	} else {
+	// agentDone stays nil (never ready) without an agent.
+	var agentDone chan error
+	if !opts.noAgent {
 		acfg, err := devAgentConfig(base, boot.HostToken)
 		if err != nil {
 			return errors.Join(err, waitCP())
 		}
 		say("starting the host agent (WRENN_DIR=%s)", acfg.Dir)
+		agentCtx, stopAgent := context.WithCancel(ctx)
+		defer stopAgent()
+		agentDone = make(chan error, 1)
 		go func() {
-			agentDone <- agentapp.RunWith(ctx, acfg, logger.With("role", "agent"), agentapp.RunOptions{PauseOnExit: true})
+			agentDone <- agentapp.RunWith(agentCtx, acfg, logger.With("role", "agent"), agentapp.RunOptions{PauseOnExit: true})
 		}()
-		if err := waitHostOnline(ctx, boot, agentDone); err != nil {
-			return errors.Join(err, <-agentDone, waitCP())
+		if exited, err := waitHostOnline(ctx, boot, agentDone); err != nil {
+			stopAgent()
+			if !exited {
+				<-agentDone // let it stop cleanly before the control plane goes
+			}
+			return errors.Join(err, waitCP())
 		}
 	}
 
@@ -184,7 +190,9 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 	select {
 	case <-ctx.Done():
 		say("stopping: pausing sandboxes and shutting down")
-		agentErr = <-agentDone
+		if agentDone != nil {
+			agentErr = <-agentDone
+		}
 	case agentErr = <-agentDone:
 		if agentErr != nil {
 			logger.Error("host agent stopped", "err", agentErr)
@@ -224,8 +232,9 @@ func devAgentConfig(cpURL, token string) (config.Agent, error) {
 }
 
 // waitHostOnline waits until the dev agent has registered and its host is
-// online, so the printed curl works at once.
-func waitHostOnline(ctx context.Context, boot devboot.Result, agentDone <-chan error) error {
+// online, so the printed curl works at once; agentExited says whether the
+// agent's result was consumed.
+func waitHostOnline(ctx context.Context, boot devboot.Result, agentDone <-chan error) (agentExited bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for {
@@ -234,14 +243,14 @@ func waitHostOnline(ctx context.Context, boot devboot.Result, agentDone <-chan e
 			if err == nil {
 				err = errors.New("host agent exited during start")
 			}
-			return fmt.Errorf("host agent: %w", err)
+			return true, fmt.Errorf("host agent: %w", err)
 		case <-ctx.Done():
-			return fmt.Errorf("host agent did not come online: %w", ctx.Err())
+			return false, fmt.Errorf("host agent did not come online: %w", ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 		online, err := boot.HostOnline(ctx)
 		if err == nil && online {
-			return nil
+			return false, nil
 		}
 	}
 }
