@@ -875,3 +875,40 @@ func TestVMPauseWithFullDiskKeepsRunning(t *testing.T) {
 		t.Fatalf("after pause and resume the guest says %q", out)
 	}
 }
+
+// A sandbox's disk larger than the image it starts from: envd grows the
+// root filesystem at boot, so the space is usable.
+func TestVMRootFilesystemFillsItsDisk(t *testing.T) {
+	e := newVMEnv(t, nil)
+	m := e.parts.Manager
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	tests := []struct {
+		name      string
+		diskMB    uint32
+		minSizeKB int64
+		maxSizeKB int64
+	}{
+		{"image size", 1024, 900 << 10, 1100 << 10},
+		{"twice the image", 2048, 1900 << 10, 2100 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprintf("disk-%d", tt.diskMB)
+			if _, err := m.Create(ctx, &pb.CreateSandboxRequest{SandboxId: id, DiskMb: tt.diskMB}); err != nil {
+				t.Fatal(err)
+			}
+			defer m.Destroy(ctx, id)
+			out := mustExec(t, m, id, "df -k / | tail -1 | awk '{print $2}'")
+			size, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+			if err != nil {
+				t.Fatalf("df output %q: %v", out, err)
+			}
+			if size < tt.minSizeKB || size > tt.maxSizeKB {
+				t.Fatalf("root filesystem is %d KiB with disk_mb=%d, want %d..%d", size, tt.diskMB, tt.minSizeKB, tt.maxSizeKB)
+			}
+			// Writes still work on the grown filesystem.
+			mustExec(t, m, id, "dd if=/dev/zero of=/root/fill bs=1M count=64 2>/dev/null && sync && ls -l /root/fill")
+		})
+	}
+}

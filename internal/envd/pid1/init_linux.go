@@ -52,6 +52,7 @@ func Setup(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	devLinks(log)
+	growRoot(log)
 	raw, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return fmt.Errorf("read kernel command line: %w", err)
