@@ -19,4 +19,6 @@ SELECT * FROM users WHERE id = $1;
 UPDATE users SET name = sqlc.arg(name), updated_at = now() WHERE id = sqlc.arg(id) RETURNING *;
 
 -- name: UpdateUserPassword :exec
-UPDATE users SET password_hash = sqlc.arg(password_hash), updated_at = now() WHERE id = sqlc.arg(id);
+-- A new password ends every existing session.
+UPDATE users SET password_hash = sqlc.arg(password_hash), session_version = session_version + 1, updated_at = now()
+WHERE id = sqlc.arg(id);

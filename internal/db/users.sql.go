@@ -13,7 +13,7 @@ const createUser = `-- name: CreateUser :one
 INSERT INTO users (id, email, name, password_hash, is_admin)
 VALUES ($1, $2, $3, $4,
         NOT EXISTS (SELECT 1 FROM users))
-RETURNING id, email, name, password_hash, is_admin, created_at, updated_at
+RETURNING id, email, name, password_hash, is_admin, created_at, updated_at, session_version
 `
 
 type CreateUserParams struct {
@@ -41,12 +41,13 @@ func (q *Queries) CreateUser(ctx context.Context, arg CreateUserParams) (User, e
 		&i.IsAdmin,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.SessionVersion,
 	)
 	return i, err
 }
 
 const getUserByEmail = `-- name: GetUserByEmail :one
-SELECT id, email, name, password_hash, is_admin, created_at, updated_at FROM users WHERE lower(email) = lower($1)
+SELECT id, email, name, password_hash, is_admin, created_at, updated_at, session_version FROM users WHERE lower(email) = lower($1)
 `
 
 func (q *Queries) GetUserByEmail(ctx context.Context, email string) (User, error) {
@@ -60,12 +61,13 @@ func (q *Queries) GetUserByEmail(ctx context.Context, email string) (User, error
 		&i.IsAdmin,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.SessionVersion,
 	)
 	return i, err
 }
 
 const getUserByID = `-- name: GetUserByID :one
-SELECT id, email, name, password_hash, is_admin, created_at, updated_at FROM users WHERE id = $1
+SELECT id, email, name, password_hash, is_admin, created_at, updated_at, session_version FROM users WHERE id = $1
 `
 
 func (q *Queries) GetUserByID(ctx context.Context, id string) (User, error) {
@@ -79,6 +81,7 @@ func (q *Queries) GetUserByID(ctx context.Context, id string) (User, error) {
 		&i.IsAdmin,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.SessionVersion,
 	)
 	return i, err
 }
@@ -93,7 +96,7 @@ func (q *Queries) LockSignups(ctx context.Context) error {
 }
 
 const updateUserName = `-- name: UpdateUserName :one
-UPDATE users SET name = $1, updated_at = now() WHERE id = $2 RETURNING id, email, name, password_hash, is_admin, created_at, updated_at
+UPDATE users SET name = $1, updated_at = now() WHERE id = $2 RETURNING id, email, name, password_hash, is_admin, created_at, updated_at, session_version
 `
 
 type UpdateUserNameParams struct {
@@ -112,12 +115,14 @@ func (q *Queries) UpdateUserName(ctx context.Context, arg UpdateUserNameParams) 
 		&i.IsAdmin,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.SessionVersion,
 	)
 	return i, err
 }
 
 const updateUserPassword = `-- name: UpdateUserPassword :exec
-UPDATE users SET password_hash = $1, updated_at = now() WHERE id = $2
+UPDATE users SET password_hash = $1, session_version = session_version + 1, updated_at = now()
+WHERE id = $2
 `
 
 type UpdateUserPasswordParams struct {
@@ -125,6 +130,7 @@ type UpdateUserPasswordParams struct {
 	ID           string `json:"id"`
 }
 
+// A new password ends every existing session.
 func (q *Queries) UpdateUserPassword(ctx context.Context, arg UpdateUserPasswordParams) error {
 	_, err := q.db.Exec(ctx, updateUserPassword, arg.PasswordHash, arg.ID)
 	return err

@@ -81,11 +81,17 @@ func TestSignupLoginAndMe(t *testing.T) {
 	e.wantErr("POST", "/v1/me/password", map[string]string{"current_password": testPassword, "new_password": "short"}, s.cred(), 400, "", "new_password")
 	e.want("POST", "/v1/me/password", map[string]string{"current_password": testPassword, "new_password": "brand new password"}, s.cred(), http.StatusNoContent, nil)
 	e.wantErr("POST", "/v1/auth/login", map[string]string{"email": "first@example.com", "password": testPassword}, cred{}, 401, "invalid_credentials", "")
-	e.want("POST", "/v1/auth/login", map[string]string{"email": "first@example.com", "password": "brand new password"}, cred{}, http.StatusOK, nil)
+	// The new password ends every session issued before it, this one included.
+	e.wantErr("GET", "/v1/me", nil, s.cred(), 401, "session_revoked", "")
+	var fresh struct {
+		Token string `json:"token"`
+	}
+	e.want("POST", "/v1/auth/login", map[string]string{"email": "first@example.com", "password": "brand new password"}, cred{}, http.StatusOK, &fresh)
+	e.want("GET", "/v1/me", nil, cred{jwt: fresh.Token}, http.StatusOK, nil)
 
 	// Garbage and forged tokens.
 	e.wantErr("GET", "/v1/me", nil, cred{jwt: "garbage"}, 401, "invalid_token", "")
-	forged, _, _ := mustTokens(t, strings.Repeat("x", 40)).Issue(first.User.ID, first.Team.ID)
+	forged, _, _ := mustTokens(t, strings.Repeat("x", 40)).Issue(first.User.ID, first.Team.ID, 0)
 	e.wantErr("GET", "/v1/me", nil, cred{jwt: forged}, 401, "invalid_token", "")
 	req, _ := http.NewRequest("GET", e.srv.URL+"/v1/me", nil)
 	req.Header.Set("Authorization", "Basic Zm9vOmJhcg==")

@@ -91,7 +91,7 @@ func (e *hostsEnv) user(t *testing.T, teamID, role string) string {
 	if err := e.q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: teamID, Role: role, IsDefault: true}); err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := e.tokens.Issue(u.ID, teamID)
+	tok, _, err := e.tokens.Issue(u.ID, teamID, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

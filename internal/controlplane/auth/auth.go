@@ -90,13 +90,16 @@ func NewTokens(secret string, ttl time.Duration, now func() time.Time) (*Tokens,
 // Claims of a session token.
 type Claims struct {
 	TeamID string `json:"team"`
+	// SessionVersion is the user's session version when the token was
+	// issued; a password change increments it and so ends older sessions.
+	SessionVersion int32 `json:"sv"`
 	jwt.RegisteredClaims
 }
 
 const issuer = "wrenn"
 
-// Issue signs a session for user in team.
-func (t *Tokens) Issue(userID, teamID string) (string, time.Time, error) {
+// Issue signs a session for user in team at the user's session version.
+func (t *Tokens) Issue(userID, teamID string, sessionVersion int32) (string, time.Time, error) {
 	now := t.now()
 	exp := now.Add(t.ttl)
 	var jti [12]byte
@@ -104,7 +107,7 @@ func (t *Tokens) Issue(userID, teamID string) (string, time.Time, error) {
 		return "", time.Time{}, fmt.Errorf("token id: %w", err)
 	}
 	// A unique ID keeps two sessions issued in the same second distinct.
-	c := Claims{TeamID: teamID, RegisteredClaims: jwt.RegisteredClaims{
+	c := Claims{TeamID: teamID, SessionVersion: sessionVersion, RegisteredClaims: jwt.RegisteredClaims{
 		Subject: userID, Issuer: issuer, ID: hex.EncodeToString(jti[:]),
 		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp),
 	}}

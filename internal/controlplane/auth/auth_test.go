@@ -17,7 +17,7 @@ func TestTokensRoundTripAndRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, exp, err := tk.Issue("usr-a", "team-b")
+	tok, exp, err := tk.Issue("usr-a", "team-b", 0)
 	if err != nil || !exp.Equal(now.Add(time.Hour)) {
 		t.Fatalf("issue: %v %v", exp, err)
 	}
@@ -25,13 +25,13 @@ func TestTokensRoundTripAndRejects(t *testing.T) {
 	if err != nil || c.Subject != "usr-a" || c.TeamID != "team-b" {
 		t.Fatalf("parse: %+v %v", c, err)
 	}
-	tok2, _, _ := tk.Issue("usr-a", "team-b")
+	tok2, _, _ := tk.Issue("usr-a", "team-b", 0)
 	if tok2 == tok {
 		t.Fatal("two sessions issued at the same instant are identical")
 	}
 
 	other, _ := NewTokens(strings.Repeat("z", 32), time.Hour, clock)
-	forged, _, _ := other.Issue("usr-a", "team-b")
+	forged, _, _ := other.Issue("usr-a", "team-b", 0)
 	sign := func(m jwt.SigningMethod, key any, claims jwt.Claims) string {
 		s, err := jwt.NewWithClaims(m, claims).SignedString(key)
 		if err != nil {

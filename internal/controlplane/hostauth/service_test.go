@@ -278,7 +278,7 @@ func TestHostAndUserTokensDoNotCross(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	userTok, _, err := users.Issue("usr-aaaaaaaaaaaaaaaaaaaa", "team-aaaaaaaaaaaaaaaaaaaa")
+	userTok, _, err := users.Issue("usr-aaaaaaaaaaaaaaaaaaaa", "team-aaaaaaaaaaaaaaaaaaaa", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

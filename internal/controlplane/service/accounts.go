@@ -141,7 +141,7 @@ func (s *Service) Signup(ctx context.Context, in SignupInput) (Session, error) {
 }
 
 func (s *Service) session(u db.User, t TeamRef) (Session, error) {
-	tok, exp, err := s.tokens.Issue(u.ID, t.ID)
+	tok, exp, err := s.tokens.Issue(u.ID, t.ID, u.SessionVersion)
 	if err != nil {
 		return Session{}, Internal("issue session", err)
 	}
@@ -220,6 +220,9 @@ func (s *Service) AuthenticateJWT(ctx context.Context, token string) (auth.AuthC
 	}
 	if err != nil {
 		return auth.AuthContext{}, Internal("authenticate", err)
+	}
+	if c.SessionVersion != m.SessionVersion {
+		return auth.AuthContext{}, Unauthorized("session_revoked", "the session ended because the password was changed; log in again")
 	}
 	return auth.AuthContext{Method: auth.MethodJWT, UserID: c.Subject, TeamID: c.TeamID, Role: m.Role, IsAdmin: m.IsAdmin}, nil
 }
