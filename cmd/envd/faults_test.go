@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
@@ -39,12 +40,7 @@ func inGroup(pgid int) []int {
 }
 
 func TestForkBombIsContained(t *testing.T) {
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root to run processes as another user (CI=true: not skipping)")
-		}
-		t.Skip("needs root to run processes as another user")
-	}
+	testenv.Require(t, os.Getuid() == 0, "needs root to run processes as another user")
 	const limit = 64
 	e := envdtest.Start(t, "127.0.0.1:0", "-max-user-procs", strconv.Itoa(limit))
 	pc := processconnect.NewProcessClient(h2cClient(), e.URL)

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
@@ -56,12 +57,7 @@ func dialIn(pid int) func(ctx context.Context, network, addr string) (net.Conn, 
 // and network namespaces: init mode, process start through the subreaper,
 // orphan reaping, hostname, /tmp on tmpfs, and power off.
 func TestPID1InNamespaces(t *testing.T) {
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root for namespaces (CI=true: not skipping)")
-		}
-		t.Skip("needs root for namespaces")
-	}
+	testenv.Require(t, os.Getuid() == 0, "needs root for namespaces")
 	bin := envdtest.Build(t)
 	cmd := exec.Command(bin, "-addr", "127.0.0.1:49983")
 	cmd.SysProcAttr = &syscall.SysProcAttr{

@@ -13,16 +13,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func prereq(t *testing.T, what string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): %s", what)
-	}
-	t.Skipf("prerequisite missing: %s", what)
+	testenv.Require(t, false, "%s", what)
 }
 
 // fakeEnvd builds a small static Go program standing in for envd: the
@@ -91,7 +90,7 @@ func TestBuildInstallsAndIsIdempotent(t *testing.T) {
 	envd := fakeEnvd(t, tmp, "v1")
 	cfg, withKernel := testConfig(t, envd)
 	if !withKernel {
-		if os.Getenv("CI") == "true" {
+		if testenv.InCI() {
 			t.Fatalf("CI=true: no prebuilt kernel under %s with the current key (run `wrenn images build`)", DirFromEnv())
 		}
 		t.Logf("no prebuilt kernel under %s with the current key: testing the rootfs only (run `wrenn images build` to include the kernel)", DirFromEnv())

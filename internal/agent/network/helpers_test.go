@@ -18,6 +18,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // Test names use their own prefix and range so they never touch a real
@@ -56,13 +58,7 @@ func requireRoot(t *testing.T) {
 			why = "needs /dev/net/tun: " + err.Error()
 		}
 	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
+	testenv.Require(t, why == "", "%s", why)
 }
 
 // newTestManager returns an initialised Manager with the test prefix whose

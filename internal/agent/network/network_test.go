@@ -18,6 +18,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -594,12 +596,7 @@ func TestBadInput(t *testing.T) {
 // BenchmarkAllocateRelease measures building and tearing down one
 // production slot (TAP path).
 func BenchmarkAllocateRelease(b *testing.B) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			b.Fatal("needs root")
-		}
-		b.Skip("needs root")
-	}
+	testenv.Require(b, os.Geteuid() == 0, "needs root")
 	m, err := New(Config{Prefix: testPrefix, HostRange: testRange, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
@@ -630,12 +627,7 @@ func BenchmarkAllocateRelease(b *testing.B) {
 func TestQemuAttachesToTap(t *testing.T) {
 	requireRoot(t)
 	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
-		}
-		t.Skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
-	}
+	testenv.Require(t, err == nil, "qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
 	m := newTestManager(t, false)
 	ctx := t.Context()
 	s, err := m.Allocate(ctx, "qemu", Options{InternetAccess: true})

@@ -15,19 +15,16 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // requireTools skips (or fails under CI=true) when a tool is missing.
 func requireTools(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			msg := fmt.Sprintf("%s not installed (qemu-img, qemu-io: qemu-utils; e2fsck, resize2fs, mkfs.ext4, debugfs: e2fsprogs; mkfs.xfs: xfsprogs)", tool)
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
+		_, err := exec.LookPath(tool)
+		testenv.Require(t, err == nil, "%s not installed (qemu-img, qemu-io: qemu-utils; e2fsck, resize2fs, mkfs.ext4, debugfs: e2fsprogs; mkfs.xfs: xfsprogs)", tool)
 	}
 }
 
@@ -353,12 +350,7 @@ func TestCloneRawSparse(t *testing.T) {
 // TestCloneRawReflink runs CloneRaw on a loop-mounted XFS, which reflinks.
 func TestCloneRawReflink(t *testing.T) {
 	requireTools(t, "mkfs.xfs")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root to loop-mount XFS")
-		}
-		t.Skip("needs root to loop-mount XFS")
-	}
+	testenv.Require(t, os.Geteuid() == 0, "needs root to loop-mount XFS")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "xfs.img")
 	f, _ := os.Create(img)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // sdkAddr is where the SDK's debug mode looks for envd (localhost:49983).
@@ -19,13 +20,7 @@ const sdkAddr = "127.0.0.1:49983"
 
 func need(t *testing.T, what string, err error) {
 	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s: %v (CI=true: not skipping)", what, err)
-	}
-	t.Skipf("%s: %v", what, err)
+	testenv.Require(t, err == nil, "%s: %v", what, err)
 }
 
 func TestE2BSDK(t *testing.T) {

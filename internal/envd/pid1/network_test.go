@@ -9,17 +9,14 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // inNewNetns runs fn on a thread moved into a fresh network namespace.
 func inNewNetns(t *testing.T, fn func()) {
 	t.Helper()
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root to create a network namespace (CI=true: not skipping)")
-		}
-		t.Skip("needs root to create a network namespace")
-	}
+	testenv.Require(t, os.Getuid() == 0, "needs root to create a network namespace")
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {

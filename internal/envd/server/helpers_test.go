@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/envd/reaper"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
@@ -188,11 +189,5 @@ func codeOf(err error) connect.Code {
 // requireRoot skips (or fails under CI) when the test needs root.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Getuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (CI=true: not skipping)")
-	}
-	t.Skip("this test needs root")
+	testenv.Require(t, os.Getuid() == 0, "this test needs root")
 }

@@ -19,6 +19,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
@@ -322,12 +323,8 @@ func TestFilesAsUser(t *testing.T) {
 func TestUploadDiskFull(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "wrenn-envd-test", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs: %v %s", err, out)
-		}
-		t.Skipf("cannot mount a small tmpfs: %v %s", err, out)
-	}
+	mountOut, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "wrenn-envd-test", dir).CombinedOutput()
+	testenv.Require(t, err == nil, "cannot mount a small tmpfs: %v %s", err, mountOut)
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	e := newEnv(t, Config{})
 	p := filepath.Join(dir, "big")

@@ -13,18 +13,14 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // Require fails the test under CI=true and skips it otherwise, with why.
 func Require(t testing.TB, ok bool, why string) {
 	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): %s", why)
-	}
-	t.Skipf("prerequisite missing: %s", why)
+	testenv.Require(t, ok, "%s", why)
 }
 
 // Build compiles cmd/envd into a temporary directory and returns its path.

@@ -13,16 +13,14 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func prereq(t *testing.T, what string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): %s", what)
-	}
-	t.Skipf("prerequisite missing: %s", what)
+	testenv.Require(t, false, "%s", what)
 }
 
 func TestParseMode(t *testing.T) {

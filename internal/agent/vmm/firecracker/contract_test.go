@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -894,12 +895,7 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestStartInNetNS(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("network namespace test needs root (CI=true)")
-		}
-		t.Skip("network namespace test needs root")
-	}
+	testenv.Require(t, os.Geteuid() == 0, "network namespace test needs root")
 	name := fmt.Sprintf("wrenn-fctest-%d", os.Getpid())
 	runtime.LockOSThread()
 	orig, err := netns.Get()

@@ -25,6 +25,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm/accel"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 const envdPort = 49983
@@ -32,10 +33,7 @@ const envdPort = 49983
 // prereq skips (or, with CI=true, fails) when QEMU or the images are missing.
 func prereq(t testing.TB, what string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): %s", what)
-	}
-	t.Skipf("prerequisite missing: %s", what)
+	testenv.Require(t, false, "%s", what)
 }
 
 type env struct {
@@ -123,6 +121,10 @@ type vmSetup struct {
 	url string
 }
 
+// vmName makes a VM name unique to this test process: the checks for
+// leftover QEMU processes look at every process on the machine.
+func vmName(name string) string { return fmt.Sprintf("%s-%d", name, os.Getpid()) }
+
 func newVMSetup(t testing.TB, e env, name string) vmSetup {
 	t.Helper()
 	dir := t.TempDir()
@@ -134,7 +136,7 @@ func newVMSetup(t testing.TB, e env, name string) vmSetup {
 	}
 	hp := freePort(t)
 	return vmSetup{
-		cfg: vmm.Config{ID: name, KernelPath: e.kernel, KernelArgs: args, DiskPath: disk, DiskFormat: "qcow2",
+		cfg: vmm.Config{ID: vmName(name), KernelPath: e.kernel, KernelArgs: args, DiskPath: disk, DiskFormat: "qcow2",
 			VCPUs: 1, MemoryMB: 256, MAC: "06:00:ac:10:00:02", RunDir: filepath.Join(dir, "run"), Accel: e.accel},
 		mo:  MachineOptions{UserNet: []Forward{{HostAddr: hp, GuestPort: envdPort}}},
 		url: "http://" + hp.String() + "/health",
@@ -224,7 +226,7 @@ func bootPauseResumeStop(t *testing.T, e env, d *Driver) {
 	s := newVMSetup(t, e, "sb-boot")
 	memFile := filepath.Join(s.cfg.RunDir, memFileName)
 	if d.opts.MemoryDir != "" {
-		memFile = filepath.Join(d.opts.MemoryDir, "sb-boot.mem")
+		memFile = filepath.Join(d.opts.MemoryDir, vmName("sb-boot")+".mem")
 	}
 	start := time.Now()
 	m := startVM(t, d, s)
@@ -519,7 +521,7 @@ func TestStartBadInput(t *testing.T) {
 			t.Logf("error: %v", err)
 		})
 	}
-	if pids := processesWith(t, "-name\x00sb-bad\x00"); len(pids) > 0 {
+	if pids := processesWith(t, "-name\x00"+vmName("sb-bad")+"\x00"); len(pids) > 0 {
 		t.Fatalf("qemu left running after failed starts: %v", pids)
 	}
 }
@@ -562,7 +564,7 @@ func TestRestoreBadSnapshot(t *testing.T) {
 		})
 	}
 	// The failed restores left no QEMU behind.
-	if pids := processesWith(t, "-name\x00sb-rbad\x00"); len(pids) > 0 {
+	if pids := processesWith(t, "-name\x00"+vmName("sb-rbad")+"\x00"); len(pids) > 0 {
 		t.Fatalf("qemu left running: %v", pids)
 	}
 }
