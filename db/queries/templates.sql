@@ -11,8 +11,8 @@ WHERE team_id = sqlc.narg(team_id) OR team_id IS NULL
 ORDER BY name;
 
 -- name: InsertSnapshotTemplate :one
-INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes)
-VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7)
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id)
+VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7, $8)
 RETURNING *;
 
 -- name: ListSnapshots :many

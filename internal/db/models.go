@@ -89,6 +89,7 @@ type Template struct {
 	DiskMb    int32     `json:"disk_mb"`
 	SizeBytes int64     `json:"size_bytes"`
 	CreatedAt time.Time `json:"created_at"`
+	HostID    *string   `json:"host_id"`
 }
 
 type User struct {

@@ -27,7 +27,7 @@ func (q *Queries) DeleteSnapshot(ctx context.Context, arg DeleteSnapshotParams) 
 }
 
 const getSnapshot = `-- name: GetSnapshot :one
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
 `
 
 type GetSnapshotParams struct {
@@ -48,12 +48,13 @@ func (q *Queries) GetSnapshot(ctx context.Context, arg GetSnapshotParams) (Templ
 		&i.DiskMb,
 		&i.SizeBytes,
 		&i.CreatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates
 WHERE name = $1 AND (team_id = $2 OR team_id IS NULL)
 ORDER BY team_id NULLS LAST
 LIMIT 1
@@ -78,14 +79,15 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.DiskMb,
 		&i.SizeBytes,
 		&i.CreatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
 
 const insertSnapshotTemplate = `-- name: InsertSnapshotTemplate :one
-INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes)
-VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7)
-RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id)
+VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7, $8)
+RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id
 `
 
 type InsertSnapshotTemplateParams struct {
@@ -96,6 +98,7 @@ type InsertSnapshotTemplateParams struct {
 	MemoryMb  int32   `json:"memory_mb"`
 	DiskMb    int32   `json:"disk_mb"`
 	SizeBytes int64   `json:"size_bytes"`
+	HostID    *string `json:"host_id"`
 }
 
 func (q *Queries) InsertSnapshotTemplate(ctx context.Context, arg InsertSnapshotTemplateParams) (Template, error) {
@@ -107,6 +110,7 @@ func (q *Queries) InsertSnapshotTemplate(ctx context.Context, arg InsertSnapshot
 		arg.MemoryMb,
 		arg.DiskMb,
 		arg.SizeBytes,
+		arg.HostID,
 	)
 	var i Template
 	err := row.Scan(
@@ -119,12 +123,13 @@ func (q *Queries) InsertSnapshotTemplate(ctx context.Context, arg InsertSnapshot
 		&i.DiskMb,
 		&i.SizeBytes,
 		&i.CreatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
 
 const listSnapshots = `-- name: ListSnapshots :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates WHERE team_id = $1 AND kind = 'snapshot' ORDER BY created_at DESC, id
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates WHERE team_id = $1 AND kind = 'snapshot' ORDER BY created_at DESC, id
 `
 
 func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template, error) {
@@ -146,6 +151,7 @@ func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template
 			&i.DiskMb,
 			&i.SizeBytes,
 			&i.CreatedAt,
+			&i.HostID,
 		); err != nil {
 			return nil, err
 		}
@@ -158,7 +164,7 @@ func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at FROM templates
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates
 WHERE team_id = $1 OR team_id IS NULL
 ORDER BY name
 `
@@ -182,6 +188,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID *string) ([]Template
 			&i.DiskMb,
 			&i.SizeBytes,
 			&i.CreatedAt,
+			&i.HostID,
 		); err != nil {
 			return nil, err
 		}

@@ -255,6 +255,7 @@ func (e *env) apiKey(s session, name string) (key, id string) {
 type sandboxResp struct {
 	ID           string            `json:"id"`
 	TeamID       string            `json:"team_id"`
+	HostID       string            `json:"host_id"`
 	Status       string            `json:"status"`
 	Template     string            `json:"template"`
 	VCPUs        int               `json:"vcpus"`

@@ -13,7 +13,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+	"github.com/wrenn-dev/wrenn/internal/db"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -525,4 +527,54 @@ func (e *env) upload(id string, c cred, parts []part) (int, []byte) {
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	c.apply(req)
 	return e.send(req)
+}
+
+// A snapshot's files live on the host that took it: sandboxes from it start
+// there whatever the scheduler would pick, and not at all when that host is
+// offline or gone.
+func TestSandboxesFromASnapshotStartOnItsHost(t *testing.T) {
+	e := newEnv(t)
+	owner := e.signup("owner@example.com")
+	c := owner.cred()
+	sb := e.createSandbox(c, nil)
+	if sb.HostID != "host-test" {
+		t.Fatalf("first sandbox on %q", sb.HostID)
+	}
+	var snap struct{ ID string }
+	e.want("POST", "/v1/snapshots", map[string]string{"sandbox_id": sb.ID, "name": "snap"}, c, 201, &snap)
+
+	// A second online host: round-robin would alternate between the two.
+	second := agenttest.New()
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Close)
+	ctx := context.Background()
+	if _, err := e.q.UpsertHost(ctx, db.UpsertHostParams{ID: "host-second", Name: "second", Address: second.Address(), Status: "online", Vmm: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		from := e.createSandbox(c, map[string]any{"template": "snap"})
+		if from.HostID != "host-test" {
+			t.Fatalf("sandbox %d from the snapshot placed on %q, want host-test", i, from.HostID)
+		}
+		e.want("DELETE", sbPath(from.ID), nil, c, 204, nil)
+	}
+	// Image templates still spread over both hosts.
+	seen := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		seen[e.createSandbox(c, nil).HostID] = true
+	}
+	if !seen["host-test"] || !seen["host-second"] {
+		t.Fatalf("image sandboxes landed on %v, want both hosts", seen)
+	}
+
+	if err := e.q.SetHostStatus(ctx, db.SetHostStatusParams{ID: "host-test", Status: "unreachable"}); err != nil {
+		t.Fatal(err)
+	}
+	e.wantErr("POST", "/v1/sandboxes", map[string]any{"template": "snap"}, c, 503, "agent_unavailable", "")
+	if _, err := e.pool.Exec(ctx, "UPDATE templates SET host_id = NULL WHERE id = $1", snap.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.wantErr("POST", "/v1/sandboxes", map[string]any{"template": "snap"}, c, 409, "snapshot_unavailable", "template")
 }

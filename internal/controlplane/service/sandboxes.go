@@ -170,12 +170,9 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 	}
 	mdJSON, _ := json.Marshal(md)
 
-	host, err := s.scheduler.Pick(ctx, a.TeamID)
-	if errors.Is(err, hosts.ErrHostUnavailable) {
-		return Sandbox{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "no host is available to run the sandbox", Err: err}
-	}
+	host, err := s.placeSandbox(ctx, a, tpl)
 	if err != nil {
-		return Sandbox{}, Internal("schedule sandbox", err)
+		return Sandbox{}, err
 	}
 
 	var row db.Sandbox
@@ -250,6 +247,34 @@ func (s *Service) loadSandbox(ctx context.Context, a auth.AuthContext, id string
 
 func wrongState(r db.Sandbox, want string) *Error {
 	return &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, want)}
+}
+
+// placeSandbox picks the host for a new sandbox: a snapshot template's own
+// host (its memory and disk files live there), else the scheduler's choice.
+func (s *Service) placeSandbox(ctx context.Context, a auth.AuthContext, tpl db.Template) (db.Host, error) {
+	if tpl.Kind == "snapshot" {
+		if tpl.HostID == nil {
+			return db.Host{}, &Error{Kind: KindConflict, Code: "snapshot_unavailable", Field: "template",
+				Message: fmt.Sprintf("the host that held snapshot %q was deleted; the snapshot cannot start sandboxes", tpl.Name)}
+		}
+		h, err := s.q.GetHost(ctx, *tpl.HostID)
+		if err != nil && !isNoRows(err) {
+			return db.Host{}, Internal("load snapshot host", err)
+		}
+		if err != nil || h.Status != "online" {
+			return db.Host{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable",
+				Message: fmt.Sprintf("the host holding snapshot %q is not online", tpl.Name)}
+		}
+		return h, nil
+	}
+	host, err := s.scheduler.Pick(ctx, a.TeamID)
+	if errors.Is(err, hosts.ErrHostUnavailable) {
+		return db.Host{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "no host is available to run the sandbox", Err: err}
+	}
+	if err != nil {
+		return db.Host{}, Internal("schedule sandbox", err)
+	}
+	return host, nil
 }
 
 func (s *Service) client(ctx context.Context, r db.Sandbox) (hosts.Client, error) {

@@ -84,7 +84,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 	if resp.Msg.GetVcpus() > 0 {
 		vcpus, mem = int32(resp.Msg.GetVcpus()), int32(resp.Msg.GetMemoryMb())
 	}
-	t, err := s.q.InsertSnapshotTemplate(lctx, db.InsertSnapshotTemplateParams{ID: tplID, TeamID: &a.TeamID, Name: in.Name, Vcpus: vcpus, MemoryMb: mem, DiskMb: sb.DiskMb, SizeBytes: resp.Msg.GetSizeBytes()})
+	t, err := s.q.InsertSnapshotTemplate(lctx, db.InsertSnapshotTemplateParams{ID: tplID, TeamID: &a.TeamID, Name: in.Name, Vcpus: vcpus, MemoryMb: mem, DiskMb: sb.DiskMb, SizeBytes: resp.Msg.GetSizeBytes(), HostID: sb.HostID})
 	if err != nil {
 		if _, derr := c.DeleteSnapshot(lctx, connect.NewRequest(&pb.DeleteSnapshotRequest{Name: tplID})); derr != nil {
 			s.log.WarnContext(ctx, "drop unrecorded snapshot", "template_id", tplID, "err", derr)
