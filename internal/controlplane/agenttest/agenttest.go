@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -51,6 +52,11 @@ type Agent struct {
 	ln  net.Listener
 	// URL is the agent's base URL (http://127.0.0.1:port).
 	URL string
+
+	// AfterPause, when set before Start, runs after a pause has taken
+	// effect and before PauseSandbox answers (outside the agent's lock), so
+	// tests can interleave another reader of the agent's state.
+	AfterPause func(id string)
 }
 
 // New builds an agent knowing the "minimal" template.
@@ -190,13 +196,18 @@ func (a *Agent) setState(sb *sandbox, st pb.SandboxState) {
 
 func (a *Agent) PauseSandbox(_ context.Context, req *connect.Request[pb.PauseSandboxRequest]) (*connect.Response[pb.PauseSandboxResponse], error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	sb, err := a.running("PauseSandbox", req.Msg.GetSandboxId())
 	if err != nil {
+		a.mu.Unlock()
 		return nil, err
 	}
 	a.setState(sb, pb.SandboxState_SANDBOX_STATE_PAUSED)
-	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: sb.info}), nil
+	info := proto.Clone(sb.info).(*pb.SandboxInfo)
+	a.mu.Unlock()
+	if a.AfterPause != nil {
+		a.AfterPause(info.GetSandboxId())
+	}
+	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: info}), nil
 }
 
 func (a *Agent) ResumeSandbox(_ context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {

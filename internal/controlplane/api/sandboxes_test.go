@@ -578,3 +578,29 @@ func TestSandboxesFromASnapshotStartOnItsHost(t *testing.T) {
 	}
 	e.wantErr("POST", "/v1/sandboxes", map[string]any{"template": "snap"}, c, 409, "snapshot_unavailable", "template")
 }
+
+// The reconciler reads the agent's state and may record a pause before the
+// pause call itself returns: the caller still gets 200, not a 409.
+func TestPauseRecordedFirstByTheReconciler(t *testing.T) {
+	e := newEnv(t)
+	owner := e.signup("owner@example.com")
+	c := owner.cred()
+	sb := e.createSandbox(c, nil)
+	var reconciled int
+	e.agent.AfterPause = func(string) {
+		reconciled = e.svc.ReconcileOnce(context.Background()).Paused
+	}
+	var got sandboxResp
+	e.want("POST", sbPath(sb.ID, "/pause"), nil, c, 200, &got)
+	if reconciled != 1 {
+		t.Fatalf("the reconciler recorded %d pauses during the call, want 1 (the race this test is about did not happen)", reconciled)
+	}
+	if got.Status != "paused" {
+		t.Fatalf("pause answered status %q", got.Status)
+	}
+	// A resume with a new timeout still records the timeout.
+	e.want("POST", sbPath(sb.ID, "/resume"), map[string]any{"timeout_sec": 120}, c, 200, &got)
+	if got.Status != "running" || got.TimeoutSec != 120 {
+		t.Fatalf("resume answered %+v", got)
+	}
+}

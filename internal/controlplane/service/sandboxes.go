@@ -495,8 +495,11 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	return s.transition(lctx, a, r, []string{StatusPaused}, StatusRunning, newTimeout)
 }
 
-// transition applies a conditional state change; losing the race to another
-// transition is a 409 naming the state the sandbox is in now.
+// transition records the state change an agent call just made, with a
+// conditional update. If the row already shows the new state, another writer
+// recorded the same outcome first (the reconciler reads the agent's state and
+// may see a pause before this call returns): that is success. Losing the race
+// to a different transition is a 409 naming the state the sandbox is in now.
 func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandbox, from []string, to string, timeout *int32) (Sandbox, error) {
 	row, err := s.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: from, ToStatus: to, TimeoutSec: timeout})
 	if isNoRows(err) {
@@ -504,7 +507,17 @@ func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandb
 		if gerr != nil {
 			return Sandbox{}, gerr
 		}
-		return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
+		if now.Status != to {
+			return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
+		}
+		if timeout == nil {
+			return toSandbox(now), nil
+		}
+		// Same state already recorded; the new timeout still has to be.
+		row, err = s.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: []string{to}, ToStatus: to, TimeoutSec: timeout})
+		if isNoRows(err) {
+			return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently", r.ID)}
+		}
 	}
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox state", err)
