@@ -201,6 +201,9 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo,
 		return EntryInfo{}, http.StatusBadRequest, fmt.Errorf("path %q is a directory", target)
 	}
 	dir := filepath.Dir(p)
+	if err := checkWritable(u, p); err != nil {
+		return EntryInfo{}, http.StatusUnauthorized, fmt.Errorf("user %q may not write %q: %w", u.Name, target, err)
+	}
 	if err := mkdirAllAs(dir, u); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create parent directories of %q: %w", target, err)
 	}
@@ -257,6 +260,31 @@ func errStatus(err error) int {
 		return http.StatusBadRequest
 	default:
 		return http.StatusInternalServerError
+	}
+}
+
+// checkWritable applies the permissions u would meet writing p, since envd
+// itself runs as root: the file, if it exists, must be writable by u, and the
+// nearest existing directory above it writable and searchable (that is
+// where u's new file or directories go).
+func checkWritable(u *users.User, p string) error {
+	if st, err := os.Stat(p); err == nil && !canAccess(u, st, 2) {
+		return fs.ErrPermission
+	}
+	for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
+		st, err := os.Stat(dir)
+		if err == nil {
+			if !st.IsDir() {
+				return nil // the write reports ENOTDIR itself
+			}
+			if !canAccess(u, st, 3) {
+				return fs.ErrPermission
+			}
+			return nil
+		}
+		if dir == filepath.Dir(dir) {
+			return nil
+		}
 	}
 }
 

@@ -318,6 +318,33 @@ func TestFilesAsUser(t *testing.T) {
 	if res := e.do("GET", "/files?username=nobody&path="+secret, nil, nil); res.StatusCode != 401 {
 		t.Errorf("read root-only file as nobody: %d", res.StatusCode)
 	}
+	// Nor writable: envd runs as root but writes with the user's permissions.
+	rootDir := filepath.Join(dir, "root-only")
+	if err := os.Mkdir(rootDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path string
+	}{
+		{"overwrite a root file", secret},
+		{"new file in a root directory", filepath.Join(rootDir, "new")},
+		{"new directories under a root directory", filepath.Join(rootDir, "a", "b", "new")},
+	} {
+		res := e.do("POST", "/files?username=nobody&path="+tc.path, strings.NewReader("changed"), nil)
+		body := readAll(t, res)
+		if res.StatusCode != 401 {
+			t.Errorf("%s as nobody: %d %s, want 401", tc.name, res.StatusCode, body)
+		}
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "s" {
+		t.Errorf("root file changed to %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(rootDir, "new")); err == nil {
+		t.Error("nobody created a file in a root-only directory")
+	}
+	if _, err := os.Stat(filepath.Join(rootDir, "a")); err == nil {
+		t.Error("nobody created a directory in a root-only directory")
+	}
 }
 
 func TestUploadDiskFull(t *testing.T) {
