@@ -62,3 +62,10 @@ SELECT * FROM sandboxes WHERE host_id = $1 AND status IN ('running', 'paused', '
 -- name: CountTemplateUsers :one
 SELECT count(*) FROM sandboxes
 WHERE team_id = sqlc.arg(team_id) AND template = sqlc.arg(template) AND status <> 'stopped';
+
+-- name: SyncSandboxActivity :execrows
+-- Records activity the agent saw (exec, files, PTY...) so the database's
+-- last_active_at follows without a write per request; it only moves forward.
+UPDATE sandboxes SET last_active_at = sqlc.arg(last_active_at)
+WHERE id = sqlc.arg(id) AND status = 'running'
+  AND (last_active_at IS NULL OR last_active_at < sqlc.arg(last_active_at));

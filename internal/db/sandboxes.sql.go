@@ -283,6 +283,27 @@ func (q *Queries) ReconcileSandbox(ctx context.Context, arg ReconcileSandboxPara
 	return result.RowsAffected(), nil
 }
 
+const syncSandboxActivity = `-- name: SyncSandboxActivity :execrows
+UPDATE sandboxes SET last_active_at = $1
+WHERE id = $2 AND status = 'running'
+  AND (last_active_at IS NULL OR last_active_at < $1)
+`
+
+type SyncSandboxActivityParams struct {
+	LastActiveAt *time.Time `json:"last_active_at"`
+	ID           string     `json:"id"`
+}
+
+// Records activity the agent saw (exec, files, PTY...) so the database's
+// last_active_at follows without a write per request; it only moves forward.
+func (q *Queries) SyncSandboxActivity(ctx context.Context, arg SyncSandboxActivityParams) (int64, error) {
+	result, err := q.db.Exec(ctx, syncSandboxActivity, arg.LastActiveAt, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const touchSandbox = `-- name: TouchSandbox :one
 UPDATE sandboxes SET last_active_at = now()
 WHERE id = $1 AND team_id = $2 AND status = 'running'

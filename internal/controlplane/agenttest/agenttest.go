@@ -291,7 +291,11 @@ func run(ctx context.Context, cmd string, args []string, stdin []byte) (stdout, 
 
 func (a *Agent) Exec(ctx context.Context, req *connect.Request[pb.ExecRequest]) (*connect.Response[pb.ExecResponse], error) {
 	a.mu.Lock()
-	_, err := a.running("Exec", req.Msg.GetSandboxId())
+	sb, err := a.running("Exec", req.Msg.GetSandboxId())
+	if err == nil {
+		// Like the real agent: any exec is activity.
+		sb.info.LastActiveAt = timestamppb.Now()
+	}
 	a.mu.Unlock()
 	if err != nil {
 		return nil, err

@@ -264,6 +264,7 @@ type sandboxResp struct {
 	Metadata     map[string]string `json:"metadata"`
 	CreatedBy    string            `json:"created_by"`
 	ErrorMessage string            `json:"error_message"`
+	LastActiveAt *time.Time        `json:"last_active_at"`
 }
 
 func (e *env) createSandbox(c cred, body any) sandboxResp {

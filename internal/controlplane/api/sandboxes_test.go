@@ -604,3 +604,31 @@ func TestPauseRecordedFirstByTheReconciler(t *testing.T) {
 		t.Fatalf("resume answered %+v", got)
 	}
 }
+
+// Activity the agent sees (here an exec) reaches the database's
+// last_active_at through the reconciler, not through a write per request.
+func TestReconcilerRecordsActivity(t *testing.T) {
+	e := newEnv(t)
+	owner := e.signup("owner@example.com")
+	c := owner.cred()
+	sb := e.createSandbox(c, nil)
+	var before sandboxResp
+	e.want("GET", sbPath(sb.ID), nil, c, 200, &before)
+	if before.LastActiveAt == nil {
+		t.Fatal("a running sandbox has no last_active_at")
+	}
+	e.want("POST", sbPath(sb.ID, "/exec"), map[string]any{"cmd": "true"}, c, 200, nil)
+	e.svc.ReconcileOnce(context.Background())
+	var after sandboxResp
+	e.want("GET", sbPath(sb.ID), nil, c, 200, &after)
+	if after.LastActiveAt == nil || !after.LastActiveAt.After(*before.LastActiveAt) {
+		t.Fatalf("last_active_at %v after an exec and a reconcile, was %v", after.LastActiveAt, before.LastActiveAt)
+	}
+	// Nothing new on the agent: another pass changes nothing.
+	e.svc.ReconcileOnce(context.Background())
+	var again sandboxResp
+	e.want("GET", sbPath(sb.ID), nil, c, 200, &again)
+	if !again.LastActiveAt.Equal(*after.LastActiveAt) {
+		t.Fatalf("last_active_at moved from %v to %v without activity", after.LastActiveAt, again.LastActiveAt)
+	}
+}

@@ -61,8 +61,12 @@ func (s *Service) ReconcileOnce(ctx context.Context) ReconcileResult {
 			continue
 		}
 		live := map[string]pb.SandboxState{}
+		active := map[string]time.Time{}
 		for _, sb := range resp.Msg.GetSandboxes() {
 			live[sb.GetSandboxId()] = sb.GetState()
+			if sb.GetLastActiveAt() != nil {
+				active[sb.GetSandboxId()] = sb.GetLastActiveAt().AsTime()
+			}
 		}
 		for _, id := range resp.Msg.GetAutoPausedSandboxIds() {
 			live[id] = pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED
@@ -70,6 +74,7 @@ func (s *Service) ReconcileOnce(ctx context.Context) ReconcileResult {
 		for _, r := range rows {
 			to := reconcileTarget(r.Status, live, r.ID)
 			if to == "" {
+				s.syncActivity(ctx, r, active)
 				continue
 			}
 			n, err := s.q.ReconcileSandbox(ctx, db.ReconcileSandboxParams{ID: r.ID, FromStatus: r.Status, ToStatus: to, SeenUpdatedAt: r.UpdatedAt})
@@ -120,4 +125,16 @@ func reconcileTarget(status string, live map[string]pb.SandboxState, id string) 
 		return StatusStopped
 	}
 	return ""
+}
+
+// syncActivity copies the agent's last-activity time of a running sandbox
+// into its row when it is newer.
+func (s *Service) syncActivity(ctx context.Context, r db.Sandbox, active map[string]time.Time) {
+	at, ok := active[r.ID]
+	if !ok || r.Status != StatusRunning || (r.LastActiveAt != nil && !at.After(*r.LastActiveAt)) {
+		return
+	}
+	if _, err := s.q.SyncSandboxActivity(ctx, db.SyncSandboxActivityParams{ID: r.ID, LastActiveAt: &at}); err != nil {
+		s.log.WarnContext(ctx, "reconcile: record activity", "sandbox_id", r.ID, "err", err)
+	}
 }
