@@ -25,7 +25,7 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/wrenn-dev/wrenn/internal/agent/fileclone"
 )
 
 // Format is a disk image format.
@@ -37,15 +37,15 @@ const (
 )
 
 // CloneMethod tells how CloneRaw made its copy.
-type CloneMethod string
+type CloneMethod = fileclone.Method
 
 const (
 	// CloneReflink: the copy shares every block with the base (FICLONE);
 	// nothing was copied.
-	CloneReflink CloneMethod = "reflink"
+	CloneReflink = fileclone.Reflink
 	// CloneSparse: the filesystem cannot reflink; the base's data extents
 	// were copied and its holes kept as holes.
-	CloneSparse CloneMethod = "sparse-copy"
+	CloneSparse = fileclone.Sparse
 )
 
 // Config configures a Store. Zero fields take defaults.
@@ -256,7 +256,7 @@ func (s *Store) CloneRaw(ctx context.Context, base, dst string) (CloneMethod, er
 	if err != nil {
 		return "", fmt.Errorf("clone: create %s: %w", dst, err)
 	}
-	method, err := cloneInto(ctx, src, out, fi.Size())
+	method, err := fileclone.Into(ctx, src, out, fi.Size())
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -265,81 +265,6 @@ func (s *Store) CloneRaw(ctx context.Context, base, dst string) (CloneMethod, er
 		return "", fmt.Errorf("clone %s to %s: %w", base, dst, err)
 	}
 	return method, nil
-}
-
-func cloneInto(ctx context.Context, src, dst *os.File, size int64) (CloneMethod, error) {
-	err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd()))
-	if err == nil {
-		return CloneReflink, nil
-	}
-	// Not supported here (ext4, tmpfs, across filesystems): copy sparsely.
-	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EINVAL) &&
-		!errors.Is(err, unix.ENOTTY) && !errors.Is(err, unix.ENOSYS) {
-		return "", fmt.Errorf("FICLONE: %w", err)
-	}
-	if err := sparseCopy(ctx, src, dst, size); err != nil {
-		return "", err
-	}
-	return CloneSparse, nil
-}
-
-// sparseCopy copies only the data extents of src (SEEK_DATA/SEEK_HOLE) and
-// sizes dst like src, so holes stay holes.
-func sparseCopy(ctx context.Context, src, dst *os.File, size int64) error {
-	if err := dst.Truncate(size); err != nil {
-		return fmt.Errorf("size copy: %w", err)
-	}
-	sfd := int(src.Fd())
-	var off int64
-	for off < size {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		data, err := unix.Seek(sfd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if err != nil {
-			return fmt.Errorf("SEEK_DATA: %w", err)
-		}
-		hole, err := unix.Seek(sfd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("SEEK_HOLE: %w", err)
-		}
-		if err := copyRange(src, dst, data, hole-data); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return nil
-}
-
-// copyRange copies n bytes at off, in the kernel when it can.
-func copyRange(src, dst *os.File, off, n int64) error {
-	for n > 0 {
-		soff, doff := off, off
-		w, err := unix.CopyFileRange(int(src.Fd()), &soff, int(dst.Fd()), &doff, int(min(n, 1<<30)), 0)
-		if err != nil {
-			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
-				return copyRangeRW(src, dst, off, n)
-			}
-			return fmt.Errorf("copy_file_range: %w", err)
-		}
-		if w == 0 {
-			return fmt.Errorf("copy_file_range: short copy at %d", off)
-		}
-		off += int64(w)
-		n -= int64(w)
-	}
-	return nil
-}
-
-func copyRangeRW(src, dst *os.File, off, n int64) error {
-	_, err := io.Copy(io.NewOffsetWriter(dst, off), io.NewSectionReader(src, off, n))
-	if err != nil {
-		return fmt.Errorf("copy: %w", err)
-	}
-	return nil
 }
 
 // copyFile copies a small file (the pre-made overlay) to a new path,
@@ -358,7 +283,7 @@ func copyFile(src, dst string, perm os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	_, err = cloneInto(context.Background(), in, out, fi.Size())
+	_, err = fileclone.Into(context.Background(), in, out, fi.Size())
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/fileclone"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 )
 
@@ -198,11 +198,11 @@ func (m *Machine) snapshot(ctx context.Context, dir string) (vmm.Snapshot, error
 	// The guest is stopped and its block devices flushed: copies are consistent.
 	if m.st.MemoryShared {
 		snap.MemoryPath = filepath.Join(dir, SnapshotMemoryName)
-		if err := copySparse(m.st.MemoryPath, snap.MemoryPath); err != nil {
+		if _, err := fileclone.Atomic(ctx, m.st.MemoryPath, snap.MemoryPath, 0o600); err != nil {
 			return vmm.Snapshot{}, fmt.Errorf("copy guest memory: %w", err)
 		}
 	} // else RAM is a private mapping and went into the state stream
-	if err := copySparse(m.cfg.DiskPath, snap.DiskPath); err != nil {
+	if _, err := fileclone.Atomic(ctx, m.cfg.DiskPath, snap.DiskPath, 0o600); err != nil {
 		return vmm.Snapshot{}, fmt.Errorf("copy disk: %w", err)
 	}
 	data, _ := json.MarshalIndent(snap, "", "  ")
@@ -443,72 +443,4 @@ func pidfdOpen(pid int) (int, error) {
 		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
 	}
 	return fd, nil
-}
-
-// copySparse copies src to dst keeping holes (SEEK_DATA/SEEK_HOLE), after
-// trying a reflink; RAM files are mostly holes.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			out.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) != nil {
-		if err := copyData(in, out, fi.Size()); err != nil {
-			return err
-		}
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	ok = true
-	return os.Rename(tmp, dst)
-}
-
-func copyData(in, out *os.File, size int64) error {
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
-	fd := int(in.Fd())
-	var off int64
-	for off < size {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if err != nil {
-			if errors.Is(err, syscall.ENXIO) {
-				return nil // only a hole is left
-			}
-			return fmt.Errorf("seek data: %w", err)
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("seek hole: %w", err)
-		}
-		if _, err := in.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := out.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := io.CopyN(out, in, hole-data); err != nil {
-			return fmt.Errorf("copy %d bytes at %d: %w", hole-data, data, err)
-		}
-		off = hole
-	}
-	return nil
 }
