@@ -14,6 +14,8 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/agent/fileclone"
 )
 
 // KernelConfig is the kconfig fragment merged on top of `make tinyconfig`.
@@ -201,29 +203,9 @@ func atomicSymlink(target, link string) error {
 	return nil
 }
 
-// copyFile copies src to dst via a temporary file and rename.
+// copyFile copies src to dst through a temporary file renamed into place
+// (a reflink where the filesystem allows).
 func copyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
+	_, err := fileclone.Atomic(context.Background(), src, dst, mode)
+	return err
 }
