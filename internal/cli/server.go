@@ -12,7 +12,7 @@ import (
 func newServerCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "server",
-		Short: "Run the control plane (REST API, dashboard, docs)",
+		Short: "Run the control plane (REST API, WebSocket streams, OpenAPI docs)",
 		Long: `Run the control plane. Configuration comes from environment variables
 (and a .env file): DATABASE_URL, REDIS_URL and WRENN_JWT_SECRET are required;
 see the README for the full table.`,
