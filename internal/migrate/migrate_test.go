@@ -15,7 +15,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 // Up, down to zero and up again must all succeed on a real database, and each
 // step must leave the schema it claims.
 func TestUpDownUp(t *testing.T) {
-	ctx := testenv.Context(t)
+	ctx := t.Context()
 	url := testenv.PostgresURL(t)
 	m, err := migrate.Open(url)
 	if err != nil {

@@ -10,7 +10,6 @@
 package testenv
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -86,10 +85,3 @@ func mustBeRunning(t testing.TB) {
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort() (int, error) { return localsvc.FreePort() }
-
-// Context returns a context cancelled when the test ends.
-func Context(t testing.TB) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	return ctx
-}

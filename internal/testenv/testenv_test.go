@@ -13,7 +13,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 func TestPostgresDatabasesAreFreshAndSeparate(t *testing.T) {
-	ctx := testenv.Context(t)
+	ctx := t.Context()
 	first, second := testenv.PostgresURL(t), testenv.PostgresURL(t)
 	if first == second {
 		t.Fatalf("two calls returned the same database %q", first)
@@ -45,7 +45,7 @@ func TestPostgresDatabasesAreFreshAndSeparate(t *testing.T) {
 }
 
 func TestRedisRoundTrip(t *testing.T) {
-	ctx := testenv.Context(t)
+	ctx := t.Context()
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
 	if err != nil {
 		t.Fatalf("parse url: %v", err)
@@ -64,5 +64,23 @@ func TestRedisRoundTrip(t *testing.T) {
 	defer other.Close()
 	if n, err := other.Exists(ctx, "greeting").Result(); err != nil || n != 0 {
 		t.Fatalf("second database sees the key: n=%d err=%v", n, err)
+	}
+}
+
+func TestMigratedPoolHasTheSchema(t *testing.T) {
+	pool, url := testenv.MigratedPool(t)
+	if url == "" {
+		t.Fatal("no URL returned")
+	}
+	var exists bool
+	if err := pool.QueryRow(t.Context(), "SELECT to_regclass('sandboxes') IS NOT NULL").Scan(&exists); err != nil {
+		t.Fatalf("query: %v", err)
+	}
+	if !exists {
+		t.Fatal("migrated database has no sandboxes table")
+	}
+	_, other := testenv.MigratedPool(t)
+	if other == url {
+		t.Fatalf("two calls returned the same database %q", url)
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/app"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor/agentstub"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -51,16 +50,8 @@ func call(t *testing.T, method, url, bearer string, body any) (int, map[string]a
 // created over REST lands on it, goes missing when the agent falls silent
 // and comes back when it returns.
 func TestControlPlaneWithRegisteredAgent(t *testing.T) {
-	ctx := testenv.Context(t)
-	dbURL := testenv.PostgresURL(t)
-	m, err := migrate.Open(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	ctx := t.Context()
+	dbURL := testenv.MigratedURL(t)
 	env := map[string]string{
 		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("j", 40),
 		"WRENN_CP_LISTEN_ADDR": "127.0.0.1:0", "WRENN_HOST_MONITOR_INTERVAL": "100ms", "WRENN_HOST_UNREACHABLE_AFTER": "1s",

@@ -26,7 +26,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -48,21 +47,7 @@ var admin = auth.AuthContext{Method: auth.MethodJWT, TeamID: "team-aaaaaaaaaaaaa
 
 func newCP(t *testing.T) *cp {
 	t.Helper()
-	ctx := testenv.Context(t)
-	dbURL := testenv.PostgresURL(t)
-	m, err := migrate.Open(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, _ := testenv.MigratedPool(t)
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -72,32 +71,13 @@ type envOpts struct {
 
 const testSecret = "test-secret-test-secret-test-secret!"
 
-func openTestDB(t testing.TB) *pgxpool.Pool {
-	t.Helper()
-	url := testenv.PostgresURL(t)
-	m, err := migrate.Open(url)
-	if err != nil {
-		t.Fatalf("open migrations: %v", err)
-	}
-	defer m.Close()
-	if _, err := m.Up(context.Background()); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatalf("pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
 func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	t.Helper()
 	o := envOpts{limits: service.Limits{MaxRunningPerTeam: 5}, maxUpload: 8 << 20}
 	for _, f := range opt {
 		f(&o)
 	}
-	pool := openTestDB(t)
+	pool, _ := testenv.MigratedPool(t)
 	q := db.New(pool)
 	agent := agenttest.New()
 	if err := agent.Start(); err != nil {

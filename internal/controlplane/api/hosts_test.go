@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
@@ -23,7 +22,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -38,21 +36,7 @@ type hostsEnv struct {
 
 func newHostsEnv(t *testing.T) *hostsEnv {
 	t.Helper()
-	ctx := testenv.Context(t)
-	dbURL := testenv.PostgresURL(t)
-	m, err := migrate.Open(dbURL)
-	if err != nil {
-		t.Fatalf("open migrator: %v", err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	m.Close()
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, _ := testenv.MigratedPool(t)
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
 	if err != nil {
 		t.Fatal(err)

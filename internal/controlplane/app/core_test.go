@@ -19,7 +19,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -29,16 +28,8 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 // an API key, a sandbox on a registered host, and the background
 // reconciler noticing an auto-pause.
 func TestNewCoreServesTheAPI(t *testing.T) {
-	ctx := testenv.Context(t)
-	dbURL := testenv.PostgresURL(t)
-	m, err := migrate.Open(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	ctx := t.Context()
+	dbURL := testenv.MigratedURL(t)
 	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("s", 40),
 		"WRENN_RECONCILE_INTERVAL": "1s", "WRENN_AUTH_RATE_LIMIT": "100"}
 	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })

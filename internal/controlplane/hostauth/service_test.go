@@ -17,7 +17,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -34,21 +33,7 @@ type env struct {
 
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
-	ctx := testenv.Context(t)
-	url := testenv.PostgresURL(t)
-	m, err := migrate.Open(url)
-	if err != nil {
-		t.Fatalf("open migrator: %v", err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	m.Close()
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatalf("pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
+	pool, _ := testenv.MigratedPool(t)
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
 	if err != nil {
 		t.Fatalf("redis url: %v", err)

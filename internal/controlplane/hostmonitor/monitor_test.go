@@ -16,7 +16,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -25,21 +24,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 func newDB(t *testing.T) (*pgxpool.Pool, *db.Queries) {
 	t.Helper()
-	ctx := testenv.Context(t)
-	url := testenv.PostgresURL(t)
-	m, err := migrate.Open(url)
-	if err != nil {
-		t.Fatalf("open migrator: %v", err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	m.Close()
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatalf("pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
+	pool, _ := testenv.MigratedPool(t)
 	return pool, db.New(pool)
 }
 
@@ -95,7 +80,7 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 // within the threshold, and a heartbeat brings it back and reconciles them.
 func TestMonitorCycle(t *testing.T) {
 	pool, q := newDB(t)
-	ctx := testenv.Context(t)
+	ctx := t.Context()
 	agent, err := agentstub.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +176,7 @@ func sortedIDs(ids ...string) []string {
 // from heartbeats alone.
 func TestPassSkipsUnansweringAgent(t *testing.T) {
 	pool, q := newDB(t)
-	ctx := testenv.Context(t)
+	ctx := t.Context()
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -217,7 +202,7 @@ func TestPassSkipsUnansweringAgent(t *testing.T) {
 // heartbeat before they are marked unreachable.
 func TestRunGivesHostsGraceAfterStart(t *testing.T) {
 	pool, q := newDB(t)
-	ctx := testenv.Context(t)
+	ctx := t.Context()
 	hostID := ids.New(ids.Host)
 	if _, err := q.UpsertHost(ctx, db.UpsertHostParams{ID: hostID, Name: "h", Address: "127.0.0.1:1", Status: "online"}); err != nil {
 		t.Fatal(err)

@@ -7,12 +7,9 @@ import (
 	"os"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -20,21 +17,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 func newQueries(t *testing.T) *db.Queries {
 	t.Helper()
-	ctx := testenv.Context(t)
-	url := testenv.PostgresURL(t)
-	m, err := migrate.Open(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, _ := testenv.MigratedPool(t)
 	return db.New(pool)
 }
 
