@@ -17,7 +17,8 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
-	"github.com/wrenn-dev/wrenn/internal/envdclient/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"
 )
@@ -26,10 +27,9 @@ import (
 
 func startEnvd(t *testing.T) (*envdclient.Client, string) {
 	t.Helper()
-	bin := envdtest.Build(t)
 	root := t.TempDir()
-	addr := envdtest.Start(t, bin, root)
-	c := envdclient.New(addr)
+	e := envdtest.Start(t, "127.0.0.1:0", "-root", root)
+	c := envdclient.New(e.Addr)
 	t.Cleanup(c.Close)
 	return c, root
 }
@@ -151,12 +151,16 @@ func TestClientAgainstRealEnvd(t *testing.T) {
 
 func TestWaitHealthyGivesUp(t *testing.T) {
 	// Nothing listens on this port: WaitHealthy must end with ctx.
-	c := envdclient.New("127.0.0.1:" + itoa(envdtest.FreePort(t)))
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := envdclient.New("127.0.0.1:" + itoa(port))
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := c.WaitHealthy(ctx, 0)
+	err = c.WaitHealthy(ctx, 0)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want deadline exceeded", err)
 	}

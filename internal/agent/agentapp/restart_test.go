@@ -17,7 +17,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/network"
-	"github.com/wrenn-dev/wrenn/internal/envdclient/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -27,13 +27,13 @@ import (
 // and checks that the sandbox kept running, was re-adopted and answers
 // exec with its background process still there.
 func TestAgentProcessRestart(t *testing.T) {
-	envdtest.Require(t, os.Geteuid() == 0, "needs root (network namespaces, nftables)")
+	testenv.Require(t, os.Geteuid() == 0, "needs root (network namespaces, nftables)")
 	_, err := exec.LookPath("qemu-system-x86_64")
-	envdtest.Require(t, err == nil, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+	testenv.Require(t, err == nil, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
 	src := images.NewPaths(images.DirFromEnv())
 	_, kerr := src.ResolvedKernel()
 	_, rerr := src.ResolvedRootfs(images.MinimalTemplate)
-	envdtest.Require(t, kerr == nil && rerr == nil, fmt.Sprintf("images missing under %s (run `wrenn images build`)", src.Dir))
+	testenv.Require(t, kerr == nil && rerr == nil, "images missing under %s (run `wrenn images build`)", src.Dir)
 
 	bin := filepath.Join(t.TempDir(), "wrenn")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/wrenn-dev/wrenn/cmd/wrenn").CombinedOutput(); err != nil {
@@ -46,7 +46,11 @@ func TestAgentProcessRestart(t *testing.T) {
 
 	id := os.Getpid() % 200
 	prefix := fmt.Sprintf("wse%d-", id)
-	addr := "127.0.0.1:" + strconv.Itoa(envdtest.FreePort(t))
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
 	env := append(os.Environ(), "WRENN_DIR="+dir, "WRENN_AGENT_LISTEN_ADDR="+addr, "WRENN_VMM=qemu", "WRENN_ACCEL=tcg",
 		"WRENN_NET_PREFIX="+prefix, fmt.Sprintf("WRENN_NET_RANGE=10.233.%d.0/24", id), "WRENN_CP_URL=")
 	logPath := filepath.Join(t.TempDir(), "agent.log")

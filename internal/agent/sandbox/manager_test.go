@@ -16,7 +16,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
-	"github.com/wrenn-dev/wrenn/internal/envdclient/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 

@@ -36,7 +36,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
-	"github.com/wrenn-dev/wrenn/internal/envdclient/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -53,17 +53,17 @@ var (
 // WRENN_DIR holding the images.
 func vmPrereqs(t testing.TB) string {
 	t.Helper()
-	envdtest.Require(t, os.Geteuid() == 0, "real-VM tests need root (network namespaces, nftables)")
+	testenv.Require(t, os.Geteuid() == 0, "real-VM tests need root (network namespaces, nftables)")
 	_, err := os.Stat("/dev/net/tun")
-	envdtest.Require(t, err == nil, "real-VM tests need /dev/net/tun")
+	testenv.Require(t, err == nil, "real-VM tests need /dev/net/tun")
 	_, err = exec.LookPath("qemu-system-x86_64")
-	envdtest.Require(t, err == nil, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+	testenv.Require(t, err == nil, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
 	_, err = exec.LookPath("qemu-img")
-	envdtest.Require(t, err == nil, "qemu-img not installed (apt-get install qemu-utils)")
+	testenv.Require(t, err == nil, "qemu-img not installed (apt-get install qemu-utils)")
 	src := images.NewPaths(images.DirFromEnv())
 	_, kerr := src.ResolvedKernel()
 	_, rerr := src.ResolvedRootfs(images.MinimalTemplate)
-	envdtest.Require(t, kerr == nil && rerr == nil, fmt.Sprintf("images missing under %s (run `wrenn images build`): %v %v", src.Dir, kerr, rerr))
+	testenv.Require(t, kerr == nil && rerr == nil, "images missing under %s (run `wrenn images build`): %v %v", src.Dir, kerr, rerr)
 	return src.Dir
 }
 
@@ -835,7 +835,7 @@ func TestVMPauseWithFullDiskKeepsRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := syscall.Mount("tmpfs", snaps, "tmpfs", 0, "size=64k"); err != nil {
-		envdtest.Require(t, false, fmt.Sprintf("mount a small tmpfs: %v", err))
+		testenv.Require(t, false, "mount a small tmpfs: %v", err)
 	}
 	mounted := true
 	unmount := func() {

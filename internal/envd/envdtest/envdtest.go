@@ -1,5 +1,8 @@
 // Package envdtest builds the envd binary and runs it as a subprocess on a
-// loopback port, for tests and benchmarks that need a real, separate envd.
+// loopback port, for tests and benchmarks that need a real, separate envd
+// (host mode: "-root DIR" confines its paths to a directory). The binary is
+// built once per test binary; a package using it calls Cleanup from
+// TestMain after m.Run.
 package envdtest
 
 import (

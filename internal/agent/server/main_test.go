@@ -1,0 +1,14 @@
+package server_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	envdtest.Cleanup()
+	os.Exit(code)
+}
