@@ -16,8 +16,8 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"

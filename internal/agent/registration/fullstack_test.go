@@ -15,8 +15,8 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
 	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/app"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor/agentstub"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -89,13 +89,9 @@ func TestControlPlaneWithRegisteredAgent(t *testing.T) {
 	}
 	host := h["host"].(map[string]any)["id"].(string)
 
-	agent, err := agentstub.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
+	agent := agenttest.Serve(t)
 	opts := registration.Options{Dir: t.TempDir(), CPURL: base, RegisterToken: h["registration_token"].(string),
-		Address: agent.Addr(), Specs: specs, Interval: 200 * time.Millisecond}
+		Address: agent.Address(), Specs: specs, Interval: 200 * time.Millisecond}
 	aCtx, stopAgent := context.WithCancel(ctx)
 	first := &run{done: make(chan struct{})}
 	go func() { defer close(first.done); first.err = registration.Run(aCtx, opts) }()

@@ -18,11 +18,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor/agentstub"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -358,11 +358,7 @@ func FuzzLoadCredentials(f *testing.F) {
 func TestAgentGoesSilentAndComesBack(t *testing.T) {
 	c := newCP(t)
 	ctx := context.Background()
-	agent, err := agentstub.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
+	agent := agenttest.Serve(t)
 	const threshold = time.Second
 	mon := hostmonitor.New(c.pool, hosts.NewPool(c.q, nil), hostmonitor.Config{Interval: 100 * time.Millisecond, UnreachableAfter: threshold}, nil)
 	mctx, stopMon := context.WithCancel(ctx)
@@ -372,7 +368,7 @@ func TestAgentGoesSilentAndComesBack(t *testing.T) {
 
 	h := c.newHost(t)
 	dir := t.TempDir()
-	opts := registration.Options{Dir: dir, CPURL: c.url, RegisterToken: h.Token, Address: agent.Addr(), Specs: specs, Interval: 200 * time.Millisecond}
+	opts := registration.Options{Dir: dir, CPURL: c.url, RegisterToken: h.Token, Address: agent.Address(), Specs: specs, Interval: 200 * time.Millisecond}
 	rctx, stopAgent := context.WithCancel(ctx)
 	first := &run{done: make(chan struct{})}
 	go func() { defer close(first.done); first.err = registration.Run(rctx, opts) }()

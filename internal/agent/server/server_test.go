@@ -43,6 +43,18 @@ func startServer(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClient
 			m.Destroy(context.Background(), s.SandboxId)
 		}
 	})
+	base := serve(t, m, dir, log)
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	return hostagentv1connect.NewHostAgentServiceClient(http.DefaultClient, base),
+		hostagentv1connect.NewHostAgentServiceClient(h2c, base)
+}
+
+// serve serves m on a loopback port until the test ends and returns the
+// base URL.
+func serve(t *testing.T, m *sandbox.Manager, dir string, log *slog.Logger) string {
+	t.Helper()
 	srv, err := server.New(server.Config{Manager: m, Dir: dir, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -60,12 +72,7 @@ func startServer(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClient
 			t.Errorf("serve: %v", err)
 		}
 	})
-	base := "http://" + ln.Addr().String()
-	var p http.Protocols
-	p.SetUnencryptedHTTP2(true)
-	h2c := &http.Client{Transport: &http.Transport{Protocols: &p}}
-	return hostagentv1connect.NewHostAgentServiceClient(http.DefaultClient, base),
-		hostagentv1connect.NewHostAgentServiceClient(h2c, base)
+	return "http://" + ln.Addr().String()
 }
 
 func TestServerOverHTTP(t *testing.T) {

@@ -1,25 +1,31 @@
 // Package agenttest is an in-memory host agent served over real Connect RPC
-// on loopback. It follows the hostagent contract (NotFound for unknown
-// sandboxes, FailedPrecondition for the wrong state, streams for exec,
-// files and terminals) without booting VMs, so control plane tests and
-// benchmarks can drive every REST route end to end.
+// on loopback: the one fake agent of the control plane's tests. It follows
+// the hostagent contract without booting VMs, so control plane tests and
+// benchmarks can drive every REST route, the reconciler and the schedulers
+// end to end. internal/agentconformance checks it against the real agent
+// server: when the two disagree the fake is wrong.
 //
-// Commands understood by Exec/ExecStream: echo ARGS..., false (exit 1),
-// cat (stdin to stdout), binary (non-UTF-8 stdout), stderr ARGS (to stderr,
-// exit 2), sleep SECONDS; anything else exits 127.
+// Commands understood by Exec/ExecStream: echo ARGS... (ExecStream sends
+// one stdout chunk per argument), false (exit 1), cat (stdin to stdout),
+// binary (non-UTF-8 stdout), stderr ARGS (to stderr, exit 2), sleep
+// SECONDS; anything else exits 127.
 package agenttest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"path"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"connectrpc.com/connect"
@@ -38,6 +44,32 @@ type sandbox struct {
 	ptys  map[string]chan []byte
 }
 
+// Limits are the sizes the agent accepts, with the defaults it applies;
+// the zero value takes the real agent's defaults.
+type Limits struct {
+	MaxVCPUs, MaxMemoryMB, MaxDiskMB int
+	DefaultVCPUs, DefaultMemoryMB    int
+}
+
+// The real agent's defaults (internal/agent/sandbox.Config).
+const (
+	defaultMaxVCPUs    = 4
+	defaultMaxMemoryMB = 4096
+	defaultMaxDiskMB   = 20480
+	minMemoryMB        = 64
+)
+
+func (l *Limits) setDefaults() {
+	for _, f := range []struct {
+		p *int
+		v int
+	}{{&l.MaxVCPUs, defaultMaxVCPUs}, {&l.MaxMemoryMB, defaultMaxMemoryMB}, {&l.MaxDiskMB, defaultMaxDiskMB}, {&l.DefaultVCPUs, 1}, {&l.DefaultMemoryMB, 256}} {
+		if *f.p <= 0 {
+			*f.p = f.v
+		}
+	}
+}
+
 // Agent is the in-memory agent.
 type Agent struct {
 	hostagentv1connect.UnimplementedHostAgentServiceHandler
@@ -45,14 +77,23 @@ type Agent struct {
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
 	templates map[string]bool
+	destroyed []string
 	nextPID   uint32
-	calls     map[string]int
+	// seq is agent-wide, like the real agent's: state_seq only grows.
+	seq   uint64
+	calls map[string]int
 
-	srv *http.Server
-	ln  net.Listener
+	srv  *http.Server
+	ln   net.Listener
+	stop chan struct{}
 	// URL is the agent's base URL (http://127.0.0.1:port).
 	URL string
 
+	// Limits, when set before Start, bound CreateSandbox.
+	Limits Limits
+	// ReapInterval, when set before Start, is how often the idle reaper
+	// auto-pauses sandboxes past their timeout_sec (default 100 ms).
+	ReapInterval time.Duration
 	// AfterPause, when set before Start, runs after a pause has taken
 	// effect and before PauseSandbox answers (outside the agent's lock), so
 	// tests can interleave another reader of the agent's state.
@@ -64,29 +105,95 @@ func New() *Agent {
 	return &Agent{sandboxes: map[string]*sandbox{}, templates: map[string]bool{"minimal": true}, nextPID: 100, calls: map[string]int{}}
 }
 
-// Start serves the agent on a loopback port until Close.
+// Start serves the agent on a loopback port and runs its idle reaper until
+// Close.
 func (a *Agent) Start() error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	a.Limits.setDefaults()
+	if a.ReapInterval <= 0 {
+		a.ReapInterval = 100 * time.Millisecond
 	}
 	mux := http.NewServeMux()
 	mux.Handle(hostagentv1connect.NewHostAgentServiceHandler(a))
 	a.ln = ln
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	a.URL = "http://" + ln.Addr().String()
+	a.stop = make(chan struct{})
 	go func() { _ = a.srv.Serve(ln) }()
+	go a.reap()
 	return nil
 }
 
 // Address is host:port, the form stored in the hosts table.
 func (a *Agent) Address() string { return a.ln.Addr().String() }
 
-// Close stops serving (the agent becomes unreachable).
+// Close stops serving (the agent becomes unreachable) and the reaper.
 func (a *Agent) Close() {
 	if a.srv != nil {
 		_ = a.srv.Close()
 	}
+	if a.stop != nil {
+		select {
+		case <-a.stop:
+		default:
+			close(a.stop)
+		}
+	}
+}
+
+// reap auto-pauses running sandboxes idle past their timeout, as the real
+// agent's reaper does.
+func (a *Agent) reap() {
+	t := time.NewTicker(a.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		now := time.Now()
+		for _, sb := range a.sandboxes {
+			i := sb.info
+			if i.State == pb.SandboxState_SANDBOX_STATE_RUNNING && i.TimeoutSec > 0 && now.Sub(i.LastActiveAt.AsTime()) >= time.Duration(i.TimeoutSec)*time.Second {
+				a.setState(sb, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED)
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
+// Put sets a sandbox's state (a new state_seq), adding a sandbox of the
+// minimal template when absent, as if it had been created earlier.
+func (a *Agent) Put(id string, st pb.SandboxState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, ok := a.sandboxes[id]
+	if !ok {
+		sb = a.add(&pb.CreateSandboxRequest{SandboxId: id, Template: "minimal"})
+	}
+	a.setState(sb, st)
+}
+
+// Has reports whether the agent holds the sandbox.
+func (a *Agent) Has(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.sandboxes[id]
+	return ok
+}
+
+// Destroyed lists the sandboxes destroyed through DestroySandbox, sorted.
+func (a *Agent) Destroyed() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := slices.Clone(a.destroyed)
+	slices.Sort(out)
+	return out
 }
 
 // Calls reports how often an RPC was called.
@@ -96,13 +203,12 @@ func (a *Agent) Calls(method string) int {
 	return a.calls[method]
 }
 
-// AutoPause simulates the idle reaper pausing a sandbox.
+// AutoPause simulates the idle reaper pausing a sandbox now.
 func (a *Agent) AutoPause(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if sb, ok := a.sandboxes[id]; ok {
-		sb.info.State = pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED
-		sb.info.StateSeq++
+		a.setState(sb, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED)
 	}
 }
 
@@ -157,13 +263,68 @@ func (a *Agent) running(method, id string) (*sandbox, error) {
 	return a.get(method, id, pb.SandboxState_SANDBOX_STATE_RUNNING)
 }
 
+// info copies a sandbox's description: answers are marshalled after the
+// lock is released, while the reaper may change the original.
+func info(sb *sandbox) *pb.SandboxInfo { return proto.Clone(sb.info).(*pb.SandboxInfo) }
+
+func invalid(format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
+}
+
+// validID is the real agent's rule for sandbox IDs (they name directories).
+var validID = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$`)
+
+// checkCreate applies the real agent's defaults and bounds; callers hold a.mu.
+func (a *Agent) checkCreate(m *pb.CreateSandboxRequest) error {
+	if m.SandboxId == "" {
+		m.SandboxId = fmt.Sprintf("sb-%016x", a.seq+1)
+	}
+	if m.Template == "" {
+		m.Template = "minimal"
+	}
+	if m.Vcpus == 0 {
+		m.Vcpus = uint32(a.Limits.DefaultVCPUs)
+	}
+	if m.MemoryMb == 0 {
+		m.MemoryMb = uint32(a.Limits.DefaultMemoryMB)
+	}
+	l := a.Limits
+	switch {
+	case !validID.MatchString(m.SandboxId):
+		return invalid("sandbox_id %q: use 1-64 letters, digits, '-' or '_'", m.SandboxId)
+	case int(m.Vcpus) > l.MaxVCPUs:
+		return invalid("vcpus %d out of range 1..%d", m.Vcpus, l.MaxVCPUs)
+	case int(m.MemoryMb) < minMemoryMB || int(m.MemoryMb) > l.MaxMemoryMB:
+		return invalid("memory_mb %d out of range %d..%d", m.MemoryMb, minMemoryMB, l.MaxMemoryMB)
+	case int(m.DiskMb) > l.MaxDiskMB:
+		return invalid("disk_mb %d above the maximum %d", m.DiskMb, l.MaxDiskMB)
+	case m.TimeoutSec < 0:
+		return invalid("timeout_sec %d is negative", m.TimeoutSec)
+	}
+	return nil
+}
+
+// add records a running sandbox; callers hold a.mu.
+func (a *Agent) add(m *pb.CreateSandboxRequest) *sandbox {
+	now := timestamppb.Now()
+	a.seq++
+	sb := &sandbox{
+		info: &pb.SandboxInfo{SandboxId: m.GetSandboxId(), State: pb.SandboxState_SANDBOX_STATE_RUNNING, StateSeq: a.seq, Template: m.GetTemplate(),
+			Vcpus: m.GetVcpus(), MemoryMb: m.GetMemoryMb(), DiskMb: m.GetDiskMb(), TimeoutSec: m.GetTimeoutSec(), StartedAt: now, LastActiveAt: now,
+			Metadata: maps.Clone(m.GetMetadata()), Vmm: "test"},
+		files: map[string][]byte{}, dirs: map[string]bool{"/": true, "/root": true}, procs: map[uint32]*pb.ProcessInfo{}, ptys: map[string]chan []byte{},
+	}
+	a.sandboxes[m.GetSandboxId()] = sb
+	return sb
+}
+
 func (a *Agent) CreateSandbox(_ context.Context, req *connect.Request[pb.CreateSandboxRequest]) (*connect.Response[pb.CreateSandboxResponse], error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.calls["CreateSandbox"]++
-	m := req.Msg
-	if m.GetSandboxId() == "" {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("sandbox_id is required"))
+	m := proto.Clone(req.Msg).(*pb.CreateSandboxRequest)
+	if err := a.checkCreate(m); err != nil {
+		return nil, err
 	}
 	if _, ok := a.sandboxes[m.GetSandboxId()]; ok {
 		return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("sandbox %s exists", m.GetSandboxId()))
@@ -171,12 +332,7 @@ func (a *Agent) CreateSandbox(_ context.Context, req *connect.Request[pb.CreateS
 	if !a.templates[m.GetTemplate()] {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("template %q not found", m.GetTemplate()))
 	}
-	now := timestamppb.Now()
-	info := &pb.SandboxInfo{SandboxId: m.GetSandboxId(), State: pb.SandboxState_SANDBOX_STATE_RUNNING, StateSeq: 1, Template: m.GetTemplate(),
-		Vcpus: m.GetVcpus(), MemoryMb: m.GetMemoryMb(), DiskMb: m.GetDiskMb(), TimeoutSec: m.GetTimeoutSec(), StartedAt: now, LastActiveAt: now,
-		Metadata: m.GetMetadata(), Vmm: "test"}
-	a.sandboxes[m.GetSandboxId()] = &sandbox{info: info, files: map[string][]byte{}, dirs: map[string]bool{"/": true, "/root": true}, procs: map[uint32]*pb.ProcessInfo{}, ptys: map[string]chan []byte{}}
-	return connect.NewResponse(&pb.CreateSandboxResponse{Sandbox: info}), nil
+	return connect.NewResponse(&pb.CreateSandboxResponse{Sandbox: info(a.add(m))}), nil
 }
 
 func (a *Agent) DestroySandbox(_ context.Context, req *connect.Request[pb.DestroySandboxRequest]) (*connect.Response[pb.DestroySandboxResponse], error) {
@@ -186,12 +342,15 @@ func (a *Agent) DestroySandbox(_ context.Context, req *connect.Request[pb.Destro
 		return nil, err
 	}
 	delete(a.sandboxes, req.Msg.GetSandboxId())
+	a.destroyed = append(a.destroyed, req.Msg.GetSandboxId())
 	return connect.NewResponse(&pb.DestroySandboxResponse{}), nil
 }
 
+// setState changes a sandbox's state with a new state_seq; callers hold a.mu.
 func (a *Agent) setState(sb *sandbox, st pb.SandboxState) {
+	a.seq++
 	sb.info.State = st
-	sb.info.StateSeq++
+	sb.info.StateSeq = a.seq
 }
 
 func (a *Agent) PauseSandbox(_ context.Context, req *connect.Request[pb.PauseSandboxRequest]) (*connect.Response[pb.PauseSandboxResponse], error) {
@@ -202,12 +361,12 @@ func (a *Agent) PauseSandbox(_ context.Context, req *connect.Request[pb.PauseSan
 		return nil, err
 	}
 	a.setState(sb, pb.SandboxState_SANDBOX_STATE_PAUSED)
-	info := proto.Clone(sb.info).(*pb.SandboxInfo)
+	paused := info(sb)
 	a.mu.Unlock()
 	if a.AfterPause != nil {
-		a.AfterPause(info.GetSandboxId())
+		a.AfterPause(paused.GetSandboxId())
 	}
-	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: info}), nil
+	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: paused}), nil
 }
 
 func (a *Agent) ResumeSandbox(_ context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
@@ -218,21 +377,26 @@ func (a *Agent) ResumeSandbox(_ context.Context, req *connect.Request[pb.ResumeS
 		return nil, err
 	}
 	if req.Msg.TimeoutSec != nil {
+		if req.Msg.GetTimeoutSec() < 0 {
+			return nil, invalid("timeout_sec %d is negative", req.Msg.GetTimeoutSec())
+		}
 		sb.info.TimeoutSec = req.Msg.GetTimeoutSec()
 	}
+	sb.info.LastActiveAt = timestamppb.Now()
 	a.setState(sb, pb.SandboxState_SANDBOX_STATE_RUNNING)
-	return connect.NewResponse(&pb.ResumeSandboxResponse{Sandbox: sb.info}), nil
+	return connect.NewResponse(&pb.ResumeSandboxResponse{Sandbox: info(sb)}), nil
 }
 
 func (a *Agent) PingSandbox(_ context.Context, req *connect.Request[pb.PingSandboxRequest]) (*connect.Response[pb.PingSandboxResponse], error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	sb, err := a.running("PingSandbox", req.Msg.GetSandboxId())
+	// Like the real agent, any state: a ping only resets the idle timer.
+	sb, err := a.get("PingSandbox", req.Msg.GetSandboxId())
 	if err != nil {
 		return nil, err
 	}
 	sb.info.LastActiveAt = timestamppb.Now()
-	return connect.NewResponse(&pb.PingSandboxResponse{LastActiveAt: sb.info.LastActiveAt}), nil
+	return connect.NewResponse(&pb.PingSandboxResponse{LastActiveAt: timestamppb.New(sb.info.LastActiveAt.AsTime())}), nil
 }
 
 func (a *Agent) GetSandbox(_ context.Context, req *connect.Request[pb.GetSandboxRequest]) (*connect.Response[pb.GetSandboxResponse], error) {
@@ -242,7 +406,7 @@ func (a *Agent) GetSandbox(_ context.Context, req *connect.Request[pb.GetSandbox
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&pb.GetSandboxResponse{Sandbox: sb.info}), nil
+	return connect.NewResponse(&pb.GetSandboxResponse{Sandbox: info(sb)}), nil
 }
 
 func (a *Agent) ListSandboxes(context.Context, *connect.Request[pb.ListSandboxesRequest]) (*connect.Response[pb.ListSandboxesResponse], error) {
@@ -250,10 +414,27 @@ func (a *Agent) ListSandboxes(context.Context, *connect.Request[pb.ListSandboxes
 	defer a.mu.Unlock()
 	a.calls["ListSandboxes"]++
 	resp := &pb.ListSandboxesResponse{}
-	for id, sb := range a.sandboxes {
-		resp.Sandboxes = append(resp.Sandboxes, sb.info)
+	for _, id := range slices.Sorted(maps.Keys(a.sandboxes)) {
+		sb := a.sandboxes[id]
+		resp.Sandboxes = append(resp.Sandboxes, info(sb))
 		if sb.info.State == pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED {
 			resp.AutoPausedSandboxIds = append(resp.AutoPausedSandboxIds, id)
+		}
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// PauseAll pauses every running sandbox, as an agent does when it loses the
+// control plane.
+func (a *Agent) PauseAll(context.Context, *connect.Request[pb.PauseAllRequest]) (*connect.Response[pb.PauseAllResponse], error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls["PauseAll"]++
+	resp := &pb.PauseAllResponse{}
+	for _, id := range slices.Sorted(maps.Keys(a.sandboxes)) {
+		if sb := a.sandboxes[id]; sb.info.State == pb.SandboxState_SANDBOX_STATE_RUNNING {
+			a.setState(sb, pb.SandboxState_SANDBOX_STATE_PAUSED)
+			resp.PausedSandboxIds = append(resp.PausedSandboxIds, id)
 		}
 	}
 	return connect.NewResponse(resp), nil
@@ -321,10 +502,18 @@ func (a *Agent) ExecStream(ctx context.Context, req *connect.Request[pb.ExecStre
 	if err := st.Send(&pb.ExecStreamResponse{Event: &pb.ExecStreamResponse_Start_{Start: &pb.ExecStreamResponse_Start{Pid: pid}}}); err != nil {
 		return err
 	}
-	// echo streams one message per argument, to exercise multi-chunk output.
+	// echo streams one message per argument, to exercise multi-chunk
+	// output; together they are what echo prints.
 	if req.Msg.GetCmd() == "echo" {
-		for _, arg := range req.Msg.GetArgs() {
-			if err := st.Send(&pb.ExecStreamResponse{Event: &pb.ExecStreamResponse_Stdout{Stdout: []byte(arg + "\n")}}); err != nil {
+		for i, arg := range req.Msg.GetArgs() {
+			chunk := arg
+			if i > 0 {
+				chunk = " " + arg
+			}
+			if i == len(req.Msg.GetArgs())-1 {
+				chunk += "\n"
+			}
+			if err := st.Send(&pb.ExecStreamResponse{Event: &pb.ExecStreamResponse_Stdout{Stdout: []byte(chunk)}}); err != nil {
 				return err
 			}
 		}
@@ -650,8 +839,9 @@ func (a *Agent) RemovePath(_ context.Context, req *connect.Request[pb.RemovePath
 	return connect.NewResponse(&pb.RemovePathResponse{}), nil
 }
 
-// CreateSnapshot records the template and leaves the sandbox paused, as a
-// memory snapshot requires stopping the guest.
+// CreateSnapshot records the template; like the real agent, a running
+// sandbox keeps running (it is stopped only while the snapshot is taken)
+// and a paused one stays paused.
 func (a *Agent) CreateSnapshot(_ context.Context, req *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -663,7 +853,6 @@ func (a *Agent) CreateSnapshot(_ context.Context, req *connect.Request[pb.Create
 		return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("template %s exists", req.Msg.GetName()))
 	}
 	a.templates[req.Msg.GetName()] = true
-	a.setState(sb, pb.SandboxState_SANDBOX_STATE_PAUSED)
 	return connect.NewResponse(&pb.CreateSnapshotResponse{Name: req.Msg.GetName(), SizeBytes: 4096, Vcpus: sb.info.Vcpus, MemoryMb: sb.info.MemoryMb}), nil
 }
 
@@ -691,5 +880,17 @@ func (a *Agent) GetSandboxMetrics(_ context.Context, req *connect.Request[pb.Get
 func (a *Agent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return connect.NewResponse(&pb.GetHostInfoResponse{Version: "test", Vmm: "test", Accel: "tcg", CpuCount: 2, MemoryBytes: 1 << 30, Healthy: true, Arch: "amd64"}), nil
+	return connect.NewResponse(&pb.GetHostInfoResponse{Version: "test", Vmm: "test", Accel: "tcg", CpuCount: 2, MemoryBytes: 1 << 30, Healthy: true, Arch: "amd64",
+		Templates: slices.Sorted(maps.Keys(a.templates))}), nil
+}
+
+// Serve starts a new agent and closes it when the test ends.
+func Serve(tb testing.TB) *Agent {
+	tb.Helper()
+	a := New()
+	if err := a.Start(); err != nil {
+		tb.Fatalf("agenttest: %v", err)
+	}
+	tb.Cleanup(a.Close)
+	return a
 }

@@ -79,11 +79,7 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	}
 	pool, _ := testenv.MigratedPool(t)
 	q := db.New(pool)
-	agent := agenttest.New()
-	if err := agent.Start(); err != nil {
-		t.Fatalf("start agent: %v", err)
-	}
-	t.Cleanup(agent.Close)
+	agent := agenttest.Serve(t)
 	if _, err := q.UpsertHost(context.Background(), db.UpsertHostParams{ID: "host-test", Name: "test", Address: agent.Address(), Status: "online", Vmm: "test"}); err != nil {
 		t.Fatalf("register host: %v", err)
 	}

@@ -15,9 +15,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor/agentstub"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
@@ -295,17 +295,13 @@ func TestDeleteHostForcedAndUnforced(t *testing.T) {
 	ctx := context.Background()
 	adminTeam := e.team(t, false)
 	admin := e.user(t, adminTeam, "owner")
-	agent, err := agentstub.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
+	agent := agenttest.Serve(t)
 	st, h := e.do(t, "POST", "/v1/hosts", admin, map[string]any{"name": "h", "shared": true})
 	if st != 201 {
 		t.Fatalf("create: %d %v", st, h)
 	}
 	id := str(h, "host", "id")
-	st, creds := e.do(t, "POST", "/v1/hosts/register", "", map[string]any{"token": str(h, "registration_token"), "address": agent.Addr()})
+	st, creds := e.do(t, "POST", "/v1/hosts/register", "", map[string]any{"token": str(h, "registration_token"), "address": agent.Address()})
 	if st != 200 {
 		t.Fatalf("register: %d %v", st, creds)
 	}

@@ -69,7 +69,7 @@ func TestExecStream(t *testing.T) {
 			types = append(types, m.Type)
 			out += m.Data
 		}
-		if strings.Join(types, ",") != "start,stdout,stdout,stdout,exit" || out != "one\ntwo\nthree\n" {
+		if strings.Join(types, ",") != "start,stdout,stdout,stdout,exit" || out != "one two three\n" {
 			t.Fatalf("messages %+v", msgs)
 		}
 		last := msgs[len(msgs)-1]

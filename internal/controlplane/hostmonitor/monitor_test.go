@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor/agentstub"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -81,17 +81,13 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 func TestMonitorCycle(t *testing.T) {
 	pool, q := newDB(t)
 	ctx := t.Context()
-	agent, err := agentstub.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
+	agent := agenttest.Serve(t)
 	team, err := q.CreateTeam(ctx, db.CreateTeamParams{ID: ids.New(ids.Team), Name: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hostID := ids.New(ids.Host)
-	if _, err := q.UpsertHost(ctx, db.UpsertHostParams{ID: hostID, Name: "h", Address: agent.Addr(), Status: "online"}); err != nil {
+	if _, err := q.UpsertHost(ctx, db.UpsertHostParams{ID: hostID, Name: "h", Address: agent.Address(), Status: "online"}); err != nil {
 		t.Fatal(err)
 	}
 	heartbeat := func() {
@@ -157,7 +153,7 @@ func TestMonitorCycle(t *testing.T) {
 
 	// The host comes back with one sandbox paused and one gone.
 	agent.Put(paused, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED)
-	agent.Remove(lost)
+	agent.Forget(lost)
 	heartbeat()
 	waitFor(t, 2*time.Second, "sandboxes reconciled", func() bool {
 		return status(t, q, team.ID, alive) == "running" && status(t, q, team.ID, paused) == "paused" && status(t, q, team.ID, lost) == "stopped"

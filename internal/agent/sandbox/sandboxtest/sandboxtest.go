@@ -30,12 +30,20 @@ import (
 
 // HostDriver is a vmm.Driver whose "VM" is envd (Bin) run as a host
 // process on the loopback address its NetSlot names (wrenn.testaddr= in
-// the kernel arguments). It cannot snapshot.
+// the kernel arguments). It cannot snapshot unless Snapshots is set.
 type HostDriver struct {
 	Bin string
 	// FailStart makes Start launch envd with an address it cannot bind.
 	FailStart bool
+	// Snapshots makes snapshots work like a cold boot: Snapshot writes a
+	// state file, Restore starts envd again over the same guest root, so
+	// files survive a pause and processes do not. Tests of the contract
+	// above the driver (pause, resume, snapshot templates) need them.
+	Snapshots bool
 }
+
+// snapshotState is the content of the state file a Snapshot writes.
+const snapshotState = "host-envd snapshot\n"
 
 // Name implements vmm.Driver.
 func (d *HostDriver) Name() string { return "host-envd" }
@@ -81,14 +89,21 @@ func (d *HostDriver) Start(ctx context.Context, cfg vmm.Config) (vmm.Machine, er
 		cmd.Wait()
 		return nil, err
 	}
-	m := &hostMachine{pid: cmd.Process.Pid, done: make(chan struct{})}
+	m := &hostMachine{pid: cmd.Process.Pid, done: make(chan struct{}), snapshots: d.Snapshots}
 	go func() { cmd.Wait(); close(m.done) }()
 	return m, nil
 }
 
-// Restore implements vmm.Driver: unsupported.
+// Restore implements vmm.Driver: with Snapshots, a fresh envd over the
+// sandbox's guest root; unsupported otherwise.
 func (d *HostDriver) Restore(ctx context.Context, cfg vmm.Config, snap vmm.Snapshot) (vmm.Machine, error) {
-	return nil, vmm.ErrUnsupported
+	if !d.Snapshots {
+		return nil, vmm.ErrUnsupported
+	}
+	if b, err := os.ReadFile(snap.StatePath); err != nil || string(b) != snapshotState {
+		return nil, fmt.Errorf("host driver: state file %s: %w", snap.StatePath, vmm.ErrSnapshotInvalid)
+	}
+	return d.Start(ctx, cfg)
 }
 
 // Adopt implements vmm.Driver from the pid file Start wrote.
@@ -101,7 +116,7 @@ func (d *HostDriver) Adopt(ctx context.Context, cfg vmm.Config) (vmm.Machine, er
 	if err != nil || !IsEnvd(pid, d.Bin) {
 		return nil, vmm.ErrNotRunning
 	}
-	m := &hostMachine{pid: pid, done: make(chan struct{})}
+	m := &hostMachine{pid: pid, done: make(chan struct{}), snapshots: d.Snapshots}
 	go func() {
 		for IsEnvd(pid, d.Bin) {
 			time.Sleep(50 * time.Millisecond)
@@ -122,16 +137,27 @@ func IsEnvd(pid int, bin string) bool {
 }
 
 type hostMachine struct {
-	pid  int
-	done chan struct{}
+	pid       int
+	done      chan struct{}
+	snapshots bool
 }
 
 func (m *hostMachine) PID() int                     { return m.pid }
 func (m *hostMachine) Done() <-chan struct{}        { return m.done }
 func (m *hostMachine) Pause(context.Context) error  { return syscall.Kill(m.pid, syscall.SIGSTOP) }
 func (m *hostMachine) Resume(context.Context) error { return syscall.Kill(m.pid, syscall.SIGCONT) }
-func (m *hostMachine) Snapshot(context.Context, string) (vmm.Snapshot, error) {
-	return vmm.Snapshot{}, fmt.Errorf("host process: %w", vmm.ErrUnsupported)
+func (m *hostMachine) Snapshot(_ context.Context, dir string) (vmm.Snapshot, error) {
+	if !m.snapshots {
+		return vmm.Snapshot{}, fmt.Errorf("host process: %w", vmm.ErrUnsupported)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("host process: snapshot dir: %w", err)
+	}
+	state := filepath.Join(dir, "state")
+	if err := os.WriteFile(state, []byte(snapshotState), 0o600); err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("host process: write state: %w", err)
+	}
+	return vmm.Snapshot{Dir: dir, StatePath: state}, nil
 }
 
 func (m *hostMachine) Stop(ctx context.Context) error {
