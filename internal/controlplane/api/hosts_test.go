@@ -59,7 +59,7 @@ func newHostsEnv(t *testing.T) *hostsEnv {
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := mustNew(t, Deps{Logger: logger, Service: svc, Hosts: hostauth.New(pool, rdb, hostTokens, hp, hostauth.Config{}, logger)})
-	srv := httptest.NewServer(s)
+	srv := httptest.NewServer(specChecked(t, s))
 	t.Cleanup(srv.Close)
 	return &hostsEnv{url: srv.URL, q: q, tokens: tokens}
 }

@@ -26,7 +26,7 @@ func mustNew(t testing.TB, deps Deps) *Server {
 
 func newTestServer(t testing.TB, checks map[string]HealthChecker) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(mustNew(t, Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Checks: checks, Version: "test"}))
+	srv := httptest.NewServer(specCheckedUnlessBench(t, mustNew(t, Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Checks: checks, Version: "test"})))
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -114,7 +114,7 @@ func TestOpenAPIServed(t *testing.T) {
 func TestPanicBecomes500WithoutStack(t *testing.T) {
 	s := mustNew(t, Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	s.Router().Get("/boom", func(http.ResponseWriter, *http.Request) { panic("secret internal detail") })
-	srv := httptest.NewServer(s)
+	srv := httptest.NewServer(specChecked(t, s))
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/boom")
 	if err != nil {

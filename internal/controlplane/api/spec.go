@@ -60,10 +60,39 @@ func buildSpec() ([]byte, error) {
 			}
 		}
 	}
+	addCommonResponses(doc)
 	if err := aliasPaths(doc, "/v1/sandboxes", "/v1/capsules", "Capsule"); err != nil {
 		return nil, err
 	}
 	return yaml.Marshal(doc)
+}
+
+// commonResponses are statuses every operation can answer (see
+// components.responses in 00-base.yaml), so fragments need not repeat them.
+var commonResponses = map[string]string{"500": "Internal", "503": "Unavailable"}
+
+// addCommonResponses adds commonResponses to every operation that does not
+// document those statuses itself.
+func addCommonResponses(doc map[string]any) {
+	paths, _ := doc["paths"].(map[string]any)
+	for _, item := range paths {
+		ops, _ := item.(map[string]any)
+		for method, v := range ops {
+			op, ok := v.(map[string]any)
+			if !ok || method == "parameters" {
+				continue
+			}
+			responses, _ := op["responses"].(map[string]any)
+			if responses == nil {
+				continue
+			}
+			for status, name := range commonResponses {
+				if _, ok := responses[status]; !ok {
+					responses[status] = map[string]any{"$ref": "#/components/responses/" + name}
+				}
+			}
+		}
+	}
 }
 
 // aliasPaths documents every path under from again under to (the router

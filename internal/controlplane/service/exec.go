@@ -172,11 +172,15 @@ func (s *Service) ListProcesses(ctx context.Context, a auth.AuthContext, id stri
 	}
 	out := make([]Process, 0, len(resp.Msg.GetProcesses()))
 	for _, p := range resp.Msg.GetProcesses() {
-		args := p.GetArgs()
+		// Empty, not null: the API documents an array and an object.
+		args, env := p.GetArgs(), p.GetEnv()
 		if args == nil {
 			args = []string{}
 		}
-		out = append(out, Process{PID: p.GetPid(), Tag: p.GetTag(), Cmd: p.GetCmd(), Args: args, Cwd: p.GetCwd(), Env: p.GetEnv()})
+		if env == nil {
+			env = map[string]string{}
+		}
+		out = append(out, Process{PID: p.GetPid(), Tag: p.GetTag(), Cmd: p.GetCmd(), Args: args, Cwd: p.GetCwd(), Env: env})
 	}
 	return out, nil
 }
