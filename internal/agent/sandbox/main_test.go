@@ -7,8 +7,4 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	envdtest.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(envdtest.Run(m)) }

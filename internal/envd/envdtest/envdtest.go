@@ -1,8 +1,7 @@
 // Package envdtest builds the envd binary and runs it as a subprocess on a
 // loopback port, for tests and benchmarks that need a real, separate envd
 // (host mode: "-root DIR" confines its paths to a directory). The binary is
-// built once per test binary; a package using it calls Cleanup from
-// TestMain after m.Run.
+// built once per test binary and removed by Run.
 package envdtest
 
 import (
@@ -74,11 +73,16 @@ func Build(tb testing.TB) string {
 	return buildPath
 }
 
-// Cleanup removes the built binary; call it from TestMain after m.Run.
-func Cleanup() {
+// Run runs the package's tests and removes the binary Build made. A
+// package using Build opts in with
+//
+//	func TestMain(m *testing.M) { os.Exit(envdtest.Run(m)) }
+func Run(m *testing.M) int {
+	code := m.Run()
 	if buildPath != "" {
 		os.RemoveAll(filepath.Dir(buildPath))
 	}
+	return code
 }
 
 // Envd is a running envd subprocess.
