@@ -52,6 +52,7 @@ func Run(t *testing.T, c hostagentv1connect.HostAgentServiceClient, opt Options)
 	t.Run("Terminal", s.terminal)
 	t.Run("Snapshots", s.snapshots)
 	t.Run("AutoPause", s.autoPause)
+	t.Run("PauseAll", s.pauseAll)
 	t.Run("Metrics", s.metrics)
 	t.Run("HostInfo", s.hostInfo)
 }
@@ -677,6 +678,31 @@ func (s *suite) autoPause(t *testing.T) {
 		t.Fatalf("resume an auto-paused sandbox: %v", err)
 	}
 	s.wantState(t, "resume after auto-pause", r.Msg.GetSandbox(), pb.SandboxState_SANDBOX_STATE_RUNNING, seq)
+}
+
+// pauseAll: what an agent does when it loses the control plane; it pauses
+// the running sandboxes and leaves paused ones alone.
+func (s *suite) pauseAll(t *testing.T) {
+	ctx := ctxFor(t)
+	s.create(t, &pb.CreateSandboxRequest{SandboxId: "conf-all-run"})
+	s.create(t, &pb.CreateSandboxRequest{SandboxId: "conf-all-paused"})
+	if _, err := s.c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: "conf-all-paused"})); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	before := s.get(t, "conf-all-paused").GetStateSeq()
+	resp, err := s.c.PauseAll(ctx, connect.NewRequest(&pb.PauseAllRequest{}))
+	if err != nil {
+		t.Fatalf("pause all: %v", err)
+	}
+	if got := resp.Msg.GetPausedSandboxIds(); !slices.Equal(got, []string{"conf-all-run"}) || len(resp.Msg.GetFailed()) != 0 {
+		t.Fatalf("paused %v, failed %v; want only conf-all-run paused", got, resp.Msg.GetFailed())
+	}
+	if st := s.get(t, "conf-all-run").GetState(); st != pb.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Errorf("conf-all-run is %v after pause all", st)
+	}
+	if g := s.get(t, "conf-all-paused"); g.GetState() != pb.SandboxState_SANDBOX_STATE_PAUSED || g.GetStateSeq() != before {
+		t.Errorf("an already paused sandbox changed: %v seq %d (was %d)", g.GetState(), g.GetStateSeq(), before)
+	}
 }
 
 func (s *suite) metrics(t *testing.T) {
