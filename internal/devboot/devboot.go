@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // AdminEmail is the login of the admin `wrenn dev` creates.
@@ -274,11 +275,7 @@ func saveState(path string, st state) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("write dev state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write dev state: %w", err)
 	}
 	return nil

@@ -10,9 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // Method says how a copy was made.
@@ -41,9 +42,8 @@ func Into(ctx context.Context, src, dst *os.File, size int64) (Method, error) {
 	return Sparse, nil
 }
 
-// Atomic copies the file src to dst with mode perm through a temporary file
-// in dst's directory that is synced and renamed into place, so dst appears
-// only complete (replacing an older dst).
+// Atomic copies the file src to dst with mode perm through atomicfile, so
+// dst appears only complete (replacing an older dst).
 func Atomic(ctx context.Context, src, dst string, perm os.FileMode) (Method, error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -54,34 +54,18 @@ func Atomic(ctx context.Context, src, dst string, perm os.FileMode) (Method, err
 	if err != nil {
 		return "", fmt.Errorf("copy %s: %w", src, err)
 	}
-	out, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	out, err := atomicfile.New(dst, perm)
 	if err != nil {
-		return "", fmt.Errorf("copy to %s: %w", dst, err)
+		return "", fmt.Errorf("copy %s: %w", src, err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			out.Close()
-			os.Remove(out.Name())
-		}
-	}()
-	method, err := Into(ctx, in, out, fi.Size())
+	defer out.Abort()
+	method, err := Into(ctx, in, out.Temp(), fi.Size())
 	if err != nil {
 		return "", fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
-	if err := out.Chmod(perm); err != nil {
-		return "", fmt.Errorf("copy to %s: %w", dst, err)
+	if err := out.Commit(); err != nil {
+		return "", fmt.Errorf("copy %s: %w", src, err)
 	}
-	if err := out.Sync(); err != nil {
-		return "", fmt.Errorf("copy to %s: sync: %w", dst, err)
-	}
-	if err := out.Close(); err != nil {
-		return "", fmt.Errorf("copy to %s: %w", dst, err)
-	}
-	if err := os.Rename(out.Name(), dst); err != nil {
-		return "", fmt.Errorf("copy to %s: %w", dst, err)
-	}
-	ok = true
 	return method, nil
 }
 

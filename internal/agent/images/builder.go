@@ -190,19 +190,6 @@ func hashFile(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// atomicSymlink points link at target (a name in the same directory).
-func atomicSymlink(target, link string) error {
-	tmp := link + ".tmp"
-	_ = os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
-		return fmt.Errorf("symlink %s: %w", link, err)
-	}
-	if err := os.Rename(tmp, link); err != nil {
-		return fmt.Errorf("rename %s: %w", link, err)
-	}
-	return nil
-}
-
 // copyFile copies src to dst through a temporary file renamed into place
 // (a reflink where the filesystem allows).
 func copyFile(src, dst string, mode os.FileMode) error {

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // KernelKey is the cache key of the kernel this builder makes: a hash of the
@@ -86,7 +88,7 @@ func (b *Builder) buildKernel(ctx context.Context) (key, path string, built bool
 	}
 	if fileExists(path) {
 		log.Info("kernel up to date", "key", key, "path", path)
-		return key, path, false, atomicSymlink(filepath.Base(path), b.paths.Kernel())
+		return key, path, false, atomicfile.Symlink(filepath.Base(path), b.paths.Kernel())
 	}
 	if b.cfg.ReuseKernelFrom != "" {
 		other := NewPaths(b.cfg.ReuseKernelFrom).KernelFile(key)
@@ -97,7 +99,7 @@ func (b *Builder) buildKernel(ctx context.Context) (key, path string, built bool
 				}
 			}
 			log.Info("kernel reused", "key", key, "from", other)
-			return key, path, false, atomicSymlink(filepath.Base(path), b.paths.Kernel())
+			return key, path, false, atomicfile.Symlink(filepath.Base(path), b.paths.Kernel())
 		}
 	}
 
@@ -141,7 +143,7 @@ func (b *Builder) buildKernel(ctx context.Context) (key, path string, built bool
 	if err := copyFile(vmlinux, path, 0o644); err != nil {
 		return "", "", false, fmt.Errorf("install vmlinux: %w", err)
 	}
-	if err := atomicSymlink(filepath.Base(path), b.paths.Kernel()); err != nil {
+	if err := atomicfile.Symlink(filepath.Base(path), b.paths.Kernel()); err != nil {
 		return "", "", false, err
 	}
 	log.Info("kernel built", "key", key, "path", path, "took", time.Since(start).Round(time.Second))

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // Metadata describes one built template; it is written next to the rootfs.
@@ -105,7 +107,7 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 	path = b.paths.RootfsFile(name, key)
 	if m, err := ReadMetadata(b.paths.Metadata(name)); err == nil && m.RootfsKey == key && fileExists(path) {
 		log.Info("rootfs up to date", "template", name, "key", key, "path", path)
-		return key, path, false, atomicSymlink(filepath.Base(path), b.paths.Rootfs(name))
+		return key, path, false, atomicfile.Symlink(filepath.Base(path), b.paths.Rootfs(name))
 	}
 
 	start := time.Now()
@@ -127,31 +129,25 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 	if err := b.populate(ctx, staging); err != nil {
 		return "", "", false, err
 	}
-	tmp := path + ".tmp"
-	_ = os.Remove(tmp)
-	defer os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	img, err := atomicfile.New(path, 0o644)
 	if err != nil {
 		return "", "", false, fmt.Errorf("create image: %w", err)
 	}
+	defer img.Abort()
 	size := int64(b.cfg.RootfsSizeMiB) << 20
-	if err := f.Truncate(size); err != nil {
-		f.Close()
+	if err := img.Temp().Truncate(size); err != nil {
 		return "", "", false, fmt.Errorf("size image: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return "", "", false, fmt.Errorf("close image: %w", err)
 	}
 	log.Info("rootfs: mkfs.ext4", "size_mib", b.cfg.RootfsSizeMiB)
 	// -d copies the staging tree in, so no loop mount (and no root for mount) is needed.
 	if err := b.run(ctx, staging, io.Discard, "mkfs.ext4", "-q", "-F", "-L", "wrenn-root", "-m", "0",
-		"-E", "root_owner=0:0", "-d", staging, tmp); err != nil {
+		"-E", "root_owner=0:0", "-d", staging, img.TempName()); err != nil {
 		return "", "", false, fmt.Errorf("mkfs.ext4 (e2fsprogs): %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := img.Commit(); err != nil {
 		return "", "", false, fmt.Errorf("install image: %w", err)
 	}
-	if err := atomicSymlink(filepath.Base(path), b.paths.Rootfs(name)); err != nil {
+	if err := atomicfile.Symlink(filepath.Base(path), b.paths.Rootfs(name)); err != nil {
 		return "", "", false, err
 	}
 	meta := Metadata{
@@ -159,12 +155,8 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 		SizeBytes: size, KernelKey: kernelKey, EnvdSHA256: envdSum, BuiltAt: time.Now().UTC(),
 	}
 	data, _ := json.MarshalIndent(meta, "", "  ")
-	mt := b.paths.Metadata(name) + ".tmp"
-	if err := os.WriteFile(mt, append(data, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(b.paths.Metadata(name), append(data, '\n'), 0o644); err != nil {
 		return "", "", false, fmt.Errorf("write metadata: %w", err)
-	}
-	if err := os.Rename(mt, b.paths.Metadata(name)); err != nil {
-		return "", "", false, fmt.Errorf("install metadata: %w", err)
 	}
 	log.Info("rootfs built", "template", name, "path", path, "took", time.Since(start).Round(time.Millisecond))
 	removed, err := b.paths.PruneRootfs(name, path)

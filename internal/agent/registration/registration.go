@@ -22,6 +22,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // CredentialsFile is the name of the credentials file inside WRENN_DIR.
@@ -107,27 +109,7 @@ func Save(dir string, c Credentials) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	tmp, err := os.CreateTemp(dir, ".host-credentials-*")
-	if err != nil {
-		return fmt.Errorf("save host credentials: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save host credentials: %w", err)
-	}
-	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save host credentials: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save host credentials: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("save host credentials: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), CredentialsPath(dir)); err != nil {
+	if err := atomicfile.WriteFile(CredentialsPath(dir), raw, 0o600); err != nil {
 		return fmt.Errorf("save host credentials: %w", err)
 	}
 	return nil

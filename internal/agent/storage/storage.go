@@ -10,7 +10,6 @@ package storage
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -26,6 +25,7 @@ import (
 	"syscall"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/fileclone"
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // Format is a disk image format.
@@ -206,17 +206,17 @@ func (s *Store) cachedOverlay(ctx context.Context, base string, baseFormat Forma
 	if _, err := os.Stat(path); err == nil {
 		return path, nil
 	}
-	// Unique even across Stores and agents sharing the cache directory.
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
+	// The temporary name is unique even across Stores and agents sharing
+	// the cache directory.
+	f, err := atomicfile.New(path, 0o644)
+	if err != nil {
 		return "", fmt.Errorf("overlay cache: %w", err)
 	}
-	tmp := path + ".tmp-" + hex.EncodeToString(rnd[:])
-	if err := s.qemuImgCreate(ctx, base, baseFormat, tmp, size); err != nil {
+	defer f.Abort()
+	if err := s.qemuImgCreate(ctx, base, baseFormat, f.TempName(), size); err != nil {
 		return "", err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := f.Commit(); err != nil {
 		return "", fmt.Errorf("overlay cache: %w", err)
 	}
 	return path, nil
@@ -350,9 +350,12 @@ func (s *Store) Flatten(ctx context.Context, overlay string, format Format, dst 
 	if _, err := os.Stat(overlay); err != nil {
 		return 0, fmt.Errorf("flatten: %w", err)
 	}
-	tmp := dst + ".flatten-tmp"
-	os.Remove(tmp)
-	defer os.Remove(tmp)
+	f, err := atomicfile.New(dst, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("flatten %s: %w", overlay, err)
+	}
+	defer f.Abort()
+	tmp := f.TempName()
 	if _, err := s.run(ctx, s.qemuImg, "qemu-utils", "convert", "-f", string(format), "-O", "raw", overlay, tmp); err != nil {
 		return 0, fmt.Errorf("flatten %s: %w", overlay, err)
 	}
@@ -374,7 +377,7 @@ func (s *Store) Flatten(ctx context.Context, overlay string, format Format, dst 
 	if err := os.Truncate(tmp, size); err != nil {
 		return 0, fmt.Errorf("flatten %s: truncate: %w", overlay, err)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := f.Commit(); err != nil {
 		return 0, fmt.Errorf("flatten %s: %w", overlay, err)
 	}
 	return size, nil

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
 )
 
@@ -190,8 +191,8 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, written)
 }
 
-// writeFile streams src to the client path target: into a temporary file
-// next to it, then fsync and rename, so readers never see a partial file.
+// writeFile streams src to the client path target through atomicfile, so
+// readers never see a partial file; an existing file keeps its mode.
 func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo, int, error) {
 	p, err := a.cfg.Env.Resolver.Resolve(target, u.Home)
 	if err != nil {
@@ -207,48 +208,29 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo,
 	if err := mkdirAllAs(dir, u); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create parent directories of %q: %w", target, err)
 	}
-	tmp, err := os.CreateTemp(dir, ".wrenn-upload-*")
-	if err != nil {
-		return EntryInfo{}, errStatus(err), fmt.Errorf("create temporary file for %q: %w", target, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	buf := make([]byte, copyBufSize)
-	if _, err := io.CopyBuffer(onlyWriter{tmp}, src, buf); err != nil {
-		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return EntryInfo{}, errStatus(err), fmt.Errorf("sync %q: %w", target, err)
-	}
 	mode := os.FileMode(0o644)
 	if st, err := os.Stat(p); err == nil {
 		mode = st.Mode().Perm()
 	}
-	if err := tmp.Chmod(mode); err != nil {
-		return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chmod %q: %w", target, err)
+	f, err := atomicfile.New(p, mode)
+	if err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("create temporary file for %q: %w", target, err)
+	}
+	defer f.Abort()
+	buf := make([]byte, copyBufSize)
+	if _, err := io.CopyBuffer(f, src, buf); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
 	if !u.IsSelf() {
-		if err := tmp.Chown(int(u.UID), int(u.GID)); err != nil {
+		if err := f.Temp().Chown(int(u.UID), int(u.GID)); err != nil {
 			return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chown %q: %w", target, err)
 		}
 	}
-	if err := tmp.Close(); err != nil {
-		return EntryInfo{}, errStatus(err), fmt.Errorf("close %q: %w", target, err)
+	if err := f.Commit(); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return EntryInfo{}, errStatus(err), fmt.Errorf("rename into %q: %w", target, err)
-	}
-	ok = true
 	return EntryInfo{Path: a.cfg.Env.Resolver.Client(p), Name: filepath.Base(p), Type: "file"}, 0, nil
 }
-
-// onlyWriter hides ReadFrom so the copy uses our buffer size.
-type onlyWriter struct{ io.Writer }
 
 func errStatus(err error) int {
 	switch {

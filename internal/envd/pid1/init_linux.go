@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // DefaultPath is set as PATH when the kernel gave init none.
@@ -200,14 +202,7 @@ func writeResolvConf(path string, servers []net.IP) error {
 		os.MkdirAll(filepath.Dir(target), 0o755)
 		path = target
 	}
-	tmp := path + ".wrenn-tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s: %w", tmp, err)
-	}
-	return nil
+	return atomicfile.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 // PowerOff syncs the filesystems and powers the VM off. It returns only on

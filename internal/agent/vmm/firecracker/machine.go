@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // machine is one firecracker process and its microVM.
@@ -133,23 +134,11 @@ func (m *machine) writeState() error {
 	if err != nil {
 		return fmt.Errorf("encode run state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(m.cfg.RunDir, stateName), b); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(m.cfg.RunDir, stateName), b, 0o640); err != nil {
 		return fmt.Errorf("write run state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(m.cfg.RunDir, pidName), []byte(strconv.Itoa(m.proc.pid)+"\n")); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(m.cfg.RunDir, pidName), []byte(strconv.Itoa(m.proc.pid)+"\n"), 0o640); err != nil {
 		return fmt.Errorf("write pid file: %w", err)
-	}
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o640); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
 	}
 	return nil
 }
@@ -229,7 +218,7 @@ func (m *machine) Snapshot(ctx context.Context, dir string) (vmm.Snapshot, error
 		TapDevice: m.cfg.TapDevice, MAC: m.cfg.MAC, Created: time.Now().UTC().Format(time.RFC3339Nano),
 	}
 	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := writeFileAtomic(filepath.Join(dir, snapMetaName), b); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, snapMetaName), b, 0o640); err != nil {
 		cleanup()
 		return vmm.Snapshot{}, fmt.Errorf("snapshot microVM %s: write metadata: %w", m.cfg.ID, err)
 	}

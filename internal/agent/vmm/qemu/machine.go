@@ -15,6 +15,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/fileclone"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 )
 
 // Snapshot file names inside the snapshot directory.
@@ -206,7 +207,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string) (vmm.Snapshot, error
 		return vmm.Snapshot{}, fmt.Errorf("copy disk: %w", err)
 	}
 	data, _ := json.MarshalIndent(snap, "", "  ")
-	if err := os.WriteFile(filepath.Join(dir, snapshotMetaName), data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, snapshotMetaName), data, 0o600); err != nil {
 		return vmm.Snapshot{}, fmt.Errorf("write snapshot metadata: %w", err)
 	}
 	return snap, nil
@@ -396,11 +397,7 @@ func (m *Machine) writeState() error {
 	if err != nil {
 		return fmt.Errorf("encode machine state: %w", err)
 	}
-	p := filepath.Join(m.cfg.RunDir, stateFileName)
-	if err := os.WriteFile(p+".tmp", data, 0o600); err != nil {
-		return fmt.Errorf("write machine state: %w", err)
-	}
-	if err := os.Rename(p+".tmp", p); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(m.cfg.RunDir, stateFileName), data, 0o600); err != nil {
 		return fmt.Errorf("write machine state: %w", err)
 	}
 	return nil
