@@ -31,6 +31,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/cleanup"
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
@@ -176,6 +177,9 @@ func (m *Manager) snapshotDir(id string) string {
 // lifecycle operations (create, pause, resume, destroy) on it.
 type Sandbox struct {
 	op sync.Mutex
+	// vm and files hold the undo steps of what the sandbox holds (see
+	// teardown.go). They are run without mu held.
+	vm, files cleanup.Stack
 
 	mu         sync.Mutex
 	rec        record
@@ -232,15 +236,6 @@ func copyMap(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
-}
-
-// setState changes the state, bumps state_seq and persists; s.mu held.
-func (m *Manager) setStateLocked(s *Sandbox, st pb.SandboxState) {
-	s.rec.State = st
-	s.rec.StateSeq = m.nextSeq()
-	if err := m.persistLocked(s); err != nil {
-		m.log.Error("persist sandbox state", "sandbox", s.rec.ID, "err", err)
-	}
 }
 
 func (m *Manager) get(id string) (*Sandbox, error) {
@@ -390,6 +385,12 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 
 	start := time.Now()
 	if err := m.boot(ctx, s); err != nil {
+		s.mu.Lock()
+		s.removed = true // a handle taken meanwhile finds it gone
+		s.mu.Unlock()
+		if terr := m.teardown(ctx, s); terr != nil {
+			m.log.Warn("clean up after failed create", "sandbox", id, "err", terr)
+		}
 		m.mu.Lock()
 		delete(m.sandboxes, id)
 		m.mu.Unlock()
@@ -401,38 +402,11 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 }
 
 // boot makes the disk, network and VM for s (STARTING) and brings envd up.
-func (m *Manager) boot(ctx context.Context, s *Sandbox) (err error) {
+// What it acquires is recorded on s's stacks; on failure the caller tears
+// it down.
+func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 	r := &s.rec
 	dir := m.sandboxDir(r.ID)
-	var slot *NetSlot
-	var mref *machineRef
-	var client *envdclient.Client
-	defer func() {
-		if err == nil {
-			return
-		}
-		// Undo in reverse order, on a context the caller cannot cancel.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if client != nil {
-			client.Close()
-		}
-		if mref != nil {
-			mref.stopping.Store(true)
-			if serr := mref.m.Stop(cctx); serr != nil {
-				m.log.Warn("cleanup: stop vm", "sandbox", r.ID, "err", serr)
-			}
-		}
-		if slot != nil {
-			if rerr := m.cfg.Net.Release(cctx, *slot); rerr != nil {
-				m.log.Warn("cleanup: release network", "sandbox", r.ID, "err", rerr)
-			}
-		}
-		if rerr := os.RemoveAll(dir); rerr != nil {
-			m.log.Warn("cleanup: remove sandbox dir", "sandbox", r.ID, "err", rerr)
-		}
-	}()
-
 	tpl, err := m.resolveTemplate(r.Template)
 	if err != nil {
 		return err
@@ -448,6 +422,7 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) (err error) {
 			return errorf(CodeFailedPrecondition, "snapshot template %q was made by %s, this agent runs %s", r.Template, tpl.meta.Driver, m.cfg.Driver.Name())
 		}
 	}
+	m.holdFiles(s, r.ID)
 	if err := os.MkdirAll(filepath.Join(dir, "run"), 0o700); err != nil {
 		return fmt.Errorf("create sandbox dir: %w", err)
 	}
@@ -462,8 +437,10 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) (err error) {
 	if err != nil {
 		return wrapErr(CodeUnavailable, err, "allocate network")
 	}
-	slot = &ns
+	m.holdSlot(s, ns)
+	s.mu.Lock()
 	r.Slot = ns
+	s.mu.Unlock()
 
 	r.DiskPath = filepath.Join(dir, "rootfs.disk")
 	r.DiskFormat, err = m.cfg.Disks.CreateOverlay(ctx, tpl.disk, tpl.diskFormat, r.DiskPath, r.DiskMB)
@@ -481,8 +458,10 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) (err error) {
 	if err != nil {
 		return wrapErr(codeForVMM(err), err, "start vm")
 	}
-	mref = &machineRef{m: mach}
-	client = envdclient.New(ns.EnvdAddr)
+	mref := &machineRef{m: mach}
+	m.holdMachine(s, mref)
+	client := envdclient.New(ns.EnvdAddr)
+	m.holdClient(s, client)
 	if tpl.snap != nil {
 		client.SetToken(tpl.meta.AccessToken)
 	}
@@ -490,11 +469,21 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) (err error) {
 		return err
 	}
 	s.mu.Lock()
-	s.machine, s.client = mref, client
-	r.PID = mach.PID()
-	r.LastActive = m.cfg.Now()
-	m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_RUNNING)
+	next := s.rec
+	next.PID = mach.PID()
+	next.LastActive = m.cfg.Now()
+	next.State = pb.SandboxState_SANDBOX_STATE_RUNNING
+	next.StateSeq = m.nextSeq()
+	// Unrecorded, a running sandbox would be removed as half-created by
+	// the next agent: fail the create instead.
+	err = m.commitLocked(s, next)
+	if err == nil {
+		s.machine, s.client = mref, client
+	}
 	s.mu.Unlock()
+	if err != nil {
+		return wrapErr(CodeInternal, err, "record running sandbox")
+	}
 	go m.watch(s, mref)
 	return nil
 }
@@ -558,7 +547,8 @@ func (m *Manager) initEnvd(ctx context.Context, s *Sandbox, mref *machineRef, cl
 	return nil
 }
 
-// watch marks the sandbox DEAD when its VMM exits without being asked to.
+// watch marks the sandbox DEAD when its VMM exits without being asked to,
+// and gives back what the VM held.
 func (m *Manager) watch(s *Sandbox, mref *machineRef) {
 	<-mref.m.Done()
 	if mref.stopping.Load() {
@@ -570,28 +560,12 @@ func (m *Manager) watch(s *Sandbox, mref *machineRef) {
 		return
 	}
 	id := s.rec.ID
-	s.machine = nil
-	if s.client != nil {
-		s.client.Close()
-		s.client = nil
-	}
-	m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_DEAD)
-	slot := s.rec.Slot
+	s.machine, s.client = nil, nil
+	m.markDeadLocked(s)
 	s.mu.Unlock()
 	m.log.Warn("sandbox vmm exited unexpectedly", "sandbox", id)
-	// The VMM is gone: its network slot is free to go now.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if slot.Name != "" {
-		if err := m.cfg.Net.Release(ctx, slot); err != nil {
-			m.log.Warn("release network of dead sandbox", "sandbox", id, "err", err)
-		} else {
-			s.mu.Lock()
-			s.rec.Slot = NetSlot{}
-			m.persistLocked(s)
-			s.mu.Unlock()
-		}
-	}
+	// Its network slot is free to go now, not only at destroy.
+	m.teardownVM(context.Background(), s, id, "dead vmm")
 }
 
 // Destroy stops a sandbox and removes everything it owns.
@@ -607,43 +581,19 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		s.mu.Unlock()
 		return notFound(id)
 	}
-	mref, client, slot := s.machine, s.client, s.rec.Slot
-	s.machine, s.client = nil, nil
-	s.mu.Unlock()
-	ctx = context.WithoutCancel(ctx) // a half-destroyed sandbox helps nobody
-	var errs []error
-	if client != nil {
-		client.Close()
-	}
-	if mref != nil {
-		mref.stopping.Store(true)
-		if err := mref.m.Stop(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("stop vm: %w", err))
-		}
-	}
-	if slot.Name != "" {
-		if err := m.cfg.Net.Release(ctx, slot); err != nil {
-			errs = append(errs, fmt.Errorf("release network: %w", err))
-		}
-	}
-	if err := os.RemoveAll(m.snapshotDir(id)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := os.RemoveAll(m.sandboxDir(id)); err != nil {
-		errs = append(errs, err)
-	}
-	s.mu.Lock()
 	s.removed = true
+	s.machine, s.client = nil, nil
 	s.rec.State = pb.SandboxState_SANDBOX_STATE_STOPPED
 	s.rec.StateSeq = m.nextSeq()
 	s.mu.Unlock()
+	err = m.teardown(ctx, s)
 	m.mu.Lock()
 	if m.sandboxes[id] == s {
 		delete(m.sandboxes, id)
 	}
 	m.mu.Unlock()
-	if len(errs) > 0 {
-		return wrapErr(CodeInternal, errors.Join(errs...), "destroy sandbox %q", id)
+	if err != nil {
+		return wrapErr(CodeInternal, err, "destroy sandbox %q", id)
 	}
 	m.log.Info("sandbox destroyed", "sandbox", id)
 	return nil

@@ -539,6 +539,19 @@ func TestRecoverAdoptsRunningSandbox(t *testing.T) {
 	}
 	_, err = m2.Exec(ctx, &pb.ExecRequest{SandboxId: "keep", Cmd: "true"})
 	wantCode(t, err, sandbox.CodeFailedPrecondition)
+	// The dead VM's network slot is given back now, not at destroy, and
+	// the record says so, by name.
+	deadline = time.Now().Add(5 * time.Second)
+	for e.net.Count() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the dead vm's network slot was not released")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rec, err := os.ReadFile(filepath.Join(e.dir, "sandboxes/keep/state.json"))
+	if err != nil || !strings.Contains(string(rec), `"state": "dead"`) || strings.Contains(string(rec), `"name": "lo-`) {
+		t.Fatalf("state.json of the dead sandbox: %s, %v", rec, err)
+	}
 	// A third agent sees it DEAD too, and destroy cleans it; leftovers of a
 	// crash (orphaned snapshot, unfinished template) go at recovery.
 	for _, d := range []string{"snapshots/ghost", "templates/.tmp-x-1234"} {
@@ -587,6 +600,9 @@ func FuzzRecoverStateFile(f *testing.F) {
 	f.Add([]byte(`{"id":"other","state":2}`))
 	f.Add([]byte(`{"id":"fz","state":99,"vcpus":-4,"memory_mb":-1}`))
 	f.Add([]byte(`{"id":"fz","state":5}`))
+	f.Add([]byte(`{"id":"fz","state":"running","state_seq":5,"slot":{"name":"lo-1","envd_addr":"127.0.0.1:1"}}`))
+	f.Add([]byte(`{"id":"fz","state":"paused","slot":{"name":"lo-2"},"snapshot":{"dir":"/nonexistent","state_path":"/nonexistent/state"}}`))
+	f.Add([]byte(`{"id":"fz","state":"sleeping"}`))
 	f.Add([]byte(`{`))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -52,7 +53,7 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 		s.mu.Unlock()
 		return nil, wrapErr(CodeFailedPrecondition, errBecameActive, "sandbox %q", id)
 	}
-	mref, client, slot := s.machine, s.client, s.rec.Slot
+	mref := s.machine
 	diskPath, diskFormat := s.rec.DiskPath, s.rec.DiskFormat
 	s.mu.Unlock()
 
@@ -67,11 +68,7 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 	snap, err := mref.m.Snapshot(ctx, dir)
 	if err != nil {
 		// Disk full, VMM trouble: the VM must keep running.
-		os.RemoveAll(dir)
-		if rerr := mref.m.Resume(context.WithoutCancel(ctx)); rerr != nil {
-			return nil, wrapErr(CodeInternal, errors.Join(err, rerr), "snapshot failed and the vm could not be resumed")
-		}
-		return nil, wrapErr(codeForVMM(err), err, "snapshot vm")
+		return nil, keepRunning(ctx, mref, dir, wrapErr(codeForVMM(err), err, "snapshot vm"))
 	}
 	if snap.DiskPath == "" {
 		snap.DiskPath, snap.DiskFormat = diskPath, diskFormat
@@ -79,36 +76,40 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 	if snap.Driver == "" {
 		snap.Driver = m.cfg.Driver.Name()
 	}
-	// From here the sandbox is paused whatever happens: the snapshot is safe.
-	tctx := context.WithoutCancel(ctx)
-	s.mu.Lock()
-	mref.stopping.Store(true)
-	s.machine, s.client = nil, nil
-	s.rec.Snapshot = &snap
-	s.rec.PID = 0
-	s.lastSample = nil
 	st := pb.SandboxState_SANDBOX_STATE_PAUSED
 	if auto {
 		st = pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED
 	}
-	m.setStateLocked(s, st)
+	s.mu.Lock()
+	next := s.rec
+	next.Snapshot = &snap
+	next.PID = 0
+	next.State = st
+	next.StateSeq = m.nextSeq()
+	err = m.commitLocked(s, next)
+	if err == nil {
+		s.machine, s.client = nil, nil
+		s.lastSample = nil
+	}
 	s.mu.Unlock()
-	if client != nil {
-		client.Close()
+	if err != nil {
+		// A snapshot the record does not name is lost to a restarted agent.
+		return nil, keepRunning(ctx, mref, dir, wrapErr(CodeInternal, err, "record paused sandbox"))
 	}
-	if err := mref.m.Stop(tctx); err != nil {
-		m.log.Warn("pause: stop vm", "sandbox", id, "err", err)
-	}
-	if err := m.cfg.Net.Release(tctx, slot); err != nil {
-		m.log.Warn("pause: release network", "sandbox", id, "err", err)
-	} else {
-		s.mu.Lock()
-		s.rec.Slot = NetSlot{}
-		m.persistLocked(s)
-		s.mu.Unlock()
-	}
+	// From here the sandbox is paused whatever happens: the snapshot is safe.
+	m.teardownVM(ctx, s, id, "pause")
 	m.log.Info("sandbox paused", "sandbox", id, "auto", auto, "took", time.Since(start).Round(time.Millisecond))
 	return s.info(), nil
+}
+
+// keepRunning abandons a pause that failed (err) before the VM was torn
+// down: it drops the snapshot directory and lets the VM run on.
+func keepRunning(ctx context.Context, mref *machineRef, dir string, err error) error {
+	os.RemoveAll(dir)
+	if rerr := mref.m.Resume(context.WithoutCancel(ctx)); rerr != nil {
+		return wrapErr(CodeInternal, errors.Join(err, rerr), "pause failed and the vm could not be resumed")
+	}
+	return err
 }
 
 // Resume restores a paused sandbox on a fresh network slot and
@@ -139,7 +140,7 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 		return nil, errorf(CodeFailedPrecondition, "sandbox %q: no snapshot recorded", id)
 	}
 	snap := *s.rec.Snapshot
-	staleSlot := s.rec.Slot
+	diskPath := s.rec.DiskPath
 	s.mu.Unlock()
 	if err := checkSnapshotFiles(snap); err != nil {
 		return nil, wrapErr(CodeFailedPrecondition, err, "resume %q: snapshot under %s", id, snap.Dir)
@@ -148,67 +149,63 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 		return nil, errorf(CodeFailedPrecondition, "resume %q: snapshot made by %s, this agent runs %s", id, snap.Driver, m.cfg.Driver.Name())
 	}
 	start := time.Now()
-	if staleSlot.Name != "" {
-		if err := m.cfg.Net.Release(ctx, staleSlot); err != nil {
-			return nil, wrapErr(CodeUnavailable, err, "release old network")
-		}
-		s.mu.Lock()
-		s.rec.Slot = NetSlot{}
-		s.mu.Unlock()
+	// What the previous VM could not give back (a network slot) goes first.
+	if err := undo(ctx, &s.vm); err != nil {
+		return nil, wrapErr(CodeUnavailable, err, "tear down the previous vm")
 	}
 	// The driver may have saved the disk inside the snapshot directory; the
 	// sandbox's disk lives in its own directory.
-	if snap.DiskPath != s.rec.DiskPath {
-		if err := os.Rename(snap.DiskPath, s.rec.DiskPath); err != nil {
-			return nil, wrapErr(CodeInternal, err, "move snapshot disk")
+	if snap.DiskPath != diskPath {
+		if err := m.moveSnapshotDisk(s, snap.DiskPath, diskPath); err != nil {
+			return nil, err
 		}
-		s.mu.Lock()
-		s.rec.Snapshot.DiskPath = s.rec.DiskPath
-		m.persistLocked(s)
-		s.mu.Unlock()
-		snap.DiskPath = s.rec.DiskPath
+		snap.DiskPath = diskPath
 	}
 	slot, err := m.cfg.Net.Allocate(ctx, id, s.rec.InternetAccess)
 	if err != nil {
 		return nil, wrapErr(CodeUnavailable, err, "allocate network")
 	}
+	m.holdSlot(s, slot)
 	r := s.rec // a copy with the new slot, applied on success only
 	r.Slot = slot
-	undo := func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if err := m.cfg.Net.Release(cctx, slot); err != nil {
-			m.log.Warn("resume cleanup: release network", "sandbox", id, "err", err)
-		}
-	}
 	mach, err := m.cfg.Driver.Restore(ctx, m.vmConfig(&r), snap)
 	if err != nil {
-		undo()
+		m.teardownVM(ctx, s, id, "resume")
 		return nil, wrapErr(codeForVMM(err), err, "restore vm")
 	}
 	mref := &machineRef{m: mach}
+	m.holdMachine(s, mref)
 	client := envdclient.New(slot.EnvdAddr)
+	m.holdClient(s, client)
 	client.SetToken(r.AccessToken)
 	tmp := &Sandbox{rec: r}
 	if err := m.initEnvd(ctx, tmp, mref, client); err != nil {
-		client.Close()
-		mref.stopping.Store(true)
-		mach.Stop(context.WithoutCancel(ctx))
-		undo()
+		m.teardownVM(ctx, s, id, "resume")
 		return nil, err
 	}
 	s.mu.Lock()
-	s.rec.Slot = slot
-	s.rec.AccessToken = tmp.rec.AccessToken
-	s.rec.Snapshot = nil
-	s.rec.PID = mach.PID()
-	s.rec.LastActive = m.cfg.Now()
+	next := s.rec
+	next.Slot = slot
+	next.AccessToken = tmp.rec.AccessToken
+	next.Snapshot = nil
+	next.PID = mach.PID()
+	next.LastActive = m.cfg.Now()
 	if timeoutSec != nil {
-		s.rec.TimeoutSec = *timeoutSec
+		next.TimeoutSec = *timeoutSec
 	}
-	s.machine, s.client = mref, client
-	m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_RUNNING)
+	next.State = pb.SandboxState_SANDBOX_STATE_RUNNING
+	next.StateSeq = m.nextSeq()
+	// Unrecorded, the resumed VM would be unknown to a restarted agent,
+	// which would offer the snapshot again: stay paused instead.
+	err = m.commitLocked(s, next)
+	if err == nil {
+		s.machine, s.client = mref, client
+	}
 	s.mu.Unlock()
+	if err != nil {
+		m.teardownVM(ctx, s, id, "resume")
+		return nil, wrapErr(CodeInternal, err, "record resumed sandbox")
+	}
 	go m.watch(s, mref)
 	// The restored VM holds what it needs (mapped or loaded memory).
 	if err := os.RemoveAll(m.snapshotDir(id)); err != nil {
@@ -216,6 +213,29 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 	}
 	m.log.Info("sandbox resumed", "sandbox", id, "took", time.Since(start).Round(time.Millisecond))
 	return s.info(), nil
+}
+
+// moveSnapshotDisk moves a paused sandbox's disk from the snapshot to its
+// own directory and records the move; if the record cannot be written the
+// disk goes back where the record on disk says it is.
+func (m *Manager) moveSnapshotDisk(s *Sandbox, from, to string) error {
+	if err := os.Rename(from, to); err != nil {
+		return wrapErr(CodeInternal, err, "move snapshot disk")
+	}
+	s.mu.Lock()
+	next := s.rec
+	snap := *next.Snapshot
+	snap.DiskPath = to
+	next.Snapshot = &snap
+	err := m.commitLocked(s, next)
+	s.mu.Unlock()
+	if err != nil {
+		if rerr := os.Rename(to, from); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return wrapErr(CodeInternal, err, "record moved snapshot disk")
+	}
+	return nil
 }
 
 // errBecameActive: the reaper lost a race with activity; not a failure.
@@ -300,7 +320,8 @@ func (m *Manager) PauseAll(ctx context.Context, parallelism int) *pb.PauseAllRes
 }
 
 // newTemplateDir reserves WRENN_DIR/templates/<name> by building it under a
-// temporary name; commit renames it into place.
+// temporary name; commit renames it into place and syncs the rename, so a
+// template appears whole or not at all.
 func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, err error) {
 	if !validTemplate(name) {
 		return "", nil, errorf(CodeInvalidArgument, "template name %q: use 1-64 of a-z, 0-9, '-', '_', '.'", name)
@@ -319,6 +340,9 @@ func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, 
 			if errors.Is(err, fs.ErrExist) || errors.Is(err, os.ErrExist) {
 				return errorf(CodeAlreadyExists, "template %q already exists", name)
 			}
+			return fmt.Errorf("commit template %q: %w", name, err)
+		}
+		if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
 			return fmt.Errorf("commit template %q: %w", name, err)
 		}
 		return nil
@@ -387,7 +411,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.Crea
 	final := filepath.Join(m.paths.TemplateDir(name), "snapshot")
 	meta.Snapshot = rebase(snap, snapDir, final)
 	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := os.WriteFile(filepath.Join(snapDir, "meta.json"), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(snapDir, "meta.json"), b, 0o600); err != nil {
 		return nil, fmt.Errorf("write snapshot meta: %w", err)
 	}
 	size := dirSize(tmp)
@@ -567,7 +591,7 @@ func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*pb.Flatt
 	}
 	meta := images.Metadata{Template: name, RootfsKey: "flat-" + randomHex(6), RootfsFile: "rootfs.ext4", Format: "raw", SizeBytes: size, BuiltAt: m.cfg.Now()}
 	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, "metadata.json"), b, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(tmp, "metadata.json"), b, 0o644); err != nil {
 		return nil, fmt.Errorf("write template metadata: %w", err)
 	}
 	if err := commit(); err != nil {

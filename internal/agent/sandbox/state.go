@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
+	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -45,24 +46,99 @@ type record struct {
 
 const stateFile = "state.json"
 
-// persistLocked writes s.rec atomically; s.mu held.
+// MarshalJSON writes the state by name ("running"), not as the proto
+// enum's number, so the file reads plainly and survives renumbering.
+func (r record) MarshalJSON() ([]byte, error) {
+	type plain record // without these methods
+	return json.Marshal(struct {
+		plain
+		State string `json:"state"`
+	}{plain(r), stateName(r.State)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes, and the numbers earlier
+// agents wrote.
+func (r *record) UnmarshalJSON(b []byte) error {
+	type plain record
+	v := struct {
+		*plain
+		State json.RawMessage `json:"state"`
+	}{plain: (*plain)(r)}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	st, err := parseState(v.State)
+	if err != nil {
+		return err
+	}
+	r.State = st
+	return nil
+}
+
+// parseState is the one reading of a persisted state: a name as stateName
+// writes it ("running", "auto_paused"), or the proto enum's number that
+// agents wrote before names. A missing state is UNSPECIFIED (a create that
+// never got far), as it always read.
+func parseState(raw json.RawMessage) (pb.SandboxState, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return pb.SandboxState_SANDBOX_STATE_UNSPECIFIED, nil
+	}
+	var name string
+	if err := json.Unmarshal(raw, &name); err == nil {
+		v, ok := pb.SandboxState_value["SANDBOX_STATE_"+strings.ToUpper(name)]
+		if !ok || name == "" {
+			return 0, fmt.Errorf("unknown sandbox state %q", name)
+		}
+		return pb.SandboxState(v), nil
+	}
+	var n int32
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return 0, fmt.Errorf("sandbox state %s is neither a name nor a number", raw)
+	}
+	if _, ok := pb.SandboxState_name[n]; !ok {
+		return 0, fmt.Errorf("unknown sandbox state %d", n)
+	}
+	return pb.SandboxState(n), nil
+}
+
+// persistLocked writes s.rec to state.json through atomicfile; s.mu held.
+// A destroyed sandbox writes nothing (its directory is going away).
 func (m *Manager) persistLocked(s *Sandbox) error {
 	if s.removed {
 		return nil
 	}
-	dir := m.sandboxDir(s.rec.ID)
 	b, err := json.MarshalIndent(&s.rec, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+		return fmt.Errorf("encode state of sandbox %q: %w", s.rec.ID, err)
 	}
-	tmp := filepath.Join(dir, stateFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write state: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {
-		return fmt.Errorf("write state: %w", err)
+	if err := atomicfile.WriteFile(filepath.Join(m.sandboxDir(s.rec.ID), stateFile), b, 0o600); err != nil {
+		return fmt.Errorf("persist sandbox %q: %w", s.rec.ID, err)
 	}
 	return nil
+}
+
+// commitLocked makes next the sandbox's record once it is on disk: when
+// persisting fails, s.rec stays as it was and the caller undoes what next
+// would have recorded. s.mu held.
+func (m *Manager) commitLocked(s *Sandbox, next record) error {
+	prev := s.rec
+	s.rec = next
+	if err := m.persistLocked(s); err != nil {
+		s.rec = prev
+		return err
+	}
+	return nil
+}
+
+// markDeadLocked records that the sandbox's VMM is gone; s.mu held. The
+// state changes in memory even when it cannot be persisted: the VMM is gone
+// either way, and an agent restarted on the older record finds it gone too.
+func (m *Manager) markDeadLocked(s *Sandbox) {
+	s.rec.State = pb.SandboxState_SANDBOX_STATE_DEAD
+	s.rec.StateSeq = m.nextSeq()
+	if err := m.persistLocked(s); err != nil {
+		m.log.Error("record dead sandbox (a restarted agent finds it dead anyway)", "sandbox", s.rec.ID, "err", err)
+	}
 }
 
 // Recover loads the sandboxes an earlier agent process left under
@@ -139,55 +215,64 @@ func (m *Manager) recoverOne(ctx context.Context, s *Sandbox) (bool, error) {
 		m.sandboxes[r.ID] = s
 		m.mu.Unlock()
 	}
+	m.holdFiles(s, r.ID)
 	switch r.State {
 	case pb.SandboxState_SANDBOX_STATE_PAUSED, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED, pb.SandboxState_SANDBOX_STATE_DEAD:
+		// A slot still recorded is one an earlier teardown failed to
+		// release: the next teardown (resume, destroy) retries.
+		if r.Slot.Name != "" {
+			m.holdSlot(s, r.Slot)
+		}
 		add()
 		return false, nil
 	case pb.SandboxState_SANDBOX_STATE_RUNNING:
 	default:
 		// STARTING (or unknown): a create that never finished. Remove it all.
 		m.log.Warn("recover: removing half-created sandbox", "sandbox", r.ID, "state", r.State)
-		if r.Slot.Name != "" {
-			if err := m.cfg.Net.Adopt(ctx, r.Slot); err == nil {
-				if mach, err := m.cfg.Driver.Adopt(ctx, m.vmConfig(r)); err == nil {
-					mach.Stop(ctx)
-				}
-				m.cfg.Net.Release(ctx, r.Slot)
+		if r.Slot.Name != "" && m.cfg.Net.Adopt(ctx, r.Slot) == nil {
+			m.holdSlot(s, r.Slot)
+			if mach, err := m.cfg.Driver.Adopt(ctx, m.vmConfig(r)); err == nil {
+				m.holdMachine(s, &machineRef{m: mach})
 			}
 		}
-		return false, os.RemoveAll(m.sandboxDir(r.ID))
+		s.removed = true
+		return false, m.teardown(ctx, s)
 	}
 	// RUNNING: take the network back, then the VMM.
 	if err := m.cfg.Net.Adopt(ctx, r.Slot); err != nil {
 		m.log.Warn("recover: network gone, sandbox is dead", "sandbox", r.ID, "err", err)
 		r.Slot = NetSlot{}
 		s.mu.Lock()
-		m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_DEAD)
+		m.markDeadLocked(s)
 		s.mu.Unlock()
 		add()
 		return false, nil
 	}
+	m.holdSlot(s, r.Slot)
 	mach, err := m.cfg.Driver.Adopt(ctx, m.vmConfig(r))
 	if err != nil {
 		m.log.Warn("recover: vmm gone, sandbox is dead", "sandbox", r.ID, "err", err)
-		if rerr := m.cfg.Net.Release(ctx, r.Slot); rerr == nil {
-			r.Slot = NetSlot{}
-		}
 		s.mu.Lock()
-		m.setStateLocked(s, pb.SandboxState_SANDBOX_STATE_DEAD)
+		m.markDeadLocked(s)
 		s.mu.Unlock()
 		add()
+		m.teardownVM(ctx, s, r.ID, "recover")
 		return false, nil
 	}
 	client := envdclient.New(r.Slot.EnvdAddr)
 	client.SetToken(r.AccessToken)
 	mref := &machineRef{m: mach}
+	m.holdMachine(s, mref)
+	m.holdClient(s, client)
 	s.mu.Lock()
 	s.machine, s.client = mref, client
 	r.PID = mach.PID()
 	// Idle time while no agent ran does not count against the sandbox.
 	r.LastActive = m.cfg.Now()
-	m.persistLocked(s)
+	if err := m.persistLocked(s); err != nil {
+		// The record on disk still names the same VMM: adopting works again.
+		m.log.Warn("recover: persist adopted sandbox", "sandbox", r.ID, "err", err)
+	}
 	s.mu.Unlock()
 	add()
 	go m.watch(s, mref)

@@ -817,8 +817,9 @@ func TestVMMeasure(t *testing.T) {
 	t.Logf("create from snapshot template (TCG): %s", pct(clone))
 }
 
-// A pause whose snapshot cannot be written (disk full) must leave the VM
-// running with its memory, and a later pause with room must work.
+// A pause whose snapshot cannot be written (disk full), or whose record
+// cannot be (state.json blocked), must leave the VM running with its
+// memory, and a later pause with room must work.
 func TestVMPauseWithFullDiskKeepsRunning(t *testing.T) {
 	e := newVMEnv(t, nil)
 	m := e.parts.Manager
@@ -865,8 +866,46 @@ func TestVMPauseWithFullDiskKeepsRunning(t *testing.T) {
 	}
 
 	unmount()
+
+	// The snapshot fits but the record of it cannot be written: a snapshot
+	// no record names would be lost to a restarted agent, so the pause is
+	// undone.
+	stateFile := filepath.Join(m.Dir(), "sandboxes", "full", "state.json")
+	saved, err := os.ReadFile(stateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(stateFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(stateFile, "in-the-way"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Pause(ctx, "full")
+	if err == nil || !strings.Contains(err.Error(), "record paused sandbox") {
+		t.Fatalf("pause with state.json blocked: %v, want the record failure", err)
+	}
+	if info, err := m.Get(ctx, "full"); err != nil || info.State != pb.SandboxState_SANDBOX_STATE_RUNNING {
+		t.Fatalf("after the unrecorded pause: state %v, err %v; want RUNNING", info.GetState(), err)
+	}
+	if out := mustExec(t, m, "full", "cat /tmp/marker"); out != "kept\n" {
+		t.Fatalf("after the unrecorded pause the guest says %q", out)
+	}
+	if left, _ := os.ReadDir(snaps); len(left) != 0 {
+		t.Fatalf("an unrecorded pause left snapshot files: %v", left)
+	}
+	if err := os.RemoveAll(stateFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stateFile, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	if _, err := m.Pause(ctx, "full"); err != nil {
 		t.Fatalf("pause with room: %v", err)
+	}
+	if b, err := os.ReadFile(stateFile); err != nil || !strings.Contains(string(b), `"state": "paused"`) {
+		t.Fatalf("state.json after pause: %s, %v; want the state by name", b, err)
 	}
 	if _, err := m.Resume(ctx, "full", nil); err != nil {
 		t.Fatalf("resume: %v", err)
