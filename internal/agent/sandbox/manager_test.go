@@ -494,6 +494,76 @@ func TestReaperDestroysWhenPauseFails(t *testing.T) {
 	}
 }
 
+// TestTeardownRetriesWhatFailed: a network slot a pause could not release
+// stays recorded and is released by the next teardown (resume, destroy);
+// a destroy that cannot release it still removes the sandbox.
+func TestTeardownRetriesWhatFailed(t *testing.T) {
+	bin := envdtest.Build(t)
+	e := newEnv(t, bin)
+	e.drv.Snapshots = true
+	ctx := context.Background()
+	if _, err := e.m.Create(ctx, &pb.CreateSandboxRequest{SandboxId: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	errBusy := errors.New("netns busy")
+	e.net.FailRelease(errBusy)
+
+	// The snapshot is safe, so the pause succeeds; the slot stays held.
+	info, err := e.m.Pause(ctx, "p")
+	if err != nil || info.State != pb.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Fatalf("pause: %v, %v", info, err)
+	}
+	if e.net.Count() != 1 {
+		t.Fatalf("%d slots held after the failed release, want 1", e.net.Count())
+	}
+	rec, err := os.ReadFile(filepath.Join(e.dir, "sandboxes/p/state.json"))
+	if err != nil || !strings.Contains(string(rec), `"name": "lo-`) {
+		t.Fatalf("state.json does not name the held slot: %s, %v", rec, err)
+	}
+
+	// Resume tears the old VM down first: while that fails it refuses.
+	_, err = e.m.Resume(ctx, "p", nil)
+	wantCode(t, err, sandbox.CodeUnavailable)
+	if !errors.Is(err, errBusy) {
+		t.Fatalf("resume error %v does not carry the release failure", err)
+	}
+	if i, _ := e.m.Get(ctx, "p"); i.GetState() != pb.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Fatalf("after the refused resume: %v", i.GetState())
+	}
+
+	e.net.FailRelease(nil)
+	if _, err := e.m.Resume(ctx, "p", nil); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if e.net.Count() != 1 {
+		t.Fatalf("%d slots held after resume, want the new one only", e.net.Count())
+	}
+	mustRun(t, e.m, "p")
+
+	// Destroy while the release fails: the error says so, the sandbox and
+	// its files are gone all the same.
+	e.net.FailRelease(errBusy)
+	err = e.m.Destroy(ctx, "p")
+	if err == nil || !errors.Is(err, errBusy) || !strings.Contains(err.Error(), "release network slot") {
+		t.Fatalf("destroy: %v, want the release failure", err)
+	}
+	if n := len(e.m.List(ctx).Sandboxes); n != 0 {
+		t.Fatalf("%d sandboxes listed after destroy", n)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "sandboxes/p")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("sandbox dir left: %v", err)
+	}
+	e.net.FailRelease(nil)
+}
+
+func mustRun(t *testing.T, m *sandbox.Manager, id string) {
+	t.Helper()
+	res, err := m.Exec(context.Background(), &pb.ExecRequest{SandboxId: id, Cmd: "echo", Args: []string{"up"}})
+	if err != nil || string(res.Stdout) != "up\n" {
+		t.Fatalf("exec in %s: %v, %v", id, res, err)
+	}
+}
+
 // TestRecoverAdoptsRunningSandbox: a new manager over the same WRENN_DIR
 // adopts the running envd; when that process dies the sandbox turns DEAD.
 func TestRecoverAdoptsRunningSandbox(t *testing.T) {

@@ -201,6 +201,15 @@ type LoopNet struct {
 	mu       sync.Mutex
 	live     map[string]string // slot name -> sandbox
 	AdoptErr error
+	// releaseErr, while set, fails every Release (the slot stays held).
+	releaseErr error
+}
+
+// FailRelease makes every Release fail with err until called with nil.
+func (n *LoopNet) FailRelease(err error) {
+	n.mu.Lock()
+	n.releaseErr = err
+	n.mu.Unlock()
 }
 
 // NewLoopNet returns an empty allocator.
@@ -224,6 +233,9 @@ func (n *LoopNet) Allocate(ctx context.Context, id string, internet bool) (sandb
 func (n *LoopNet) Release(ctx context.Context, s sandbox.NetSlot) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.releaseErr != nil {
+		return fmt.Errorf("release %s: %w", s.Name, n.releaseErr)
+	}
 	if _, ok := n.live[s.Name]; !ok {
 		return fmt.Errorf("release %s: not allocated", s.Name)
 	}
