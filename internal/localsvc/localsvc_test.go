@@ -20,34 +20,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
-// nobody is the unprivileged local user the services must keep out; the
-// tests run its clients with setuid, so they need root.
-func nobody(t *testing.T) *syscall.Credential {
-	t.Helper()
-	testenv.Require(t, os.Geteuid() == 0, "root, to run clients as user nobody")
-	u, err := user.Lookup("nobody")
-	testenv.Require(t, err == nil, "user nobody: %v", err)
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-}
-
-// runAs runs a client program as cred and returns what it printed.
-func runAs(t *testing.T, cred *syscall.Credential, env []string, bin string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Dir = "/"
-	cmd.Env = append([]string{"HOME=/nonexistent", "PATH=/usr/bin:/bin"}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	out, err := cmd.CombinedOutput()
-	if _, exited := err.(*exec.ExitError); err != nil && !exited {
-		t.Fatalf("run %s as uid %d: %v", bin, cred.Uid, err)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // pgDir is a cluster directory the postgres user can reach, removed at the
 // end.
 func pgDir(t *testing.T) string {
@@ -115,7 +87,7 @@ func fileMode(t *testing.T, path string) os.FileMode {
 // one (which must work over TCP: the refusals are the password's doing).
 func checkPostgresLockedOut(t *testing.T, pg *localsvc.Postgres) {
 	t.Helper()
-	cred := nobody(t)
+	cred := testenv.Nobody(t)
 	psql, err := exec.LookPath("psql")
 	testenv.Require(t, err == nil, "psql not installed (postgresql-client)")
 	pw := passwordOf(t, pg.URL("postgres"))
@@ -133,7 +105,7 @@ func checkPostgresLockedOut(t *testing.T, pg *localsvc.Postgres) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string{}, tc.target...), "-U", "postgres", "-w", "-d", "postgres", "-tAc", "SELECT 'locked-out-check'")
-			out := runAs(t, cred, tc.env, psql, args...)
+			out := testenv.RunAs(t, cred, tc.env, psql, args...)
 			if !strings.Contains(out, tc.want) {
 				t.Fatalf("psql as nobody answered %q, want it to contain %q", out, tc.want)
 			}
@@ -181,7 +153,7 @@ func TestPostgresNeedsItsPassword(t *testing.T) {
 // A cluster made by the old trust set-up (initdb -A trust, no password) is
 // moved to passwords on start.
 func TestPostgresMovesTrustClusterToPasswords(t *testing.T) {
-	nobody(t) // root: the old cluster is made as user postgres
+	testenv.Nobody(t) // root: the old cluster is made as user postgres
 	dir := pgDir(t)
 	binDir, _ := localsvc.PostgresBinDir()
 	pgUser, err := user.Lookup("postgres")
@@ -226,7 +198,7 @@ func TestRedisNeedsItsPassword(t *testing.T) {
 	testenv.Require(t, err == nil, "redis-server not installed")
 	cli, err := exec.LookPath("redis-cli")
 	testenv.Require(t, err == nil, "redis-cli not installed")
-	cred := nobody(t)
+	cred := testenv.Nobody(t)
 	dir := t.TempDir()
 	start := func() *localsvc.Redis {
 		r, err := localsvc.StartRedis(localsvc.RedisOptions{Dir: dir, Persist: true})
@@ -248,7 +220,7 @@ func TestRedisNeedsItsPassword(t *testing.T) {
 		{"with the password", []string{"REDISCLI_AUTH=" + pw}, "PONG"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out := runAs(t, cred, tc.env, cli, "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port()), "ping")
+			out := testenv.RunAs(t, cred, tc.env, cli, "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port()), "ping")
 			if !strings.Contains(out, tc.want) || (tc.want != "PONG" && strings.Contains(out, "PONG")) {
 				t.Fatalf("redis-cli as nobody answered %q, want %q", out, tc.want)
 			}
@@ -276,4 +248,3 @@ func TestRedisNeedsItsPassword(t *testing.T) {
 		t.Error("a persistent server's password changed across a restart")
 	}
 }
-
