@@ -187,11 +187,14 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 		agentCtx, stopAgent := context.WithCancel(ctx)
 		defer stopAgent()
 		agentDone = make(chan error, 1)
-		agentStart := time.Now()
+		before, err := boot.Host(ctx)
+		if err != nil {
+			return errors.Join(err, waitCP())
+		}
 		go func() {
 			agentDone <- agentapp.RunWith(agentCtx, acfg, logger.With("role", "agent"), agentapp.RunOptions{PauseOnExit: true})
 		}()
-		ready := agentReadiness{boot: boot, address: acfg.Registration.Address, since: agentStart, reconcile: cp.Reconcile}
+		ready := agentReadiness{boot: boot, address: acfg.Registration.Address, before: before, reconcile: cp.Reconcile}
 		if exited, err := ready.wait(ctx, agentReadyTimeout, agentDone); err != nil {
 			stopAgent()
 			if !exited {
@@ -259,8 +262,8 @@ const agentReadyTimeout = 2 * time.Minute
 // shows its real state (one paused at the last Ctrl-C shows paused).
 type agentReadiness struct {
 	boot      devboot.Result
-	address   string    // where this run's agent listens
-	since     time.Time // when it started
+	address   string            // where this run's agent listens
+	before    devboot.HostState // the host before it started
 	reconcile func(context.Context) error
 }
 
@@ -288,7 +291,7 @@ func (a agentReadiness) wait(ctx context.Context, timeout time.Duration, agentDo
 			continue
 		}
 		seen = h
-		if !h.HeardFrom(a.address, a.since) {
+		if !h.HeardFrom(a.address, a.before) {
 			continue
 		}
 		if lastErr = a.reconcile(ctx); lastErr == nil {
@@ -302,8 +305,8 @@ func (a agentReadiness) timeoutError(timeout time.Duration, seen devboot.HostSta
 	if seen.LastHeartbeatAt != nil {
 		beat = seen.LastHeartbeatAt.Format(time.RFC3339Nano)
 	}
-	msg := fmt.Sprintf("the host agent was not ready within %s: waiting for a heartbeat from this run's agent (at %s, started %s) and a reconcile after it; the host is %q at %q, last heartbeat %s",
-		timeout, a.address, a.since.Format(time.RFC3339Nano), seen.Status, seen.Address, beat)
+	msg := fmt.Sprintf("the host agent was not ready within %s: waiting for a heartbeat from this run's agent (at %s) and a reconcile after it; the host is %q at %q, last heartbeat %s",
+		timeout, a.address, seen.Status, seen.Address, beat)
 	if lastErr != nil {
 		return fmt.Errorf("%s: %w", msg, lastErr)
 	}

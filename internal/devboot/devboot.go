@@ -201,13 +201,14 @@ func (r Result) Host(ctx context.Context) (HostState, error) {
 }
 
 // HeardFrom reports whether the host is online by a heartbeat (or
-// registration) of the agent listening at address and started at since.
-// What a previous run left in the database does not count: its agent had
-// another address, and its last heartbeat is older than since.
-func (h HostState) HeardFrom(address string, since time.Time) bool {
-	// PostgreSQL keeps microseconds.
+// registration) of the agent listening at address, newer than before, the
+// host's state read before that agent started. What a previous run left in
+// the database does not count: its agent had another address, and its last
+// heartbeat is before's. (Comparing heartbeats with each other, not with
+// this machine's clock, holds with a database on another machine.)
+func (h HostState) HeardFrom(address string, before HostState) bool {
 	return h.Status == "online" && h.Address == address && h.LastHeartbeatAt != nil &&
-		!h.LastHeartbeatAt.Before(since.Truncate(time.Microsecond))
+		(before.LastHeartbeatAt == nil || h.LastHeartbeatAt.After(*before.LastHeartbeatAt))
 }
 
 func (r *Result) login(ctx context.Context, st state) error {
