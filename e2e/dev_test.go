@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"mime/multipart"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // devRun is one running `wrenn dev`.
@@ -107,6 +110,7 @@ func TestDevEndToEnd(t *testing.T) {
 	dev := startDev(t, env, dataDir, port)
 	t.Logf("wrenn dev ready in %s", time.Since(t0).Round(time.Millisecond))
 	anon := newClient(dev.base)
+	t.Run("listens on loopback only", func(t *testing.T) { checkLoopbackOnly(t, dev, port, dataDir, wrennDir) })
 
 	// A new user, its API key, and a sandbox made with the key.
 	email := "e2e-" + randomHex(t, 4) + "@example.com"
@@ -365,6 +369,13 @@ func TestDevEndToEnd(t *testing.T) {
 	t2 := time.Now()
 	dev2 := startDev(t, env, dataDir, port)
 	t.Logf("wrenn dev restarted in %s", time.Since(t2).Round(time.Millisecond))
+	// At once, with no retry: the banner means this run's agent is there
+	// and the states are right (the previous run's "online" left in the
+	// database must not count).
+	if s := api.getSandbox(t, survivor.ID).Status; s != "paused" {
+		t.Errorf("right after the restart's banner the sandbox running at Ctrl-C is %q, want paused", s)
+	}
+	t.Run("the banner's curl works at once", func(t *testing.T) { runBannerCurl(t, dev2) })
 	if dev2.email != dev.email || dev2.apiKey != dev.apiKey {
 		t.Errorf("second run: admin %s key %s..., first run: admin %s key %s...", dev2.email, dev2.apiKey[:10], dev.email, dev.apiKey[:10])
 	}
@@ -378,10 +389,6 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	anon.must(t, http.MethodPost, "/v1/auth/login", map[string]string{"email": email, "password": "e2e passphrase " + email}, &login, http.StatusOK)
 
-	eventually(t, 30*time.Second, "the sandbox running at Ctrl-C is paused after the restart", func() (bool, string) {
-		s := api.getSandbox(t, survivor.ID).Status
-		return s == "paused", s
-	})
 	tr := time.Now()
 	var resumed sandbox
 	api.must(t, http.MethodPost, "/v1/sandboxes/"+survivor.ID+"/resume", map[string]any{}, &resumed, http.StatusOK)
@@ -399,4 +406,58 @@ func TestDevEndToEnd(t *testing.T) {
 	api.must(t, http.MethodDelete, "/v1/sandboxes/"+survivor.ID, nil, nil, http.StatusNoContent, http.StatusOK)
 
 	stopDev(t, dev2, dataDir, wrennDir, prefix)
+}
+
+// runBannerCurl runs the commands dev's banner prints (they talk to dev's
+// loopback address) and checks that they made a sandbox and ran uname in
+// it; the sandbox is destroyed afterwards.
+func runBannerCurl(t *testing.T, d devRun) {
+	t.Helper()
+	_, after, ok := strings.Cut(d.p.stdout(), "Create a sandbox and run a command:\n")
+	lines := strings.SplitN(after, "\n", 3)
+	if !ok || len(lines) < 3 || !strings.Contains(lines[0], "curl") || !strings.Contains(lines[1], "curl") {
+		t.Fatalf("no curl commands in the banner:\n%s", d.p.stdout())
+	}
+	script := strings.TrimSpace(lines[0]) + "\necho \"sandbox=$id\"\n" + strings.TrimSpace(lines[1])
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "bash", "-c", script).CombinedOutput()
+	id := regexp.MustCompile(`sandbox=(sb-\S+)`).FindSubmatch(out)
+	if id != nil {
+		t.Cleanup(func() {
+			newClient(d.base).withKey(d.apiKey).do(t, http.MethodDelete, "/v1/sandboxes/"+string(id[1]), nil)
+		})
+	}
+	if err != nil || id == nil || !strings.Contains(string(out), "Linux") || !strings.Contains(string(out), `"exit_code":0`) {
+		t.Fatalf("the banner's commands: %v\n%s", err, out)
+	}
+}
+
+// checkLoopbackOnly checks that every TCP listener of the dev run (the
+// wrenn process with its control plane and agent, and every process in
+// dirs: PostgreSQL, Redis, the VMMs) is on a loopback address, and that the
+// control plane's port is among them. It reads the sockets from /proc and
+// sends nothing.
+func checkLoopbackOnly(t *testing.T, d devRun, cpPort int, dirs ...string) {
+	t.Helper()
+	pids := []int{d.p.cmd.Process.Pid}
+	for _, dir := range dirs {
+		for _, p := range processesUnder(dir) {
+			pids = append(pids, p.pid)
+		}
+	}
+	ls, err := testenv.TCPListeners(pids...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sawCP := false
+	for _, l := range ls {
+		if !l.Addr().IsLoopback() {
+			t.Errorf("the dev run listens on %s, beyond loopback", l)
+		}
+		sawCP = sawCP || int(l.Port()) == cpPort
+	}
+	if !sawCP || len(ls) < 4 {
+		t.Errorf("listeners %v: want the control plane on %d, the agent, PostgreSQL and Redis", ls, cpPort)
+	}
 }

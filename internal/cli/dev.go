@@ -2,15 +2,12 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,8 +22,7 @@ import (
 )
 
 func newDevCmd() *cobra.Command {
-	var dataDir string
-	var noAgent bool
+	var opts devOptions
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run the whole platform on this machine with embedded defaults",
@@ -34,19 +30,30 @@ func newDevCmd() *cobra.Command {
 data dir (unless DATABASE_URL / REDIS_URL are set), migrations, the control
 plane, and one host agent registered through the public registration flow.
 The first run creates an admin user, a team and an API key and prints them.
-Ctrl-C pauses every sandbox to disk and stops everything it started.`,
+Ctrl-C pauses every sandbox to disk and stops everything it started.
+
+Everything it runs listens on 127.0.0.1 only, and its PostgreSQL and Redis
+ask for passwords kept (mode 0600) in the data dir; --listen 0.0.0.0:8000
+opens the control plane to the network on purpose.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), devOptions{dataDir: dataDir, noAgent: noAgent}, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return runDev(cmd.Context(), opts, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("WRENN_DEV_DIR", ".wrenn-dev"), "where dev keeps its database, Redis and credentials (env WRENN_DEV_DIR)")
-	cmd.Flags().BoolVar(&noAgent, "no-agent", false, "run without a host agent (no root or images needed; sandboxes cannot start)")
+	cmd.Flags().StringVar(&opts.dataDir, "data-dir", envOr("WRENN_DEV_DIR", ".wrenn-dev"), "where dev keeps its database, Redis and credentials (env WRENN_DEV_DIR)")
+	cmd.Flags().StringVar(&opts.listen, "listen", envOr("WRENN_CP_LISTEN_ADDR", devListenAddr), "address the control plane listens on; 0.0.0.0:8000 opens it to the network (env WRENN_CP_LISTEN_ADDR)")
+	cmd.Flags().BoolVar(&opts.noAgent, "no-agent", false, "run without a host agent (no root or images needed; sandboxes cannot start)")
 	return cmd
 }
 
+// devListenAddr keeps dev's control plane to this machine unless asked
+// otherwise (`wrenn server` listens on every interface by default).
+const devListenAddr = "127.0.0.1:8000"
+
 type devOptions struct {
 	dataDir string
+	// listen is the control plane's address, empty for devListenAddr.
+	listen  string
 	noAgent bool
 }
 
@@ -116,12 +123,20 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 		return err
 	}
 
-	secret, err := devSecret(filepath.Join(dataDir, "jwt-secret"))
+	// The JWT secret is kept so sessions survive a restart.
+	secret, err := localsvc.Secret(filepath.Join(dataDir, "jwt-secret"), config.MinJWTSecretLen)
 	if err != nil {
 		return err
 	}
+	listen := opts.listen
+	if listen == "" {
+		listen = devListenAddr
+	}
 	defaults := map[string]string{"DATABASE_URL": databaseURL, "REDIS_URL": redisURL, "WRENN_JWT_SECRET": secret}
 	cfg, err := config.LoadControlPlane(func(name string) string {
+		if name == "WRENN_CP_LISTEN_ADDR" {
+			return listen // the flag, whose default is the variable
+		}
 		if v := os.Getenv(name); v != "" {
 			return v
 		}
@@ -136,16 +151,16 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 	// sandboxes first, and the control plane must still be there for it.
 	cpCtx, stopCP := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCP()
-	cpAddr := make(chan net.Addr, 1)
+	cpStarted := make(chan app.Started, 1)
 	cpDone := make(chan error, 1)
-	go func() { cpDone <- app.Run(cpCtx, cfg, logger, func(a net.Addr) { cpAddr <- a }) }()
-	var base string
+	go func() { cpDone <- app.Run(cpCtx, cfg, logger, func(s app.Started) { cpStarted <- s }) }()
+	var cp app.Started
 	select {
-	case a := <-cpAddr:
-		base = "http://" + displayAddr(a)
+	case cp = <-cpStarted:
 	case err := <-cpDone:
 		return err
 	}
+	base := "http://" + displayAddr(cp.Addr)
 	waitCP := func() error {
 		stopCP()
 		return <-cpDone
@@ -172,10 +187,15 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 		agentCtx, stopAgent := context.WithCancel(ctx)
 		defer stopAgent()
 		agentDone = make(chan error, 1)
+		before, err := boot.Host(ctx)
+		if err != nil {
+			return errors.Join(err, waitCP())
+		}
 		go func() {
 			agentDone <- agentapp.RunWith(agentCtx, acfg, logger.With("role", "agent"), agentapp.RunOptions{PauseOnExit: true})
 		}()
-		if exited, err := waitHostOnline(ctx, boot, agentDone); err != nil {
+		ready := agentReadiness{boot: boot, address: acfg.Registration.Address, before: before, reconcile: cp.Reconcile}
+		if exited, err := ready.wait(ctx, agentReadyTimeout, agentDone); err != nil {
 			stopAgent()
 			if !exited {
 				<-agentDone // let it stop cleanly before the control plane goes
@@ -231,12 +251,29 @@ func devAgentConfig(cpURL, token string) (config.Agent, error) {
 	})
 }
 
-// waitHostOnline waits until the dev agent has registered and its host is
-// online, so the printed curl works at once; agentExited says whether the
-// agent's result was consumed.
-func waitHostOnline(ctx context.Context, boot devboot.Result, agentDone <-chan error) (agentExited bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+// agentReadyTimeout bounds the wait for the dev agent (registration,
+// first heartbeat, first reconcile); a first start may unpack images.
+const agentReadyTimeout = 2 * time.Minute
+
+// agentReadiness is what makes the platform ready after the agent starts:
+// a heartbeat from this run's agent (not the online status the previous
+// run left behind, whose agent listened elsewhere) and a reconcile pass
+// after it, so that the banner's curl works at once and every sandbox
+// shows its real state (one paused at the last Ctrl-C shows paused).
+type agentReadiness struct {
+	boot      devboot.Result
+	address   string            // where this run's agent listens
+	before    devboot.HostState // the host before it started
+	reconcile func(context.Context) error
+}
+
+// wait polls until the platform is ready or timeout passes; agentExited
+// says whether the agent's result was consumed.
+func (a agentReadiness) wait(ctx context.Context, timeout time.Duration, agentDone <-chan error) (agentExited bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var seen devboot.HostState
+	var lastErr error
 	for {
 		select {
 		case err := <-agentDone:
@@ -245,14 +282,35 @@ func waitHostOnline(ctx context.Context, boot devboot.Result, agentDone <-chan e
 			}
 			return true, fmt.Errorf("host agent: %w", err)
 		case <-ctx.Done():
-			return false, fmt.Errorf("host agent did not come online: %w", ctx.Err())
+			return false, a.timeoutError(timeout, seen, lastErr)
 		case <-time.After(200 * time.Millisecond):
 		}
-		online, err := boot.HostOnline(ctx)
-		if err == nil && online {
+		h, err := a.boot.Host(ctx)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		seen = h
+		if !h.HeardFrom(a.address, a.before) {
+			continue
+		}
+		if lastErr = a.reconcile(ctx); lastErr == nil {
 			return false, nil
 		}
 	}
+}
+
+func (a agentReadiness) timeoutError(timeout time.Duration, seen devboot.HostState, lastErr error) error {
+	beat := "never"
+	if seen.LastHeartbeatAt != nil {
+		beat = seen.LastHeartbeatAt.Format(time.RFC3339Nano)
+	}
+	msg := fmt.Sprintf("the host agent was not ready within %s: waiting for a heartbeat from this run's agent (at %s) and a reconcile after it; the host is %q at %q, last heartbeat %s",
+		timeout, a.address, seen.Status, seen.Address, beat)
+	if lastErr != nil {
+		return fmt.Errorf("%s: %w", msg, lastErr)
+	}
+	return errors.New(msg)
 }
 
 func printDevBanner(w io.Writer, base, dataDir string, boot devboot.Result, noAgent bool) {
@@ -307,25 +365,4 @@ func ensureDatabase(ctx context.Context, adminURL, name string) error {
 		return fmt.Errorf("create database %s: %w", name, err)
 	}
 	return nil
-}
-
-// devSecret returns the JWT secret kept in path, making one on first run so
-// sessions survive a restart of `wrenn dev`.
-func devSecret(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil && len(strings.TrimSpace(string(b))) >= config.MinJWTSecretLen {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("read dev secret: %w", err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", fmt.Errorf("make dev secret: %w", err)
-	}
-	secret := hex.EncodeToString(raw)
-	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write dev secret: %w", err)
-	}
-	return secret, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -56,17 +57,19 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"DATABASE_URL", "REDIS_URL", "WRENN_JWT_SECRET"} {
+	for _, k := range []string{"DATABASE_URL", "REDIS_URL", "WRENN_JWT_SECRET", "WRENN_CP_LISTEN_ADDR"} {
 		t.Setenv(k, "")
 	}
-	t.Setenv("WRENN_CP_LISTEN_ADDR", fmt.Sprintf("127.0.0.1:%d", port))
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	base := "http://" + listen
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- runDev(ctx, devOptions{dataDir: dataDir, noAgent: true}, &stdout, &stderr) }()
+	go func() {
+		done <- runDev(ctx, devOptions{dataDir: dataDir, listen: listen, noAgent: true}, &stdout, &stderr)
+	}()
 
 	deadline := time.Now().Add(90 * time.Second)
 	for !strings.Contains(stdout.String(), "Press Ctrl-C") {
@@ -104,6 +107,7 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	if strings.Contains(stderr.String(), m[2]) {
 		t.Fatal("the admin password appears in the log")
 	}
+	t.Run("locked to its owner", func(t *testing.T) { checkDevLockedDown(t, dataDir, pgDir) })
 
 	cancel()
 	select {
@@ -122,11 +126,95 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	}
 }
 
+// checkDevLockedDown checks that everything dev runs listens on loopback
+// only and that another local user cannot use its PostgreSQL or Redis.
+func checkDevLockedDown(t *testing.T, dirs ...string) {
+	pids := map[string][]int{"wrenn": {os.Getpid()}}
+	for _, p := range processesUsing(t, dirs...) {
+		pids[p.comm] = append(pids[p.comm], p.pid)
+	}
+	ports := map[string]int{}
+	for comm, ps := range pids {
+		ls, err := testenv.TCPListeners(ps...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			if !l.Addr().IsLoopback() {
+				t.Errorf("%s listens on %s, not on loopback", comm, l)
+			}
+			ports[comm] = int(l.Port())
+		}
+	}
+	if ports["postgres"] == 0 || ports["redis-server"] == 0 {
+		t.Fatalf("no PostgreSQL or Redis listener among %v", ports)
+	}
+	psql, err := exec.LookPath("psql")
+	testenv.Require(t, err == nil, "psql not installed (postgresql-client)")
+	redisCLI, err := exec.LookPath("redis-cli")
+	testenv.Require(t, err == nil, "redis-cli not installed")
+	nobody := testenv.Nobody(t)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		bin  string
+		args []string
+		want string
+	}{
+		{"postgres without a password", nil, psql, []string{"-h", "127.0.0.1", "-p", strconv.Itoa(ports["postgres"]), "-U", "postgres", "-w", "-d", "wrenn", "-tAc", "SELECT count(*) FROM users"}, "no password supplied"},
+		{"postgres with a wrong password", []string{"PGPASSWORD=guess"}, psql, []string{"-h", "127.0.0.1", "-p", strconv.Itoa(ports["postgres"]), "-U", "postgres", "-w", "-d", "wrenn", "-tAc", "SELECT count(*) FROM users"}, "password authentication failed"},
+		{"redis without a password", nil, redisCLI, []string{"-h", "127.0.0.1", "-p", strconv.Itoa(ports["redis-server"]), "keys", "*"}, "NOAUTH"},
+		{"redis with a wrong password", []string{"REDISCLI_AUTH=guess"}, redisCLI, []string{"-h", "127.0.0.1", "-p", strconv.Itoa(ports["redis-server"]), "keys", "*"}, "WRONGPASS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out := testenv.RunAs(t, nobody, tc.env, tc.bin, tc.args...); !strings.Contains(out, tc.want) {
+				t.Errorf("as user nobody: %q, want %q", out, tc.want)
+			}
+		})
+	}
+}
+
+// The control plane of dev listens on loopback unless told otherwise, by
+// the flag or by the variable (the flag wins).
+func TestDevListenAddress(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  string
+		args []string
+		want string
+	}{
+		{"default", "", nil, "127.0.0.1:8000"},
+		{"variable", "0.0.0.0:9000", nil, "0.0.0.0:9000"},
+		{"flag", "", []string{"--listen", "0.0.0.0:8000"}, "0.0.0.0:8000"},
+		{"flag over variable", "127.0.0.1:9000", []string{"--listen", "0.0.0.0:8001"}, "0.0.0.0:8001"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("WRENN_CP_LISTEN_ADDR", tc.env)
+			cmd := newDevCmd()
+			if err := cmd.ParseFlags(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := cmd.Flags().GetString("listen"); got != tc.want {
+				t.Errorf("listen = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// devProc is a process found by processesUsing.
+type devProc struct {
+	pid  int
+	comm string
+	cmd  string
+}
+
+func (p devProc) String() string { return fmt.Sprintf("%d: %s", p.pid, p.cmd) }
+
 // processesUsing lists processes whose command line or working directory
 // mentions one of dirs (redis-server runs in its dir, postgres names its).
-func processesUsing(t *testing.T, dirs ...string) []string {
+func processesUsing(t *testing.T, dirs ...string) []devProc {
 	t.Helper()
-	var found []string
+	var found []devProc
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
 		b, err := os.ReadFile(filepath.Join(p, "cmdline"))
@@ -134,10 +222,13 @@ func processesUsing(t *testing.T, dirs ...string) []string {
 			continue
 		}
 		cwd, _ := os.Readlink(filepath.Join(p, "cwd"))
+		comm, _ := os.ReadFile(filepath.Join(p, "comm"))
+		pid, _ := strconv.Atoi(filepath.Base(p))
 		cmd := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 		for _, d := range dirs {
-			if strings.Contains(cmd, d) || strings.HasPrefix(cwd, d) {
-				found = append(found, filepath.Base(p)+": "+cmd)
+			if pid != os.Getpid() && (strings.Contains(cmd, d) || strings.HasPrefix(cwd, d)) {
+				found = append(found, devProc{pid: pid, comm: strings.TrimSpace(string(comm)), cmd: cmd})
+				break
 			}
 		}
 	}

@@ -181,16 +181,35 @@ func (r *Result) ensureHost(ctx context.Context, st *state, o Options) error {
 	return nil
 }
 
-// HostOnline reports whether the dev host has registered and is online.
-func (r Result) HostOnline(ctx context.Context) (bool, error) {
-	var h struct {
-		Status string `json:"status"`
-	}
+// HostState is what the API shows of the dev host.
+type HostState struct {
+	Status          string     `json:"status"`
+	Address         string     `json:"address"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
+}
+
+// Host reads the dev host through the API.
+func (r Result) Host(ctx context.Context) (HostState, error) {
+	var h HostState
 	status, err := r.call(ctx, http.MethodGet, "/v1/hosts/"+r.HostID, r.session, nil, &h)
 	if err != nil {
-		return false, err
+		return HostState{}, err
 	}
-	return status == http.StatusOK && h.Status == "online", nil
+	if status != http.StatusOK {
+		return HostState{}, fmt.Errorf("GET /v1/hosts/%s answered %d", r.HostID, status)
+	}
+	return h, nil
+}
+
+// HeardFrom reports whether the host is online by a heartbeat (or
+// registration) of the agent listening at address, newer than before, the
+// host's state read before that agent started. What a previous run left in
+// the database does not count: its agent had another address, and its last
+// heartbeat is before's. (Comparing heartbeats with each other, not with
+// this machine's clock, holds with a database on another machine.)
+func (h HostState) HeardFrom(address string, before HostState) bool {
+	return h.Status == "online" && h.Address == address && h.LastHeartbeatAt != nil &&
+		(before.LastHeartbeatAt == nil || h.LastHeartbeatAt.After(*before.LastHeartbeatAt))
 }
 
 func (r *Result) login(ctx context.Context, st state) error {

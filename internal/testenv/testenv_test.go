@@ -1,7 +1,10 @@
 package testenv_test
 
 import (
+	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -82,5 +85,27 @@ func TestMigratedPoolHasTheSchema(t *testing.T) {
 	_, other := testenv.MigratedPool(t)
 	if other == url {
 		t.Fatalf("two calls returned the same database %q", url)
+	}
+}
+
+// TCPListeners finds this process's own listeners with their addresses.
+func TestTCPListenersFindsOwnSockets(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{
+		{"tcp4", "127.0.0.1:0"},
+		{"tcp6", "[::1]:0"},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			l, err := net.Listen(tc.network, tc.addr)
+			testenv.Require(t, err == nil, "listen on %s: %v", tc.addr, err)
+			defer l.Close()
+			want := l.Addr().(*net.TCPAddr).AddrPort()
+			got, err := testenv.TCPListeners(os.Getpid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(got, netip.AddrPortFrom(want.Addr().Unmap(), want.Port())) {
+				t.Fatalf("listeners %v do not include %v", got, want)
+			}
+		})
 	}
 }

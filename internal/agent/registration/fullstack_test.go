@@ -65,7 +65,7 @@ func TestControlPlaneWithRegisteredAgent(t *testing.T) {
 	addrc := make(chan net.Addr, 1)
 	cpDone := make(chan error, 1)
 	go func() {
-		cpDone <- app.Run(cpCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(a net.Addr) { addrc <- a })
+		cpDone <- app.Run(cpCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(s app.Started) { addrc <- s.Addr })
 	}()
 	t.Cleanup(func() { stopCP(); <-cpDone })
 	var base string

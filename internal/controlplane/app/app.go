@@ -66,9 +66,20 @@ type redisPinger struct{ c *redis.Client }
 
 func (p redisPinger) Ping(ctx context.Context) error { return p.c.Ping(ctx).Err() }
 
+// Started is what Run hands its caller once the server listens.
+type Started struct {
+	// Addr is the bound address.
+	Addr net.Addr
+	// Reconcile runs one reconcile pass now, so that the sandbox rows of
+	// every online host agree with what its agent reports; it fails when
+	// a host did not answer. (`wrenn dev` waits for it after its agent's
+	// first heartbeat, so its banner never shows stale states.)
+	Reconcile func(ctx context.Context) error
+}
+
 // Run serves the control plane until ctx is cancelled. ready, if not nil,
-// receives the bound address once the server listens.
-func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, ready func(addr net.Addr)) error {
+// is called once the server listens.
+func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, ready func(Started)) error {
 	pool, err := ConnectPostgres(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
@@ -115,7 +126,7 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	}
 	logger.Info("control plane listening", "addr", ln.Addr().String(), "version", buildinfo.Version)
 	if ready != nil {
-		ready(ln.Addr())
+		ready(Started{Addr: ln.Addr(), Reconcile: core.ReconcileNow})
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

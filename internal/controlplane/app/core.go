@@ -79,6 +79,15 @@ func (c *Core) Fill(d *api.Deps) {
 	}
 }
 
+// ReconcileNow runs one reconcile pass beside the background loop (every
+// fix it makes is conditional, so the two never undo each other).
+func (c *Core) ReconcileNow(ctx context.Context) error {
+	if res := c.Service.ReconcileOnce(ctx); res.HostsFailed > 0 {
+		return fmt.Errorf("reconcile: %d online hosts did not answer", res.HostsFailed)
+	}
+	return nil
+}
+
 // RunBackground runs the reconciler until ctx ends.
 func (c *Core) RunBackground(ctx context.Context) {
 	c.Service.RunReconciler(ctx, c.ReconcileInterval)
