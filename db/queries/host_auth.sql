@@ -1,4 +1,4 @@
--- Host registration, credentials, heartbeats and the host monitor (issue 6).
+-- Host registration, credentials, heartbeats and liveness (issue 6).
 
 -- name: InsertPendingHost :one
 INSERT INTO hosts (id, team_id, name, status, created_by)
@@ -28,7 +28,7 @@ WHERE id = sqlc.arg(id)
 RETURNING *;
 
 -- name: HeartbeatHost :one
--- A live host is online whatever it was; the monitor reconciles it next.
+-- A live host is online whatever it was; the reconciler syncs its sandboxes next.
 UPDATE hosts SET status = 'online', last_heartbeat_at = now(),
     updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END
 WHERE id = $1 AND status <> 'pending'

@@ -60,7 +60,7 @@ WHERE id = $1 AND status <> 'pending'
 RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
 `
 
-// A live host is online whatever it was; the monitor reconciles it next.
+// A live host is online whatever it was; the reconciler syncs its sandboxes next.
 func (q *Queries) HeartbeatHost(ctx context.Context, id string) (Host, error) {
 	row := q.db.QueryRow(ctx, heartbeatHost, id)
 	var i Host
@@ -135,7 +135,7 @@ type InsertPendingHostParams struct {
 	CreatedBy *string `json:"created_by"`
 }
 
-// Host registration, credentials, heartbeats and the host monitor (issue 6).
+// Host registration, credentials, heartbeats and liveness (issue 6).
 func (q *Queries) InsertPendingHost(ctx context.Context, arg InsertPendingHostParams) (Host, error) {
 	row := q.db.QueryRow(ctx, insertPendingHost,
 		arg.ID,

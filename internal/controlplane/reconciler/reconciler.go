@@ -151,7 +151,7 @@ func (r *Reconciler) pass(ctx context.Context, markSilent bool) PassResult {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			results[i] = r.SyncHost(ctx, h, markSilent)
+			results[i] = r.syncHost(ctx, h, markSilent)
 		})
 	}
 	wg.Wait()
@@ -161,9 +161,9 @@ func (r *Reconciler) pass(ctx context.Context, markSilent bool) PassResult {
 	return res
 }
 
-// SyncHost is one host's part of a pass: its liveness (when markSilent),
+// syncHost is one host's part of a pass: its liveness (when markSilent),
 // then its sandboxes.
-func (r *Reconciler) SyncHost(ctx context.Context, h db.Host, markSilent bool) PassResult {
+func (r *Reconciler) syncHost(ctx context.Context, h db.Host, markSilent bool) PassResult {
 	if markSilent {
 		res, err := r.markIfSilent(ctx, h)
 		if err != nil {
