@@ -86,7 +86,7 @@ func TestTwoAgents(t *testing.T) {
 	base := fmt.Sprintf("http://127.0.0.1:%d", cpPort)
 	cp := startProc(t, "wrenn-server", childEnv("DATABASE_URL="+dbURL, "REDIS_URL="+redisURL,
 		"WRENN_JWT_SECRET="+randomHex(t, 32), fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", cpPort),
-		"WRENN_HOST_MONITOR_INTERVAL=200ms", "WRENN_HOST_UNREACHABLE_AFTER=2s", "WRENN_RECONCILE_INTERVAL=1s"), bin, "server")
+		"WRENN_RECONCILE_INTERVAL=200ms", "WRENN_HOST_UNREACHABLE_AFTER=2s"), bin, "server")
 	t.Cleanup(func() {
 		if code, ok := cp.stop(syscall.SIGTERM, 30*time.Second); !ok || code != 0 {
 			t.Errorf("wrenn server exit: code %d, in time %v", code, ok)

@@ -104,7 +104,7 @@ func TestDevEndToEnd(t *testing.T) {
 	port := freePort(t)
 	env := childEnv("WRENN_DIR="+wrennDir, fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", port),
 		"WRENN_NET_PREFIX="+prefix, "WRENN_NET_RANGE="+netRange, "WRENN_VMM=qemu", "WRENN_ACCEL=tcg",
-		"WRENN_RECONCILE_INTERVAL=1s", "WRENN_HOST_MONITOR_INTERVAL=500ms")
+		"WRENN_RECONCILE_INTERVAL=500ms")
 
 	t0 := time.Now()
 	dev := startDev(t, env, dataDir, port)

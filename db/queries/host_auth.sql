@@ -1,4 +1,4 @@
--- Host registration, credentials, heartbeats and the host monitor (issue 6).
+-- Host registration, credentials, heartbeats and liveness (issue 6).
 
 -- name: InsertPendingHost :one
 INSERT INTO hosts (id, team_id, name, status, created_by)
@@ -28,44 +28,18 @@ WHERE id = sqlc.arg(id)
 RETURNING *;
 
 -- name: HeartbeatHost :one
--- A live host is online whatever it was; the monitor reconciles it next.
+-- A live host is online whatever it was; the reconciler syncs its sandboxes next.
 UPDATE hosts SET status = 'online', last_heartbeat_at = now(),
     updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END
 WHERE id = $1 AND status <> 'pending'
 RETURNING *;
 
--- name: MarkStaleHostsUnreachable :many
--- Online hosts silent since before the cutoff.
+-- name: MarkHostUnreachable :execrows
+-- The host, if it is online and silent since before the cutoff. Checked at
+-- update time, so a heartbeat that arrived meanwhile keeps it online.
 UPDATE hosts SET status = 'unreachable', updated_at = now()
-WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < sqlc.arg(cutoff)::timestamptz)
-RETURNING *;
-
--- name: MarkHostSandboxesMissing :many
-UPDATE sandboxes SET status = 'missing', updated_at = now()
-WHERE host_id = $1 AND status = 'running'
-RETURNING id;
-
--- name: ListHostSandboxesForReconcile :many
--- Every sandbox the control plane places on the host, whatever its state.
-SELECT id, status, updated_at FROM sandboxes WHERE host_id = $1;
-
--- name: ListHostActiveSandboxes :many
--- What a host delete would affect.
-SELECT * FROM sandboxes
-WHERE host_id = $1 AND status IN ('pending', 'running', 'paused', 'missing')
-ORDER BY created_at, id;
-
--- name: RestoreMissingSandbox :execrows
--- Missing but alive again on its host.
-UPDATE sandboxes SET status = sqlc.arg(to_status), updated_at = now(),
-    paused_at = CASE WHEN sqlc.arg(to_status) = 'paused' THEN now() ELSE paused_at END,
-    last_active_at = CASE WHEN sqlc.arg(to_status) = 'running' THEN now() ELSE last_active_at END
-WHERE id = sqlc.arg(id) AND status = 'missing';
-
--- name: StopSandboxByID :execrows
--- Used for sandboxes that are gone for good (host deleted, not found back).
-UPDATE sandboxes SET status = 'stopped', error_message = sqlc.arg(reason), updated_at = now(), stopped_at = now()
-WHERE id = sqlc.arg(id) AND status = ANY(sqlc.arg(from_statuses)::text[]);
+WHERE id = sqlc.arg(id) AND status = 'online'
+  AND (last_heartbeat_at IS NULL OR last_heartbeat_at < sqlc.arg(cutoff)::timestamptz);
 
 -- name: ListSchedulableHostsByLoad :many
 -- Online hosts a team may use (its own when BYOC, shared otherwise), least

@@ -25,31 +25,37 @@ WHERE team_id = sqlc.arg(team_id)
 ORDER BY created_at DESC, id DESC
 LIMIT sqlc.arg(lim);
 
--- name: TransitionSandbox :one
--- Conditional state change: only applies when the row is still in one of the
--- expected states, so concurrent transitions never overwrite each other.
-UPDATE sandboxes SET
-    status         = sqlc.arg(to_status),
-    error_message  = sqlc.arg(error_message),
+-- name: SetSandboxStatus :one
+-- The one status write (service.StateTx.Change). Conditional: it applies only
+-- while the row is in one of from_statuses (and, when given, unchanged since
+-- it was read at seen_updated_at), so concurrent writers never overwrite each
+-- other. The locked CTE returns the status the row really had.
+WITH cur AS (
+    SELECT c.id, c.status FROM sandboxes c
+    WHERE c.id = sqlc.arg(id)::text
+      AND (sqlc.narg(team_id)::text IS NULL OR c.team_id = sqlc.narg(team_id)::text)
+      AND c.status = ANY(sqlc.arg(from_statuses)::text[])
+      AND (sqlc.narg(seen_updated_at)::timestamptz IS NULL OR c.updated_at = sqlc.narg(seen_updated_at)::timestamptz)
+    FOR UPDATE
+)
+UPDATE sandboxes s SET
+    status         = sqlc.arg(to_status)::text,
+    error_message  = COALESCE(sqlc.narg(error_message)::text, s.error_message),
     updated_at     = now(),
-    started_at     = CASE WHEN sqlc.arg(to_status) = 'running' AND started_at IS NULL THEN now() ELSE started_at END,
-    last_active_at = CASE WHEN sqlc.arg(to_status) = 'running' THEN now() ELSE last_active_at END,
-    paused_at      = CASE WHEN sqlc.arg(to_status) = 'paused' THEN now() ELSE paused_at END,
-    stopped_at     = CASE WHEN sqlc.arg(to_status) = 'stopped' THEN now() ELSE stopped_at END,
-    timeout_sec    = COALESCE(sqlc.narg(timeout_sec)::integer, timeout_sec)
-WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = ANY(sqlc.arg(from_statuses)::text[])
-RETURNING *;
+    started_at     = CASE WHEN sqlc.arg(to_status)::text = 'running' AND s.started_at IS NULL THEN now() ELSE s.started_at END,
+    last_active_at = CASE WHEN sqlc.arg(to_status)::text = 'running' THEN now() ELSE s.last_active_at END,
+    paused_at      = CASE WHEN sqlc.arg(to_status)::text = 'paused' THEN now() ELSE s.paused_at END,
+    stopped_at     = CASE WHEN sqlc.arg(to_status)::text = 'stopped' THEN now() ELSE s.stopped_at END,
+    timeout_sec    = COALESCE(sqlc.narg(timeout_sec)::integer, s.timeout_sec)
+FROM cur
+WHERE s.id = cur.id
+RETURNING cur.status AS from_status, sqlc.embed(s);
 
--- name: ReconcileSandbox :execrows
--- The reconciler's change: applies only if the row was not touched since it
--- was read (updated_at), so it never undoes a transition made meanwhile.
-UPDATE sandboxes SET
-    status     = sqlc.arg(to_status),
-    updated_at = now(),
-    paused_at  = CASE WHEN sqlc.arg(to_status) = 'paused' THEN now() ELSE paused_at END,
-    stopped_at = CASE WHEN sqlc.arg(to_status) = 'stopped' THEN now() ELSE stopped_at END,
-    error_message = CASE WHEN sqlc.arg(to_status) = 'error' THEN 'the sandbox VM exited unexpectedly' ELSE error_message END
-WHERE id = sqlc.arg(id) AND status = sqlc.arg(from_status) AND updated_at = sqlc.arg(seen_updated_at);
+-- name: SetSandboxTimeout :one
+-- A new idle timeout for a sandbox still in the given state (not a status change).
+UPDATE sandboxes SET timeout_sec = sqlc.arg(timeout_sec), updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(status)
+RETURNING *;
 
 -- name: TouchSandbox :one
 UPDATE sandboxes SET last_active_at = now()
@@ -57,7 +63,10 @@ WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = 'running'
 RETURNING last_active_at;
 
 -- name: ListHostSandboxes :many
-SELECT * FROM sandboxes WHERE host_id = $1 AND status IN ('running', 'paused', 'missing');
+-- The host's sandboxes in the given states, oldest first.
+SELECT * FROM sandboxes
+WHERE host_id = sqlc.arg(host_id) AND status = ANY(sqlc.arg(statuses)::text[])
+ORDER BY created_at, id;
 
 -- name: CountTemplateUsers :one
 SELECT count(*) FROM sandboxes

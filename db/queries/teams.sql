@@ -15,7 +15,7 @@ INSERT INTO users_teams (user_id, team_id, role, is_default) VALUES ($1, $2, $3,
 
 -- name: GetMembership :one
 -- The authentication lookup: the user, and their role in the team (if any).
-SELECT u.id AS user_id, u.is_admin, u.session_version, ut.role, t.name AS team_name
+SELECT u.id AS user_id, u.email, u.is_admin, u.session_version, ut.role, t.name AS team_name
 FROM users u
 JOIN users_teams ut ON ut.user_id = u.id
 JOIN teams t ON t.id = ut.team_id

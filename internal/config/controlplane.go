@@ -19,7 +19,9 @@ type ControlPlane struct {
 	Log             Log
 	// JWTTTL is how long a session token is valid.
 	JWTTTL time.Duration
-	// ReconcileInterval is how often sandbox rows are compared with the hosts.
+	// ReconcileInterval is the pace of the one sync loop with the hosts:
+	// silent hosts marked unreachable, sandbox rows compared with each
+	// online host's list.
 	ReconcileInterval time.Duration
 	// AgentLifecycleTimeout bounds create/pause/resume/destroy calls to an agent.
 	AgentLifecycleTimeout time.Duration
@@ -27,13 +29,11 @@ type ControlPlane struct {
 	Hosts                 Hosts
 }
 
-// Hosts configures host registration and the host monitor.
+// Hosts configures host registration and liveness.
 type Hosts struct {
 	// JWTSecret signs host JWTs; empty derives a separate key from
 	// JWTSecret, so user and host tokens never share a key.
 	JWTSecret string
-	// MonitorInterval is how often the host monitor runs.
-	MonitorInterval time.Duration
 	// UnreachableAfter is the heartbeat silence that marks a host unreachable.
 	UnreachableAfter time.Duration
 	// Scheduler is round-robin or least-loaded.
@@ -80,7 +80,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		Log:             loadLog(r),
 
 		JWTTTL:                r.duration("WRENN_JWT_TTL", 24*time.Hour, time.Minute),
-		ReconcileInterval:     r.duration("WRENN_RECONCILE_INTERVAL", 5*time.Second, time.Second),
+		ReconcileInterval:     r.duration("WRENN_RECONCILE_INTERVAL", 5*time.Second, 100*time.Millisecond),
 		AgentLifecycleTimeout: r.duration("WRENN_AGENT_LIFECYCLE_TIMEOUT", 5*time.Minute, 5*time.Second),
 		Limits: Limits{
 			SandboxMaxVCPUs:         r.integer("WRENN_SANDBOX_MAX_VCPUS", 8, 1, 256),
@@ -94,9 +94,13 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 	}
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
-		MonitorInterval:  r.duration("WRENN_HOST_MONITOR_INTERVAL", 10*time.Second, 100*time.Millisecond),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),
 		Scheduler:        r.oneOf("WRENN_SCHEDULER", "round-robin", "round-robin", "least-loaded"),
+	}
+	if r.str("WRENN_HOST_MONITOR_INTERVAL", "") != "" {
+		// Silent hosts and sandbox states are one loop now; a setting that
+		// silently stopped working would slow failure detection unnoticed.
+		r.fail("WRENN_HOST_MONITOR_INTERVAL", "was merged into WRENN_RECONCILE_INTERVAL (one loop checks hosts and sandboxes); set that instead")
 	}
 	if c.Hosts.JWTSecret != "" && len(c.Hosts.JWTSecret) < MinJWTSecretLen {
 		r.fail("WRENN_HOST_JWT_SECRET", "must be at least %d characters, got %d", MinJWTSecretLen, len(c.Hosts.JWTSecret))

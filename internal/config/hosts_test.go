@@ -12,19 +12,19 @@ func TestHostsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Hosts.JWTSecret != "" || c.Hosts.MonitorInterval != 10*time.Second || c.Hosts.UnreachableAfter != 90*time.Second || c.Hosts.Scheduler != "round-robin" {
+	if c.Hosts.JWTSecret != "" || c.ReconcileInterval != 5*time.Second || c.Hosts.UnreachableAfter != 90*time.Second || c.Hosts.Scheduler != "round-robin" {
 		t.Fatalf("host defaults = %+v", c.Hosts)
 	}
 	env := validCP()
 	env["WRENN_HOST_JWT_SECRET"] = strings.Repeat("h", 40)
-	env["WRENN_HOST_MONITOR_INTERVAL"] = "500ms"
+	env["WRENN_RECONCILE_INTERVAL"] = "500ms"
 	env["WRENN_HOST_UNREACHABLE_AFTER"] = "3s"
 	env["WRENN_SCHEDULER"] = "least-loaded"
 	c, err = LoadControlPlane(envOf(env))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Hosts.MonitorInterval != 500*time.Millisecond || c.Hosts.UnreachableAfter != 3*time.Second || c.Hosts.Scheduler != "least-loaded" {
+	if c.ReconcileInterval != 500*time.Millisecond || c.Hosts.UnreachableAfter != 3*time.Second || c.Hosts.Scheduler != "least-loaded" {
 		t.Fatalf("hosts = %+v", c.Hosts)
 	}
 	bad := []struct {
@@ -32,7 +32,8 @@ func TestHostsConfig(t *testing.T) {
 	}{
 		{"short host secret", "WRENN_HOST_JWT_SECRET", "short", "WRENN_HOST_JWT_SECRET"},
 		{"host secret equals user secret", "WRENN_HOST_JWT_SECRET", strings.Repeat("s", 32), "WRENN_HOST_JWT_SECRET"},
-		{"interval too small", "WRENN_HOST_MONITOR_INTERVAL", "1ms", "WRENN_HOST_MONITOR_INTERVAL"},
+		{"interval too small", "WRENN_RECONCILE_INTERVAL", "1ms", "WRENN_RECONCILE_INTERVAL"},
+		{"retired monitor interval", "WRENN_HOST_MONITOR_INTERVAL", "10s", "WRENN_HOST_MONITOR_INTERVAL"},
 		{"threshold garbage", "WRENN_HOST_UNREACHABLE_AFTER", "soon", "WRENN_HOST_UNREACHABLE_AFTER"},
 		{"unknown scheduler", "WRENN_SCHEDULER", "random", "WRENN_SCHEDULER"},
 	}

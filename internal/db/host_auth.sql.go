@@ -60,7 +60,7 @@ WHERE id = $1 AND status <> 'pending'
 RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
 `
 
-// A live host is online whatever it was; the monitor reconciles it next.
+// A live host is online whatever it was; the reconciler syncs its sandboxes next.
 func (q *Queries) HeartbeatHost(ctx context.Context, id string) (Host, error) {
 	row := q.db.QueryRow(ctx, heartbeatHost, id)
 	var i Host
@@ -135,7 +135,7 @@ type InsertPendingHostParams struct {
 	CreatedBy *string `json:"created_by"`
 }
 
-// Host registration, credentials, heartbeats and the host monitor (issue 6).
+// Host registration, credentials, heartbeats and liveness (issue 6).
 func (q *Queries) InsertPendingHost(ctx context.Context, arg InsertPendingHostParams) (Host, error) {
 	row := q.db.QueryRow(ctx, insertPendingHost,
 		arg.ID,
@@ -165,52 +165,6 @@ func (q *Queries) InsertPendingHost(ctx context.Context, arg InsertPendingHostPa
 	return i, err
 }
 
-const listHostActiveSandboxes = `-- name: ListHostActiveSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at FROM sandboxes
-WHERE host_id = $1 AND status IN ('pending', 'running', 'paused', 'missing')
-ORDER BY created_at, id
-`
-
-// What a host delete would affect.
-func (q *Queries) ListHostActiveSandboxes(ctx context.Context, hostID *string) ([]Sandbox, error) {
-	rows, err := q.db.Query(ctx, listHostActiveSandboxes, hostID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []Sandbox{}
-	for rows.Next() {
-		var i Sandbox
-		if err := rows.Scan(
-			&i.ID,
-			&i.TeamID,
-			&i.HostID,
-			&i.Template,
-			&i.Status,
-			&i.Vcpus,
-			&i.MemoryMb,
-			&i.DiskMb,
-			&i.TimeoutSec,
-			&i.Metadata,
-			&i.ErrorMessage,
-			&i.CreatedBy,
-			&i.CreatedAt,
-			&i.UpdatedAt,
-			&i.StartedAt,
-			&i.LastActiveAt,
-			&i.PausedAt,
-			&i.StoppedAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const listHostRefreshTokens = `-- name: ListHostRefreshTokens :many
 SELECT id, host_id, family_id, token_hash, created_at, expires_at, revoked_at, replaced_by FROM host_refresh_tokens WHERE host_id = $1 ORDER BY created_at, id
 `
@@ -234,37 +188,6 @@ func (q *Queries) ListHostRefreshTokens(ctx context.Context, hostID string) ([]H
 			&i.RevokedAt,
 			&i.ReplacedBy,
 		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const listHostSandboxesForReconcile = `-- name: ListHostSandboxesForReconcile :many
-SELECT id, status, updated_at FROM sandboxes WHERE host_id = $1
-`
-
-type ListHostSandboxesForReconcileRow struct {
-	ID        string    `json:"id"`
-	Status    string    `json:"status"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-// Every sandbox the control plane places on the host, whatever its state.
-func (q *Queries) ListHostSandboxesForReconcile(ctx context.Context, hostID *string) ([]ListHostSandboxesForReconcileRow, error) {
-	rows, err := q.db.Query(ctx, listHostSandboxesForReconcile, hostID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []ListHostSandboxesForReconcileRow{}
-	for rows.Next() {
-		var i ListHostSandboxesForReconcileRow
-		if err := rows.Scan(&i.ID, &i.Status, &i.UpdatedAt); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -360,74 +283,25 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID *string) ([]Host, er
 	return items, nil
 }
 
-const markHostSandboxesMissing = `-- name: MarkHostSandboxesMissing :many
-UPDATE sandboxes SET status = 'missing', updated_at = now()
-WHERE host_id = $1 AND status = 'running'
-RETURNING id
+const markHostUnreachable = `-- name: MarkHostUnreachable :execrows
+UPDATE hosts SET status = 'unreachable', updated_at = now()
+WHERE id = $1 AND status = 'online'
+  AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $2::timestamptz)
 `
 
-func (q *Queries) MarkHostSandboxesMissing(ctx context.Context, hostID *string) ([]string, error) {
-	rows, err := q.db.Query(ctx, markHostSandboxesMissing, hostID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []string{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		items = append(items, id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
+type MarkHostUnreachableParams struct {
+	ID     string    `json:"id"`
+	Cutoff time.Time `json:"cutoff"`
 }
 
-const markStaleHostsUnreachable = `-- name: MarkStaleHostsUnreachable :many
-UPDATE hosts SET status = 'unreachable', updated_at = now()
-WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1::timestamptz)
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
-`
-
-// Online hosts silent since before the cutoff.
-func (q *Queries) MarkStaleHostsUnreachable(ctx context.Context, cutoff time.Time) ([]Host, error) {
-	rows, err := q.db.Query(ctx, markStaleHostsUnreachable, cutoff)
+// The host, if it is online and silent since before the cutoff. Checked at
+// update time, so a heartbeat that arrived meanwhile keeps it online.
+func (q *Queries) MarkHostUnreachable(ctx context.Context, arg MarkHostUnreachableParams) (int64, error) {
+	result, err := q.db.Exec(ctx, markHostUnreachable, arg.ID, arg.Cutoff)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	defer rows.Close()
-	items := []Host{}
-	for rows.Next() {
-		var i Host
-		if err := rows.Scan(
-			&i.ID,
-			&i.TeamID,
-			&i.Name,
-			&i.Address,
-			&i.Status,
-			&i.Vmm,
-			&i.Accel,
-			&i.Arch,
-			&i.Version,
-			&i.CpuCount,
-			&i.MemoryMb,
-			&i.DiskGb,
-			&i.LastHeartbeatAt,
-			&i.CreatedBy,
-			&i.CreatedAt,
-			&i.UpdatedAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
+	return result.RowsAffected(), nil
 }
 
 const registerHostSpecs = `-- name: RegisterHostSpecs :one
@@ -487,27 +361,6 @@ func (q *Queries) RegisterHostSpecs(ctx context.Context, arg RegisterHostSpecsPa
 	return i, err
 }
 
-const restoreMissingSandbox = `-- name: RestoreMissingSandbox :execrows
-UPDATE sandboxes SET status = $1, updated_at = now(),
-    paused_at = CASE WHEN $1 = 'paused' THEN now() ELSE paused_at END,
-    last_active_at = CASE WHEN $1 = 'running' THEN now() ELSE last_active_at END
-WHERE id = $2 AND status = 'missing'
-`
-
-type RestoreMissingSandboxParams struct {
-	ToStatus string `json:"to_status"`
-	ID       string `json:"id"`
-}
-
-// Missing but alive again on its host.
-func (q *Queries) RestoreMissingSandbox(ctx context.Context, arg RestoreMissingSandboxParams) (int64, error) {
-	result, err := q.db.Exec(ctx, restoreMissingSandbox, arg.ToStatus, arg.ID)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const revokeHostRefreshFamily = `-- name: RevokeHostRefreshFamily :execrows
 UPDATE host_refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL
 `
@@ -562,24 +415,4 @@ type SetTeamBYOCParams struct {
 func (q *Queries) SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) error {
 	_, err := q.db.Exec(ctx, setTeamBYOC, arg.ByocEnabled, arg.ID)
 	return err
-}
-
-const stopSandboxByID = `-- name: StopSandboxByID :execrows
-UPDATE sandboxes SET status = 'stopped', error_message = $1, updated_at = now(), stopped_at = now()
-WHERE id = $2 AND status = ANY($3::text[])
-`
-
-type StopSandboxByIDParams struct {
-	Reason       string   `json:"reason"`
-	ID           string   `json:"id"`
-	FromStatuses []string `json:"from_statuses"`
-}
-
-// Used for sandboxes that are gone for good (host deleted, not found back).
-func (q *Queries) StopSandboxByID(ctx context.Context, arg StopSandboxByIDParams) (int64, error) {
-	result, err := q.db.Exec(ctx, stopSandboxByID, arg.Reason, arg.ID, arg.FromStatuses)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
 }

@@ -132,11 +132,19 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 }
 
 const listHostSandboxes = `-- name: ListHostSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE host_id = $1 AND status IN ('running', 'paused', 'missing')
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at FROM sandboxes
+WHERE host_id = $1 AND status = ANY($2::text[])
+ORDER BY created_at, id
 `
 
-func (q *Queries) ListHostSandboxes(ctx context.Context, hostID *string) ([]Sandbox, error) {
-	rows, err := q.db.Query(ctx, listHostSandboxes, hostID)
+type ListHostSandboxesParams struct {
+	HostID   *string  `json:"host_id"`
+	Statuses []string `json:"statuses"`
+}
+
+// The host's sandboxes in the given states, oldest first.
+func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, listHostSandboxes, arg.HostID, arg.Statuses)
 	if err != nil {
 		return nil, err
 	}
@@ -251,36 +259,126 @@ func (q *Queries) LockTeamSandboxes(ctx context.Context, teamID string) error {
 	return err
 }
 
-const reconcileSandbox = `-- name: ReconcileSandbox :execrows
-UPDATE sandboxes SET
-    status     = $1,
-    updated_at = now(),
-    paused_at  = CASE WHEN $1 = 'paused' THEN now() ELSE paused_at END,
-    stopped_at = CASE WHEN $1 = 'stopped' THEN now() ELSE stopped_at END,
-    error_message = CASE WHEN $1 = 'error' THEN 'the sandbox VM exited unexpectedly' ELSE error_message END
-WHERE id = $2 AND status = $3 AND updated_at = $4
+const setSandboxStatus = `-- name: SetSandboxStatus :one
+WITH cur AS (
+    SELECT c.id, c.status FROM sandboxes c
+    WHERE c.id = $4::text
+      AND ($5::text IS NULL OR c.team_id = $5::text)
+      AND c.status = ANY($6::text[])
+      AND ($7::timestamptz IS NULL OR c.updated_at = $7::timestamptz)
+    FOR UPDATE
+)
+UPDATE sandboxes s SET
+    status         = $1::text,
+    error_message  = COALESCE($2::text, s.error_message),
+    updated_at     = now(),
+    started_at     = CASE WHEN $1::text = 'running' AND s.started_at IS NULL THEN now() ELSE s.started_at END,
+    last_active_at = CASE WHEN $1::text = 'running' THEN now() ELSE s.last_active_at END,
+    paused_at      = CASE WHEN $1::text = 'paused' THEN now() ELSE s.paused_at END,
+    stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE s.stopped_at END,
+    timeout_sec    = COALESCE($3::integer, s.timeout_sec)
+FROM cur
+WHERE s.id = cur.id
+RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at
 `
 
-type ReconcileSandboxParams struct {
-	ToStatus      string    `json:"to_status"`
-	ID            string    `json:"id"`
-	FromStatus    string    `json:"from_status"`
-	SeenUpdatedAt time.Time `json:"seen_updated_at"`
+type SetSandboxStatusParams struct {
+	ToStatus      string     `json:"to_status"`
+	ErrorMessage  *string    `json:"error_message"`
+	TimeoutSec    *int32     `json:"timeout_sec"`
+	ID            string     `json:"id"`
+	TeamID        *string    `json:"team_id"`
+	FromStatuses  []string   `json:"from_statuses"`
+	SeenUpdatedAt *time.Time `json:"seen_updated_at"`
 }
 
-// The reconciler's change: applies only if the row was not touched since it
-// was read (updated_at), so it never undoes a transition made meanwhile.
-func (q *Queries) ReconcileSandbox(ctx context.Context, arg ReconcileSandboxParams) (int64, error) {
-	result, err := q.db.Exec(ctx, reconcileSandbox,
+type SetSandboxStatusRow struct {
+	FromStatus string  `json:"from_status"`
+	Sandbox    Sandbox `json:"sandbox"`
+}
+
+// The one status write (service.StateTx.Change). Conditional: it applies only
+// while the row is in one of from_statuses (and, when given, unchanged since
+// it was read at seen_updated_at), so concurrent writers never overwrite each
+// other. The locked CTE returns the status the row really had.
+func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusParams) (SetSandboxStatusRow, error) {
+	row := q.db.QueryRow(ctx, setSandboxStatus,
 		arg.ToStatus,
+		arg.ErrorMessage,
+		arg.TimeoutSec,
 		arg.ID,
-		arg.FromStatus,
+		arg.TeamID,
+		arg.FromStatuses,
 		arg.SeenUpdatedAt,
 	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	var i SetSandboxStatusRow
+	err := row.Scan(
+		&i.FromStatus,
+		&i.Sandbox.ID,
+		&i.Sandbox.TeamID,
+		&i.Sandbox.HostID,
+		&i.Sandbox.Template,
+		&i.Sandbox.Status,
+		&i.Sandbox.Vcpus,
+		&i.Sandbox.MemoryMb,
+		&i.Sandbox.DiskMb,
+		&i.Sandbox.TimeoutSec,
+		&i.Sandbox.Metadata,
+		&i.Sandbox.ErrorMessage,
+		&i.Sandbox.CreatedBy,
+		&i.Sandbox.CreatedAt,
+		&i.Sandbox.UpdatedAt,
+		&i.Sandbox.StartedAt,
+		&i.Sandbox.LastActiveAt,
+		&i.Sandbox.PausedAt,
+		&i.Sandbox.StoppedAt,
+	)
+	return i, err
+}
+
+const setSandboxTimeout = `-- name: SetSandboxTimeout :one
+UPDATE sandboxes SET timeout_sec = $1, updated_at = now()
+WHERE id = $2 AND team_id = $3 AND status = $4
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at
+`
+
+type SetSandboxTimeoutParams struct {
+	TimeoutSec int32  `json:"timeout_sec"`
+	ID         string `json:"id"`
+	TeamID     string `json:"team_id"`
+	Status     string `json:"status"`
+}
+
+// A new idle timeout for a sandbox still in the given state (not a status change).
+func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, setSandboxTimeout,
+		arg.TimeoutSec,
+		arg.ID,
+		arg.TeamID,
+		arg.Status,
+	)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.Metadata,
+		&i.ErrorMessage,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+	)
+	return i, err
 }
 
 const syncSandboxActivity = `-- name: SyncSandboxActivity :execrows
@@ -320,62 +418,4 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (*ti
 	var last_active_at *time.Time
 	err := row.Scan(&last_active_at)
 	return last_active_at, err
-}
-
-const transitionSandbox = `-- name: TransitionSandbox :one
-UPDATE sandboxes SET
-    status         = $1,
-    error_message  = $2,
-    updated_at     = now(),
-    started_at     = CASE WHEN $1 = 'running' AND started_at IS NULL THEN now() ELSE started_at END,
-    last_active_at = CASE WHEN $1 = 'running' THEN now() ELSE last_active_at END,
-    paused_at      = CASE WHEN $1 = 'paused' THEN now() ELSE paused_at END,
-    stopped_at     = CASE WHEN $1 = 'stopped' THEN now() ELSE stopped_at END,
-    timeout_sec    = COALESCE($3::integer, timeout_sec)
-WHERE id = $4 AND team_id = $5 AND status = ANY($6::text[])
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at
-`
-
-type TransitionSandboxParams struct {
-	ToStatus     string   `json:"to_status"`
-	ErrorMessage string   `json:"error_message"`
-	TimeoutSec   *int32   `json:"timeout_sec"`
-	ID           string   `json:"id"`
-	TeamID       string   `json:"team_id"`
-	FromStatuses []string `json:"from_statuses"`
-}
-
-// Conditional state change: only applies when the row is still in one of the
-// expected states, so concurrent transitions never overwrite each other.
-func (q *Queries) TransitionSandbox(ctx context.Context, arg TransitionSandboxParams) (Sandbox, error) {
-	row := q.db.QueryRow(ctx, transitionSandbox,
-		arg.ToStatus,
-		arg.ErrorMessage,
-		arg.TimeoutSec,
-		arg.ID,
-		arg.TeamID,
-		arg.FromStatuses,
-	)
-	var i Sandbox
-	err := row.Scan(
-		&i.ID,
-		&i.TeamID,
-		&i.HostID,
-		&i.Template,
-		&i.Status,
-		&i.Vcpus,
-		&i.MemoryMb,
-		&i.DiskMb,
-		&i.TimeoutSec,
-		&i.Metadata,
-		&i.ErrorMessage,
-		&i.CreatedBy,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.StartedAt,
-		&i.LastActiveAt,
-		&i.PausedAt,
-		&i.StoppedAt,
-	)
-	return i, err
 }

@@ -84,7 +84,7 @@ func (q *Queries) GetDefaultTeam(ctx context.Context, userID string) (GetDefault
 }
 
 const getMembership = `-- name: GetMembership :one
-SELECT u.id AS user_id, u.is_admin, u.session_version, ut.role, t.name AS team_name
+SELECT u.id AS user_id, u.email, u.is_admin, u.session_version, ut.role, t.name AS team_name
 FROM users u
 JOIN users_teams ut ON ut.user_id = u.id
 JOIN teams t ON t.id = ut.team_id
@@ -98,6 +98,7 @@ type GetMembershipParams struct {
 
 type GetMembershipRow struct {
 	UserID         string `json:"user_id"`
+	Email          string `json:"email"`
 	IsAdmin        bool   `json:"is_admin"`
 	SessionVersion int32  `json:"session_version"`
 	Role           string `json:"role"`
@@ -110,6 +111,7 @@ func (q *Queries) GetMembership(ctx context.Context, arg GetMembershipParams) (G
 	var i GetMembershipRow
 	err := row.Scan(
 		&i.UserID,
+		&i.Email,
 		&i.IsAdmin,
 		&i.SessionVersion,
 		&i.Role,

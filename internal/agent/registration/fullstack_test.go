@@ -54,8 +54,8 @@ func TestControlPlaneWithRegisteredAgent(t *testing.T) {
 	dbURL := testenv.MigratedURL(t)
 	env := map[string]string{
 		"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("j", 40),
-		"WRENN_CP_LISTEN_ADDR": "127.0.0.1:0", "WRENN_HOST_MONITOR_INTERVAL": "100ms", "WRENN_HOST_UNREACHABLE_AFTER": "1s",
-		"WRENN_RECONCILE_INTERVAL": "1s",
+		"WRENN_CP_LISTEN_ADDR": "127.0.0.1:0", "WRENN_HOST_UNREACHABLE_AFTER": "1s",
+		"WRENN_RECONCILE_INTERVAL": "100ms",
 	}
 	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
 	if err != nil {

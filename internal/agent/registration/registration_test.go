@@ -22,9 +22,10 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -360,7 +361,7 @@ func TestAgentGoesSilentAndComesBack(t *testing.T) {
 	ctx := context.Background()
 	agent := agenttest.Serve(t)
 	const threshold = time.Second
-	mon := hostmonitor.New(c.pool, hosts.NewPool(c.q, nil), hostmonitor.Config{Interval: 100 * time.Millisecond, UnreachableAfter: threshold}, nil)
+	mon := reconciler.New(c.pool, nil, hosts.NewPool(c.q, nil), reconciler.Config{Interval: 100 * time.Millisecond, UnreachableAfter: threshold}, nil)
 	mctx, stopMon := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	go func() { defer close(monDone); mon.Run(mctx) }()
@@ -391,8 +392,9 @@ func TestAgentGoesSilentAndComesBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: sb.ID, TeamID: team.ID, ToStatus: "running", FromStatuses: []string{"pending"}}); err != nil {
-		t.Fatal(err)
+	if _, ok, err := service.NewStates(c.pool, nil).Change(ctx, service.Change{SandboxID: sb.ID, From: []service.Status{service.StatusPending},
+		To: service.StatusRunning, Actor: service.ActorReconciler, Reason: "test set-up"}); err != nil || !ok {
+		t.Fatal(ok, err)
 	}
 	agent.Put(sb.ID, pb.SandboxState_SANDBOX_STATE_RUNNING)
 	sbStatus := func() string {

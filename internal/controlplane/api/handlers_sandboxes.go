@@ -46,7 +46,7 @@ func parseListQuery(r *http.Request) (service.ListSandboxesInput, error) {
 	for _, v := range q["status"] {
 		for _, st := range strings.Split(v, ",") {
 			if st = strings.TrimSpace(st); st != "" {
-				in.Statuses = append(in.Statuses, st)
+				in.Statuses = append(in.Statuses, service.Status(st))
 			}
 		}
 	}

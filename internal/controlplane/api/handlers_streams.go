@@ -46,7 +46,7 @@ func (s *Server) precheck(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	if sb.Status != service.StatusRunning {
-		s.writeErr(w, r, &service.Error{Kind: service.KindConflict, Code: "invalid_state", Message: "sandbox " + sb.ID + " is " + sb.Status + "; it must be running"})
+		s.writeErr(w, r, &service.Error{Kind: service.KindConflict, Code: "invalid_state", Message: "sandbox " + sb.ID + " is " + string(sb.Status) + "; it must be running"})
 		return false
 	}
 	return true

@@ -19,6 +19,8 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
@@ -54,6 +56,7 @@ type env struct {
 	t     testing.TB
 	srv   *httptest.Server
 	svc   *service.Service
+	rec   *reconciler.Reconciler
 	pool  *pgxpool.Pool
 	q     *db.Queries
 	agent *agenttest.Agent
@@ -83,13 +86,17 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if _, err := q.UpsertHost(context.Background(), db.UpsertHostParams{ID: "host-test", Name: "test", Address: agent.Address(), Status: "online", Vmm: "test"}); err != nil {
 		t.Fatalf("register host: %v", err)
 	}
+	if _, err := q.HeartbeatHost(context.Background(), "host-test"); err != nil {
+		t.Fatalf("host heartbeat: %v", err)
+	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	tokens, err := auth.NewTokens(testSecret, time.Hour, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := service.New(service.Deps{Pool: pool, Tokens: tokens, Passwords: auth.Passwords{Cost: bcrypt.MinCost}, Limits: o.limits, Logger: logger})
+	states := service.NewStates(pool, logger)
+	svc, err := service.New(service.Deps{Pool: pool, States: states, Tokens: tokens, Passwords: auth.Passwords{Cost: bcrypt.MinCost}, Limits: o.limits, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +106,8 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	}
 	srv := httptest.NewServer(specCheckedUnlessBench(t, s))
 	t.Cleanup(srv.Close)
-	return &env{t: t, srv: srv, svc: svc, pool: pool, q: q, agent: agent, logs: logs}
+	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{}, logger)
+	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs}
 }
 
 // specCheckedUnlessBench checks every response of a test against the

@@ -31,6 +31,7 @@ const hostsTestSecret = "hosts-test-secret-0123456789abcdefghij"
 type hostsEnv struct {
 	url    string
 	q      *db.Queries
+	states *service.States
 	tokens *auth.Tokens
 }
 
@@ -61,7 +62,7 @@ func newHostsEnv(t *testing.T) *hostsEnv {
 	s := mustNew(t, Deps{Logger: logger, Service: svc, Hosts: hostauth.New(pool, rdb, hostTokens, hp, hostauth.Config{}, logger)})
 	srv := httptest.NewServer(specChecked(t, s))
 	t.Cleanup(srv.Close)
-	return &hostsEnv{url: srv.URL, q: q, tokens: tokens}
+	return &hostsEnv{url: srv.URL, q: q, states: service.NewStates(pool, nil), tokens: tokens}
 }
 
 // user creates a user in team with role and returns a session token.
@@ -312,8 +313,9 @@ func TestDeleteHostForcedAndUnforced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: sb.ID, TeamID: adminTeam, ToStatus: status, FromStatuses: []string{"pending"}}); err != nil {
-			t.Fatal(err)
+		if _, ok, err := e.states.Change(ctx, service.Change{SandboxID: sb.ID, From: []service.Status{service.StatusPending},
+			To: service.Status(status), Actor: service.ActorReconciler, Reason: "test set-up"}); err != nil || !ok {
+			t.Fatal(ok, err)
 		}
 		agent.Put(sb.ID, pb.SandboxState_SANDBOX_STATE_RUNNING)
 		sbs = append(sbs, sb.ID)

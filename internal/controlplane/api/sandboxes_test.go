@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -334,7 +334,7 @@ func TestReconciler(t *testing.T) {
 	kept := e.createSandbox(c, nil)
 	e.agent.AutoPause(auto.ID)
 	e.agent.Forget(gone.ID)
-	res := e.svc.ReconcileOnce(context.Background())
+	res := e.rec.Pass(context.Background())
 	if res.Paused != 1 || res.Stopped != 1 {
 		t.Fatalf("reconcile result %+v", res)
 	}
@@ -346,13 +346,13 @@ func TestReconciler(t *testing.T) {
 		}
 	}
 	// Idempotent: a second pass changes nothing; an auto-paused sandbox resumes.
-	if res := e.svc.ReconcileOnce(context.Background()); res != (service.ReconcileResult{}) {
+	if res := e.rec.Pass(context.Background()); res != (reconciler.PassResult{}) {
 		t.Fatalf("second pass changed %+v", res)
 	}
 	e.want("POST", sbPath(auto.ID, "/resume"), nil, c, 200, nil)
 	// An unreachable agent is skipped, nothing is marked stopped.
 	e.agent.Close()
-	if res := e.svc.ReconcileOnce(context.Background()); res.HostsFailed != 1 || res.Stopped != 0 {
+	if res := e.rec.Pass(context.Background()); res.HostsFailed != 1 || res.Stopped != 0 {
 		t.Fatalf("agent down: %+v", res)
 	}
 }
@@ -590,7 +590,7 @@ func TestPauseRecordedFirstByTheReconciler(t *testing.T) {
 	sb := e.createSandbox(c, nil)
 	var reconciled int
 	e.agent.AfterPause = func(string) {
-		reconciled = e.svc.ReconcileOnce(context.Background()).Paused
+		reconciled = e.rec.Pass(context.Background()).Paused
 	}
 	var got sandboxResp
 	e.want("POST", sbPath(sb.ID, "/pause"), nil, c, 200, &got)
@@ -620,14 +620,14 @@ func TestReconcilerRecordsActivity(t *testing.T) {
 		t.Fatal("a running sandbox has no last_active_at")
 	}
 	e.want("POST", sbPath(sb.ID, "/exec"), map[string]any{"cmd": "true"}, c, 200, nil)
-	e.svc.ReconcileOnce(context.Background())
+	e.rec.Pass(context.Background())
 	var after sandboxResp
 	e.want("GET", sbPath(sb.ID), nil, c, 200, &after)
 	if after.LastActiveAt == nil || !after.LastActiveAt.After(*before.LastActiveAt) {
 		t.Fatalf("last_active_at %v after an exec and a reconcile, was %v", after.LastActiveAt, before.LastActiveAt)
 	}
 	// Nothing new on the agent: another pass changes nothing.
-	e.svc.ReconcileOnce(context.Background())
+	e.rec.Pass(context.Background())
 	var again sandboxResp
 	e.want("GET", sbPath(sb.ID), nil, c, 200, &again)
 	if !again.LastActiveAt.Equal(*after.LastActiveAt) {

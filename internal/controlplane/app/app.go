@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 		Checks:  map[string]api.HealthChecker{"postgres": pool, "redis": redisPinger{rdb}},
 	}
 	core.Fill(&deps)
-	hostSvc, hostMon, err := NewHostParts(cfg, pool, rdb, core.HostPool, logger)
+	hostSvc, err := NewHostParts(cfg, pool, rdb, core.HostPool, logger)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,6 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	go core.RunBackground(bgCtx)
-	go hostMon.Run(bgCtx)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

@@ -13,16 +13,20 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
-// Core is the control plane core (accounts, teams, keys, sandboxes) built
-// from configuration.
+// Core is the control plane core (accounts, teams, keys, sandboxes, the
+// reconciler) built from configuration.
 type Core struct {
 	Service   *service.Service
 	HostPool  *hosts.Pool
 	Scheduler hosts.Scheduler
+	// States writes sandbox status for the service and the reconciler.
+	States     *service.States
+	Reconciler *reconciler.Reconciler
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -46,8 +50,9 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if cfg.Hosts.Scheduler == "least-loaded" {
 		sch = hosts.NewLeastLoaded(q)
 	}
+	states := service.NewStates(pool, logger)
 	svc, err := service.New(service.Deps{
-		Pool: pool, Hosts: hp, Scheduler: sch, Tokens: tokens, Logger: logger,
+		Pool: pool, Hosts: hp, Scheduler: sch, States: states, Tokens: tokens, Logger: logger,
 		Limits: service.Limits{
 			MaxVCPUs: cfg.Limits.SandboxMaxVCPUs, MaxMemoryMB: cfg.Limits.SandboxMaxMemoryMB,
 			MaxTimeoutSec: cfg.Limits.SandboxMaxTimeoutSec, MaxRunningPerTeam: cfg.Limits.TeamMaxRunningSandboxes,
@@ -57,7 +62,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err != nil {
 		return nil, fmt.Errorf("build service: %w", err)
 	}
-	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval}
 	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
 		c.RateLimiter = api.NewRedisRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute)
@@ -65,6 +70,8 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if c.ReconcileInterval <= 0 {
 		c.ReconcileInterval = 5 * time.Second
 	}
+	c.Reconciler = reconciler.New(pool, states, hp, reconciler.Config{
+		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter}, logger)
 	return c, nil
 }
 
@@ -82,13 +89,14 @@ func (c *Core) Fill(d *api.Deps) {
 // ReconcileNow runs one reconcile pass beside the background loop (every
 // fix it makes is conditional, so the two never undo each other).
 func (c *Core) ReconcileNow(ctx context.Context) error {
-	if res := c.Service.ReconcileOnce(ctx); res.HostsFailed > 0 {
+	if res := c.Reconciler.Pass(ctx); res.HostsFailed > 0 {
 		return fmt.Errorf("reconcile: %d online hosts did not answer", res.HostsFailed)
 	}
 	return nil
 }
 
-// RunBackground runs the reconciler until ctx ends.
+// RunBackground runs the reconciler (the one poller of every host) until
+// ctx ends.
 func (c *Core) RunBackground(ctx context.Context) {
-	c.Service.RunReconciler(ctx, c.ReconcileInterval)
+	c.Reconciler.Run(ctx)
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/hostmonitor"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 )
 
@@ -18,20 +17,16 @@ import (
 // refresh token well before.
 const hostJWTTTL = 7 * 24 * time.Hour
 
-// NewHostParts builds host registration (the /v1/hosts service) and the
-// host monitor around the core's client pool.
-func NewHostParts(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, agents *hosts.Pool, logger *slog.Logger) (*hostauth.Service, *hostmonitor.Monitor, error) {
+// NewHostParts builds host registration (the /v1/hosts service) around the
+// core's client pool. Host liveness is the core's reconciler.
+func NewHostParts(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, agents *hosts.Pool, logger *slog.Logger) (*hostauth.Service, error) {
 	key := hostauth.DeriveHostKey(cfg.JWTSecret)
 	if cfg.Hosts.JWTSecret != "" {
 		key = []byte(cfg.Hosts.JWTSecret)
 	}
 	tokens, err := hostauth.NewHostTokens(key, hostJWTTTL, nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("WRENN_HOST_JWT_SECRET: %w", err)
+		return nil, fmt.Errorf("WRENN_HOST_JWT_SECRET: %w", err)
 	}
-	svc := hostauth.New(pool, rdb, tokens, agents, hostauth.Config{}, logger)
-	mon := hostmonitor.New(pool, agents, hostmonitor.Config{
-		Interval: cfg.Hosts.MonitorInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter,
-	}, logger)
-	return svc, mon, nil
+	return hostauth.New(pool, rdb, tokens, agents, hostauth.Config{}, logger), nil
 }

@@ -32,7 +32,9 @@ type AuthContext struct {
 	// UserID is the session's user, or the API key's creator (may be empty
 	// when that user was deleted).
 	UserID string
-	TeamID string
+	// UserEmail is the session user's email (empty for API keys).
+	UserEmail string
+	TeamID    string
 	// Role in TeamID: owner, admin or member. API keys act as members.
 	Role    string
 	IsAdmin bool

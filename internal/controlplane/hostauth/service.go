@@ -61,6 +61,7 @@ type Service struct {
 	rdb    *redis.Client
 	tokens *HostTokens
 	agents Agents
+	states *service.States
 	cfg    Config
 	log    *slog.Logger
 	now    func() time.Time
@@ -72,7 +73,7 @@ func New(pool *pgxpool.Pool, rdb *redis.Client, tokens *HostTokens, agents Agent
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{pool: pool, q: db.New(pool), rdb: rdb, tokens: tokens, agents: agents,
+	return &Service{pool: pool, q: db.New(pool), rdb: rdb, tokens: tokens, agents: agents, states: service.NewStates(pool, logger),
 		cfg: cfg.withDefaults(), log: logger, now: time.Now}
 }
 
@@ -554,7 +555,8 @@ func (s *Service) DeleteHost(ctx context.Context, a auth.AuthContext, id string,
 	if err != nil {
 		return DeleteResult{}, err
 	}
-	sbs, err := s.q.ListHostActiveSandboxes(ctx, &h.ID)
+	live := service.LiveStatuses()
+	sbs, err := s.q.ListHostSandboxes(ctx, db.ListHostSandboxesParams{HostID: &h.ID, Statuses: service.StatusStrings(live)})
 	if err != nil {
 		return DeleteResult{}, service.Internal("list host sandboxes", err)
 	}
@@ -566,7 +568,7 @@ func (s *Service) DeleteHost(ctx context.Context, a auth.AuthContext, id string,
 		return DeleteResult{}, &HostInUseError{Sandboxes: refs}
 	}
 	for _, sb := range refs {
-		if s.agents != nil && h.Address != "" && h.Status == "online" {
+		if s.agents != nil && h.Address != "" && h.Status == hosts.StatusOnline {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DestroyTimeout)
 			_, derr := s.agents.ForHost(h).DestroySandbox(dctx, connect.NewRequest(&hostagentv1.DestroySandboxRequest{SandboxId: sb.ID}))
 			cancel()
@@ -574,8 +576,9 @@ func (s *Service) DeleteHost(ctx context.Context, a auth.AuthContext, id string,
 				s.log.WarnContext(ctx, "destroy sandbox of deleted host failed", "host", h.ID, "sandbox", sb.ID, "err", derr)
 			}
 		}
-		if _, err := s.q.StopSandboxByID(ctx, db.StopSandboxByIDParams{ID: sb.ID, Reason: "host deleted",
-			FromStatuses: []string{"pending", "running", "paused", "missing"}}); err != nil {
+		msg := "host deleted"
+		if _, _, err := s.states.Change(ctx, service.Change{SandboxID: sb.ID, From: live, To: service.StatusStopped,
+			Actor: service.ActorOf(a), Reason: msg, ErrorMessage: &msg}); err != nil {
 			return DeleteResult{}, service.Internal("stop sandbox", err)
 		}
 	}

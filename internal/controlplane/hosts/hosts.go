@@ -20,6 +20,16 @@ import (
 // Client is the agent RPC client.
 type Client = hostagentv1connect.HostAgentServiceClient
 
+// Host states, as in the migration's CHECK constraint. Heartbeats and
+// registration make a host online; the reconciler makes a silent one
+// unreachable.
+const (
+	StatusPending     = "pending"
+	StatusOnline      = "online"
+	StatusUnreachable = "unreachable"
+	StatusOffline     = "offline"
+)
+
 // ErrHostUnavailable means the host is unknown, not online, or has no address.
 var ErrHostUnavailable = errors.New("host unavailable")
 
@@ -56,7 +66,7 @@ func (p *Pool) Get(ctx context.Context, hostID string) (Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load host %s: %w", hostID, err)
 	}
-	if h.Status != "online" || h.Address == "" {
+	if h.Status != StatusOnline || h.Address == "" {
 		return nil, fmt.Errorf("host %s is %s: %w", hostID, h.Status, ErrHostUnavailable)
 	}
 	return p.ForHost(h), nil

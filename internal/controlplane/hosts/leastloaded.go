@@ -47,7 +47,7 @@ func (l *LeastLoaded) Pick(ctx context.Context, teamID string) (db.Host, error) 
 		if err != nil {
 			return db.Host{}, fmt.Errorf("load host %s: %w", r.ID, err)
 		}
-		if h.Status == "online" {
+		if h.Status == StatusOnline {
 			return h, nil
 		}
 	}

@@ -9,20 +9,16 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
-func newQueries(t *testing.T) *db.Queries {
-	t.Helper()
-	pool, _ := testenv.MigratedPool(t)
-	return db.New(pool)
-}
-
 func TestLeastLoaded(t *testing.T) {
-	q := newQueries(t)
+	pool, _ := testenv.MigratedPool(t)
+	q, states := db.New(pool), service.NewStates(pool, nil)
 	ctx := context.Background()
 	team := func(byoc bool) string {
 		tm, err := q.CreateTeam(ctx, db.CreateTeamParams{ID: ids.New(ids.Team), Name: "t"})
@@ -48,8 +44,9 @@ func TestLeastLoaded(t *testing.T) {
 				t.Fatal(err)
 			}
 			if status != "pending" {
-				if _, err := q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: sb.ID, TeamID: teamID, ToStatus: status, FromStatuses: []string{"pending"}}); err != nil {
-					t.Fatal(err)
+				if _, ok, err := states.Change(ctx, service.Change{SandboxID: sb.ID, From: []service.Status{service.StatusPending},
+					To: service.Status(status), Actor: service.ActorReconciler, Reason: "test set-up"}); err != nil || !ok {
+					t.Fatal(ok, err)
 				}
 			}
 		}

@@ -224,7 +224,7 @@ func (s *Service) AuthenticateJWT(ctx context.Context, token string) (auth.AuthC
 	if c.SessionVersion != m.SessionVersion {
 		return auth.AuthContext{}, Unauthorized("session_revoked", "the session ended because the password was changed; log in again")
 	}
-	return auth.AuthContext{Method: auth.MethodJWT, UserID: c.Subject, TeamID: c.TeamID, Role: m.Role, IsAdmin: m.IsAdmin}, nil
+	return auth.AuthContext{Method: auth.MethodJWT, UserID: c.Subject, UserEmail: m.Email, TeamID: c.TeamID, Role: m.Role, IsAdmin: m.IsAdmin}, nil
 }
 
 // AuthenticateAPIKey resolves an X-API-Key.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,25 +21,13 @@ import (
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
-// Sandbox states.
-const (
-	StatusPending = "pending"
-	StatusRunning = "running"
-	StatusPaused  = "paused"
-	StatusStopped = "stopped"
-	StatusError   = "error"
-	StatusMissing = "missing"
-)
-
-var allStatuses = []string{StatusPending, StatusRunning, StatusPaused, StatusStopped, StatusError, StatusMissing}
-
 // Sandbox as shown by the API.
 type Sandbox struct {
 	ID           string            `json:"id"`
 	TeamID       string            `json:"team_id"`
 	HostID       *string           `json:"host_id"`
 	Template     string            `json:"template"`
-	Status       string            `json:"status"`
+	Status       Status            `json:"status"`
 	VCPUs        int32             `json:"vcpus"`
 	MemoryMB     int32             `json:"memory_mb"`
 	DiskMB       int32             `json:"disk_mb"`
@@ -57,7 +46,7 @@ type Sandbox struct {
 func toSandbox(r db.Sandbox) Sandbox {
 	md := map[string]string{}
 	_ = json.Unmarshal(r.Metadata, &md)
-	return Sandbox{ID: r.ID, TeamID: r.TeamID, HostID: r.HostID, Template: r.Template, Status: r.Status,
+	return Sandbox{ID: r.ID, TeamID: r.TeamID, HostID: r.HostID, Template: r.Template, Status: Status(r.Status),
 		VCPUs: r.Vcpus, MemoryMB: r.MemoryMb, DiskMB: r.DiskMb, TimeoutSec: r.TimeoutSec, Metadata: md,
 		ErrorMessage: r.ErrorMessage, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
 		StartedAt: r.StartedAt, LastActiveAt: r.LastActiveAt, PausedAt: r.PausedAt, StoppedAt: r.StoppedAt}
@@ -206,7 +195,8 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 	if agentErr != nil {
 		se := fromAgent("create the sandbox", agentErr)
 		msg := se.Message
-		if _, err := s.q.TransitionSandbox(lctx, db.TransitionSandboxParams{ID: row.ID, TeamID: a.TeamID, FromStatuses: []string{StatusPending}, ToStatus: StatusError, ErrorMessage: msg}); err != nil && !isNoRows(err) {
+		if _, _, err := s.states.Change(lctx, Change{SandboxID: row.ID, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusError,
+			Actor: ActorOf(a), Reason: "the host agent could not create it", ErrorMessage: &msg}); err != nil {
 			s.log.ErrorContext(ctx, "record sandbox error", "sandbox_id", row.ID, "err", err)
 		}
 		s.log.WarnContext(ctx, "create sandbox failed", "sandbox_id", row.ID, "host_id", host.ID, "err", agentErr)
@@ -215,19 +205,20 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 		}
 		return Sandbox{}, se
 	}
-	row, err = s.q.TransitionSandbox(lctx, db.TransitionSandboxParams{ID: row.ID, TeamID: a.TeamID, FromStatuses: []string{StatusPending}, ToStatus: StatusRunning})
-	if isNoRows(err) {
+	started, ok, err := s.states.Change(lctx, Change{SandboxID: row.ID, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusRunning,
+		Actor: ActorOf(a), Reason: "created"})
+	if err != nil {
+		return Sandbox{}, Internal("record sandbox running", err)
+	}
+	if !ok {
 		// Destroyed while booting: do not leave the VM behind.
 		if _, derr := client.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: row.ID})); derr != nil {
 			s.log.WarnContext(ctx, "destroy sandbox deleted while starting", "sandbox_id", row.ID, "err", derr)
 		}
 		return Sandbox{}, Conflict("invalid_state", "the sandbox was destroyed while it was starting")
 	}
-	if err != nil {
-		return Sandbox{}, Internal("record sandbox running", err)
-	}
 	s.log.InfoContext(ctx, "sandbox created", "sandbox_id", row.ID, "team_id", a.TeamID, "host_id", host.ID, "actor", a.Actor())
-	return toSandbox(row), nil
+	return toSandbox(started.Sandbox), nil
 }
 
 // loadSandbox returns the team's sandbox or 404.
@@ -245,8 +236,8 @@ func (s *Service) loadSandbox(ctx context.Context, a auth.AuthContext, id string
 	return r, nil
 }
 
-func wrongState(r db.Sandbox, want string) *Error {
-	return &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, want)}
+func wrongState(r db.Sandbox, want ...Status) *Error {
+	return &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, strings.Join(StatusStrings(want), " or "))}
 }
 
 // placeSandbox picks the host for a new sandbox: a snapshot template's own
@@ -261,7 +252,7 @@ func (s *Service) placeSandbox(ctx context.Context, a auth.AuthContext, tpl db.T
 		if err != nil && !isNoRows(err) {
 			return db.Host{}, Internal("load snapshot host", err)
 		}
-		if err != nil || h.Status != "online" {
+		if err != nil || h.Status != hosts.StatusOnline {
 			return db.Host{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable",
 				Message: fmt.Sprintf("the host holding snapshot %q is not online", tpl.Name)}
 		}
@@ -297,7 +288,7 @@ func (s *Service) runningSandbox(ctx context.Context, a auth.AuthContext, id str
 	if err != nil {
 		return r, nil, err
 	}
-	if r.Status != StatusRunning {
+	if Status(r.Status) != StatusRunning {
 		return r, nil, wrongState(r, StatusRunning)
 	}
 	c, err := s.client(ctx, r)
@@ -315,7 +306,7 @@ func (s *Service) GetSandbox(ctx context.Context, a auth.AuthContext, id string)
 
 // ListSandboxesInput filters GET /v1/sandboxes.
 type ListSandboxesInput struct {
-	Statuses []string
+	Statuses []Status
 	Metadata map[string]string
 	Limit    int
 	Cursor   string
@@ -359,8 +350,8 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 		return SandboxPage{}, Invalid("limit", "limit must be between 1 and %d", MaxPageSize)
 	}
 	for _, st := range in.Statuses {
-		if !contains(allStatuses, st) {
-			return SandboxPage{}, Invalid("status", "unknown status %q; use %s", st, strings.Join(allStatuses, ", "))
+		if !slices.Contains(AllStatuses(), st) {
+			return SandboxPage{}, Invalid("status", "unknown status %q; use %s", st, strings.Join(StatusStrings(AllStatuses()), ", "))
 		}
 	}
 	if err := checkStringMap("metadata", in.Metadata, maxMetadataKeys); err != nil {
@@ -371,10 +362,7 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 		md = map[string]string{}
 	}
 	mdJSON, _ := json.Marshal(md)
-	p := db.ListSandboxesParams{TeamID: a.TeamID, Statuses: in.Statuses, Metadata: mdJSON, Lim: int32(in.Limit + 1)}
-	if p.Statuses == nil {
-		p.Statuses = []string{}
-	}
+	p := db.ListSandboxesParams{TeamID: a.TeamID, Statuses: StatusStrings(in.Statuses), Metadata: mdJSON, Lim: int32(in.Limit + 1)}
 	if in.Cursor != "" {
 		t, id, err := decodeCursor(in.Cursor)
 		if err != nil {
@@ -398,15 +386,6 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 	return page, nil
 }
 
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 // DestroySandbox stops a sandbox for good. Destroying a stopped sandbox is a
 // no-op, so retries are safe.
 func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id string) error {
@@ -414,7 +393,8 @@ func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id str
 	if err != nil {
 		return err
 	}
-	if r.Status == StatusStopped {
+	status := Status(r.Status)
+	if status == StatusStopped {
 		return nil
 	}
 	lctx, cancel := s.lifecycleCtx(ctx)
@@ -427,18 +407,18 @@ func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id str
 			se := fromAgent("destroy the sandbox", aerr)
 			// A sandbox that never ran (error) or was lost (missing) can be
 			// forgotten even when its agent is away.
-			if !(se.Kind == KindUnavailable && (r.Status == StatusError || r.Status == StatusMissing)) {
+			if !(se.Kind == KindUnavailable && (status == StatusError || status == StatusMissing)) {
 				return se
 			}
 		}
-	case r.Status == StatusError || r.Status == StatusMissing || r.Status == StatusPending:
+	case status == StatusError || status == StatusMissing || status == StatusPending:
 		// Host gone: nothing can run there for this sandbox.
 	default:
 		return err
 	}
-	notStopped := []string{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing}
-	_, err = s.q.TransitionSandbox(lctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: notStopped, ToStatus: StatusStopped, ErrorMessage: r.ErrorMessage})
-	if err != nil && !isNoRows(err) {
+	notStopped := []Status{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing}
+	if _, _, err := s.states.Change(lctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: notStopped, To: StatusStopped,
+		Actor: ActorOf(a), Reason: "destroyed"}); err != nil {
 		return Internal("record sandbox stopped", err)
 	}
 	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox_id", r.ID, "actor", a.Actor())
@@ -456,7 +436,7 @@ func (s *Service) PauseSandbox(ctx context.Context, a auth.AuthContext, id strin
 	if _, err := c.PauseSandbox(lctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: r.ID})); err != nil {
 		return Sandbox{}, fromAgent("pause the sandbox", err)
 	}
-	return s.transition(lctx, a, r, []string{StatusRunning}, StatusPaused, nil)
+	return s.transition(lctx, a, r, StatusRunning, StatusPaused, "paused", nil)
 }
 
 // ResumeInput is POST /v1/sandboxes/{id}/resume.
@@ -473,7 +453,7 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	if err != nil {
 		return Sandbox{}, err
 	}
-	if r.Status != StatusPaused {
+	if Status(r.Status) != StatusPaused {
 		return Sandbox{}, wrongState(r, StatusPaused)
 	}
 	c, err := s.client(ctx, r)
@@ -492,35 +472,40 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
 		return Sandbox{}, fromAgent("resume the sandbox", err)
 	}
-	return s.transition(lctx, a, r, []string{StatusPaused}, StatusRunning, newTimeout)
+	return s.transition(lctx, a, r, StatusPaused, StatusRunning, "resumed", newTimeout)
 }
 
-// transition records the state change an agent call just made, with a
-// conditional update. If the row already shows the new state, another writer
-// recorded the same outcome first (the reconciler reads the agent's state and
-// may see a pause before this call returns): that is success. Losing the race
-// to a different transition is a 409 naming the state the sandbox is in now.
-func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandbox, from []string, to string, timeout *int32) (Sandbox, error) {
-	row, err := s.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: from, ToStatus: to, TimeoutSec: timeout})
-	if isNoRows(err) {
-		now, gerr := s.loadSandbox(ctx, a, r.ID)
-		if gerr != nil {
-			return Sandbox{}, gerr
-		}
-		if now.Status != to {
-			return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
-		}
-		if timeout == nil {
-			return toSandbox(now), nil
-		}
-		// Same state already recorded; the new timeout still has to be.
-		row, err = s.q.TransitionSandbox(ctx, db.TransitionSandboxParams{ID: r.ID, TeamID: a.TeamID, FromStatuses: []string{to}, ToStatus: to, TimeoutSec: timeout})
-		if isNoRows(err) {
-			return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently", r.ID)}
-		}
-	}
+// transition records the state change an agent call just made. If the row
+// already shows the new state, another writer recorded the same outcome
+// first (the reconciler reads the agent's state and may see a pause before
+// this call returns): that is success. Losing the race to a different
+// transition is a 409 naming the state the sandbox is in now.
+func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandbox, from, to Status, reason string, timeout *int32) (Sandbox, error) {
+	t, ok, err := s.states.Change(ctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{from}, To: to,
+		Actor: ActorOf(a), Reason: reason, TimeoutSec: timeout})
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox state", err)
+	}
+	if ok {
+		return toSandbox(t.Sandbox), nil
+	}
+	now, err := s.loadSandbox(ctx, a, r.ID)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if Status(now.Status) != to {
+		return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
+	}
+	if timeout == nil {
+		return toSandbox(now), nil
+	}
+	// Same state already recorded; the new timeout still has to be.
+	row, err := s.q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: r.ID, TeamID: a.TeamID, Status: string(to), TimeoutSec: *timeout})
+	if isNoRows(err) {
+		return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently", r.ID)}
+	}
+	if err != nil {
+		return Sandbox{}, Internal("record sandbox timeout", err)
 	}
 	return toSandbox(row), nil
 }

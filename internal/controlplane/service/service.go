@@ -36,6 +36,8 @@ type Deps struct {
 	Pool      *pgxpool.Pool
 	Hosts     *hosts.Pool
 	Scheduler hosts.Scheduler
+	// States writes sandbox status; nil builds one on Pool.
+	States    *States
 	Tokens    *auth.Tokens
 	Passwords auth.Passwords
 	Limits    Limits
@@ -46,6 +48,7 @@ type Deps struct {
 type Service struct {
 	pool      *pgxpool.Pool
 	q         *db.Queries
+	states    *States
 	hosts     *hosts.Pool
 	scheduler hosts.Scheduler
 	tokens    *auth.Tokens
@@ -83,6 +86,10 @@ func New(d Deps) (*Service, error) {
 	if d.Pool != nil {
 		q = db.New(d.Pool)
 	}
+	st := d.States
+	if st == nil && d.Pool != nil {
+		st = NewStates(d.Pool, d.Logger)
+	}
 	hp := d.Hosts
 	if hp == nil && q != nil {
 		hp = hosts.NewPool(q, nil)
@@ -95,7 +102,7 @@ func New(d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{pool: d.Pool, q: q, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy}, nil
+	return &Service{pool: d.Pool, q: q, states: st, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy}, nil
 }
 
 // Limits reports the effective limits.

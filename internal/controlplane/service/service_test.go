@@ -2,43 +2,11 @@ package service
 
 import (
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-
-	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
-
-func TestReconcileTarget(t *testing.T) {
-	const id = "sb-x"
-	tests := []struct {
-		status string
-		live   map[string]pb.SandboxState
-		want   string
-	}{
-		{StatusRunning, map[string]pb.SandboxState{}, StatusStopped},
-		{StatusPaused, map[string]pb.SandboxState{}, StatusStopped},
-		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED}, StatusPaused},
-		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_PAUSED}, StatusPaused},
-		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_RUNNING}, ""},
-		{StatusPaused, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_PAUSED}, ""},
-		{StatusPaused, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_RUNNING}, ""},
-		{StatusMissing, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_RUNNING}, StatusRunning},
-		{StatusMissing, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED}, StatusPaused},
-		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_DEAD}, StatusError},
-		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_STOPPED}, StatusStopped},
-		{StatusRunning, map[string]pb.SandboxState{id: pb.SandboxState_SANDBOX_STATE_STARTING}, ""},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprintf("%s/%v", tt.status, tt.live[id]), func(t *testing.T) {
-			if got := reconcileTarget(tt.status, tt.live, id); got != tt.want {
-				t.Fatalf("got %q, want %q", got, tt.want)
-			}
-		})
-	}
-}
 
 func TestCursorRoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 30, 12, 0, 0, 123456000, time.UTC)

@@ -59,8 +59,8 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 	if err != nil {
 		return Snapshot{}, err
 	}
-	if sb.Status != StatusRunning && sb.Status != StatusPaused {
-		return Snapshot{}, wrongState(sb, "running or paused")
+	if st := Status(sb.Status); st != StatusRunning && st != StatusPaused {
+		return Snapshot{}, wrongState(sb, StatusRunning, StatusPaused)
 	}
 	if _, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.Name, TeamID: &a.TeamID}); err == nil {
 		return Snapshot{}, &Error{Kind: KindConflict, Code: "name_taken", Field: "name", Message: "a template or snapshot with this name exists"}
@@ -79,7 +79,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 		return Snapshot{}, fromAgent("snapshot the sandbox", err)
 	}
 	// The agent may have paused or stopped the sandbox to snapshot it.
-	s.syncFromAgent(lctx, c, sb)
+	s.syncFromAgent(lctx, a, c, sb)
 	vcpus, mem := sb.Vcpus, sb.MemoryMb
 	if resp.Msg.GetVcpus() > 0 {
 		vcpus, mem = int32(resp.Msg.GetVcpus()), int32(resp.Msg.GetMemoryMb())
@@ -97,41 +97,31 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 	return toSnapshot(t), nil
 }
 
-// syncFromAgent records the state the agent reports for a sandbox.
-func (s *Service) syncFromAgent(ctx context.Context, c interface {
+// syncFromAgent records the state the agent reports for a sandbox, by the
+// reconciler's mapping.
+func (s *Service) syncFromAgent(ctx context.Context, a auth.AuthContext, c interface {
 	GetSandbox(context.Context, *connect.Request[pb.GetSandboxRequest]) (*connect.Response[pb.GetSandboxResponse], error)
 }, sb db.Sandbox) {
 	resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: sb.ID}))
-	to := ""
+	var view AgentView
 	switch {
 	case connect.CodeOf(err) == connect.CodeNotFound:
-		to = StatusStopped
 	case err != nil:
 		s.log.WarnContext(ctx, "read sandbox state after snapshot", "sandbox_id", sb.ID, "err", err)
 		return
 	default:
-		to = stateToStatus(resp.Msg.GetSandbox().GetState())
+		view = Listed(resp.Msg.GetSandbox().GetState())
 	}
-	if to == "" || to == sb.Status {
+	d := Reconcile(Status(sb.Status), view)
+	if d.To == "" {
 		return
 	}
-	if _, err := s.q.ReconcileSandbox(ctx, db.ReconcileSandboxParams{ID: sb.ID, FromStatus: sb.Status, ToStatus: to, SeenUpdatedAt: sb.UpdatedAt}); err != nil {
+	// The snapshot request made the agent change it.
+	ch := d.Change(sb)
+	ch.Actor, ch.Reason = ActorOf(a), "snapshot: "+d.Reason
+	if _, _, err := s.states.Change(ctx, ch); err != nil {
 		s.log.WarnContext(ctx, "record sandbox state after snapshot", "sandbox_id", sb.ID, "err", err)
 	}
-}
-
-func stateToStatus(st pb.SandboxState) string {
-	switch st {
-	case pb.SandboxState_SANDBOX_STATE_RUNNING:
-		return StatusRunning
-	case pb.SandboxState_SANDBOX_STATE_PAUSED, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED:
-		return StatusPaused
-	case pb.SandboxState_SANDBOX_STATE_STOPPED:
-		return StatusStopped
-	case pb.SandboxState_SANDBOX_STATE_DEAD:
-		return StatusError
-	}
-	return ""
 }
 
 // ListSnapshots lists the team's snapshots, newest first.

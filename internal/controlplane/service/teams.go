@@ -143,7 +143,7 @@ func (s *Service) DeleteTeam(ctx context.Context, a auth.AuthContext, teamID str
 		if err := q.LockTeamSandboxes(ctx, teamID); err != nil {
 			return Internal("delete team", err)
 		}
-		live, err := q.ListSandboxes(ctx, db.ListSandboxesParams{TeamID: teamID, Statuses: []string{"pending", "running", "paused", "missing"}, Metadata: []byte("{}"), Lim: 1})
+		live, err := q.ListSandboxes(ctx, db.ListSandboxesParams{TeamID: teamID, Statuses: StatusStrings(LiveStatuses()), Metadata: []byte("{}"), Lim: 1})
 		if err != nil {
 			return Internal("delete team", err)
 		}

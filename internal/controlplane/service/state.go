@@ -1,0 +1,193 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/db"
+)
+
+// Status is a sandbox's state in the database. The migration's CHECK
+// constraint holds the same set.
+type Status string
+
+// Sandbox states.
+const (
+	StatusPending Status = "pending"
+	StatusRunning Status = "running"
+	StatusPaused  Status = "paused"
+	StatusStopped Status = "stopped"
+	StatusError   Status = "error"
+	StatusMissing Status = "missing"
+)
+
+// AllStatuses lists every sandbox state.
+func AllStatuses() []Status {
+	return []Status{StatusPending, StatusRunning, StatusPaused, StatusStopped, StatusError, StatusMissing}
+}
+
+// LiveStatuses are the states of a sandbox that may still hold resources on
+// its host: everything but stopped and error.
+func LiveStatuses() []Status {
+	return []Status{StatusPending, StatusRunning, StatusPaused, StatusMissing}
+}
+
+// StatusStrings converts states for SQL array parameters.
+func StatusStrings(ss []Status) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = string(s)
+	}
+	return out
+}
+
+// ActorType says what kind of party changed a sandbox.
+type ActorType string
+
+const (
+	ActorUser   ActorType = "user"
+	ActorAPIKey ActorType = "api_key"
+	ActorSystem ActorType = "system"
+)
+
+// Actor is who caused a change: a user, an API key, or a named part of the
+// control plane.
+type Actor struct {
+	Type ActorType
+	ID   string
+	Name string
+}
+
+// The control plane's own actors.
+var (
+	// ActorReconciler records what a host agent reports.
+	ActorReconciler = Actor{Type: ActorSystem, ID: "reconciler", Name: "reconciler"}
+	// ActorHostMonitor reacts to a host that stopped sending heartbeats.
+	ActorHostMonitor = Actor{Type: ActorSystem, ID: "host-monitor", Name: "host monitor"}
+	// ActorAutoPause is the agent's idle reaper, recorded by the reconciler.
+	ActorAutoPause = Actor{Type: ActorSystem, ID: "auto-pause", Name: "auto-pause"}
+)
+
+// ActorOf is the actor behind an authenticated request.
+func ActorOf(a auth.AuthContext) Actor {
+	if a.Method == auth.MethodAPIKey {
+		return Actor{Type: ActorAPIKey, ID: a.APIKeyID, Name: a.APIKeyName}
+	}
+	return Actor{Type: ActorUser, ID: a.UserID, Name: a.UserEmail}
+}
+
+// Change asks for one sandbox status change.
+type Change struct {
+	SandboxID string
+	// TeamID, when set, restricts the change to the team's sandbox.
+	TeamID string
+	// From are the states the row must be in for the change to apply.
+	From []Status
+	// SeenUpdatedAt, when set, also requires the row to be unchanged since it
+	// was read: a decision made on that read never undoes a later change.
+	SeenUpdatedAt *time.Time
+	To            Status
+	Actor         Actor
+	// Reason says why, for logs (and the audit log).
+	Reason string
+	// ErrorMessage, when set, replaces the message users see on the row.
+	ErrorMessage *string
+	// TimeoutSec, when set, replaces the idle timeout with the change.
+	TimeoutSec *int32
+}
+
+// Transition is a change that was made.
+type Transition struct {
+	SandboxID string
+	TeamID    string
+	HostID    *string
+	From, To  Status
+	Actor     Actor
+	Reason    string
+	At        time.Time
+	// Sandbox is the row after the change.
+	Sandbox db.Sandbox
+}
+
+// States is the one writer of sandbox status: every change goes through
+// StateTx.Change.
+type States struct {
+	pool *pgxpool.Pool
+	q    *db.Queries
+	log  *slog.Logger
+}
+
+// NewStates builds the writer.
+func NewStates(pool *pgxpool.Pool, logger *slog.Logger) *States {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &States{pool: pool, q: db.New(pool), log: logger}
+}
+
+// StateTx is a transaction in which status changes are made, possibly
+// together with other writes (a host marked unreachable with its sandboxes).
+type StateTx struct {
+	// Q runs other queries in the same transaction.
+	Q    *db.Queries
+	done []Transition
+}
+
+// InTx runs fn in one transaction and logs the transitions it made once
+// they are committed.
+func (s *States) InTx(ctx context.Context, fn func(tx *StateTx) error) error {
+	var st *StateTx
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		st = &StateTx{Q: s.q.WithTx(tx)}
+		return fn(st)
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range st.done {
+		s.log.InfoContext(ctx, "sandbox state changed", "sandbox_id", t.SandboxID, "team_id", t.TeamID,
+			"from", t.From, "to", t.To, "actor_type", t.Actor.Type, "actor_id", t.Actor.ID, "reason", t.Reason)
+	}
+	return nil
+}
+
+// Change applies c in its own transaction. ok is false, with no error,
+// when the row is not in a state c expects (another change came first).
+func (s *States) Change(ctx context.Context, c Change) (t Transition, ok bool, err error) {
+	err = s.InTx(ctx, func(tx *StateTx) error {
+		t, ok, err = tx.Change(ctx, c)
+		return err
+	})
+	return t, ok, err
+}
+
+// Change is the one place a sandbox's status is written: a conditional
+// UPDATE that returns the state the row left.
+func (tx *StateTx) Change(ctx context.Context, c Change) (Transition, bool, error) {
+	if c.To == "" || len(c.From) == 0 || c.Actor.Type == "" || c.Reason == "" {
+		return Transition{}, false, fmt.Errorf("sandbox %s state change: to, from, actor and reason are required", c.SandboxID)
+	}
+	p := db.SetSandboxStatusParams{ID: c.SandboxID, FromStatuses: StatusStrings(c.From), ToStatus: string(c.To),
+		SeenUpdatedAt: c.SeenUpdatedAt, ErrorMessage: c.ErrorMessage, TimeoutSec: c.TimeoutSec}
+	if c.TeamID != "" {
+		p.TeamID = &c.TeamID
+	}
+	r, err := tx.Q.SetSandboxStatus(ctx, p)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Transition{}, false, nil
+	}
+	if err != nil {
+		return Transition{}, false, fmt.Errorf("set sandbox %s %s: %w", c.SandboxID, c.To, err)
+	}
+	t := Transition{SandboxID: r.Sandbox.ID, TeamID: r.Sandbox.TeamID, HostID: r.Sandbox.HostID,
+		From: Status(r.FromStatus), To: c.To, Actor: c.Actor, Reason: c.Reason, At: r.Sandbox.UpdatedAt, Sandbox: r.Sandbox}
+	tx.done = append(tx.done, t)
+	return t, true, nil
+}
