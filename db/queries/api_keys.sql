@@ -11,10 +11,19 @@ WHERE k.team_id = $1
 ORDER BY k.created_at, k.id;
 
 -- name: GetAPIKeyByHash :one
-SELECT * FROM team_api_keys WHERE key_hash = $1;
+-- The authentication lookup. A key works only while its creator is still a
+-- member of the key's team: removal revokes keys, and this is the second line.
+SELECT k.* FROM team_api_keys k
+JOIN users_teams ut ON ut.user_id = k.created_by AND ut.team_id = k.team_id
+WHERE k.key_hash = $1;
 
 -- name: GetAPIKey :one
 SELECT * FROM team_api_keys WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id);
+
+-- name: RevokeMemberAPIKeys :many
+-- Run in the transaction that removes the member from the team.
+DELETE FROM team_api_keys WHERE team_id = sqlc.arg(team_id) AND created_by = sqlc.arg(user_id)
+RETURNING id;
 
 -- name: DeleteAPIKey :execrows
 DELETE FROM team_api_keys WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id);

@@ -91,9 +91,13 @@ func (q *Queries) GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamApiKe
 }
 
 const getAPIKeyByHash = `-- name: GetAPIKeyByHash :one
-SELECT id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used_at FROM team_api_keys WHERE key_hash = $1
+SELECT k.id, k.team_id, k.name, k.key_hash, k.key_prefix, k.created_by, k.created_at, k.last_used_at FROM team_api_keys k
+JOIN users_teams ut ON ut.user_id = k.created_by AND ut.team_id = k.team_id
+WHERE k.key_hash = $1
 `
 
+// The authentication lookup. A key works only while its creator is still a
+// member of the key's team: removal revokes keys, and this is the second line.
 func (q *Queries) GetAPIKeyByHash(ctx context.Context, keyHash string) (TeamApiKey, error) {
 	row := q.db.QueryRow(ctx, getAPIKeyByHash, keyHash)
 	var i TeamApiKey
@@ -151,6 +155,37 @@ func (q *Queries) ListAPIKeys(ctx context.Context, teamID string) ([]ListAPIKeys
 			return nil, err
 		}
 		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const revokeMemberAPIKeys = `-- name: RevokeMemberAPIKeys :many
+DELETE FROM team_api_keys WHERE team_id = $1 AND created_by = $2
+RETURNING id
+`
+
+type RevokeMemberAPIKeysParams struct {
+	TeamID string  `json:"team_id"`
+	UserID *string `json:"user_id"`
+}
+
+// Run in the transaction that removes the member from the team.
+func (q *Queries) RevokeMemberAPIKeys(ctx context.Context, arg RevokeMemberAPIKeysParams) ([]string, error) {
+	rows, err := q.db.Query(ctx, revokeMemberAPIKeys, arg.TeamID, arg.UserID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

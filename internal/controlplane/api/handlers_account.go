@@ -179,11 +179,12 @@ func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
-	if err := s.deps.Service.RemoveMember(r.Context(), caller(r), chi.URLParam(r, "team_id"), chi.URLParam(r, "user_id")); err != nil {
+	out, err := s.deps.Service.RemoveMember(r.Context(), caller(r), chi.URLParam(r, "team_id"), chi.URLParam(r, "user_id"))
+	if err != nil {
 		s.writeErr(w, r, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) {

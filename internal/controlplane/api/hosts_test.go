@@ -65,8 +65,8 @@ func newHostsEnv(t *testing.T) *hostsEnv {
 	return &hostsEnv{url: srv.URL, q: q, states: service.NewStates(pool, nil), tokens: tokens}
 }
 
-// user creates a user in team with role and returns a session token.
-func (e *hostsEnv) user(t *testing.T, teamID, role string) string {
+// member creates a user in team with role and returns its id.
+func (e *hostsEnv) member(t *testing.T, teamID, role string) string {
 	t.Helper()
 	ctx := context.Background()
 	u, err := e.q.CreateUser(ctx, db.CreateUserParams{ID: ids.New(ids.User), Email: ids.New("") + "@example.test", Name: "u", PasswordHash: "x"})
@@ -76,7 +76,13 @@ func (e *hostsEnv) user(t *testing.T, teamID, role string) string {
 	if err := e.q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: teamID, Role: role, IsDefault: true}); err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := e.tokens.Issue(u.ID, teamID, 0)
+	return u.ID
+}
+
+// user creates a user in team with role and returns a session token.
+func (e *hostsEnv) user(t *testing.T, teamID, role string) string {
+	t.Helper()
+	tok, _, err := e.tokens.Issue(e.member(t, teamID, role), teamID, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +108,9 @@ func (e *hostsEnv) apiKey(t *testing.T, teamID string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.q.CreateAPIKey(context.Background(), db.CreateAPIKeyParams{ID: ids.New(ids.APIKey), TeamID: teamID, Name: "k", KeyHash: hash, KeyPrefix: prefix}); err != nil {
+	// A key works only while its creator is a member of the team.
+	creator := e.member(t, teamID, "member")
+	if _, err := e.q.CreateAPIKey(context.Background(), db.CreateAPIKeyParams{ID: ids.New(ids.APIKey), TeamID: teamID, Name: "k", KeyHash: hash, KeyPrefix: prefix, CreatedBy: &creator}); err != nil {
 		t.Fatal(err)
 	}
 	return plain

@@ -262,10 +262,18 @@ func (s *Service) UpdateMemberRole(ctx context.Context, a auth.AuthContext, team
 	})
 }
 
+// RemovedMember is the answer to removing a member (or leaving): the API keys
+// the member had created in the team, revoked in the same transaction.
+type RemovedMember struct {
+	RevokedAPIKeyIDs []string `json:"revoked_api_key_ids"`
+}
+
 // RemoveMember removes someone (owner/admin; admins cannot remove owners) or
-// lets a member leave. The last owner cannot leave.
-func (s *Service) RemoveMember(ctx context.Context, a auth.AuthContext, teamID, userID string) error {
-	return s.inTx(ctx, func(q *db.Queries) error {
+// lets a member leave. The last owner cannot leave. The keys the member
+// created in the team go with them: a key must not outlive its creator's access.
+func (s *Service) RemoveMember(ctx context.Context, a auth.AuthContext, teamID, userID string) (RemovedMember, error) {
+	var out RemovedMember
+	err := s.inTx(ctx, func(q *db.Queries) error {
 		m, err := s.membership(ctx, q, a, teamID)
 		if err != nil {
 			return err
@@ -294,6 +302,17 @@ func (s *Service) RemoveMember(ctx context.Context, a auth.AuthContext, teamID, 
 		if _, err := q.RemoveMember(ctx, db.RemoveMemberParams{TeamID: teamID, UserID: userID}); err != nil {
 			return Internal("remove member", err)
 		}
+		revoked, err := q.RevokeMemberAPIKeys(ctx, db.RevokeMemberAPIKeysParams{TeamID: teamID, UserID: &userID})
+		if err != nil {
+			return Internal("revoke member api keys", err)
+		}
+		out.RevokedAPIKeyIDs = append(make([]string, 0, len(revoked)), revoked...)
 		return nil
 	})
+	if err != nil {
+		return RemovedMember{}, err
+	}
+	s.log.InfoContext(ctx, "team member removed", "team_id", teamID, "user_id", userID, "by", a.UserID,
+		"revoked_api_key_ids", out.RevokedAPIKeyIDs)
+	return out, nil
 }
