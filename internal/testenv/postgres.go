@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wrenn-dev/wrenn/internal/localsvc"
 )
@@ -109,3 +110,32 @@ func RedisURL(t testing.TB) string {
 // redisDatabases is how many logical databases the throwaway server has;
 // every RedisURL call gets its own so tests never see each other's keys.
 const redisDatabases = 1024
+
+// Execer runs SQL: a *pgx.Conn or a *pgxpool.Pool.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// FailUpdates makes every UPDATE of table fail inside PostgreSQL (a trigger
+// raising an error) until heal is called: a database fault in the middle of
+// a transaction, for tests of what survives one.
+func FailUpdates(t testing.TB, db Execer, table string) (heal func()) {
+	t.Helper()
+	ctx := context.Background()
+	fn := pgx.Identifier{"testenv_fail_" + table}.Sanitize()
+	tbl := pgx.Identifier{table}.Sanitize()
+	for _, stmt := range []string{
+		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'testenv: injected fault'; END $$",
+		"CREATE TRIGGER " + fn + " BEFORE UPDATE ON " + tbl + " FOR EACH ROW EXECUTE FUNCTION " + fn + "()",
+	} {
+		if _, err := db.Exec(ctx, stmt); err != nil {
+			t.Fatalf("inject update fault on %s: %v", table, err)
+		}
+	}
+	return func() {
+		t.Helper()
+		if _, err := db.Exec(ctx, "DROP TRIGGER "+fn+" ON "+tbl+"; DROP FUNCTION "+fn+"()"); err != nil {
+			t.Fatalf("heal update fault on %s: %v", table, err)
+		}
+	}
+}

@@ -36,6 +36,9 @@ type Options struct {
 	// OnRegistered, if set, is called with the credentials in use once
 	// the loop starts (after registering or loading them).
 	OnRegistered func(Credentials)
+	// Backoff spaces out retries of registration and token refresh after a
+	// 5xx answer or a network error.
+	Backoff Backoff
 }
 
 // Run registers when a token is given (else loads saved credentials), then
@@ -49,7 +52,17 @@ func Run(ctx context.Context, o Options) error {
 	var creds Credentials
 	registered := false
 	if o.RegisterToken != "" {
-		c, err := Register(ctx, o.HTTPClient, o.CPURL, o.RegisterToken, o.Address, o.Specs)
+		// A control plane that is down or failing (5xx) is waited for; only
+		// its refusal (4xx) ends the agent.
+		var c Credentials
+		err := retry(ctx, o.Backoff, o.Logger, "registration", func(ctx context.Context) error {
+			var err error
+			c, err = Register(ctx, o.HTTPClient, o.CPURL, o.RegisterToken, o.Address, o.Specs)
+			return err
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
 		var ae *APIError
 		switch {
 		case err == nil:
@@ -66,6 +79,7 @@ func Run(ctx context.Context, o Options) error {
 			}
 			o.Logger.Warn("registration token refused; using the saved credentials", "err", err)
 		default:
+			o.Logger.Error("the control plane refused this agent's registration; not retrying", "err", err)
 			return err
 		}
 	}
@@ -86,7 +100,7 @@ func Run(ctx context.Context, o Options) error {
 		o.OnRegistered(creds)
 	}
 	hb := &Heartbeater{Dir: o.Dir, Creds: creds, Interval: o.Interval, UnreachableAfter: o.UnreachableAfter,
-		PauseAll: o.PauseAll, HTTPClient: o.HTTPClient, Logger: o.Logger}
+		PauseAll: o.PauseAll, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff}
 	return hb.Run(ctx)
 }
 
@@ -99,6 +113,7 @@ type Heartbeater struct {
 	PauseAll         func(ctx context.Context) error
 	HTTPClient       *http.Client
 	Logger           *slog.Logger
+	Backoff          Backoff
 }
 
 func (h *Heartbeater) defaults() {
@@ -198,13 +213,21 @@ func (h *Heartbeater) post(ctx context.Context) error {
 }
 
 // refresh rotates credentials and saves them before using them, so a crash
-// right after never leaves the file holding a revoked refresh token.
+// right after never leaves the file holding a revoked refresh token. A 5xx
+// or network failure is retried with backoff for up to one interval (then
+// the heartbeat loop carries on counting the control plane unreachable);
+// a refusal (4xx) means the credentials are no good.
 func (h *Heartbeater) refresh(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, h.Interval)
 	defer cancel()
-	c, err := Refresh(cctx, h.HTTPClient, h.Creds)
+	var c Credentials
+	err := retry(cctx, h.Backoff, h.Logger, "host token refresh", func(ctx context.Context) error {
+		var err error
+		c, err = Refresh(ctx, h.HTTPClient, h.Creds)
+		return err
+	})
 	var ae *APIError
-	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
+	if errors.As(err, &ae) && !Transient(err) {
 		return fmt.Errorf("%w: %v", ErrCredentialsRejected, err)
 	}
 	if err != nil {

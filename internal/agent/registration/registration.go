@@ -5,7 +5,9 @@
 // credentials cannot be refreshed, or the control plane stays unreachable
 // too long, it pauses every sandbox (a PauseAll callback): an agent the
 // control plane cannot see must not keep running billable work. A 404 on
-// heartbeat means the host was deleted, and the loop stops.
+// heartbeat means the host was deleted, and the loop stops. Registration
+// and refresh are retried with backoff while the control plane is down or
+// failing; only its refusal (a 4xx) is final.
 package registration
 
 import (

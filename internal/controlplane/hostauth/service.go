@@ -375,14 +375,23 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (Credentials, 
 	if err := checkSpecs(in.Specs); err != nil {
 		return Credentials{}, err
 	}
-	// GETDEL makes the token single-use even under concurrent registrations.
-	hostID, err := s.rdb.GetDel(ctx, regKey(hashToken(in.Token))).Result()
+	// GETDEL makes the token single-use even under concurrent registrations;
+	// if the transaction below does not commit, the token is put back so the
+	// agent can retry with it.
+	hash := hashToken(in.Token)
+	hostID, err := s.rdb.GetDel(ctx, regKey(hash)).Result()
 	if errors.Is(err, redis.Nil) {
 		return Credentials{}, errBadRegistration
 	}
 	if err != nil {
 		return Credentials{}, service.Internal("consume registration token", err)
 	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.restoreRegistrationToken(ctx, hostID, hash)
+		}
+	}()
 	var creds Credentials
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
@@ -410,10 +419,32 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (Credentials, 
 	if err != nil {
 		return Credentials{}, err
 	}
+	committed = true
 	if s.agents != nil {
 		s.agents.Evict(hostID) // the address may have changed
 	}
 	return s.withJWT(creds)
+}
+
+// restoreToken puts a consumed registration token back, for what is left of
+// its lifetime, unless the host has been given another token since (the host
+// key then names a different hash) or the host key has expired.
+var restoreToken = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl, 'NX')
+return 1`)
+
+// restoreRegistrationToken undoes the GETDEL of a registration whose
+// transaction failed: the failure was ours, so the token must stay usable.
+func (s *Service) restoreRegistrationToken(ctx context.Context, hostID, hash string) {
+	// The request may be gone; the token must come back all the same.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := restoreToken.Run(rctx, s.rdb, []string{regKey(hash), regHostKey(hostID)}, hash, hostID).Err(); err != nil {
+		s.log.ErrorContext(ctx, "restore registration token after a failed registration; issue a new token", "host_id", hostID, "err", err)
+	}
 }
 
 func (s *Service) withJWT(c Credentials) (Credentials, error) {

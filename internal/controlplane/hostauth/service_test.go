@@ -415,3 +415,49 @@ func FuzzHostTokenParse(f *testing.F) {
 		}
 	})
 }
+
+// A registration whose transaction fails leaves the token usable: the
+// agent's retry with the same token succeeds, once.
+func TestRegisterTransactionFailureKeepsTheToken(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		regenerate bool // a new token is issued between the failure and the retry
+	}{
+		{"retry with the same token", false},
+		{"regenerated meanwhile", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, Config{})
+			ctx := context.Background()
+			h, err := e.svc.CreateHost(ctx, admin, CreateHostInput{Name: "h1", Shared: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			heal := testenv.FailUpdates(t, e.pool, "hosts")
+			_, err = e.svc.Register(ctx, RegisterInput{Token: h.Token, Address: "127.0.0.1:9999", Specs: specs})
+			wantKind(t, err, service.KindInternal, "")
+			if got, _ := e.q.GetHost(ctx, h.Host.ID); got.Status != "pending" || e.refreshCount(t, h.Host.ID) != 0 {
+				t.Fatalf("failed registration left %+v", got)
+			}
+			heal()
+			if tc.regenerate {
+				h2, err := e.svc.RegenerateToken(ctx, admin, h.Host.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = e.svc.Register(ctx, RegisterInput{Token: h.Token, Address: "127.0.0.1:9999", Specs: specs})
+				wantKind(t, err, service.KindUnauthorized, "invalid_registration_token")
+				h = h2
+			}
+			ttl, err := e.rdb.PTTL(ctx, regKey(hashToken(h.Token))).Result()
+			if err != nil || ttl <= 0 || ttl > time.Hour {
+				t.Fatalf("token ttl after restore = %v, %v", ttl, err)
+			}
+			if _, err := e.svc.Register(ctx, RegisterInput{Token: h.Token, Address: "127.0.0.1:9999", Specs: specs}); err != nil {
+				t.Fatalf("retry with the same token: %v", err)
+			}
+			_, err = e.svc.Register(ctx, RegisterInput{Token: h.Token, Address: "127.0.0.1:9999", Specs: specs})
+			wantKind(t, err, service.KindUnauthorized, "invalid_registration_token")
+		})
+	}
+}
