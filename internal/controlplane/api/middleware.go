@@ -130,8 +130,9 @@ func (l *RedisRateLimiter) Allow(ctx context.Context, key string) (bool, error) 
 	return incr.Val() <= int64(l.limit), nil
 }
 
-// rateLimit guards signup and login per client IP. When Redis fails the
-// request is let through: a broken limiter must not lock everyone out.
+// rateLimit guards signup and login per client IP. A limiter that fails is
+// let through (a broken limiter must not lock everyone out); the control
+// plane's own (NewRateLimiter) does not fail: it falls back to this process.
 func (s *Server) rateLimit(name string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

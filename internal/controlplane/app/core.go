@@ -65,7 +65,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval}
 	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
-		c.RateLimiter = api.NewRedisRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute)
+		c.RateLimiter = api.NewRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute, logger)
 	}
 	if c.ReconcileInterval <= 0 {
 		c.ReconcileInterval = 5 * time.Second

@@ -1,0 +1,88 @@
+package app
+
+import (
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/migrate"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
+)
+
+// With Redis down (nothing listens at REDIS_URL), the default limit still
+// holds: the 21st bad login in a minute gets 429, from this replica's own
+// counter, and the take-over is logged once.
+func TestAuthRateLimitWithoutRedis(t *testing.T) {
+	ctx := testenv.Context(t)
+	dbURL := testenv.PostgresURL(t)
+	m, err := migrate.Open(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": "redis://127.0.0.1:" + strconv.Itoa(port) + "/0",
+		"WRENN_JWT_SECRET": strings.Repeat("s", 40)}
+	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	opts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	var logs testenv.SyncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	core, err := NewCore(cfg, pool, rdb, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deps := api.Deps{Logger: logger}
+	core.Fill(&deps)
+	h, err := api.New(deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+
+	for i := 1; i <= 21; i++ {
+		resp, err := http.Post(srv.URL+"/v1/auth/login", "application/json",
+			strings.NewReader(`{"email":"nobody@example.com","password":"wrong password"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := http.StatusUnauthorized
+		if i == 21 {
+			want = http.StatusTooManyRequests
+		}
+		if resp.StatusCode != want {
+			t.Fatalf("login %d = %d, want %d", i, resp.StatusCode, want)
+		}
+	}
+	if n := strings.Count(logs.String(), "rate limiter: Redis unavailable"); n != 1 {
+		t.Fatalf("take-over logged %d times, want once:\n%s", n, logs.String())
+	}
+}
