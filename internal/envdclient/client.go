@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"mime/multipart"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -246,18 +248,23 @@ func (c *Client) filesURL(path, user string) string {
 }
 
 // UploadFile streams r to path in the guest as a multipart "file" field;
-// nothing is buffered whole. It returns the bytes sent.
+// nothing is buffered whole. It returns the bytes sent. When reading r
+// fails the request is aborted before the multipart body is complete, so
+// envd discards what it received and path keeps its old content.
 func (c *Client) UploadFile(ctx context.Context, path, user string, r io.Reader) (int64, error) {
 	if path == "" {
 		return 0, errors.New("envd upload: empty path")
 	}
+	ctx, abort := context.WithCancel(ctx)
+	defer abort()
+	src := &abortingReader{r: r, abort: abort}
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	var n int64
 	go func() {
-		part, err := mw.CreateFormFile("file", baseName(path))
+		part, err := mw.CreatePart(filePartHeader(path))
 		if err == nil {
-			n, err = io.Copy(part, r)
+			n, err = io.Copy(part, src)
 		}
 		if err == nil {
 			err = mw.Close()
@@ -273,6 +280,12 @@ func (c *Client) UploadFile(ctx context.Context, path, user string, r io.Reader)
 	resp, err := c.http.Do(req)
 	// Unblock the writer goroutine whatever happened.
 	pr.CloseWithError(errors.New("upload request finished"))
+	if rerr := src.failure(); rerr != nil {
+		if err == nil {
+			drain(resp.Body)
+		}
+		return 0, fmt.Errorf("envd upload %s: read the upload: %w", path, rerr)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("envd upload %s: %w", path, err)
 	}
@@ -281,6 +294,45 @@ func (c *Client) UploadFile(ctx context.Context, path, user string, r io.Reader)
 		return 0, readHTTPError("upload "+path, resp)
 	}
 	return n, nil
+}
+
+// abortingReader cancels the upload request at the first read error of the
+// source, so the body sent to envd never ends as if it were complete.
+type abortingReader struct {
+	r     io.Reader
+	abort context.CancelFunc
+
+	mu  sync.Mutex
+	err error
+}
+
+func (a *abortingReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		a.mu.Lock()
+		a.err = err
+		a.mu.Unlock()
+		a.abort()
+	}
+	return n, err
+}
+
+// failure is the source's read error, if any.
+func (a *abortingReader) failure() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
+// filePartHeader names the uploaded file in its part header. The path goes
+// in the query; the name is informative, and mime.FormatMediaType encodes it
+// (RFC 2231 / RFC 7578 percent-encoding) when it holds characters such as
+// newlines that cannot appear raw in a header.
+func filePartHeader(path string) textproto.MIMEHeader {
+	h := make(textproto.MIMEHeader)
+	h.Set("Content-Disposition", mime.FormatMediaType("form-data", map[string]string{"name": "file", "filename": baseName(path)}))
+	h.Set("Content-Type", "application/octet-stream")
+	return h
 }
 
 // DownloadFile opens path in the guest for reading; size is -1 when envd

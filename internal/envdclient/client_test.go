@@ -179,3 +179,50 @@ func TestUploadRejectsEmptyPath(t *testing.T) {
 func sha(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// brokenReader yields its data, then fails: an upload source that breaks off.
+type brokenReader struct{ r io.Reader }
+
+func (b *brokenReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		return n, errors.New("test: source broke off")
+	}
+	return n, err
+}
+
+// A source that fails mid-upload aborts the request: envd keeps the old
+// file and leaves no temporary file behind.
+func TestUploadSourceErrorKeepsTheTarget(t *testing.T) {
+	c, root := startEnvd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitHealthy(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	const original = "original content\n"
+	if _, err := c.UploadFile(ctx, "/data/keep.txt", "", bytes.NewReader([]byte(original))); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{0, 1, 300 << 10} {
+		src := &brokenReader{r: bytes.NewReader(bytes.Repeat([]byte("x"), size))}
+		if _, err := c.UploadFile(ctx, "/data/keep.txt", "", src); err == nil {
+			t.Fatalf("upload of a broken %d-byte source succeeded", size)
+		}
+		if got, err := os.ReadFile(filepath.Join(root, "data/keep.txt")); err != nil || string(got) != original {
+			t.Fatalf("after a broken %d-byte upload the file holds %d bytes (%v)", size, len(got), err)
+		}
+		// envd notices the abort on its own time; its temporary file must go.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ents, err := os.ReadDir(filepath.Join(root, "data"))
+			if err == nil && len(ents) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("data dir after a broken upload: %v %v", ents, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}

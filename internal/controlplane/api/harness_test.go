@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
@@ -70,6 +71,9 @@ type envOpts struct {
 	limits      service.Limits
 	rateLimiter RateLimiter
 	maxUpload   int64
+	// realAgent serves the host from a real agent with real envd processes
+	// (sandboxtest.StartAgent) instead of the in-memory one.
+	realAgent bool
 }
 
 const testSecret = "test-secret-test-secret-test-secret!"
@@ -83,7 +87,11 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	pool, _ := testenv.MigratedPool(t)
 	q := db.New(pool)
 	agent := agenttest.Serve(t)
-	if _, err := q.UpsertHost(context.Background(), db.UpsertHostParams{ID: "host-test", Name: "test", Address: agent.Address(), Status: "online", Vmm: "test"}); err != nil {
+	addr := agent.Address()
+	if o.realAgent {
+		addr = sandboxtest.StartAgent(t)
+	}
+	if _, err := q.UpsertHost(context.Background(), db.UpsertHostParams{ID: "host-test", Name: "test", Address: addr, Status: "online", Vmm: "test"}); err != nil {
 		t.Fatalf("register host: %v", err)
 	}
 	if _, err := q.HeartbeatHost(context.Background(), "host-test"); err != nil {

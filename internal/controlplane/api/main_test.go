@@ -4,7 +4,13 @@ import (
 	"os"
 	"testing"
 
+	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+// The real-agent tests build envd (envdtest.Build); its binary goes at the end.
+func TestMain(m *testing.M) {
+	code := testenv.Run(m)
+	envdtest.RemoveBuild()
+	os.Exit(code)
+}

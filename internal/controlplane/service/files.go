@@ -36,7 +36,9 @@ type WriteResult struct {
 }
 
 // WriteFile streams r into path, chunk by chunk: the file is never held
-// whole in memory.
+// whole in memory. When reading r fails (the upload limit, a client that
+// breaks off) the stream to the agent is aborted, not closed, so the agent
+// and envd see an incomplete upload and the target keeps its old content.
 func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path string, mode uint32, r io.Reader) (WriteResult, error) {
 	if err := CheckPath(path); err != nil {
 		return WriteResult{}, err
@@ -48,6 +50,10 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 	if err != nil {
 		return WriteResult{}, err
 	}
+	// Cancelling the stream's context resets it: a clean close would tell
+	// the agent the upload is complete.
+	ctx, abort := context.WithCancel(ctx)
+	defer abort()
 	st := c.WriteFileStream(ctx)
 	if err := st.Send(&pb.WriteFileStreamRequest{Part: &pb.WriteFileStreamRequest_Header_{Header: &pb.WriteFileStreamRequest_Header{SandboxId: sb.ID, Path: path, Mode: mode}}}); err != nil && !errors.Is(err, io.EOF) {
 		_, _ = st.CloseAndReceive()
@@ -66,6 +72,7 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 			break
 		}
 		if rerr != nil {
+			abort()
 			_, _ = st.CloseAndReceive()
 			return WriteResult{}, readErr(rerr)
 		}

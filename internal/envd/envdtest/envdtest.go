@@ -79,10 +79,16 @@ func Build(tb testing.TB) string {
 //	func TestMain(m *testing.M) { os.Exit(envdtest.Run(m)) }
 func Run(m *testing.M) int {
 	code := m.Run()
+	RemoveBuild()
+	return code
+}
+
+// RemoveBuild removes the binary Build made, for a TestMain that runs its
+// tests through another runner (such as testenv.Run).
+func RemoveBuild() {
 	if buildPath != "" {
 		os.RemoveAll(filepath.Dir(buildPath))
 	}
-	return code
 }
 
 // Envd is a running envd subprocess.
