@@ -18,6 +18,8 @@ packages=(
   protobuf-compiler libprotobuf-dev
   # front-end assets and the E2B SDK compatibility test
   nodejs npm
+  # headless browser for the /docs page test
+  chromium
   # misc tools used by scripts and tests
   git curl procps psmisc
 )
