@@ -86,7 +86,8 @@ func TestTwoAgents(t *testing.T) {
 	base := fmt.Sprintf("http://127.0.0.1:%d", cpPort)
 	cp := startProc(t, "wrenn-server", childEnv("DATABASE_URL="+dbURL, "REDIS_URL="+redisURL,
 		"WRENN_JWT_SECRET="+randomHex(t, 32), fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", cpPort),
-		"WRENN_RECONCILE_INTERVAL=200ms", "WRENN_HOST_UNREACHABLE_AFTER=2s"), bin, "server")
+		"WRENN_RECONCILE_INTERVAL=200ms", "WRENN_HOST_UNREACHABLE_AFTER=2s",
+		fmt.Sprintf("WRENN_MAX_UPLOAD_BYTES=%d", e2eMaxUpload)), bin, "server")
 	t.Cleanup(func() {
 		if code, ok := cp.stop(syscall.SIGTERM, 30*time.Second); !ok || code != 0 {
 			t.Errorf("wrenn server exit: code %d, in time %v", code, ok)
@@ -193,6 +194,8 @@ func TestTwoAgents(t *testing.T) {
 		}
 		return true, fmt.Sprint(got)
 	}
+
+	t.Run("uploads", func(t *testing.T) { testUploads(t, admin, placed[a.hostID][0]) })
 
 	t.Run("agent killed and back", func(t *testing.T) {
 		vms := a.qemuPIDs()
