@@ -8,12 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
-	"github.com/wrenn-dev/wrenn/internal/migrate"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -21,16 +19,7 @@ import (
 // holds: the 21st bad login in a minute gets 429, from this replica's own
 // counter, and the take-over is logged once.
 func TestAuthRateLimitWithoutRedis(t *testing.T) {
-	ctx := testenv.Context(t)
-	dbURL := testenv.PostgresURL(t)
-	m, err := migrate.Open(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	pool, dbURL := testenv.MigratedPool(t)
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -41,11 +30,6 @@ func TestAuthRateLimitWithoutRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
 	opts, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
 		t.Fatal(err)
