@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"mime/multipart"
 	"net/http"
 	"testing"
@@ -41,7 +42,7 @@ func testUploads(t *testing.T, c client, id string) {
 	eventually(t, 10*time.Second, "the directory holds only the old file, unchanged", func() (bool, string) {
 		r := c.sh(t, id, "cat /tmp/up/keep.txt; echo ---; ls -A /tmp/up")
 		want := original + "---\nkeep.txt\n"
-		return r.Stdout == want, r.Stdout
+		return r.Stdout == want, fmt.Sprintf("%d bytes: %.80q", len(r.Stdout), r.Stdout)
 	})
 
 	for _, name := range []string{"tab\there", "new\nline"} {

@@ -50,8 +50,10 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 	if err != nil {
 		return WriteResult{}, err
 	}
-	// Cancelling the stream's context resets it: a clean close would tell
-	// the agent the upload is complete.
+	// Cancelling the stream's context resets it. A clean close would tell the
+	// agent the upload is complete, so after a read error the stream is
+	// never closed (CloseAndReceive would close the request body cleanly,
+	// racing the reset).
 	ctx, abort := context.WithCancel(ctx)
 	defer abort()
 	st := c.WriteFileStream(ctx)
@@ -73,7 +75,6 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 		}
 		if rerr != nil {
 			abort()
-			_, _ = st.CloseAndReceive()
 			return WriteResult{}, readErr(rerr)
 		}
 	}
