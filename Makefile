@@ -17,7 +17,7 @@ PROTOC_GEN_CONNECT_GO_VERSION := v1.19.1
 SQLC_VERSION                  := v1.30.0
 STATICCHECK_VERSION           := v0.8.2
 
-PROTO_FILES := proto/envd/process/process.proto proto/envd/filesystem/filesystem.proto proto/hostagent/v1/hostagent.proto
+PROTO_FILES := proto/envd/process/process.proto proto/envd/filesystem/filesystem.proto proto/hostagent/v1/hostagent.proto proto/hostagent/v1/errors.proto
 SWAGGER_DIST := internal/controlplane/api/swaggerui/dist
 
 .PHONY: help setup tools web build images generate check-generated lint test test-go bench dev clean

@@ -24,6 +24,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
@@ -31,10 +32,12 @@ import (
 // TokenHeader carries the access token set by /init.
 const TokenHeader = "X-Access-Token"
 
-// ErrNotFound is returned by DownloadFile when the path does not exist.
-var ErrNotFound = errors.New("envd: path not found")
+// ErrNotFound matches an answer of envd that says the path (or process)
+// does not exist.
+var ErrNotFound = agenterr.ErrNotFound
 
-// HTTPError is a non-2xx answer from one of envd's HTTP endpoints.
+// HTTPError is a non-2xx answer from one of envd's HTTP endpoints. It
+// matches (errors.Is) the domain error its status means (see Classify).
 type HTTPError struct {
 	Op      string
 	Status  int
@@ -45,9 +48,76 @@ func (e *HTTPError) Error() string {
 	return fmt.Sprintf("envd %s: HTTP %d: %s", e.Op, e.Status, e.Message)
 }
 
-// Is lets errors.Is(err, ErrNotFound) match a 404.
+// Is matches the domain error of the status.
 func (e *HTTPError) Is(target error) bool {
-	return target == ErrNotFound && e.Status == http.StatusNotFound
+	k := statusKind(e.Status)
+	return k != nil && target == k
+}
+
+// statusKind is what a status of envd's /files and /init means.
+func statusKind(status int) error {
+	switch status {
+	case http.StatusBadRequest:
+		return agenterr.ErrInvalidArgument
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return agenterr.ErrPermissionDenied
+	case http.StatusNotFound:
+		return agenterr.ErrNotFound
+	case http.StatusInsufficientStorage:
+		return agenterr.ErrDiskFull
+	}
+	return nil
+}
+
+// connectKind is what a Connect code of envd's process and filesystem
+// services means. A code envd did not send (the transport failed) reads as
+// Unavailable too.
+func connectKind(code connect.Code) error {
+	switch code {
+	case connect.CodeNotFound:
+		return agenterr.ErrNotFound
+	case connect.CodeInvalidArgument:
+		return agenterr.ErrInvalidArgument
+	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists:
+		return agenterr.ErrInvalidState
+	case connect.CodePermissionDenied:
+		return agenterr.ErrPermissionDenied
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeCanceled:
+		return agenterr.ErrUnavailable
+	}
+	return nil
+}
+
+// classified is an envd error with the domain error it means.
+type classified struct{ kind, err error }
+
+func (c classified) Error() string        { return c.err.Error() }
+func (c classified) Is(target error) bool { return target == c.kind }
+func (c classified) Unwrap() error        { return c.err }
+
+// Classify reads an error of a call to envd into the agent's domain errors
+// (agenterr), once, here: an HTTP status of /files or /init, a Connect code
+// of envd's services, or a failure to reach envd at all (Unavailable).
+// What envd calls an internal failure stays unclassified.
+func Classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var he *HTTPError
+	if errors.As(err, &he) {
+		return err // classified by its status
+	}
+	var kind error
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		kind = connectKind(ce.Code())
+	} else {
+		kind = agenterr.ErrUnavailable
+	}
+	if kind == nil {
+		return err
+	}
+	return classified{kind: kind, err: err}
 }
 
 // Client is a client for one envd. It is safe for concurrent use.
@@ -58,15 +128,18 @@ type Client struct {
 	mu    sync.RWMutex
 	token string
 
+	conns *connSet
+
 	Process    processconnect.ProcessClient
 	Filesystem filesystemconnect.FilesystemClient
 }
 
 // New returns a client for the envd at addr ("host:port").
 func New(addr string) *Client {
-	c := &Client{base: "http://" + addr}
+	c := &Client{base: "http://" + addr, conns: &connSet{live: map[*trackedConn]struct{}{}}}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         c.conns.dialer(d),
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     60 * time.Second,
 		// Many processes stream at once; HTTP/1.1 gives each its own
@@ -96,9 +169,60 @@ func (c *Client) Token() string {
 	return c.token
 }
 
-// Close drops idle connections.
+// Close ends every connection, idle or in use, and refuses new ones: the
+// VM behind the client is going away, and a call in flight must fail now
+// rather than wait on a guest that will never answer.
 func (c *Client) Close() {
+	c.conns.close()
 	c.http.CloseIdleConnections()
+}
+
+// connSet tracks a client's connections so Close can end them.
+type connSet struct {
+	mu     sync.Mutex
+	live   map[*trackedConn]struct{}
+	closed bool
+}
+
+func (s *connSet) dialer(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: conn, set: s}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed {
+			conn.Close()
+			return nil, fmt.Errorf("dial %s: %w", addr, net.ErrClosed)
+		}
+		s.live[tc] = struct{}{}
+		return tc, nil
+	}
+}
+
+func (s *connSet) close() {
+	s.mu.Lock()
+	s.closed = true
+	live := s.live
+	s.live = map[*trackedConn]struct{}{}
+	s.mu.Unlock()
+	for tc := range live {
+		tc.Conn.Close()
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	set *connSet
+}
+
+func (tc *trackedConn) Close() error {
+	tc.set.mu.Lock()
+	delete(tc.set.live, tc)
+	tc.set.mu.Unlock()
+	return tc.Conn.Close()
 }
 
 // tokenTransport adds the access token to every request, Connect or plain.

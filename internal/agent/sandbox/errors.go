@@ -1,78 +1,27 @@
 package sandbox
 
 import (
-	"errors"
 	"fmt"
+
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 )
 
-// Code classifies manager errors so the RPC server maps them to wire codes
-// in one place.
-type Code int
+// The manager's errors are agenterr's domain errors: callers test them with
+// errors.Is(err, agenterr.ErrNotFound) and so on, and the RPC server maps
+// them to wire codes. An error of no kind is an internal failure.
 
-const (
-	CodeInternal Code = iota
-	CodeNotFound
-	CodeInvalidArgument
-	CodeFailedPrecondition
-	CodeUnavailable
-	CodeAlreadyExists
-	CodeResourceExhausted
-	CodePermissionDenied
-)
-
-func (c Code) String() string {
-	switch c {
-	case CodeNotFound:
-		return "not found"
-	case CodeInvalidArgument:
-		return "invalid argument"
-	case CodeFailedPrecondition:
-		return "failed precondition"
-	case CodeUnavailable:
-		return "unavailable"
-	case CodeAlreadyExists:
-		return "already exists"
-	case CodeResourceExhausted:
-		return "resource exhausted"
-	case CodePermissionDenied:
-		return "permission denied"
-	default:
-		return "internal"
+func errorf(kind error, format string, args ...any) error {
+	if kind == nil {
+		return fmt.Errorf(format, args...)
 	}
+	return agenterr.New(kind, format, args...)
 }
 
-// Error is a classified manager error.
-type Error struct {
-	Code Code
-	Msg  string
-	Err  error
-}
-
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return e.Msg + ": " + e.Err.Error()
+func wrapErr(kind, err error, format string, args ...any) error {
+	if kind == nil {
+		return fmt.Errorf(format+": %w", append(args, err)...)
 	}
-	return e.Msg
+	return agenterr.Wrap(kind, err, format, args...)
 }
 
-func (e *Error) Unwrap() error { return e.Err }
-
-func errorf(code Code, format string, args ...any) *Error {
-	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
-}
-
-func wrapErr(code Code, err error, format string, args ...any) *Error {
-	return &Error{Code: code, Msg: fmt.Sprintf(format, args...), Err: err}
-}
-
-// CodeOf returns the code of the outermost *Error in err's chain, or
-// CodeInternal.
-func CodeOf(err error) Code {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return CodeInternal
-}
-
-func notFound(id string) *Error { return errorf(CodeNotFound, "sandbox %q not found", id) }
+func notFound(id string) error { return errorf(agenterr.ErrNotFound, "sandbox %q not found", id) }

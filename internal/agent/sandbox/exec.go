@@ -2,7 +2,8 @@ package sandbox
 
 import (
 	"context"
-	"errors"
+	"fmt"
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"sync/atomic"
 	"time"
 
@@ -14,55 +15,43 @@ import (
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
-// envdErr classifies an error from envd: envd's own Connect codes pass
-// through (the server keeps them), an unreachable envd is Unavailable.
+// envdErr wraps a failed call to envd, classified by envdclient.Classify.
 func envdErr(err error, format string, args ...any) error {
 	if err == nil {
 		return nil
 	}
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		switch ce.Code() {
-		case connect.CodeNotFound:
-			return wrapErr(CodeNotFound, err, format, args...)
-		case connect.CodeInvalidArgument:
-			return wrapErr(CodeInvalidArgument, err, format, args...)
-		case connect.CodeFailedPrecondition, connect.CodeAlreadyExists:
-			return wrapErr(CodeFailedPrecondition, err, format, args...)
-		case connect.CodePermissionDenied:
-			return wrapErr(CodePermissionDenied, err, format, args...)
-		case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeCanceled:
-			return wrapErr(CodeUnavailable, err, format, args...)
-		}
-		return wrapErr(CodeInternal, err, format, args...)
+	return fmt.Errorf(format+": %w", append(args, envdclient.Classify(err))...)
+}
+
+// guestErr is envdErr for a call into s's guest through c, obtained from
+// running: when the call failed because the sandbox left RUNNING while it
+// ran (a pause or destroy tore the VM down under it), the answer is
+// ErrInvalidState, as it would have been had the call come a moment
+// later, and not a fault of the guest.
+func (m *Manager) guestErr(s *Sandbox, c *envdclient.Client, err error, format string, args ...any) error {
+	if err == nil {
+		return nil
 	}
-	var he *envdclient.HTTPError
-	if errors.As(err, &he) {
-		switch {
-		case he.Status == 404:
-			return wrapErr(CodeNotFound, err, format, args...)
-		case he.Status == 400:
-			return wrapErr(CodeInvalidArgument, err, format, args...)
-		case he.Status == 401 || he.Status == 403:
-			return wrapErr(CodePermissionDenied, err, format, args...)
-		case he.Status == 507:
-			return wrapErr(CodeResourceExhausted, err, format, args...)
-		}
-		return wrapErr(CodeInternal, err, format, args...)
+	s.mu.Lock()
+	left := s.removed || s.client != c || s.rec.State != pb.SandboxState_SANDBOX_STATE_RUNNING
+	id, state := s.rec.ID, stateName(s.rec.State)
+	s.mu.Unlock()
+	if left {
+		return wrapErr(agenterr.ErrInvalidState, err, format+": sandbox %q became %s while the call ran", append(args, id, state)...)
 	}
-	return wrapErr(CodeUnavailable, err, format, args...)
+	return envdErr(err, format, args...)
 }
 
 func (m *Manager) execTimeout(sec int64) (time.Duration, error) {
 	if sec < 0 {
-		return 0, errorf(CodeInvalidArgument, "timeout_sec %d is negative", sec)
+		return 0, agenterr.Invalid("timeout_sec", "timeout_sec %d is negative", sec)
 	}
 	if sec == 0 {
 		return m.cfg.ExecTimeout, nil
 	}
 	d := time.Duration(sec) * time.Second
 	if d > m.cfg.MaxExecTimeout {
-		return 0, errorf(CodeInvalidArgument, "timeout_sec %d above the maximum %v", sec, m.cfg.MaxExecTimeout)
+		return 0, agenterr.Invalid("timeout_sec", "timeout_sec %d above the maximum %v", sec, m.cfg.MaxExecTimeout)
 	}
 	return d, nil
 }
@@ -104,7 +93,7 @@ func (c *capBuf) write(p []byte) {
 // capped), killing it when the timeout runs out.
 func (m *Manager) Exec(ctx context.Context, req *pb.ExecRequest) (*pb.ExecResponse, error) {
 	if req.GetCmd() == "" {
-		return nil, errorf(CodeInvalidArgument, "cmd is required")
+		return nil, agenterr.Invalid("cmd", "cmd is required")
 	}
 	timeout, err := m.execTimeout(req.GetTimeoutSec())
 	if err != nil {
@@ -137,7 +126,7 @@ func (m *Manager) Exec(ctx context.Context, req *pb.ExecRequest) (*pb.ExecRespon
 		Stdin:   &hasStdin,
 	}, req.GetUser()))
 	if err != nil {
-		return nil, envdErr(err, "exec")
+		return nil, m.guestErr(s, c, err, "exec")
 	}
 	defer stream.Close()
 	out := capBuf{max: m.cfg.ExecOutputCap}
@@ -157,7 +146,7 @@ func (m *Manager) Exec(ctx context.Context, req *pb.ExecRequest) (*pb.ExecRespon
 			if hasStdin {
 				if err := sendStdin(ectx, c, pid, req.GetStdin()); err != nil {
 					killProc(c, pid)
-					return nil, envdErr(err, "exec: stdin")
+					return nil, m.guestErr(s, c, err, "exec: stdin")
 				}
 			}
 		case ev.GetData() != nil:
@@ -181,9 +170,9 @@ func (m *Manager) Exec(ctx context.Context, req *pb.ExecRequest) (*pb.ExecRespon
 			killProc(c, pid)
 		}
 		if err := stream.Err(); err != nil {
-			return nil, envdErr(err, "exec")
+			return nil, m.guestErr(s, c, err, "exec")
 		}
-		return nil, errorf(CodeUnavailable, "exec: stream ended without the process's end")
+		return nil, errorf(agenterr.ErrUnavailable, "exec: stream ended without the process's end")
 	}
 	return res, nil
 }
@@ -238,7 +227,7 @@ type eventStream interface {
 }
 
 // forward sends every event of a process stream until its end.
-func (m *Manager) forward(s *Sandbox, st eventStream, next func() *procpb.ProcessEvent, send func(*pb.ExecStreamResponse) error) error {
+func (m *Manager) forward(s *Sandbox, c *envdclient.Client, st eventStream, next func() *procpb.ProcessEvent, send func(*pb.ExecStreamResponse) error) error {
 	for st.Receive() {
 		m.touch(s)
 		if out := processEvent(next()); out != nil {
@@ -251,7 +240,7 @@ func (m *Manager) forward(s *Sandbox, st eventStream, next func() *procpb.Proces
 		}
 	}
 	if err := st.Err(); err != nil {
-		return envdErr(err, "process stream")
+		return m.guestErr(s, c, err, "process stream")
 	}
 	return nil
 }
@@ -260,10 +249,10 @@ func (m *Manager) forward(s *Sandbox, st eventStream, next func() *procpb.Proces
 // A timeout_sec above zero kills the process when it runs out.
 func (m *Manager) ExecStream(ctx context.Context, req *pb.ExecStreamRequest, send func(*pb.ExecStreamResponse) error) error {
 	if req.GetCmd() == "" {
-		return errorf(CodeInvalidArgument, "cmd is required")
+		return agenterr.Invalid("cmd", "cmd is required")
 	}
 	if req.GetTimeoutSec() < 0 {
-		return errorf(CodeInvalidArgument, "timeout_sec %d is negative", req.GetTimeoutSec())
+		return agenterr.Invalid("timeout_sec", "timeout_sec %d is negative", req.GetTimeoutSec())
 	}
 	s, c, err := m.running(req.GetSandboxId())
 	if err != nil {
@@ -282,7 +271,7 @@ func (m *Manager) ExecStream(ctx context.Context, req *pb.ExecStreamRequest, sen
 	}
 	st, err := c.Process.Start(sctx, envdclient.NewRequest(preq, req.GetUser()))
 	if err != nil {
-		return envdErr(err, "exec stream")
+		return m.guestErr(s, c, err, "exec stream")
 	}
 	defer st.Close()
 	var pid atomic.Uint32
@@ -294,7 +283,7 @@ func (m *Manager) ExecStream(ctx context.Context, req *pb.ExecStreamRequest, sen
 		})
 		defer t.Stop()
 	}
-	return m.forward(s, st, func() *procpb.ProcessEvent {
+	return m.forward(s, c, st, func() *procpb.ProcessEvent {
 		ev := st.Msg().GetEvent()
 		if ev.GetStart() != nil {
 			pid.Store(ev.GetStart().GetPid())
@@ -307,25 +296,25 @@ func selector(sel *pb.ProcessSelector) (*procpb.ProcessSelector, error) {
 	switch v := sel.GetSelector().(type) {
 	case *pb.ProcessSelector_Pid:
 		if v.Pid == 0 {
-			return nil, errorf(CodeInvalidArgument, "process pid must not be 0")
+			return nil, agenterr.Invalid("process", "process pid must not be 0")
 		}
 		return &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Pid{Pid: v.Pid}}, nil
 	case *pb.ProcessSelector_Tag:
 		if v.Tag == "" {
-			return nil, errorf(CodeInvalidArgument, "process tag must not be empty")
+			return nil, agenterr.Invalid("process", "process tag must not be empty")
 		}
 		return &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Tag{Tag: v.Tag}}, nil
 	}
-	return nil, errorf(CodeInvalidArgument, "process selector (pid or tag) is required")
+	return nil, agenterr.Invalid("process", "process selector (pid or tag) is required")
 }
 
 // StartProcess starts a background process and returns once it runs; its
 // output is kept by envd for ConnectProcess.
 func (m *Manager) StartProcess(ctx context.Context, req *pb.StartProcessRequest) (*pb.StartProcessResponse, error) {
 	if req.GetCmd() == "" {
-		return nil, errorf(CodeInvalidArgument, "cmd is required")
+		return nil, agenterr.Invalid("cmd", "cmd is required")
 	}
-	_, c, err := m.running(req.GetSandboxId())
+	s, c, err := m.running(req.GetSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +335,7 @@ func (m *Manager) StartProcess(ctx context.Context, req *pb.StartProcessRequest)
 	sreq.Header().Set(envdwire.DetachHeader, "true")
 	st, err := c.Process.Start(sctx, sreq)
 	if err != nil {
-		return nil, envdErr(err, "start process")
+		return nil, m.guestErr(s, c, err, "start process")
 	}
 	defer st.Close()
 	for st.Receive() {
@@ -355,20 +344,20 @@ func (m *Manager) StartProcess(ctx context.Context, req *pb.StartProcessRequest)
 		}
 	}
 	if err := st.Err(); err != nil {
-		return nil, envdErr(err, "start process")
+		return nil, m.guestErr(s, c, err, "start process")
 	}
-	return nil, errorf(CodeUnavailable, "start process: envd ended the stream before the start event")
+	return nil, errorf(agenterr.ErrUnavailable, "start process: envd ended the stream before the start event")
 }
 
 // ListProcesses lists the processes envd runs.
 func (m *Manager) ListProcesses(ctx context.Context, id string) (*pb.ListProcessesResponse, error) {
-	_, c, err := m.running(id)
+	s, c, err := m.running(id)
 	if err != nil {
 		return nil, err
 	}
 	res, err := c.Process.List(ctx, connect.NewRequest(&procpb.ListRequest{}))
 	if err != nil {
-		return nil, envdErr(err, "list processes")
+		return nil, m.guestErr(s, c, err, "list processes")
 	}
 	out := &pb.ListProcessesResponse{}
 	for _, p := range res.Msg.GetProcesses() {
@@ -387,7 +376,7 @@ func parseSignal(name string) (procpb.Signal, error) {
 	case "SIGKILL", "KILL", "9":
 		return procpb.Signal_SIGNAL_SIGKILL, nil
 	}
-	return 0, errorf(CodeInvalidArgument, "signal %q: use SIGTERM or SIGKILL", name)
+	return 0, agenterr.Invalid("signal", "signal %q: use SIGTERM or SIGKILL", name)
 }
 
 // KillProcess signals a process by pid or tag.
@@ -400,12 +389,12 @@ func (m *Manager) KillProcess(ctx context.Context, req *pb.KillProcessRequest) e
 	if err != nil {
 		return err
 	}
-	_, c, err := m.running(req.GetSandboxId())
+	s, c, err := m.running(req.GetSandboxId())
 	if err != nil {
 		return err
 	}
 	_, err = c.Process.SendSignal(ctx, connect.NewRequest(&procpb.SendSignalRequest{Process: sel, Signal: sig}))
-	return envdErr(err, "kill process")
+	return m.guestErr(s, c, err, "kill process")
 }
 
 // ConnectProcess reattaches to a process: buffered output first, then live
@@ -421,10 +410,10 @@ func (m *Manager) ConnectProcess(ctx context.Context, req *pb.ConnectProcessRequ
 	}
 	st, err := c.Process.Connect(ctx, connect.NewRequest(&procpb.ConnectRequest{Process: sel}))
 	if err != nil {
-		return envdErr(err, "connect process")
+		return m.guestErr(s, c, err, "connect process")
 	}
 	defer st.Close()
-	return m.forward(s, st, func() *procpb.ProcessEvent { return st.Msg().GetEvent() }, send)
+	return m.forward(s, c, st, func() *procpb.ProcessEvent { return st.Msg().GetEvent() }, send)
 }
 
 // PtyAttach starts a terminal (empty tag) or attaches to one by tag and
@@ -465,7 +454,7 @@ func (m *Manager) PtyAttach(ctx context.Context, req *pb.PtyAttachRequest, send 
 			Tag:     &tag,
 		}, req.GetUser()))
 		if err != nil {
-			return envdErr(err, "start terminal")
+			return m.guestErr(s, c, err, "start terminal")
 		}
 		st = startStream{ss}
 	} else {
@@ -473,7 +462,7 @@ func (m *Manager) PtyAttach(ctx context.Context, req *pb.PtyAttachRequest, send 
 			Process: &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Tag{Tag: tag}},
 		}))
 		if err != nil {
-			return envdErr(err, "attach terminal %q", tag)
+			return m.guestErr(s, c, err, "attach terminal %q", tag)
 		}
 		st = connectStream{cs}
 	}
@@ -507,7 +496,7 @@ func (m *Manager) PtyAttach(ctx context.Context, req *pb.PtyAttachRequest, send 
 			return nil
 		}
 	}
-	return envdErr(st.Err(), "terminal stream")
+	return m.guestErr(s, c, st.Err(), "terminal stream")
 }
 
 type startStream struct {
@@ -524,7 +513,7 @@ func (s connectStream) event() *procpb.ProcessEvent { return s.Msg().GetEvent() 
 
 func ptySelector(tag string) (*procpb.ProcessSelector, error) {
 	if tag == "" {
-		return nil, errorf(CodeInvalidArgument, "tag is required")
+		return nil, agenterr.Invalid("tag", "tag is required")
 	}
 	return &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Tag{Tag: tag}}, nil
 }
@@ -535,14 +524,14 @@ func (m *Manager) PtyInput(ctx context.Context, id, tag string, data []byte) err
 	if err != nil {
 		return err
 	}
-	_, c, err := m.running(id)
+	s, c, err := m.running(id)
 	if err != nil {
 		return err
 	}
 	_, err = c.Process.SendInput(ctx, connect.NewRequest(&procpb.SendInputRequest{
 		Process: sel, Input: &procpb.ProcessInput{Input: &procpb.ProcessInput_Pty{Pty: data}},
 	}))
-	return envdErr(err, "terminal input")
+	return m.guestErr(s, c, err, "terminal input")
 }
 
 // PtyResize changes a terminal's size.
@@ -552,16 +541,16 @@ func (m *Manager) PtyResize(ctx context.Context, id, tag string, cols, rows uint
 		return err
 	}
 	if cols == 0 || rows == 0 || cols > 65535 || rows > 65535 {
-		return errorf(CodeInvalidArgument, "terminal size %dx%d out of range", cols, rows)
+		return agenterr.Invalid("cols", "terminal size %dx%d out of range", cols, rows)
 	}
-	_, c, err := m.running(id)
+	s, c, err := m.running(id)
 	if err != nil {
 		return err
 	}
 	_, err = c.Process.Update(ctx, connect.NewRequest(&procpb.UpdateRequest{
 		Process: sel, Pty: &procpb.PTY{Size: &procpb.PTY_Size{Cols: cols, Rows: rows}},
 	}))
-	return envdErr(err, "terminal resize")
+	return m.guestErr(s, c, err, "terminal resize")
 }
 
 // PtyKill ends a terminal.
@@ -570,10 +559,10 @@ func (m *Manager) PtyKill(ctx context.Context, id, tag string) error {
 	if err != nil {
 		return err
 	}
-	_, c, err := m.running(id)
+	s, c, err := m.running(id)
 	if err != nil {
 		return err
 	}
 	_, err = c.Process.SendSignal(ctx, connect.NewRequest(&procpb.SendSignalRequest{Process: sel, Signal: procpb.Signal_SIGNAL_SIGKILL}))
-	return envdErr(err, "kill terminal %q", tag)
+	return m.guestErr(s, c, err, "kill terminal %q", tag)
 }

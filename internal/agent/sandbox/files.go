@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"io"
+	"strings"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -30,6 +32,32 @@ func (a *activityReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Linux's limits inside the guest: a path is at most PATH_MAX-1 bytes,
+// each name in it at most NAME_MAX.
+const (
+	guestPathMax = 4095
+	guestNameMax = 255
+)
+
+// checkGuestPath refuses, naming the field, a path the guest's kernel
+// would refuse, so the caller learns which input is wrong.
+func checkGuestPath(p string) error {
+	switch {
+	case p == "":
+		return agenterr.Invalid("path", "path is required")
+	case len(p) > guestPathMax:
+		return agenterr.Invalid("path", "path has %d bytes; the guest allows at most %d", len(p), guestPathMax)
+	case strings.IndexByte(p, 0) >= 0:
+		return agenterr.Invalid("path", "path contains a NUL byte")
+	}
+	for _, name := range strings.Split(p, "/") {
+		if len(name) > guestNameMax {
+			return agenterr.Invalid("path", "a name in path has %d bytes; the guest allows at most %d", len(name), guestNameMax)
+		}
+	}
+	return nil
+}
+
 // WriteFile writes content to path (unary).
 func (m *Manager) WriteFile(ctx context.Context, req *pb.WriteFileRequest) (*pb.WriteFileResponse, error) {
 	return m.WriteFileStream(ctx, &pb.WriteFileStreamRequest_Header{
@@ -39,11 +67,11 @@ func (m *Manager) WriteFile(ctx context.Context, req *pb.WriteFileRequest) (*pb.
 
 // WriteFileStream streams r into path; nothing is held whole in memory.
 func (m *Manager) WriteFileStream(ctx context.Context, h *pb.WriteFileStreamRequest_Header, r io.Reader) (*pb.WriteFileResponse, error) {
-	if h.GetPath() == "" {
-		return nil, errorf(CodeInvalidArgument, "path is required")
+	if err := checkGuestPath(h.GetPath()); err != nil {
+		return nil, err
 	}
 	if h.GetMode() > 0o7777 {
-		return nil, errorf(CodeInvalidArgument, "mode %o is not a permission mode", h.GetMode())
+		return nil, agenterr.Invalid("mode", "mode %o is not a permission mode", h.GetMode())
 	}
 	s, c, err := m.running(h.GetSandboxId())
 	if err != nil {
@@ -51,7 +79,7 @@ func (m *Manager) WriteFileStream(ctx context.Context, h *pb.WriteFileStreamRequ
 	}
 	ar := &activityReader{r: r, m: m, s: s}
 	if _, err := c.UploadFile(ctx, h.GetPath(), h.GetUser(), ar); err != nil {
-		return nil, envdErr(err, "write file %q", h.GetPath())
+		return nil, m.guestErr(s, c, err, "write file %q", h.GetPath())
 	}
 	if mode := h.GetMode(); mode != 0 && mode != 0o644 {
 		// envd's /files has no mode: set it with chmod in the guest.
@@ -60,7 +88,7 @@ func (m *Manager) WriteFileStream(ctx context.Context, h *pb.WriteFileStreamRequ
 			return nil, fmt.Errorf("set mode of %q: %w", h.GetPath(), err)
 		}
 		if res.GetExitCode() != 0 {
-			return nil, errorf(CodeInternal, "set mode of %q: chmod: %s", h.GetPath(), bytes.TrimSpace(res.GetStderr()))
+			return nil, errorf(nil, "set mode of %q: chmod: %s", h.GetPath(), bytes.TrimSpace(res.GetStderr()))
 		}
 	}
 	return &pb.WriteFileResponse{Path: h.GetPath(), Size: ar.n}, nil
@@ -75,22 +103,22 @@ func (m *Manager) ReadFile(ctx context.Context, req *pb.ReadFileRequest) (*pb.Re
 	defer rc.Close()
 	limit := m.cfg.MaxUnaryFile
 	if size > limit {
-		return nil, errorf(CodeResourceExhausted, "file %q has %d bytes, more than the %d a unary read returns; use ReadFileStream", req.GetPath(), size, limit)
+		return nil, errorf(agenterr.ErrTooLarge, "file %q has %d bytes, more than the %d a unary read returns; use ReadFileStream", req.GetPath(), size, limit)
 	}
 	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
 	if err != nil {
 		return nil, envdErr(err, "read file %q", req.GetPath())
 	}
 	if int64(len(b)) > limit {
-		return nil, errorf(CodeResourceExhausted, "file %q is larger than the %d bytes a unary read returns; use ReadFileStream", req.GetPath(), limit)
+		return nil, errorf(agenterr.ErrTooLarge, "file %q is larger than the %d bytes a unary read returns; use ReadFileStream", req.GetPath(), limit)
 	}
 	return &pb.ReadFileResponse{Content: b}, nil
 }
 
 // ReadFileStream opens path for streaming; size is -1 when unknown.
 func (m *Manager) ReadFileStream(ctx context.Context, id, path, user string) (io.ReadCloser, int64, error) {
-	if path == "" {
-		return nil, 0, errorf(CodeInvalidArgument, "path is required")
+	if err := checkGuestPath(path); err != nil {
+		return nil, 0, err
 	}
 	s, c, err := m.running(id)
 	if err != nil {
@@ -98,7 +126,7 @@ func (m *Manager) ReadFileStream(ctx context.Context, id, path, user string) (io
 	}
 	rc, size, err := c.DownloadFile(ctx, path, user)
 	if err != nil {
-		return nil, 0, envdErr(err, "read file %q", path)
+		return nil, 0, m.guestErr(s, c, err, "read file %q", path)
 	}
 	return readCloser{Reader: &activityReader{r: rc, m: m, s: s}, Closer: rc}, size, nil
 }
@@ -129,20 +157,20 @@ func entryInfo(e *fspb.EntryInfo) *pb.EntryInfo {
 
 // ListDir lists a directory (depth 0 means 1).
 func (m *Manager) ListDir(ctx context.Context, req *pb.ListDirRequest) (*pb.ListDirResponse, error) {
-	if req.GetPath() == "" {
-		return nil, errorf(CodeInvalidArgument, "path is required")
+	if err := checkGuestPath(req.GetPath()); err != nil {
+		return nil, err
 	}
 	depth := req.GetDepth()
 	if depth == 0 {
 		depth = 1
 	}
-	_, c, err := m.running(req.GetSandboxId())
+	s, c, err := m.running(req.GetSandboxId())
 	if err != nil {
 		return nil, err
 	}
 	res, err := c.Filesystem.ListDir(ctx, connect.NewRequest(&fspb.ListDirRequest{Path: req.GetPath(), Depth: depth}))
 	if err != nil {
-		return nil, envdErr(err, "list %q", req.GetPath())
+		return nil, m.guestErr(s, c, err, "list %q", req.GetPath())
 	}
 	out := &pb.ListDirResponse{}
 	for _, e := range res.Msg.GetEntries() {
@@ -153,29 +181,29 @@ func (m *Manager) ListDir(ctx context.Context, req *pb.ListDirRequest) (*pb.List
 
 // MakeDir creates a directory and its parents.
 func (m *Manager) MakeDir(ctx context.Context, req *pb.MakeDirRequest) (*pb.MakeDirResponse, error) {
-	if req.GetPath() == "" {
-		return nil, errorf(CodeInvalidArgument, "path is required")
+	if err := checkGuestPath(req.GetPath()); err != nil {
+		return nil, err
 	}
-	_, c, err := m.running(req.GetSandboxId())
+	s, c, err := m.running(req.GetSandboxId())
 	if err != nil {
 		return nil, err
 	}
 	res, err := c.Filesystem.MakeDir(ctx, connect.NewRequest(&fspb.MakeDirRequest{Path: req.GetPath()}))
 	if err != nil {
-		return nil, envdErr(err, "make dir %q", req.GetPath())
+		return nil, m.guestErr(s, c, err, "make dir %q", req.GetPath())
 	}
 	return &pb.MakeDirResponse{Entry: entryInfo(res.Msg.GetEntry())}, nil
 }
 
 // RemovePath removes a file or a directory tree.
 func (m *Manager) RemovePath(ctx context.Context, req *pb.RemovePathRequest) error {
-	if req.GetPath() == "" {
-		return errorf(CodeInvalidArgument, "path is required")
+	if err := checkGuestPath(req.GetPath()); err != nil {
+		return err
 	}
-	_, c, err := m.running(req.GetSandboxId())
+	s, c, err := m.running(req.GetSandboxId())
 	if err != nil {
 		return err
 	}
 	_, err = c.Filesystem.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: req.GetPath()}))
-	return envdErr(err, "remove %q", req.GetPath())
+	return m.guestErr(s, c, err, "remove %q", req.GetPath())
 }

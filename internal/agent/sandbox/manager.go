@@ -31,6 +31,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/internal/agent/cleanup"
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
@@ -258,7 +259,7 @@ func (m *Manager) running(id string) (*Sandbox, *envdclient.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.rec.State != pb.SandboxState_SANDBOX_STATE_RUNNING || s.client == nil {
-		return nil, nil, errorf(CodeFailedPrecondition, "sandbox %q is %s, not running", id, stateName(s.rec.State))
+		return nil, nil, errorf(agenterr.ErrInvalidState, "sandbox %q is %s, not running", id, stateName(s.rec.State))
 	}
 	s.rec.LastActive = m.cfg.Now()
 	return s, s.client, nil
@@ -318,13 +319,13 @@ func (m *Manager) validateSize(req *pb.CreateSandboxRequest) (vcpus, memMB, disk
 	}
 	switch {
 	case vcpus < 1 || vcpus > m.cfg.MaxVCPUs:
-		return 0, 0, 0, errorf(CodeInvalidArgument, "vcpus %d out of range 1..%d", vcpus, m.cfg.MaxVCPUs)
+		return 0, 0, 0, agenterr.Invalid("vcpus", "vcpus %d out of range 1..%d", vcpus, m.cfg.MaxVCPUs)
 	case memMB < MinMemoryMB || memMB > m.cfg.MaxMemoryMB:
-		return 0, 0, 0, errorf(CodeInvalidArgument, "memory_mb %d out of range %d..%d", memMB, MinMemoryMB, m.cfg.MaxMemoryMB)
+		return 0, 0, 0, agenterr.Invalid("memory_mb", "memory_mb %d out of range %d..%d", memMB, MinMemoryMB, m.cfg.MaxMemoryMB)
 	case diskMB > m.cfg.MaxDiskMB:
-		return 0, 0, 0, errorf(CodeInvalidArgument, "disk_mb %d above the maximum %d", diskMB, m.cfg.MaxDiskMB)
+		return 0, 0, 0, agenterr.Invalid("disk_mb", "disk_mb %d above the maximum %d", diskMB, m.cfg.MaxDiskMB)
 	case req.GetTimeoutSec() < 0:
-		return 0, 0, 0, errorf(CodeInvalidArgument, "timeout_sec %d is negative", req.GetTimeoutSec())
+		return 0, 0, 0, agenterr.Invalid("timeout_sec", "timeout_sec %d is negative", req.GetTimeoutSec())
 	}
 	return vcpus, memMB, diskMB, nil
 }
@@ -337,14 +338,14 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 		id = "sb-" + randomHex(8)
 	}
 	if !validID(id) {
-		return nil, errorf(CodeInvalidArgument, "sandbox_id %q: use 1-64 letters, digits, '-' or '_'", id)
+		return nil, agenterr.Invalid("sandbox_id", "sandbox_id %q: use 1-64 letters, digits, '-' or '_'", id)
 	}
 	tmpl := req.GetTemplate()
 	if tmpl == "" {
 		tmpl = images.MinimalTemplate
 	}
 	if !validTemplate(tmpl) {
-		return nil, errorf(CodeInvalidArgument, "template %q: invalid name", tmpl)
+		return nil, agenterr.Invalid("template", "template %q: invalid name", tmpl)
 	}
 	vcpus, memMB, diskMB, err := m.validateSize(req)
 	if err != nil {
@@ -352,7 +353,7 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 	}
 	for k := range req.GetEnvVars() {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return nil, errorf(CodeInvalidArgument, "env var name %q is invalid", k)
+			return nil, agenterr.Invalid("env_vars", "env var name %q is invalid", k)
 		}
 	}
 	internet := true
@@ -372,12 +373,12 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 	m.mu.Lock()
 	if _, ok := m.sandboxes[id]; ok {
 		m.mu.Unlock()
-		return nil, errorf(CodeAlreadyExists, "sandbox %q already exists", id)
+		return nil, errorf(agenterr.ErrExists, "sandbox %q already exists", id)
 	}
 	select {
 	case <-m.closed:
 		m.mu.Unlock()
-		return nil, errorf(CodeUnavailable, "agent is shutting down")
+		return nil, errorf(agenterr.ErrUnavailable, "agent is shutting down")
 	default:
 	}
 	m.sandboxes[id] = s
@@ -414,12 +415,12 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 	if tpl.snap != nil {
 		if r.VCPUs != tpl.meta.VCPUs || r.MemoryMB != tpl.meta.MemoryMB {
 			if r.VCPUs != m.cfg.DefaultVCPUs || r.MemoryMB != m.cfg.DefaultMemoryMB {
-				return errorf(CodeInvalidArgument, "snapshot template %q has %d vCPUs and %d MB; a sandbox from it cannot differ", r.Template, tpl.meta.VCPUs, tpl.meta.MemoryMB)
+				return agenterr.Invalid("template", "snapshot template %q has %d vCPUs and %d MB; a sandbox from it cannot differ", r.Template, tpl.meta.VCPUs, tpl.meta.MemoryMB)
 			}
 			r.VCPUs, r.MemoryMB = tpl.meta.VCPUs, tpl.meta.MemoryMB
 		}
 		if tpl.meta.Driver != m.cfg.Driver.Name() {
-			return errorf(CodeFailedPrecondition, "snapshot template %q was made by %s, this agent runs %s", r.Template, tpl.meta.Driver, m.cfg.Driver.Name())
+			return errorf(agenterr.ErrInvalidState, "snapshot template %q was made by %s, this agent runs %s", r.Template, tpl.meta.Driver, m.cfg.Driver.Name())
 		}
 	}
 	m.holdFiles(s, r.ID)
@@ -435,7 +436,7 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 
 	ns, err := m.cfg.Net.Allocate(ctx, r.ID, r.InternetAccess)
 	if err != nil {
-		return wrapErr(CodeUnavailable, err, "allocate network")
+		return wrapErr(agenterr.ErrUnavailable, err, "allocate network")
 	}
 	m.holdSlot(s, ns)
 	s.mu.Lock()
@@ -445,7 +446,7 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 	r.DiskPath = filepath.Join(dir, "rootfs.disk")
 	r.DiskFormat, err = m.cfg.Disks.CreateOverlay(ctx, tpl.disk, tpl.diskFormat, r.DiskPath, r.DiskMB)
 	if err != nil {
-		return wrapErr(CodeInternal, err, "create disk")
+		return wrapErr(nil, err, "create disk")
 	}
 	r.KernelPath = tpl.kernel
 	cfg := m.vmConfig(r)
@@ -456,7 +457,7 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 		mach, err = m.cfg.Driver.Start(ctx, cfg)
 	}
 	if err != nil {
-		return wrapErr(codeForVMM(err), err, "start vm")
+		return wrapErr(kindForVMM(err), err, "start vm")
 	}
 	mref := &machineRef{m: mach}
 	m.holdMachine(s, mref)
@@ -482,22 +483,23 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 	}
 	s.mu.Unlock()
 	if err != nil {
-		return wrapErr(CodeInternal, err, "record running sandbox")
+		return wrapErr(nil, err, "record running sandbox")
 	}
 	go m.watch(s, mref)
 	return nil
 }
 
-func codeForVMM(err error) Code {
+// kindForVMM classifies a VMM driver error (nil: internal).
+func kindForVMM(err error) error {
 	switch {
 	case errors.Is(err, vmm.ErrSnapshotInvalid):
-		return CodeFailedPrecondition
+		return agenterr.ErrInvalidState
 	case errors.Is(err, vmm.ErrUnsupported):
-		return CodeFailedPrecondition
+		return agenterr.ErrInvalidState
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return CodeUnavailable
+		return agenterr.ErrUnavailable
 	}
-	return CodeInternal
+	return nil
 }
 
 func (m *Manager) vmConfig(r *record) vmm.Config {
@@ -533,15 +535,15 @@ func (m *Manager) initEnvd(ctx context.Context, s *Sandbox, mref *machineRef, cl
 	if err := client.WaitHealthy(bctx, 0); err != nil {
 		select {
 		case <-mref.m.Done():
-			return errorf(CodeInternal, "vm exited before envd answered (see %s)", filepath.Join(m.sandboxDir(s.rec.ID), "run"))
+			return errorf(nil, "vm exited before envd answered (see %s)", filepath.Join(m.sandboxDir(s.rec.ID), "run"))
 		default:
 		}
-		return wrapErr(CodeUnavailable, err, "wait for envd")
+		return wrapErr(agenterr.ErrUnavailable, err, "wait for envd")
 	}
 	tok := randomHex(24)
 	now := m.cfg.Now()
 	if err := client.Init(bctx, envdclient.InitRequest{EnvVars: s.rec.EnvVars, AccessToken: &tok, Timestamp: &now}); err != nil {
-		return wrapErr(CodeUnavailable, err, "init envd")
+		return wrapErr(agenterr.ErrUnavailable, err, "init envd")
 	}
 	s.rec.AccessToken = tok
 	return nil
@@ -593,7 +595,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	}
 	m.mu.Unlock()
 	if err != nil {
-		return wrapErr(CodeInternal, err, "destroy sandbox %q", id)
+		return wrapErr(nil, err, "destroy sandbox %q", id)
 	}
 	m.log.Info("sandbox destroyed", "sandbox", id)
 	return nil

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
@@ -74,10 +75,10 @@ func (e *env) manager(t *testing.T) *sandbox.Manager {
 	return m
 }
 
-func wantCode(t *testing.T, err error, code sandbox.Code) {
+func wantErr(t *testing.T, err error, kind error) {
 	t.Helper()
-	if err == nil || sandbox.CodeOf(err) != code {
-		t.Fatalf("err = %v (code %v), want code %v", err, sandbox.CodeOf(err), code)
+	if !errors.Is(err, kind) {
+		t.Fatalf("err = %v, want one that is %q", err, kind)
 	}
 }
 
@@ -88,22 +89,22 @@ func TestCreateRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name string
 		req  *pb.CreateSandboxRequest
-		code sandbox.Code
+		code error
 	}{
-		{"too many vcpus", &pb.CreateSandboxRequest{Vcpus: 65}, sandbox.CodeInvalidArgument},
-		{"too much memory", &pb.CreateSandboxRequest{MemoryMb: 1 << 20}, sandbox.CodeInvalidArgument},
-		{"too little memory", &pb.CreateSandboxRequest{MemoryMb: 8}, sandbox.CodeInvalidArgument},
-		{"too much disk", &pb.CreateSandboxRequest{DiskMb: 1 << 30}, sandbox.CodeInvalidArgument},
-		{"negative timeout", &pb.CreateSandboxRequest{TimeoutSec: -1}, sandbox.CodeInvalidArgument},
-		{"bad id", &pb.CreateSandboxRequest{SandboxId: "../etc"}, sandbox.CodeInvalidArgument},
-		{"bad template name", &pb.CreateSandboxRequest{Template: "A/B"}, sandbox.CodeInvalidArgument},
-		{"bad env name", &pb.CreateSandboxRequest{EnvVars: map[string]string{"A=B": "x"}}, sandbox.CodeInvalidArgument},
-		{"unknown template", &pb.CreateSandboxRequest{Template: "nope"}, sandbox.CodeNotFound},
+		{"too many vcpus", &pb.CreateSandboxRequest{Vcpus: 65}, agenterr.ErrInvalidArgument},
+		{"too much memory", &pb.CreateSandboxRequest{MemoryMb: 1 << 20}, agenterr.ErrInvalidArgument},
+		{"too little memory", &pb.CreateSandboxRequest{MemoryMb: 8}, agenterr.ErrInvalidArgument},
+		{"too much disk", &pb.CreateSandboxRequest{DiskMb: 1 << 30}, agenterr.ErrInvalidArgument},
+		{"negative timeout", &pb.CreateSandboxRequest{TimeoutSec: -1}, agenterr.ErrInvalidArgument},
+		{"bad id", &pb.CreateSandboxRequest{SandboxId: "../etc"}, agenterr.ErrInvalidArgument},
+		{"bad template name", &pb.CreateSandboxRequest{Template: "A/B"}, agenterr.ErrInvalidArgument},
+		{"bad env name", &pb.CreateSandboxRequest{EnvVars: map[string]string{"A=B": "x"}}, agenterr.ErrInvalidArgument},
+		{"unknown template", &pb.CreateSandboxRequest{Template: "nope"}, agenterr.ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := m.Create(ctx, tt.req)
-			wantCode(t, err, tt.code)
+			wantErr(t, err, tt.code)
 			if n := len(m.List(ctx).Sandboxes); n != 0 || e.net.Count() != 0 {
 				t.Fatalf("left %d sandboxes, %d slots", n, e.net.Count())
 			}
@@ -131,7 +132,7 @@ func TestUnknownSandboxIsNotFound(t *testing.T) {
 		"delsnap": func() error { return m.DeleteSnapshot(ctx, "nope") },
 	}
 	for name, call := range calls {
-		t.Run(name, func(t *testing.T) { wantCode(t, call(), sandbox.CodeNotFound) })
+		t.Run(name, func(t *testing.T) { wantErr(t, call(), agenterr.ErrNotFound) })
 	}
 }
 
@@ -172,7 +173,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 		t.Fatalf("info %+v", info)
 	}
 	_, err = m.Create(ctx, &pb.CreateSandboxRequest{SandboxId: "sb1"})
-	wantCode(t, err, sandbox.CodeAlreadyExists)
+	wantErr(t, err, agenterr.ErrExists)
 
 	t.Run("exec", func(t *testing.T) {
 		tests := []struct {
@@ -206,7 +207,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 			})
 		}
 		_, err := m.Exec(ctx, &pb.ExecRequest{SandboxId: "sb1"})
-		wantCode(t, err, sandbox.CodeInvalidArgument)
+		wantErr(t, err, agenterr.ErrInvalidArgument)
 		_, err = m.Exec(ctx, &pb.ExecRequest{SandboxId: "sb1", Cmd: "/no/such/binary"})
 		if err == nil {
 			t.Fatal("exec of a missing binary succeeded")
@@ -277,9 +278,9 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 			t.Fatalf("replayed output %q", out.String())
 		}
 		err = m.KillProcess(ctx, &pb.KillProcessRequest{SandboxId: "sb1", Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: "gone"}}})
-		wantCode(t, err, sandbox.CodeNotFound)
+		wantErr(t, err, agenterr.ErrNotFound)
 		err = m.KillProcess(ctx, &pb.KillProcessRequest{SandboxId: "sb1", Process: &pb.ProcessSelector{}, Signal: "SIGHUP"})
-		wantCode(t, err, sandbox.CodeInvalidArgument)
+		wantErr(t, err, agenterr.ErrInvalidArgument)
 	})
 
 	t.Run("pty", func(t *testing.T) {
@@ -338,7 +339,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("pty stream did not end after kill")
 		}
-		wantCode(t, m.PtyResize(ctx, "sb1", tag, 0, 10), sandbox.CodeInvalidArgument)
+		wantErr(t, m.PtyResize(ctx, "sb1", tag, 0, 10), agenterr.ErrInvalidArgument)
 	})
 
 	t.Run("files", func(t *testing.T) {
@@ -359,7 +360,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 			t.Fatalf("stream write: %v %v", wr, err)
 		}
 		_, err = m.ReadFile(ctx, &pb.ReadFileRequest{SandboxId: "sb1", Path: "/work/big.bin"})
-		wantCode(t, err, sandbox.CodeResourceExhausted)
+		wantErr(t, err, agenterr.ErrTooLarge)
 		rc, size, err := m.ReadFileStream(ctx, "sb1", "/work/big.bin", "")
 		if err != nil || size != int64(len(big)) {
 			t.Fatalf("stream read: %d %v", size, err)
@@ -370,7 +371,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 			t.Fatalf("stream read differs (%d bytes, err %v)", len(back), err)
 		}
 		_, err = m.ReadFile(ctx, &pb.ReadFileRequest{SandboxId: "sb1", Path: "/work/missing"})
-		wantCode(t, err, sandbox.CodeNotFound)
+		wantErr(t, err, agenterr.ErrNotFound)
 		if _, err := m.MakeDir(ctx, &pb.MakeDirRequest{SandboxId: "sb1", Path: "/work/sub/deeper"}); err != nil {
 			t.Fatalf("mkdir: %v", err)
 		}
@@ -392,7 +393,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 			t.Fatalf("not removed: %v", err)
 		}
 		_, err = m.WriteFile(ctx, &pb.WriteFileRequest{SandboxId: "sb1", Path: ""})
-		wantCode(t, err, sandbox.CodeInvalidArgument)
+		wantErr(t, err, agenterr.ErrInvalidArgument)
 	})
 
 	t.Run("metrics", func(t *testing.T) {
@@ -426,7 +427,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 			t.Fatalf("after failed pause: %v %v", res, err)
 		}
 		_, err = m.Resume(ctx, "sb1", nil)
-		wantCode(t, err, sandbox.CodeFailedPrecondition)
+		wantErr(t, err, agenterr.ErrInvalidState)
 	})
 
 	pid := 0
@@ -445,7 +446,7 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dir, "sandboxes/sb1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("sandbox dir left: %v", err)
 	}
-	wantCode(t, m.Destroy(ctx, "sb1"), sandbox.CodeNotFound)
+	wantErr(t, m.Destroy(ctx, "sb1"), agenterr.ErrNotFound)
 }
 
 func atoi(s string) int {
@@ -523,7 +524,7 @@ func TestTeardownRetriesWhatFailed(t *testing.T) {
 
 	// Resume tears the old VM down first: while that fails it refuses.
 	_, err = e.m.Resume(ctx, "p", nil)
-	wantCode(t, err, sandbox.CodeUnavailable)
+	wantErr(t, err, agenterr.ErrUnavailable)
 	if !errors.Is(err, errBusy) {
 		t.Fatalf("resume error %v does not carry the release failure", err)
 	}
@@ -608,7 +609,7 @@ func TestRecoverAdoptsRunningSandbox(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	_, err = m2.Exec(ctx, &pb.ExecRequest{SandboxId: "keep", Cmd: "true"})
-	wantCode(t, err, sandbox.CodeFailedPrecondition)
+	wantErr(t, err, agenterr.ErrInvalidState)
 	// The dead VM's network slot is given back now, not at destroy, and
 	// the record says so, by name.
 	deadline = time.Now().Add(5 * time.Second)

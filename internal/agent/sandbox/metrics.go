@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -17,7 +18,7 @@ func (m *Manager) sample(ctx context.Context, s *Sandbox) (*pb.SandboxMetrics, e
 	mref, c := s.machine, s.client
 	s.mu.Unlock()
 	if mref == nil || c == nil {
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q is not running", s.rec.ID)
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q is not running", s.rec.ID)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -25,7 +26,7 @@ func (m *Manager) sample(ctx context.Context, s *Sandbox) (*pb.SandboxMetrics, e
 	out := &pb.SandboxMetrics{SampledAt: timestamppb.New(now)}
 	vm, err := mref.m.Metrics(ctx)
 	if err != nil {
-		return nil, wrapErr(CodeUnavailable, err, "vmm metrics")
+		return nil, wrapErr(agenterr.ErrUnavailable, err, "vmm metrics")
 	}
 	gm, err := c.Metrics(ctx)
 	if err != nil {
@@ -74,7 +75,7 @@ func (m *Manager) Metrics(ctx context.Context, id string) (*pb.GetSandboxMetrics
 	state := s.rec.State
 	if state != pb.SandboxState_SANDBOX_STATE_RUNNING {
 		s.mu.Unlock()
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: no metrics", id, stateName(state))
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q is %s: no metrics", id, stateName(state))
 	}
 	var cur *pb.SandboxMetrics
 	if n := len(s.metrics); n > 0 && m.cfg.Now().Sub(s.metrics[n-1].SampledAt.AsTime()) < 2*m.cfg.MetricsInterval {

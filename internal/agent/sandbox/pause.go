@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
@@ -47,11 +48,11 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 	if s.rec.State != pb.SandboxState_SANDBOX_STATE_RUNNING || s.machine == nil {
 		st := s.rec.State
 		s.mu.Unlock()
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: only a running sandbox can be paused", id, stateName(st))
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q is %s: only a running sandbox can be paused", id, stateName(st))
 	}
 	if stillIdle != nil && !stillIdle(&s.rec) {
 		s.mu.Unlock()
-		return nil, wrapErr(CodeFailedPrecondition, errBecameActive, "sandbox %q", id)
+		return nil, wrapErr(agenterr.ErrInvalidState, errBecameActive, "sandbox %q", id)
 	}
 	mref := s.machine
 	diskPath, diskFormat := s.rec.DiskPath, s.rec.DiskFormat
@@ -63,12 +64,12 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 		return nil, fmt.Errorf("clear old snapshot: %w", err)
 	}
 	if err := mref.m.Pause(ctx); err != nil {
-		return nil, wrapErr(codeForVMM(err), err, "pause vm")
+		return nil, wrapErr(kindForVMM(err), err, "pause vm")
 	}
 	snap, err := mref.m.Snapshot(ctx, dir)
 	if err != nil {
 		// Disk full, VMM trouble: the VM must keep running.
-		return nil, keepRunning(ctx, mref, dir, wrapErr(codeForVMM(err), err, "snapshot vm"))
+		return nil, keepRunning(ctx, mref, dir, wrapErr(kindForVMM(err), err, "snapshot vm"))
 	}
 	if snap.DiskPath == "" {
 		snap.DiskPath, snap.DiskFormat = diskPath, diskFormat
@@ -94,7 +95,7 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 	s.mu.Unlock()
 	if err != nil {
 		// A snapshot the record does not name is lost to a restarted agent.
-		return nil, keepRunning(ctx, mref, dir, wrapErr(CodeInternal, err, "record paused sandbox"))
+		return nil, keepRunning(ctx, mref, dir, wrapErr(nil, err, "record paused sandbox"))
 	}
 	// From here the sandbox is paused whatever happens: the snapshot is safe.
 	m.teardownVM(ctx, s, id, "pause")
@@ -107,7 +108,7 @@ func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle fun
 func keepRunning(ctx context.Context, mref *machineRef, dir string, err error) error {
 	os.RemoveAll(dir)
 	if rerr := mref.m.Resume(context.WithoutCancel(ctx)); rerr != nil {
-		return wrapErr(CodeInternal, errors.Join(err, rerr), "pause failed and the vm could not be resumed")
+		return wrapErr(nil, errors.Join(err, rerr), "pause failed and the vm could not be resumed")
 	}
 	return err
 }
@@ -117,7 +118,7 @@ func keepRunning(ctx context.Context, mref *machineRef, dir string, err error) e
 // sandbox stays paused with its snapshot untouched.
 func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb.SandboxInfo, error) {
 	if timeoutSec != nil && *timeoutSec < 0 {
-		return nil, errorf(CodeInvalidArgument, "timeout_sec %d is negative", *timeoutSec)
+		return nil, agenterr.Invalid("timeout_sec", "timeout_sec %d is negative", *timeoutSec)
 	}
 	s, err := m.get(id)
 	if err != nil {
@@ -133,25 +134,25 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 	if !isPaused(s.rec.State) {
 		st := s.rec.State
 		s.mu.Unlock()
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: only a paused sandbox can be resumed", id, stateName(st))
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q is %s: only a paused sandbox can be resumed", id, stateName(st))
 	}
 	if s.rec.Snapshot == nil {
 		s.mu.Unlock()
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q: no snapshot recorded", id)
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q: no snapshot recorded", id)
 	}
 	snap := *s.rec.Snapshot
 	diskPath := s.rec.DiskPath
 	s.mu.Unlock()
 	if err := checkSnapshotFiles(snap); err != nil {
-		return nil, wrapErr(CodeFailedPrecondition, err, "resume %q: snapshot under %s", id, snap.Dir)
+		return nil, wrapErr(agenterr.ErrInvalidState, err, "resume %q: snapshot under %s", id, snap.Dir)
 	}
 	if snap.Driver != "" && snap.Driver != m.cfg.Driver.Name() {
-		return nil, errorf(CodeFailedPrecondition, "resume %q: snapshot made by %s, this agent runs %s", id, snap.Driver, m.cfg.Driver.Name())
+		return nil, errorf(agenterr.ErrInvalidState, "resume %q: snapshot made by %s, this agent runs %s", id, snap.Driver, m.cfg.Driver.Name())
 	}
 	start := time.Now()
 	// What the previous VM could not give back (a network slot) goes first.
 	if err := undo(ctx, &s.vm); err != nil {
-		return nil, wrapErr(CodeUnavailable, err, "tear down the previous vm")
+		return nil, wrapErr(agenterr.ErrUnavailable, err, "tear down the previous vm")
 	}
 	// The driver may have saved the disk inside the snapshot directory; the
 	// sandbox's disk lives in its own directory.
@@ -163,7 +164,7 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 	}
 	slot, err := m.cfg.Net.Allocate(ctx, id, s.rec.InternetAccess)
 	if err != nil {
-		return nil, wrapErr(CodeUnavailable, err, "allocate network")
+		return nil, wrapErr(agenterr.ErrUnavailable, err, "allocate network")
 	}
 	m.holdSlot(s, slot)
 	r := s.rec // a copy with the new slot, applied on success only
@@ -171,7 +172,7 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 	mach, err := m.cfg.Driver.Restore(ctx, m.vmConfig(&r), snap)
 	if err != nil {
 		m.teardownVM(ctx, s, id, "resume")
-		return nil, wrapErr(codeForVMM(err), err, "restore vm")
+		return nil, wrapErr(kindForVMM(err), err, "restore vm")
 	}
 	mref := &machineRef{m: mach}
 	m.holdMachine(s, mref)
@@ -204,7 +205,7 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 	s.mu.Unlock()
 	if err != nil {
 		m.teardownVM(ctx, s, id, "resume")
-		return nil, wrapErr(CodeInternal, err, "record resumed sandbox")
+		return nil, wrapErr(nil, err, "record resumed sandbox")
 	}
 	go m.watch(s, mref)
 	// The restored VM holds what it needs (mapped or loaded memory).
@@ -220,7 +221,7 @@ func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb
 // disk goes back where the record on disk says it is.
 func (m *Manager) moveSnapshotDisk(s *Sandbox, from, to string) error {
 	if err := os.Rename(from, to); err != nil {
-		return wrapErr(CodeInternal, err, "move snapshot disk")
+		return wrapErr(nil, err, "move snapshot disk")
 	}
 	s.mu.Lock()
 	next := s.rec
@@ -233,7 +234,7 @@ func (m *Manager) moveSnapshotDisk(s *Sandbox, from, to string) error {
 		if rerr := os.Rename(to, from); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		return wrapErr(CodeInternal, err, "record moved snapshot disk")
+		return wrapErr(nil, err, "record moved snapshot disk")
 	}
 	return nil
 }
@@ -273,7 +274,7 @@ func (m *Manager) Reap(ctx context.Context) {
 		_, err := m.pause(octx, id, true, idle)
 		if err != nil && !errors.Is(err, errBecameActive) && m.isRunning(id) {
 			m.log.Warn("reaper: pause failed, destroying sandbox", "sandbox", id, "err", err)
-			if derr := m.Destroy(octx, id); derr != nil && CodeOf(derr) != CodeNotFound {
+			if derr := m.Destroy(octx, id); derr != nil && !errors.Is(derr, agenterr.ErrNotFound) {
 				m.log.Error("reaper: destroy after failed pause", "sandbox", id, "err", derr)
 			}
 		} else if err == nil {
@@ -324,11 +325,11 @@ func (m *Manager) PauseAll(ctx context.Context, parallelism int) *pb.PauseAllRes
 // template appears whole or not at all.
 func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, err error) {
 	if !validTemplate(name) {
-		return "", nil, errorf(CodeInvalidArgument, "template name %q: use 1-64 of a-z, 0-9, '-', '_', '.'", name)
+		return "", nil, agenterr.Invalid("name", "template name %q: use 1-64 of a-z, 0-9, '-', '_', '.'", name)
 	}
 	final := m.paths.TemplateDir(name)
 	if _, err := os.Stat(final); err == nil {
-		return "", nil, errorf(CodeAlreadyExists, "template %q already exists", name)
+		return "", nil, errorf(agenterr.ErrExists, "template %q already exists", name)
 	}
 	tmp = filepath.Join(m.cfg.Dir, "templates", ".tmp-"+name+"-"+randomHex(4))
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
@@ -338,7 +339,7 @@ func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, 
 		if err := os.Rename(tmp, final); err != nil {
 			os.RemoveAll(tmp)
 			if errors.Is(err, fs.ErrExist) || errors.Is(err, os.ErrExist) {
-				return errorf(CodeAlreadyExists, "template %q already exists", name)
+				return errorf(agenterr.ErrExists, "template %q already exists", name)
 			}
 			return fmt.Errorf("commit template %q: %w", name, err)
 		}
@@ -377,7 +378,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.Crea
 	switch {
 	case r.State == pb.SandboxState_SANDBOX_STATE_RUNNING && mref != nil:
 		if err := mref.m.Pause(ctx); err != nil {
-			return nil, wrapErr(codeForVMM(err), err, "pause vm")
+			return nil, wrapErr(kindForVMM(err), err, "pause vm")
 		}
 		snap, err = mref.m.Snapshot(ctx, snapDir)
 		if err == nil && (snap.DiskPath == "" || snap.DiskPath == r.DiskPath) {
@@ -390,7 +391,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.Crea
 			m.log.Error("create snapshot: resume source vm", "sandbox", id, "err", rerr)
 		}
 		if err != nil {
-			return nil, wrapErr(codeForVMM(err), err, "snapshot vm")
+			return nil, wrapErr(kindForVMM(err), err, "snapshot vm")
 		}
 	case isPaused(r.State) && r.Snapshot != nil:
 		snap, err = copySnapshot(ctx, m.cfg.Disks, *r.Snapshot, snapDir)
@@ -398,7 +399,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.Crea
 			return nil, err
 		}
 	default:
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: snapshot needs a running or paused sandbox", id, stateName(r.State))
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q is %s: snapshot needs a running or paused sandbox", id, stateName(r.State))
 	}
 	if snap.Driver == "" {
 		snap.Driver = m.cfg.Driver.Name()
@@ -441,7 +442,7 @@ func startsDotDot(p string) bool { return len(p) >= 3 && p[:3] == "../" }
 // files are never modified in place) into dir.
 func copySnapshot(ctx context.Context, disks DiskMaker, src vmm.Snapshot, dir string) (vmm.Snapshot, error) {
 	if err := checkSnapshotFiles(src); err != nil {
-		return vmm.Snapshot{}, wrapErr(CodeFailedPrecondition, err, "paused sandbox's snapshot")
+		return vmm.Snapshot{}, wrapErr(agenterr.ErrInvalidState, err, "paused sandbox's snapshot")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return vmm.Snapshot{}, err
@@ -504,14 +505,14 @@ func dirSize(dir string) int64 {
 // DeleteSnapshot removes a snapshot template.
 func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
 	if !validTemplate(name) {
-		return errorf(CodeInvalidArgument, "template name %q is invalid", name)
+		return agenterr.Invalid("name", "template name %q is invalid", name)
 	}
 	dir := m.paths.TemplateDir(name)
 	if _, err := os.Stat(filepath.Join(dir, "snapshot", "meta.json")); err != nil {
 		if _, derr := os.Stat(dir); derr == nil {
-			return errorf(CodeFailedPrecondition, "template %q is not a snapshot template", name)
+			return errorf(agenterr.ErrInvalidState, "template %q is not a snapshot template", name)
 		}
-		return errorf(CodeNotFound, "snapshot template %q not found", name)
+		return errorf(agenterr.ErrNotFound, "snapshot template %q not found", name)
 	}
 	// Sandboxes made from it have their disks chained on its disk.
 	for _, s := range m.all() {
@@ -520,7 +521,7 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
 		id := s.rec.ID
 		s.mu.Unlock()
 		if uses {
-			return errorf(CodeFailedPrecondition, "snapshot template %q is in use by sandbox %q", name, id)
+			return errorf(agenterr.ErrInvalidState, "snapshot template %q is in use by sandbox %q", name, id)
 		}
 	}
 	// Move it aside first so a create never sees half a template.
@@ -565,7 +566,7 @@ func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*pb.Flatt
 			m.Exec(ctx, &pb.ExecRequest{SandboxId: id, Cmd: "sync", TimeoutSec: 60})
 		}
 		if err := mref.m.Pause(ctx); err != nil {
-			return nil, wrapErr(codeForVMM(err), err, "pause vm")
+			return nil, wrapErr(kindForVMM(err), err, "pause vm")
 		}
 		// The VMM holds a lock on its disk: copy it while the vCPUs are
 		// stopped (a stopped VMM has flushed it), let the VM go on, and
@@ -584,10 +585,10 @@ func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*pb.Flatt
 		src, srcFormat = r.Snapshot.DiskPath, r.Snapshot.DiskFormat
 		size, err = m.cfg.Disks.Flatten(ctx, src, srcFormat, dst)
 	default:
-		return nil, errorf(CodeFailedPrecondition, "sandbox %q is %s: flatten needs a running or paused sandbox", id, stateName(r.State))
+		return nil, errorf(agenterr.ErrInvalidState, "sandbox %q is %s: flatten needs a running or paused sandbox", id, stateName(r.State))
 	}
 	if err != nil {
-		return nil, wrapErr(CodeInternal, err, "flatten disk")
+		return nil, wrapErr(nil, err, "flatten disk")
 	}
 	meta := images.Metadata{Template: name, RootfsKey: "flat-" + randomHex(6), RootfsFile: "rootfs.ext4", Format: "raw", SizeBytes: size, BuiltAt: m.cfg.Now()}
 	b, _ := json.MarshalIndent(meta, "", "  ")

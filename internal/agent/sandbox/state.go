@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -331,24 +332,24 @@ func (m *Manager) resolveTemplate(name string) (template, error) {
 	if b, err := os.ReadFile(metaPath); err == nil {
 		var meta snapshotMeta
 		if err := json.Unmarshal(b, &meta); err != nil {
-			return template{}, wrapErr(CodeFailedPrecondition, err, "snapshot template %q: corrupt %s", name, metaPath)
+			return template{}, wrapErr(agenterr.ErrInvalidState, err, "snapshot template %q: corrupt %s", name, metaPath)
 		}
 		if err := checkSnapshotFiles(meta.Snapshot); err != nil {
-			return template{}, wrapErr(CodeFailedPrecondition, err, "snapshot template %q", name)
+			return template{}, wrapErr(agenterr.ErrInvalidState, err, "snapshot template %q", name)
 		}
 		snap := meta.Snapshot
 		return template{kernel: meta.KernelPath, disk: snap.DiskPath, diskFormat: snap.DiskFormat, snap: &snap, meta: meta}, nil
 	}
 	kernel, err := m.paths.ResolvedKernel()
 	if err != nil {
-		return template{}, wrapErr(CodeFailedPrecondition, err, "kernel")
+		return template{}, wrapErr(agenterr.ErrInvalidState, err, "kernel")
 	}
 	rootfs, err := m.paths.ResolvedRootfs(name)
 	if err != nil {
 		if _, serr := os.Stat(m.paths.TemplateDir(name)); serr != nil {
-			return template{}, errorf(CodeNotFound, "template %q not found on this host (image templates are built with `wrenn images build`)", name)
+			return template{}, errorf(agenterr.ErrNotFound, "template %q not found on this host (image templates are built with `wrenn images build`)", name)
 		}
-		return template{}, wrapErr(CodeFailedPrecondition, err, "template %q", name)
+		return template{}, wrapErr(agenterr.ErrInvalidState, err, "template %q", name)
 	}
 	return template{kernel: kernel, disk: rootfs, diskFormat: "raw"}, nil
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/agentapp"
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/network"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
@@ -279,9 +280,9 @@ func TestVMLifecycle(t *testing.T) {
 			t.Fatalf("paused info %v", p)
 		}
 		_, err = m.Pause(ctx, "vm1")
-		wantCode(t, err, sandbox.CodeFailedPrecondition)
+		wantErr(t, err, agenterr.ErrInvalidState)
 		_, err = m.Exec(ctx, &pb.ExecRequest{SandboxId: "vm1", Cmd: "true"})
-		wantCode(t, err, sandbox.CodeFailedPrecondition)
+		wantErr(t, err, agenterr.ErrInvalidState)
 		time.Sleep(time.Second) // a paused counter must not advance
 		start = time.Now()
 		r, err := m.Resume(ctx, "vm1", nil)
@@ -447,7 +448,7 @@ func TestVMSnapshotTemplateAndFlatten(t *testing.T) {
 	}
 	t.Logf("snapshot template: %v, %d bytes on disk for a %d MB guest", time.Since(start).Round(time.Millisecond), snap.SizeBytes, snap.MemoryMb)
 	_, err = m.CreateSnapshot(ctx, "src", "tpl")
-	wantCode(t, err, sandbox.CodeAlreadyExists)
+	wantErr(t, err, agenterr.ErrExists)
 	// The source keeps running.
 	mustExec(t, m, "src", "cat /tmp/count")
 
@@ -485,15 +486,15 @@ func TestVMSnapshotTemplateAndFlatten(t *testing.T) {
 	if out := mustExec(t, m, "src", "cat /root/marker"); out != "from-src\n" {
 		t.Fatalf("source marker %q", out)
 	}
-	wantCode(t, m.DeleteSnapshot(ctx, "tpl"), sandbox.CodeFailedPrecondition) // in use
+	wantErr(t, m.DeleteSnapshot(ctx, "tpl"), agenterr.ErrInvalidState) // in use
 	if err := m.Destroy(ctx, "clone"); err != nil {
 		t.Fatal(err)
 	}
-	wantCode(t, m.DeleteSnapshot(ctx, "minimal"), sandbox.CodeFailedPrecondition)
+	wantErr(t, m.DeleteSnapshot(ctx, "minimal"), agenterr.ErrInvalidState)
 	if err := m.DeleteSnapshot(ctx, "tpl"); err != nil {
 		t.Fatalf("delete snapshot: %v", err)
 	}
-	wantCode(t, m.DeleteSnapshot(ctx, "tpl"), sandbox.CodeNotFound)
+	wantErr(t, m.DeleteSnapshot(ctx, "tpl"), agenterr.ErrNotFound)
 
 	start = time.Now()
 	fl, err := m.FlattenRootfs(ctx, "src", "flat")
@@ -634,7 +635,7 @@ func TestVMPauseAllAndBadSnapshot(t *testing.T) {
 		t.Fatalf("pause all: %v", res)
 	}
 	_, err = m.Metrics(ctx, "pa")
-	wantCode(t, err, sandbox.CodeFailedPrecondition)
+	wantErr(t, err, agenterr.ErrInvalidState)
 
 	snapDir := filepath.Join(m.Dir(), "snapshots", "pa")
 	files, _ := os.ReadDir(snapDir)

@@ -21,7 +21,9 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -93,42 +95,43 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// toConnect maps every error to a Connect code, in one place.
+// wireCodes is the one table from the agent's domain errors to Connect
+// codes (and the ErrorDetail reason, see internal/agentwire). Earlier rows
+// win when an error matches several: an exec that lost its guest to a
+// pause is InvalidState, not Unavailable.
+var wireCodes = []struct {
+	kind   error
+	code   connect.Code
+	reason pb.ErrorReason
+}{
+	{agenterr.ErrInvalidState, connect.CodeFailedPrecondition, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{agenterr.ErrNotFound, connect.CodeNotFound, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{agenterr.ErrExists, connect.CodeAlreadyExists, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{agenterr.ErrInvalidArgument, connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{agenterr.ErrPermissionDenied, connect.CodePermissionDenied, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{agenterr.ErrDiskFull, connect.CodeResourceExhausted, pb.ErrorReason_ERROR_REASON_DISK_FULL},
+	{agenterr.ErrTooLarge, connect.CodeResourceExhausted, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{agenterr.ErrUnavailable, connect.CodeUnavailable, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{context.Canceled, connect.CodeCanceled, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+	{context.DeadlineExceeded, connect.CodeDeadlineExceeded, pb.ErrorReason_ERROR_REASON_UNSPECIFIED},
+}
+
+// toConnect maps every error the manager returns to its wire form, in one
+// place; an error of no kind is Internal.
 func toConnect(err error) error {
 	if err == nil {
 		return nil
 	}
+	for _, w := range wireCodes {
+		if errors.Is(err, w.kind) {
+			return agentwire.NewError(w.code, w.reason, agenterr.FieldOf(err), err)
+		}
+	}
 	var ce *connect.Error
-	var se *sandbox.Error
-	switch {
-	case errors.As(err, &se):
-	case errors.As(err, &ce):
-		return err
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	default:
-		return connect.NewError(connect.CodeInternal, err)
+	if errors.As(err, &ce) {
+		return err // the server's own stream errors
 	}
-	code := connect.CodeInternal
-	switch se.Code {
-	case sandbox.CodeNotFound:
-		code = connect.CodeNotFound
-	case sandbox.CodeInvalidArgument:
-		code = connect.CodeInvalidArgument
-	case sandbox.CodeFailedPrecondition:
-		code = connect.CodeFailedPrecondition
-	case sandbox.CodeUnavailable:
-		code = connect.CodeUnavailable
-	case sandbox.CodeAlreadyExists:
-		code = connect.CodeAlreadyExists
-	case sandbox.CodeResourceExhausted:
-		code = connect.CodeResourceExhausted
-	case sandbox.CodePermissionDenied:
-		code = connect.CodePermissionDenied
-	}
-	return connect.NewError(code, err)
+	return connect.NewError(connect.CodeInternal, err)
 }
 
 func (s *Server) CreateSandbox(ctx context.Context, req *connect.Request[pb.CreateSandboxRequest]) (*connect.Response[pb.CreateSandboxResponse], error) {
@@ -285,7 +288,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if r.st.Msg().GetHeader() != nil {
-			return 0, connect.NewError(connect.CodeInvalidArgument, errors.New("a second header in the stream"))
+			return 0, agenterr.New(agenterr.ErrInvalidArgument, "a second header in the stream")
 		}
 		r.buf = r.st.Msg().GetChunk()
 	}
@@ -299,11 +302,11 @@ func (s *Server) WriteFileStream(ctx context.Context, st *connect.ClientStream[p
 		if err := st.Err(); err != nil {
 			return nil, err
 		}
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("empty stream: the first message must be the header"))
+		return nil, toConnect(agenterr.New(agenterr.ErrInvalidArgument, "empty stream: the first message must be the header"))
 	}
 	h := st.Msg().GetHeader()
 	if h == nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the first message must be the header"))
+		return nil, toConnect(agenterr.New(agenterr.ErrInvalidArgument, "the first message must be the header"))
 	}
 	res, err := s.m.WriteFileStream(ctx, h, &chunkReader{st: st})
 	if err != nil {
@@ -324,7 +327,7 @@ func (s *Server) ReadFileStream(ctx context.Context, req *connect.Request[pb.Rea
 		chunk = defaultChunk
 	}
 	if chunk > maxChunk {
-		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("chunk_size %d above %d", chunk, maxChunk))
+		return toConnect(agenterr.Invalid("chunk_size", "chunk_size %d above %d", chunk, maxChunk))
 	}
 	rc, size, err := s.m.ReadFileStream(ctx, req.Msg.GetSandboxId(), req.Msg.GetPath(), req.Msg.GetUser())
 	if err != nil {
@@ -348,7 +351,7 @@ func (s *Server) ReadFileStream(ctx context.Context, req *connect.Request[pb.Rea
 			return nil
 		}
 		if err != nil {
-			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("read file %q: %w", req.Msg.GetPath(), err))
+			return toConnect(agenterr.Wrap(agenterr.ErrUnavailable, err, "read file %q", req.Msg.GetPath()))
 		}
 	}
 }

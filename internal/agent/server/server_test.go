@@ -5,11 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +23,9 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
 	"github.com/wrenn-dev/wrenn/internal/agent/server"
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	"github.com/wrenn-dev/wrenn/internal/envd/envdtest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -28,8 +35,15 @@ import (
 
 func startServer(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClient) {
 	t.Helper()
+	h1, h2, _ = startServerIn(t)
+	return h1, h2
+}
+
+// startServerIn is startServer that also returns WRENN_DIR.
+func startServerIn(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClient, dir string) {
+	t.Helper()
 	bin := envdtest.Build(t)
-	dir := t.TempDir()
+	dir = t.TempDir()
 	if err := sandboxtest.FakeImages(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +62,7 @@ func startServer(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClient
 	p.SetUnencryptedHTTP2(true)
 	h2c := &http.Client{Transport: &http.Transport{Protocols: &p}}
 	return hostagentv1connect.NewHostAgentServiceClient(http.DefaultClient, base),
-		hostagentv1connect.NewHostAgentServiceClient(h2c, base)
+		hostagentv1connect.NewHostAgentServiceClient(h2c, base), dir
 }
 
 // serve serves m on a loopback port until the test ends and returns the
@@ -281,4 +295,89 @@ func mustManager(t *testing.T) *sandbox.Manager {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// The agent's answers the control plane classifies (see internal/agentwire):
+// a full guest disk is RESOURCE_EXHAUSTED with reason DISK_FULL, a path the
+// guest would refuse is INVALID_ARGUMENT naming "path", and a call whose
+// sandbox is torn down under it is FAILED_PRECONDITION, not UNAVAILABLE.
+func TestServerErrorContract(t *testing.T) {
+	h1, _, dir := startServerIn(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, id := range []string{"s1", "s2"} {
+		if _, err := h1.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: id})); err != nil {
+			t.Fatalf("create %s: %v", id, err)
+		}
+	}
+	// The host driver's guest root is a plain directory: a 64 KiB tmpfs in
+	// it is a guest disk that fills up.
+	full := filepath.Join(dir, "sandboxes", "s1", "guestroot", "full")
+	if err := os.MkdirAll(full, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", full, "tmpfs", 0, "size=64k"); err != nil {
+		testenv.Require(t, false, "mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(full, syscall.MNT_DETACH) })
+
+	tests := []struct {
+		name   string
+		call   func() error
+		code   connect.Code
+		reason pb.ErrorReason
+		field  string
+	}{
+		{"full guest disk", func() error {
+			_, err := h1.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{SandboxId: "s1", Path: "/full/big", Content: make([]byte, 1<<20)}))
+			return err
+		}, connect.CodeResourceExhausted, pb.ErrorReason_ERROR_REASON_DISK_FULL, ""},
+		{"4000-byte path", func() error {
+			_, err := h1.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{SandboxId: "s1", Path: "/root/" + strings.Repeat("a", 3994), Content: []byte("x")}))
+			return err
+		}, connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, "path"},
+		{"path over PATH_MAX", func() error {
+			_, err := h1.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{SandboxId: "s1", Path: "/" + strings.Repeat("d/", 2100)}))
+			return err
+		}, connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, "path"},
+		{"name over 255 bytes", func() error {
+			st, err := h1.ReadFileStream(ctx, connect.NewRequest(&pb.ReadFileStreamRequest{SandboxId: "s1", Path: "/" + strings.Repeat("n", 300)}))
+			if err != nil {
+				return err
+			}
+			for st.Receive() {
+			}
+			return st.Err()
+		}, connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, "path"},
+		{"missing file is no full disk", func() error {
+			_, err := h1.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: "s1", Path: "/nope"}))
+			return err
+		}, connect.CodeNotFound, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, ""},
+		{"exec racing destroy", func() error {
+			errc := make(chan error, 1)
+			go func() {
+				_, err := h1.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: "s2", Cmd: "/bin/sh", Args: []string{"-c", "sleep 60"}}))
+				errc <- err
+			}()
+			time.Sleep(300 * time.Millisecond) // the exec reaches envd
+			if _, err := h1.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: "s2"})); err != nil {
+				return fmt.Errorf("destroy: %w", err)
+			}
+			select {
+			case err := <-errc:
+				return err
+			case <-time.After(10 * time.Second):
+				return errors.New("the exec still runs 10 s after its sandbox was destroyed")
+			}
+		}, connect.CodeFailedPrecondition, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			d := agentwire.Detail(err)
+			if connect.CodeOf(err) != tt.code || d.GetReason() != tt.reason || d.GetField() != tt.field {
+				t.Fatalf("err = %v (detail %v), want code %v, reason %v, field %q", err, d, tt.code, tt.reason, tt.field)
+			}
+		})
+	}
 }
