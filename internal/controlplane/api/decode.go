@@ -50,7 +50,7 @@ func jsonError(err error) error {
 	)
 	switch {
 	case errors.As(err, &mbe):
-		return &service.Error{Kind: service.KindTooLarge, Code: "too_large", Message: fmt.Sprintf("the request body is larger than %d bytes", mbe.Limit)}
+		return &service.Error{Kind: service.CodeTooLarge.Kind(), Code: service.CodeTooLarge, Message: fmt.Sprintf("the request body is larger than %d bytes", mbe.Limit)}
 	case errors.As(err, &syn):
 		return service.Invalid("", "malformed JSON at byte %d", syn.Offset)
 	case errors.As(err, &typ):

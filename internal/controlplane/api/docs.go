@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"path"
 	"strings"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
 // swaggerAssets is filled by `make web` from the pinned npm package
@@ -43,7 +45,7 @@ func swaggerFS() fs.FS {
 
 func serveDocsIndex(w http.ResponseWriter, _ *http.Request) {
 	if _, err := fs.Stat(swaggerFS(), "swagger-ui-bundle.js"); err != nil {
-		WriteError(w, http.StatusServiceUnavailable, "docs_unavailable",
+		WriteError(w, service.CodeDocsUnavailable,
 			"Swagger UI assets were not built into this binary; build it with `make build`")
 		return
 	}
@@ -54,11 +56,11 @@ func serveDocsIndex(w http.ResponseWriter, _ *http.Request) {
 func serveDocsAsset(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimPrefix(path.Clean(r.URL.Path), "/docs/")
 	if name == "" || name == "." || strings.HasPrefix(name, ".") {
-		WriteError(w, http.StatusNotFound, "not_found", "no such documentation asset")
+		WriteError(w, service.CodeNotFound, "no such documentation asset")
 		return
 	}
 	if _, err := fs.Stat(swaggerFS(), name); err != nil {
-		WriteError(w, http.StatusNotFound, "not_found", "no such documentation asset")
+		WriteError(w, service.CodeNotFound, "no such documentation asset")
 		return
 	}
 	http.ServeFileFS(w, r, swaggerFS(), name)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
 
@@ -24,9 +26,9 @@ type errorDetail struct {
 	Field   string `json:"field,omitempty"`
 }
 
-// WriteError writes the API's error format with the given status.
-func WriteError(w http.ResponseWriter, status int, code, message string) {
-	WriteJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: message}})
+// WriteError answers with code's status and the API's error format.
+func WriteError(w http.ResponseWriter, code service.Code, message string) {
+	writeError(w, service.Errorf(code, "%s", message))
 }
 
 // WriteJSON writes v as JSON with the given status.
@@ -37,41 +39,53 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// statusOf is the one place where error kinds become HTTP statuses.
-func statusOf(k service.Kind) int {
-	switch k {
-	case service.KindInvalid:
-		return http.StatusBadRequest
-	case service.KindUnauthorized:
-		return http.StatusUnauthorized
-	case service.KindForbidden:
-		return http.StatusForbidden
-	case service.KindNotFound:
-		return http.StatusNotFound
-	case service.KindConflict:
-		return http.StatusConflict
-	case service.KindTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case service.KindRateLimited:
-		return http.StatusTooManyRequests
-	case service.KindUnavailable:
-		return http.StatusServiceUnavailable
-	case service.KindUpstream:
-		return http.StatusBadGateway
-	default:
-		return http.StatusInternalServerError
-	}
+// kindStatus is the one place where error kinds become HTTP statuses, for
+// REST answers and stream errors alike.
+var kindStatus = map[service.Kind]int{
+	service.KindInternal:         http.StatusInternalServerError,
+	service.KindInvalid:          http.StatusBadRequest,
+	service.KindUnauthorized:     http.StatusUnauthorized,
+	service.KindForbidden:        http.StatusForbidden,
+	service.KindNotFound:         http.StatusNotFound,
+	service.KindMethodNotAllowed: http.StatusMethodNotAllowed,
+	service.KindConflict:         http.StatusConflict,
+	service.KindTooLarge:         http.StatusRequestEntityTooLarge,
+	service.KindRateLimited:      http.StatusTooManyRequests,
+	service.KindUpstream:         http.StatusBadGateway,
+	service.KindUnavailable:      http.StatusServiceUnavailable,
+	service.KindStorageFull:      http.StatusInsufficientStorage,
 }
 
-// writeErr answers with err in the API's format. Anything that is not a
-// service error is a bug: logged, shown as "internal error".
-func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
-	se, ok := service.AsError(err)
-	if !ok {
-		se = service.Internal("unclassified", err)
+func statusOf(k service.Kind) int {
+	if st, ok := kindStatus[k]; ok {
+		return st
 	}
-	status := statusOf(se.Kind)
-	if status >= 500 {
+	return http.StatusInternalServerError
+}
+
+// asServiceError is err as a service error; anything else is a bug and
+// becomes "internal error" (the cause is logged, not shown).
+func asServiceError(what string, err error) *service.Error {
+	if se, ok := service.AsError(err); ok {
+		return se
+	}
+	return service.Internal(what, err)
+}
+
+// writeError writes se: status, Retry-After when the code advises one,
+// and the body.
+func writeError(w http.ResponseWriter, se *service.Error) {
+	if d := se.RetryAfter(); d > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(d.Round(time.Second)/time.Second)))
+	}
+	WriteJSON(w, statusOf(se.Kind), errorBody{Error: errorDetail{Code: string(se.Code), Message: se.Message, Field: se.Field}})
+}
+
+// writeErr answers with err in the API's format, logging server-side
+// failures.
+func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	se := asServiceError("unclassified", err)
+	if status := statusOf(se.Kind); status >= 500 {
 		lvl := slog.LevelWarn
 		if status == http.StatusInternalServerError {
 			lvl = slog.LevelError
@@ -79,10 +93,7 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		s.deps.Logger.Log(r.Context(), lvl, "request failed", "method", r.Method, "path", r.URL.Path,
 			"status", status, "code", se.Code, "err", errString(se), "request_id", middleware.GetReqID(r.Context()))
 	}
-	if se.Kind == service.KindRateLimited {
-		w.Header().Set("Retry-After", "60")
-	}
-	WriteJSON(w, status, errorBody{Error: errorDetail{Code: se.Code, Message: se.Message, Field: se.Field}})
+	writeError(w, se)
 }
 
 func errString(e *service.Error) string {

@@ -246,7 +246,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) {
 func multipartErr(err error) error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return &service.Error{Kind: service.KindTooLarge, Code: "too_large", Message: "the upload is larger than allowed"}
+		return &service.Error{Kind: service.CodeTooLarge.Kind(), Code: service.CodeTooLarge, Message: "the upload is larger than allowed"}
 	}
 	return service.Invalid("", "malformed multipart body")
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -46,7 +45,7 @@ func (s *Server) precheck(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	if sb.Status != service.StatusRunning {
-		s.writeErr(w, r, &service.Error{Kind: service.KindConflict, Code: "invalid_state", Message: "sandbox " + sb.ID + " is " + string(sb.Status) + "; it must be running"})
+		s.writeErr(w, r, service.Errorf(service.CodeInvalidState, "sandbox %s is %s; it must be running", sb.ID, sb.Status))
 		return false
 	}
 	return true
@@ -70,16 +69,18 @@ func wsSend(ctx context.Context, c *websocket.Conn, m streamMsg) error {
 
 // wsFail sends an error message and closes the socket.
 func wsFail(ctx context.Context, c *websocket.Conn, err error) {
-	se, ok := service.AsError(err)
-	if !ok {
-		se = service.Internal("stream", err)
-	}
-	_ = wsSend(ctx, c, streamMsg{Type: "error", Code: se.Code, Message: se.Message, Field: se.Field})
+	se := asServiceError("stream", err)
+	_ = wsSend(ctx, c, errorMsg(se))
 	code := websocket.StatusPolicyViolation
 	if statusOf(se.Kind) >= 500 {
 		code = websocket.StatusInternalError
 	}
-	_ = c.Close(code, se.Code)
+	_ = c.Close(code, string(se.Code))
+}
+
+// errorMsg is a stream's error message.
+func errorMsg(se *service.Error) streamMsg {
+	return streamMsg{Type: "error", Code: string(se.Code), Message: se.Message, Field: se.Field}
 }
 
 func outputMsg(typ string, b []byte) streamMsg {
@@ -118,19 +119,10 @@ func (s *Server) pumpExec(ctx context.Context, c *websocket.Conn, st *connect.Se
 		}
 	}
 	if err := st.Err(); err != nil && ctx.Err() == nil {
-		wsFail(ctx, c, agentStreamErr(err))
+		wsFail(ctx, c, service.FromAgent("stream from the host agent", err))
 		return
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")
-}
-
-// agentStreamErr classifies a mid-stream agent failure.
-func agentStreamErr(err error) error {
-	var ce *connect.Error
-	if errors.As(err, &ce) && ce.Code() == connect.CodeNotFound {
-		return service.NotFound("not_found", ce.Message())
-	}
-	return &service.Error{Kind: service.KindUnavailable, Code: "agent_unavailable", Message: "the stream from the host agent broke", Err: err}
 }
 
 // execStream: the client sends one {"type":"start", cmd, args, env, cwd,
@@ -305,11 +297,7 @@ func (s *Server) runPty(w http.ResponseWriter, r *http.Request, in service.PtyIn
 				err = service.Invalid("type", "unknown message type %q; use input, resize or kill", m.Type)
 			}
 			if err != nil {
-				se, _ := service.AsError(err)
-				if se == nil {
-					se = service.Internal("pty", err)
-				}
-				_ = wsSend(ctx, c, streamMsg{Type: "error", Code: se.Code, Message: se.Message, Field: se.Field})
+				_ = wsSend(ctx, c, errorMsg(asServiceError("pty", err)))
 			}
 		}
 	}()
@@ -339,7 +327,7 @@ func (s *Server) runPty(w http.ResponseWriter, r *http.Request, in service.PtyIn
 		}
 	}
 	if err := sess.Stream.Err(); err != nil && ctx.Err() == nil {
-		wsFail(ctx, c, agentStreamErr(err))
+		wsFail(ctx, c, service.FromAgent("stream from the host agent", err))
 		return
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")

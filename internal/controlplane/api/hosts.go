@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 
@@ -54,7 +53,7 @@ func bearer(r *http.Request) string {
 
 func (s *Server) hostsReady(w http.ResponseWriter) bool {
 	if s.deps.Hosts == nil {
-		WriteError(w, http.StatusServiceUnavailable, "hosts_unavailable", "host management is not configured")
+		WriteError(w, service.CodeHostsUnavailable, "host management is not configured")
 		return false
 	}
 	return true
@@ -85,7 +84,7 @@ func (s *Server) hostUserSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok := bearer(r)
 		if tok == "" || s.deps.HostUserAuth == nil {
-			s.writeErr(w, r, service.Unauthorized("unauthenticated", "authentication required: send Authorization: Bearer <token>"))
+			s.writeErr(w, r, service.Unauthorized(service.CodeUnauthenticated, "authentication required: send Authorization: Bearer <token>"))
 			return
 		}
 		a, err := s.deps.HostUserAuth.AuthenticateJWT(r.Context(), tok)
@@ -108,25 +107,12 @@ func (s *Server) hostsReadyMW(next http.Handler) http.Handler {
 // maxHostBody bounds host request bodies.
 const maxHostBody = 64 << 10
 
-// decodeHostBody reads a JSON object; an empty body is allowed when
-// optional (the zero value stays).
-func decodeHostBody(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxHostBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if errors.Is(err, io.EOF) && optional {
-		return true
-	}
-	if err == nil && dec.More() {
-		err = errors.New("trailing data after the JSON object")
-	}
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			WriteError(w, http.StatusRequestEntityTooLarge, "body_too_large", "request body is too large")
-			return false
-		}
-		WriteError(w, http.StatusBadRequest, "invalid_json", "request body must be a JSON object: "+err.Error())
+// decodeHostBody reads a JSON object (see decodeJSON) of at most
+// maxHostBody bytes; an error is answered in the API's format.
+func (s *Server) decodeHostBody(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxHostBody)
+	if err := decodeJSON(r, v, optional); err != nil {
+		s.writeErr(w, r, err)
 		return false
 	}
 	return true
@@ -138,7 +124,7 @@ func (s *Server) writeHostError(w http.ResponseWriter, r *http.Request, err erro
 	var inUse *hostauth.HostInUseError
 	if errors.As(err, &inUse) {
 		WriteJSON(w, http.StatusConflict, map[string]any{
-			"error":     errorDetail{Code: "host_has_sandboxes", Message: "the host still has sandboxes; delete with ?force=true to destroy them"},
+			"error":     errorDetail{Code: string(service.CodeHostHasSandboxes), Message: "the host still has sandboxes; delete with ?force=true to destroy them"},
 			"sandboxes": inUse.Sandboxes,
 		})
 		return
@@ -152,7 +138,7 @@ func userAuth(r *http.Request) auth.AuthContext {
 
 func (s *Server) createHost(w http.ResponseWriter, r *http.Request) {
 	var in hostauth.CreateHostInput
-	if !decodeHostBody(w, r, &in, false) {
+	if !s.decodeHostBody(w, r, &in, false) {
 		return
 	}
 	out, err := s.deps.Hosts.CreateHost(r.Context(), userAuth(r), in)
@@ -197,7 +183,7 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request) {
 	case "true", "1":
 		force = true
 	default:
-		WriteError(w, http.StatusBadRequest, "invalid_request", "force must be true or false, got "+v)
+		WriteError(w, service.CodeInvalidRequest, "force must be true or false, got "+v)
 		return
 	}
 	out, err := s.deps.Hosts.DeleteHost(r.Context(), userAuth(r), chi.URLParam(r, "id"), force)
@@ -213,7 +199,7 @@ func (s *Server) hostRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in hostauth.RegisterInput
-	if !decodeHostBody(w, r, &in, false) {
+	if !s.decodeHostBody(w, r, &in, false) {
 		return
 	}
 	out, err := s.deps.Hosts.Register(r.Context(), in)
@@ -234,7 +220,7 @@ func (s *Server) hostRefresh(w http.ResponseWriter, r *http.Request) {
 	// A malformed body is an auth failure too: the agent is not let in.
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxHostBody))
 	if err := dec.Decode(&in); err != nil || in.RefreshToken == "" {
-		WriteError(w, http.StatusUnauthorized, "invalid_refresh_token", "a refresh_token is required")
+		WriteError(w, service.CodeInvalidRefreshToken, "a refresh_token is required")
 		return
 	}
 	out, err := s.deps.Hosts.Refresh(r.Context(), in.RefreshToken)

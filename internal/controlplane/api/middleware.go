@@ -34,7 +34,7 @@ func (s *Server) authenticate(mode authMode) func(http.Handler) http.Handler {
 			if h := r.Header.Get("Authorization"); h != "" {
 				scheme, tok, ok := strings.Cut(h, " ")
 				if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
-					s.writeErr(w, r, service.Unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))
+					s.writeErr(w, r, service.Unauthorized(service.CodeInvalidToken, "the Authorization header must be `Bearer <token>`"))
 					return
 				}
 				bearer = strings.TrimSpace(tok)
@@ -57,7 +57,7 @@ func (s *Server) authenticate(mode authMode) func(http.Handler) http.Handler {
 			case bearer != "":
 				ac, err = s.deps.Service.AuthenticateJWT(r.Context(), bearer)
 			case key != "" && mode == jwtOnly:
-				err = service.Forbidden("session_required", "this endpoint needs a user session (Authorization: Bearer <token>); API keys only work for sandbox operations")
+				err = service.Forbidden(service.CodeSessionRequired, "this endpoint needs a user session (Authorization: Bearer <token>); API keys only work for sandbox operations")
 			case key != "":
 				ac, err = s.deps.Service.AuthenticateAPIKey(r.Context(), key)
 			default:
@@ -65,7 +65,7 @@ func (s *Server) authenticate(mode authMode) func(http.Handler) http.Handler {
 				if mode == jwtOrKey {
 					msg += " or X-API-Key: <key>"
 				}
-				err = service.Unauthorized("unauthenticated", msg)
+				err = service.Unauthorized(service.CodeUnauthenticated, msg)
 			}
 			if err != nil {
 				s.writeErr(w, r, err)
@@ -145,7 +145,7 @@ func (s *Server) rateLimit(name string) func(http.Handler) http.Handler {
 				if err != nil {
 					s.deps.Logger.WarnContext(r.Context(), "rate limiter unavailable", "err", err)
 				} else if !ok {
-					s.writeErr(w, r, &service.Error{Kind: service.KindRateLimited, Code: "rate_limited", Message: "too many attempts; try again in a minute"})
+					s.writeErr(w, r, &service.Error{Kind: service.CodeRateLimited.Kind(), Code: service.CodeRateLimited, Message: "too many attempts; try again in a minute"})
 					return
 				}
 			}

@@ -69,10 +69,10 @@ func New(deps Deps) (*Server, error) {
 	r := s.router
 	r.Use(middleware.RequestID, s.recoverer, s.accessLog)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path)
+		WriteError(w, service.CodeNotFound, "no such route: "+r.Method+" "+r.URL.Path)
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path)
+		WriteError(w, service.CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 	})
 	r.Get("/health", s.health)
 	r.Get("/openapi.yaml", s.serveOpenAPI)
@@ -124,7 +124,7 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 					panic(v)
 				}
 				s.deps.Logger.ErrorContext(r.Context(), "handler panic", "panic", v, "method", r.Method, "path", r.URL.Path)
-				WriteError(w, http.StatusInternalServerError, "internal", "internal error")
+				WriteError(w, service.CodeInternal, "internal error")
 			}
 		}()
 		next.ServeHTTP(w, r)

@@ -4,6 +4,8 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
 // mountV1 registers the REST API of accounts, teams, keys, sandboxes and
@@ -27,7 +29,7 @@ func (s *Server) mountV1(root chi.Router) {
 func (s *Server) serviceReady(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.deps.Service == nil {
-			WriteError(w, http.StatusServiceUnavailable, "service_unavailable", "the control plane service is not configured")
+			WriteError(w, service.CodeServiceUnavailable, "the control plane service is not configured")
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -127,8 +127,8 @@ type CreateHostInput struct {
 }
 
 var (
-	errHostNotFound = service.NotFound("host_not_found", "host not found")
-	errAPIKey       = service.Forbidden("jwt_required", "hosts are managed with a user session, not an API key")
+	errHostNotFound = service.NotFound(service.CodeHostNotFound, "host not found")
+	errAPIKey       = service.Forbidden(service.CodeJWTRequired, "hosts are managed with a user session, not an API key")
 )
 
 func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
@@ -166,21 +166,21 @@ func (s *Service) CreateHost(ctx context.Context, a auth.AuthContext, in CreateH
 	var teamID *string
 	if in.Shared {
 		if !a.IsAdmin {
-			return HostWithToken{}, service.Forbidden("admin_required", "only platform admins add shared hosts")
+			return HostWithToken{}, service.Forbidden(service.CodeAdminRequired, "only platform admins add shared hosts")
 		}
 	} else {
 		byoc, err := s.q.GetTeamBYOC(ctx, a.TeamID)
 		if isNoRows(err) {
-			return HostWithToken{}, service.NotFound("team_not_found", "team not found")
+			return HostWithToken{}, service.NotFound(service.CodeTeamNotFound, "team not found")
 		}
 		if err != nil {
 			return HostWithToken{}, service.Internal("load team", err)
 		}
 		if !byoc {
-			return HostWithToken{}, service.Forbidden("byoc_not_enabled", "this team may not bring its own hosts")
+			return HostWithToken{}, service.Forbidden(service.CodeBYOCNotEnabled, "this team may not bring its own hosts")
 		}
 		if !a.IsAdmin && a.Role != "owner" && a.Role != "admin" {
-			return HostWithToken{}, service.Forbidden("forbidden", "only team owners and admins add hosts")
+			return HostWithToken{}, service.Forbidden(service.CodeForbidden, "only team owners and admins add hosts")
 		}
 		teamID = &a.TeamID
 	}
@@ -244,7 +244,7 @@ func (s *Service) manageableHost(ctx context.Context, a auth.AuthContext, id str
 		return h, err
 	}
 	if !canManage(a, h) {
-		return h, service.Forbidden("forbidden", "only platform admins, or owners and admins of the host's team, manage it")
+		return h, service.Forbidden(service.CodeForbidden, "only platform admins, or owners and admins of the host's team, manage it")
 	}
 	return h, nil
 }
@@ -329,8 +329,8 @@ type Credentials struct {
 }
 
 var (
-	errBadRegistration = service.Unauthorized("invalid_registration_token", "the registration token is invalid, expired or already used")
-	errBadRefresh      = service.Unauthorized("invalid_refresh_token", "the refresh token is invalid or expired")
+	errBadRegistration = service.Unauthorized(service.CodeInvalidRegistrationToken, "the registration token is invalid, expired or already used")
+	errBadRefresh      = service.Unauthorized(service.CodeInvalidRefreshToken, "the refresh token is invalid or expired")
 )
 
 // CheckAddress validates an agent address: host:port with a usable port.
@@ -521,7 +521,7 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (Credentials
 	}
 	if reused {
 		s.log.WarnContext(ctx, "revoked refresh token presented again; token family revoked")
-		return Credentials{}, service.Unauthorized("refresh_token_reused", "the refresh token was already used; the host must register again")
+		return Credentials{}, service.Unauthorized(service.CodeRefreshTokenReused, "the refresh token was already used; the host must register again")
 	}
 	return s.withJWT(creds)
 }
@@ -530,7 +530,7 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (Credentials
 func (s *Service) AuthenticateHost(token string) (string, error) {
 	id, err := s.tokens.Parse(token)
 	if err != nil {
-		return "", service.Unauthorized("invalid_host_token", "missing, invalid or expired host token")
+		return "", service.Unauthorized(service.CodeInvalidHostToken, "missing, invalid or expired host token")
 	}
 	return id, nil
 }
@@ -539,14 +539,14 @@ func (s *Service) AuthenticateHost(token string) (string, error) {
 // subject and must match hostID. A deleted host answers 404 so its agent stops.
 func (s *Service) Heartbeat(ctx context.Context, callerHostID, hostID string) (Host, error) {
 	if callerHostID != hostID {
-		return Host{}, service.Forbidden("forbidden", "a host may only send its own heartbeat")
+		return Host{}, service.Forbidden(service.CodeForbidden, "a host may only send its own heartbeat")
 	}
 	h, err := s.q.HeartbeatHost(ctx, hostID)
 	if isNoRows(err) {
 		if _, gerr := s.q.GetHost(ctx, hostID); isNoRows(gerr) {
 			return Host{}, errHostNotFound
 		}
-		return Host{}, service.Conflict("host_not_registered", "the host has not registered")
+		return Host{}, service.Conflict(service.CodeHostNotRegistered, "the host has not registered")
 	}
 	if err != nil {
 		return Host{}, service.Internal("record heartbeat", err)

@@ -62,7 +62,7 @@ func (e *env) team(t *testing.T, byoc bool) string {
 
 var admin = auth.AuthContext{Method: auth.MethodJWT, TeamID: "team-aaaaaaaaaaaaaaaaaaaa", Role: "member", IsAdmin: true}
 
-func wantKind(t *testing.T, err error, kind service.Kind, code string) {
+func wantKind(t *testing.T, err error, kind service.Kind, code service.Code) {
 	t.Helper()
 	e, ok := service.AsError(err)
 	if !ok {
@@ -329,7 +329,7 @@ func TestCreateHostRules(t *testing.T) {
 		a    auth.AuthContext
 		in   CreateHostInput
 		kind service.Kind // -1: success
-		code string
+		code service.Code
 	}{
 		{"admin shared", auth.AuthContext{Method: auth.MethodJWT, TeamID: plain, Role: "member", IsAdmin: true}, CreateHostInput{Name: "x", Shared: true}, -1, ""},
 		{"owner shared", auth.AuthContext{Method: auth.MethodJWT, TeamID: byoc, Role: "owner"}, CreateHostInput{Name: "x", Shared: true}, service.KindForbidden, "admin_required"},

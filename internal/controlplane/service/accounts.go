@@ -131,7 +131,7 @@ func (s *Service) Signup(ctx context.Context, in SignupInput) (Session, error) {
 		return q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: team.ID, Role: "owner", IsDefault: true})
 	})
 	if isUniqueViolation(err) {
-		return Session{}, &Error{Kind: KindConflict, Code: "email_taken", Field: "email", Message: "an account with this email already exists"}
+		return Session{}, &Error{Kind: CodeEmailTaken.Kind(), Code: CodeEmailTaken, Field: "email", Message: "an account with this email already exists"}
 	}
 	if err != nil {
 		return Session{}, Internal("signup", err)
@@ -154,7 +154,7 @@ type LoginInput struct {
 	Password string `json:"password"`
 }
 
-var errBadLogin = Unauthorized("invalid_credentials", "wrong email or password")
+var errBadLogin = Unauthorized(CodeInvalidCredentials, "wrong email or password")
 
 // Login checks the password and opens a session in the default team.
 func (s *Service) Login(ctx context.Context, in LoginInput) (Session, error) {
@@ -177,7 +177,7 @@ func (s *Service) Login(ctx context.Context, in LoginInput) (Session, error) {
 	}
 	t, err := s.q.GetDefaultTeam(ctx, u.ID)
 	if isNoRows(err) {
-		return Session{}, Conflict("no_team", "this account belongs to no team; create one after signing up again or ask a team owner to add you")
+		return Session{}, Conflict(CodeNoTeam, "this account belongs to no team; create one after signing up again or ask a team owner to add you")
 	}
 	if err != nil {
 		return Session{}, Internal("login", err)
@@ -192,7 +192,7 @@ func (s *Service) SwitchTeam(ctx context.Context, a auth.AuthContext, teamID str
 	}
 	m, err := s.q.GetMembership(ctx, db.GetMembershipParams{UserID: a.UserID, TeamID: teamID})
 	if isNoRows(err) {
-		return Session{}, NotFound("team_not_found", "team not found")
+		return Session{}, NotFound(CodeTeamNotFound, "team not found")
 	}
 	if err != nil {
 		return Session{}, Internal("switch team", err)
@@ -212,24 +212,24 @@ func (s *Service) SwitchTeam(ctx context.Context, a auth.AuthContext, teamID str
 func (s *Service) AuthenticateJWT(ctx context.Context, token string) (auth.AuthContext, error) {
 	c, err := s.tokens.Parse(token)
 	if err != nil {
-		return auth.AuthContext{}, Unauthorized("invalid_token", "the session token is invalid or expired")
+		return auth.AuthContext{}, Unauthorized(CodeInvalidToken, "the session token is invalid or expired")
 	}
 	m, err := s.q.GetMembership(ctx, db.GetMembershipParams{UserID: c.Subject, TeamID: c.TeamID})
 	if isNoRows(err) {
-		return auth.AuthContext{}, Unauthorized("invalid_token", "the session's user or team no longer exists; log in again")
+		return auth.AuthContext{}, Unauthorized(CodeInvalidToken, "the session's user or team no longer exists; log in again")
 	}
 	if err != nil {
 		return auth.AuthContext{}, Internal("authenticate", err)
 	}
 	if c.SessionVersion != m.SessionVersion {
-		return auth.AuthContext{}, Unauthorized("session_revoked", "the session ended because the password was changed; log in again")
+		return auth.AuthContext{}, Unauthorized(CodeSessionRevoked, "the session ended because the password was changed; log in again")
 	}
 	return auth.AuthContext{Method: auth.MethodJWT, UserID: c.Subject, UserEmail: m.Email, TeamID: c.TeamID, Role: m.Role, IsAdmin: m.IsAdmin}, nil
 }
 
 // AuthenticateAPIKey resolves an X-API-Key.
 func (s *Service) AuthenticateAPIKey(ctx context.Context, key string) (auth.AuthContext, error) {
-	bad := Unauthorized("invalid_api_key", "the API key is invalid or was deleted")
+	bad := Unauthorized(CodeInvalidAPIKey, "the API key is invalid or was deleted")
 	if !auth.LooksLikeAPIKey(key) {
 		return auth.AuthContext{}, bad
 	}
@@ -318,7 +318,7 @@ func (s *Service) ChangePassword(ctx context.Context, a auth.AuthContext, in Cha
 		return wrapDB("change password", err)
 	}
 	if !s.passwords.Check(u.PasswordHash, in.CurrentPassword) {
-		return &Error{Kind: KindForbidden, Code: "wrong_password", Field: "current_password", Message: "current_password is wrong"}
+		return &Error{Kind: CodeWrongPassword.Kind(), Code: CodeWrongPassword, Field: "current_password", Message: "current_password is wrong"}
 	}
 	hash, err := s.passwords.Hash(in.NewPassword)
 	if err != nil {

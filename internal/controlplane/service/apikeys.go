@@ -66,14 +66,14 @@ func (s *Service) ListAPIKeys(ctx context.Context, a auth.AuthContext) ([]APIKey
 func (s *Service) DeleteAPIKey(ctx context.Context, a auth.AuthContext, keyID string) error {
 	k, err := s.q.GetAPIKey(ctx, db.GetAPIKeyParams{ID: keyID, TeamID: a.TeamID})
 	if isNoRows(err) {
-		return NotFound("api_key_not_found", "API key not found")
+		return NotFound(CodeAPIKeyNotFound, "API key not found")
 	}
 	if err != nil {
 		return Internal("delete api key", err)
 	}
 	own := k.CreatedBy != nil && *k.CreatedBy == a.UserID
 	if !own && !canManage(a.Role) {
-		return Forbidden("forbidden", "members can only delete their own API keys")
+		return Forbidden(CodeForbidden, "members can only delete their own API keys")
 	}
 	if _, err := s.q.DeleteAPIKey(ctx, db.DeleteAPIKeyParams{ID: keyID, TeamID: a.TeamID}); err != nil {
 		return Internal("delete api key", err)

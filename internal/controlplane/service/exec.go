@@ -106,7 +106,7 @@ func (s *Service) Exec(ctx context.Context, a auth.AuthContext, id string, in Ex
 	if in.Background {
 		resp, err := c.StartProcess(ctx, connect.NewRequest(&pb.StartProcessRequest{SandboxId: r.ID, Cmd: in.Cmd, Args: in.Args, Env: in.Env, Cwd: in.Cwd, User: in.User, Tag: in.Tag}))
 		if err != nil {
-			return nil, nil, fromAgent("start the process", err)
+			return nil, nil, FromAgent("start the process", err)
 		}
 		return nil, &BackgroundResult{PID: resp.Msg.GetPid(), Tag: resp.Msg.GetTag()}, nil
 	}
@@ -116,7 +116,7 @@ func (s *Service) Exec(ctx context.Context, a auth.AuthContext, id string, in Ex
 	}
 	resp, err := c.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: r.ID, Cmd: in.Cmd, Args: in.Args, Env: in.Env, Cwd: in.Cwd, TimeoutSec: timeout, User: in.User, Stdin: []byte(in.Stdin)}))
 	if err != nil {
-		return nil, nil, fromAgent("run the command", err)
+		return nil, nil, FromAgent("run the command", err)
 	}
 	m := resp.Msg
 	res := &ExecResult{ExitCode: m.GetExitCode(), DurationMS: m.GetDurationMs(), Truncated: m.GetTruncated(), TimedOut: m.GetTimedOut(), Encoding: "utf-8"}
@@ -145,7 +145,7 @@ func (s *Service) ExecStream(ctx context.Context, a auth.AuthContext, id string,
 	}
 	st, err := c.ExecStream(ctx, connect.NewRequest(&pb.ExecStreamRequest{SandboxId: r.ID, Cmd: in.Cmd, Args: in.Args, Env: in.Env, Cwd: in.Cwd, TimeoutSec: timeout, User: in.User, Tag: in.Tag}))
 	if err != nil {
-		return nil, fromAgent("start the command", err)
+		return nil, FromAgent("start the command", err)
 	}
 	return st, nil
 }
@@ -168,7 +168,7 @@ func (s *Service) ListProcesses(ctx context.Context, a auth.AuthContext, id stri
 	}
 	resp, err := c.ListProcesses(ctx, connect.NewRequest(&pb.ListProcessesRequest{SandboxId: r.ID}))
 	if err != nil {
-		return nil, fromAgent("list processes", err)
+		return nil, FromAgent("list processes", err)
 	}
 	out := make([]Process, 0, len(resp.Msg.GetProcesses()))
 	for _, p := range resp.Msg.GetProcesses() {
@@ -219,7 +219,7 @@ func (s *Service) KillProcess(ctx context.Context, a auth.AuthContext, id, selec
 		return err
 	}
 	if _, err := c.KillProcess(ctx, connect.NewRequest(&pb.KillProcessRequest{SandboxId: r.ID, Process: sel, Signal: signal})); err != nil {
-		return fromAgent("kill the process", err)
+		return FromAgent("kill the process", err)
 	}
 	return nil
 }
@@ -236,7 +236,7 @@ func (s *Service) ConnectProcess(ctx context.Context, a auth.AuthContext, id, se
 	}
 	st, err := c.ConnectProcess(ctx, connect.NewRequest(&pb.ConnectProcessRequest{SandboxId: r.ID, Process: sel}))
 	if err != nil {
-		return nil, fromAgent("connect to the process", err)
+		return nil, FromAgent("connect to the process", err)
 	}
 	return st, nil
 }
@@ -264,19 +264,19 @@ type PtySession struct {
 // Input sends keystrokes.
 func (p *PtySession) Input(ctx context.Context, tag string, data []byte) error {
 	_, err := p.client.PtyInput(ctx, connect.NewRequest(&pb.PtyInputRequest{SandboxId: p.sandboxID, Tag: tag, Data: data}))
-	return errOrNil(fromAgent("send terminal input", err))
+	return errOrNil(FromAgent("send terminal input", err))
 }
 
 // Resize changes the window size.
 func (p *PtySession) Resize(ctx context.Context, tag string, cols, rows uint32) error {
 	_, err := p.client.PtyResize(ctx, connect.NewRequest(&pb.PtyResizeRequest{SandboxId: p.sandboxID, Tag: tag, Cols: cols, Rows: rows}))
-	return errOrNil(fromAgent("resize the terminal", err))
+	return errOrNil(FromAgent("resize the terminal", err))
 }
 
 // Kill ends the terminal.
 func (p *PtySession) Kill(ctx context.Context, tag string) error {
 	_, err := p.client.PtyKill(ctx, connect.NewRequest(&pb.PtyKillRequest{SandboxId: p.sandboxID, Tag: tag}))
-	return errOrNil(fromAgent("kill the terminal", err))
+	return errOrNil(FromAgent("kill the terminal", err))
 }
 
 // errOrNil avoids a typed-nil error interface.
@@ -315,7 +315,7 @@ func (s *Service) AttachPty(ctx context.Context, a auth.AuthContext, id string, 
 	}
 	st, err := c.PtyAttach(ctx, connect.NewRequest(&pb.PtyAttachRequest{SandboxId: r.ID, Tag: in.Tag, Cmd: in.Cmd, Args: in.Args, Env: in.Env, Cwd: in.Cwd, User: in.User, Cols: in.Cols, Rows: in.Rows}))
 	if err != nil {
-		return nil, fromAgent("attach the terminal", err)
+		return nil, FromAgent("attach the terminal", err)
 	}
 	return &PtySession{Stream: st, client: c, sandboxID: r.ID}, nil
 }

@@ -59,7 +59,7 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 	st := c.WriteFileStream(ctx)
 	if err := st.Send(&pb.WriteFileStreamRequest{Part: &pb.WriteFileStreamRequest_Header_{Header: &pb.WriteFileStreamRequest_Header{SandboxId: sb.ID, Path: path, Mode: mode}}}); err != nil && !errors.Is(err, io.EOF) {
 		_, _ = st.CloseAndReceive()
-		return WriteResult{}, fromAgent("write the file", err)
+		return WriteResult{}, FromAgent("write the file", err)
 	}
 	buf := make([]byte, FileChunkSize)
 	for {
@@ -80,7 +80,7 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 	}
 	resp, err := st.CloseAndReceive()
 	if err != nil {
-		return WriteResult{}, fromAgent("write the file", err)
+		return WriteResult{}, FromAgent("write the file", err)
 	}
 	return WriteResult{Path: resp.Msg.GetPath(), Size: resp.Msg.GetSize()}, nil
 }
@@ -89,9 +89,9 @@ func (s *Service) WriteFile(ctx context.Context, a auth.AuthContext, id, path st
 func readErr(err error) error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return &Error{Kind: KindTooLarge, Code: "too_large", Message: "the upload is larger than allowed"}
+		return &Error{Kind: CodeTooLarge.Kind(), Code: CodeTooLarge, Message: "the upload is larger than allowed"}
 	}
-	return &Error{Kind: KindInvalid, Code: "invalid_request", Field: "file", Message: "reading the upload failed: " + err.Error()}
+	return &Error{Kind: CodeInvalidRequest.Kind(), Code: CodeInvalidRequest, Field: "file", Message: "reading the upload failed: " + err.Error()}
 }
 
 // FileReader streams a file out of a sandbox.
@@ -132,7 +132,7 @@ func (s *Service) ReadFile(ctx context.Context, a auth.AuthContext, id, path str
 	}
 	st, err := c.ReadFileStream(ctx, connect.NewRequest(&pb.ReadFileStreamRequest{SandboxId: sb.ID, Path: path}))
 	if err != nil {
-		return nil, fromAgent("read the file", err)
+		return nil, FromAgent("read the file", err)
 	}
 	f := &FileReader{Size: -1, stream: st}
 	if !st.Receive() {
@@ -141,7 +141,7 @@ func (s *Service) ReadFile(ctx context.Context, a auth.AuthContext, id, path str
 		if err == nil {
 			return &FileReader{Size: 0, stream: st}, nil
 		}
-		return nil, fromAgent("read the file", err)
+		return nil, FromAgent("read the file", err)
 	}
 	switch p := st.Msg().GetPart().(type) {
 	case *pb.ReadFileStreamResponse_Size:
@@ -196,7 +196,7 @@ func (s *Service) ListDir(ctx context.Context, a auth.AuthContext, id string, in
 	}
 	resp, err := c.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{SandboxId: sb.ID, Path: in.Path, Depth: uint32(depth)}))
 	if err != nil {
-		return nil, fromAgent("list the directory", err)
+		return nil, FromAgent("list the directory", err)
 	}
 	out := make([]Entry, 0, len(resp.Msg.GetEntries()))
 	for _, e := range resp.Msg.GetEntries() {
@@ -216,7 +216,7 @@ func (s *Service) MakeDir(ctx context.Context, a auth.AuthContext, id string, in
 	}
 	resp, err := c.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{SandboxId: sb.ID, Path: in.Path}))
 	if err != nil {
-		return Entry{}, fromAgent("make the directory", err)
+		return Entry{}, FromAgent("make the directory", err)
 	}
 	return toEntry(resp.Msg.GetEntry()), nil
 }
@@ -231,7 +231,7 @@ func (s *Service) RemovePath(ctx context.Context, a auth.AuthContext, id string,
 		return err
 	}
 	if _, err := c.RemovePath(ctx, connect.NewRequest(&pb.RemovePathRequest{SandboxId: sb.ID, Path: in.Path})); err != nil {
-		return fromAgent("remove the path", err)
+		return FromAgent("remove the path", err)
 	}
 	return nil
 }

@@ -134,7 +134,7 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 	}
 	tpl, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.Template, TeamID: &a.TeamID})
 	if isNoRows(err) {
-		return Sandbox{}, &Error{Kind: KindInvalid, Code: "unknown_template", Field: "template", Message: fmt.Sprintf("no template named %q", in.Template)}
+		return Sandbox{}, &Error{Kind: CodeUnknownTemplate.Kind(), Code: CodeUnknownTemplate, Field: "template", Message: fmt.Sprintf("no template named %q", in.Template)}
 	}
 	if err != nil {
 		return Sandbox{}, Internal("load template", err)
@@ -174,7 +174,7 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 			return err
 		}
 		if n >= int64(s.limits.MaxRunningPerTeam) {
-			return &Error{Kind: KindRateLimited, Code: "sandbox_limit", Message: fmt.Sprintf("the team already runs %d sandboxes, the most allowed", n)}
+			return &Error{Kind: CodeSandboxLimit.Kind(), Code: CodeSandboxLimit, Message: fmt.Sprintf("the team already runs %d sandboxes, the most allowed", n)}
 		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
@@ -193,7 +193,7 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 		DiskMb: uint32(tpl.DiskMb), TimeoutSec: int64(timeout), EnvVars: in.EnvVars, Metadata: md, InternetAccess: in.InternetAccess,
 	}))
 	if agentErr != nil {
-		se := fromAgent("create the sandbox", agentErr)
+		se := FromAgent("create the sandbox", agentErr)
 		msg := se.Message
 		if _, _, err := s.states.Change(lctx, Change{SandboxID: row.ID, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusError,
 			Actor: ActorOf(a), Reason: "the host agent could not create it", ErrorMessage: &msg}); err != nil {
@@ -201,7 +201,7 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 		}
 		s.log.WarnContext(ctx, "create sandbox failed", "sandbox_id", row.ID, "host_id", host.ID, "err", agentErr)
 		if se.Kind == KindNotFound {
-			se = &Error{Kind: KindUpstream, Code: "template_unavailable", Message: fmt.Sprintf("host %s does not have template %q", host.ID, tpl.Name), Err: agentErr}
+			se = &Error{Kind: CodeTemplateUnavailable.Kind(), Code: CodeTemplateUnavailable, Message: fmt.Sprintf("host %s does not have template %q", host.ID, tpl.Name), Err: agentErr}
 		}
 		return Sandbox{}, se
 	}
@@ -215,7 +215,7 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 		if _, derr := client.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: row.ID})); derr != nil {
 			s.log.WarnContext(ctx, "destroy sandbox deleted while starting", "sandbox_id", row.ID, "err", derr)
 		}
-		return Sandbox{}, Conflict("invalid_state", "the sandbox was destroyed while it was starting")
+		return Sandbox{}, Conflict(CodeInvalidState, "the sandbox was destroyed while it was starting")
 	}
 	s.log.InfoContext(ctx, "sandbox created", "sandbox_id", row.ID, "team_id", a.TeamID, "host_id", host.ID, "actor", a.Actor())
 	return toSandbox(started.Sandbox), nil
@@ -237,7 +237,7 @@ func (s *Service) loadSandbox(ctx context.Context, a auth.AuthContext, id string
 }
 
 func wrongState(r db.Sandbox, want ...Status) *Error {
-	return &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, strings.Join(StatusStrings(want), " or "))}
+	return &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, strings.Join(StatusStrings(want), " or "))}
 }
 
 // placeSandbox picks the host for a new sandbox: a snapshot template's own
@@ -245,7 +245,7 @@ func wrongState(r db.Sandbox, want ...Status) *Error {
 func (s *Service) placeSandbox(ctx context.Context, a auth.AuthContext, tpl db.Template) (db.Host, error) {
 	if tpl.Kind == "snapshot" {
 		if tpl.HostID == nil {
-			return db.Host{}, &Error{Kind: KindConflict, Code: "snapshot_unavailable", Field: "template",
+			return db.Host{}, &Error{Kind: CodeSnapshotUnavailable.Kind(), Code: CodeSnapshotUnavailable, Field: "template",
 				Message: fmt.Sprintf("the host that held snapshot %q was deleted; the snapshot cannot start sandboxes", tpl.Name)}
 		}
 		h, err := s.q.GetHost(ctx, *tpl.HostID)
@@ -253,14 +253,14 @@ func (s *Service) placeSandbox(ctx context.Context, a auth.AuthContext, tpl db.T
 			return db.Host{}, Internal("load snapshot host", err)
 		}
 		if err != nil || h.Status != hosts.StatusOnline {
-			return db.Host{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable",
+			return db.Host{}, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable,
 				Message: fmt.Sprintf("the host holding snapshot %q is not online", tpl.Name)}
 		}
 		return h, nil
 	}
 	host, err := s.scheduler.Pick(ctx, a.TeamID)
 	if errors.Is(err, hosts.ErrHostUnavailable) {
-		return db.Host{}, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "no host is available to run the sandbox", Err: err}
+		return db.Host{}, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "no host is available to run the sandbox", Err: err}
 	}
 	if err != nil {
 		return db.Host{}, Internal("schedule sandbox", err)
@@ -270,11 +270,11 @@ func (s *Service) placeSandbox(ctx context.Context, a auth.AuthContext, tpl db.T
 
 func (s *Service) client(ctx context.Context, r db.Sandbox) (hosts.Client, error) {
 	if r.HostID == nil {
-		return nil, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "the sandbox has no host"}
+		return nil, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "the sandbox has no host"}
 	}
 	c, err := s.hosts.Get(ctx, *r.HostID)
 	if errors.Is(err, hosts.ErrHostUnavailable) {
-		return nil, &Error{Kind: KindUnavailable, Code: "agent_unavailable", Message: "the sandbox's host is not online", Err: err}
+		return nil, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "the sandbox's host is not online", Err: err}
 	}
 	if err != nil {
 		return nil, Internal("reach host", err)
@@ -404,7 +404,7 @@ func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id str
 	case err == nil:
 		_, aerr := c.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: r.ID}))
 		if aerr != nil && connect.CodeOf(aerr) != connect.CodeNotFound {
-			se := fromAgent("destroy the sandbox", aerr)
+			se := FromAgent("destroy the sandbox", aerr)
 			// A sandbox that never ran (error) or was lost (missing) can be
 			// forgotten even when its agent is away.
 			if !(se.Kind == KindUnavailable && (status == StatusError || status == StatusMissing)) {
@@ -434,7 +434,7 @@ func (s *Service) PauseSandbox(ctx context.Context, a auth.AuthContext, id strin
 	lctx, cancel := s.lifecycleCtx(ctx)
 	defer cancel()
 	if _, err := c.PauseSandbox(lctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: r.ID})); err != nil {
-		return Sandbox{}, fromAgent("pause the sandbox", err)
+		return Sandbox{}, FromAgent("pause the sandbox", err)
 	}
 	return s.transition(lctx, a, r, StatusRunning, StatusPaused, "paused", nil)
 }
@@ -470,7 +470,7 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	lctx, cancel := s.lifecycleCtx(ctx)
 	defer cancel()
 	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
-		return Sandbox{}, fromAgent("resume the sandbox", err)
+		return Sandbox{}, FromAgent("resume the sandbox", err)
 	}
 	return s.transition(lctx, a, r, StatusPaused, StatusRunning, "resumed", newTimeout)
 }
@@ -494,7 +494,7 @@ func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandb
 		return Sandbox{}, err
 	}
 	if Status(now.Status) != to {
-		return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
+		return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
 	}
 	if timeout == nil {
 		return toSandbox(now), nil
@@ -502,7 +502,7 @@ func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandb
 	// Same state already recorded; the new timeout still has to be.
 	row, err := s.q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: r.ID, TeamID: a.TeamID, Status: string(to), TimeoutSec: *timeout})
 	if isNoRows(err) {
-		return Sandbox{}, &Error{Kind: KindConflict, Code: "invalid_state", Message: fmt.Sprintf("sandbox %s changed state concurrently", r.ID)}
+		return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently", r.ID)}
 	}
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox timeout", err)
@@ -522,11 +522,11 @@ func (s *Service) PingSandbox(ctx context.Context, a auth.AuthContext, id string
 		return PingResult{}, err
 	}
 	if _, err := c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: r.ID})); err != nil {
-		return PingResult{}, fromAgent("ping the sandbox", err)
+		return PingResult{}, FromAgent("ping the sandbox", err)
 	}
 	at, err := s.q.TouchSandbox(ctx, db.TouchSandboxParams{ID: r.ID, TeamID: a.TeamID})
 	if isNoRows(err) {
-		return PingResult{}, Conflict("invalid_state", "the sandbox stopped running")
+		return PingResult{}, Conflict(CodeInvalidState, "the sandbox stopped running")
 	}
 	if err != nil || at == nil {
 		return PingResult{}, Internal("touch sandbox", err)
@@ -567,7 +567,7 @@ func (s *Service) SandboxMetrics(ctx context.Context, a auth.AuthContext, id str
 	}
 	resp, err := c.GetSandboxMetrics(ctx, connect.NewRequest(&pb.GetSandboxMetricsRequest{SandboxId: r.ID}))
 	if err != nil {
-		return Metrics{}, fromAgent("read metrics", err)
+		return Metrics{}, FromAgent("read metrics", err)
 	}
 	out := Metrics{History: make([]MetricSample, 0, len(resp.Msg.GetHistory()))}
 	if cur := resp.Msg.GetCurrent(); cur != nil {

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
 func TestCursorRoundTrip(t *testing.T) {
@@ -24,29 +27,33 @@ func TestCursorRoundTrip(t *testing.T) {
 
 func TestFromAgent(t *testing.T) {
 	tests := []struct {
-		err  error
-		kind Kind
-		code string
+		err   error
+		kind  Kind
+		code  Code
+		field string
 	}{
-		{connect.NewError(connect.CodeNotFound, errors.New("no such file")), KindNotFound, "not_found"},
-		{connect.NewError(connect.CodeFailedPrecondition, errors.New("paused")), KindConflict, "invalid_state"},
-		{connect.NewError(connect.CodeInvalidArgument, errors.New("bad path")), KindInvalid, "invalid_request"},
-		{connect.NewError(connect.CodeUnavailable, errors.New("dial tcp: refused")), KindUnavailable, "agent_unavailable"},
-		{connect.NewError(connect.CodeDeadlineExceeded, errors.New("slow")), KindUnavailable, "agent_unavailable"},
-		{connect.NewError(connect.CodeResourceExhausted, errors.New("full")), KindUnavailable, "host_capacity"},
-		{connect.NewError(connect.CodeInternal, errors.New("qemu crashed")), KindUpstream, "agent_error"},
-		{errors.New("plain network error"), KindUnavailable, "agent_unavailable"},
+		{connect.NewError(connect.CodeNotFound, errors.New("no such file")), KindNotFound, "not_found", ""},
+		{connect.NewError(connect.CodeFailedPrecondition, errors.New("paused")), KindConflict, "invalid_state", ""},
+		{connect.NewError(connect.CodeInvalidArgument, errors.New("bad path")), KindInvalid, "invalid_request", ""},
+		{connect.NewError(connect.CodeUnavailable, errors.New("dial tcp: refused")), KindUnavailable, "agent_unavailable", ""},
+		{connect.NewError(connect.CodeDeadlineExceeded, errors.New("slow")), KindUnavailable, "agent_unavailable", ""},
+		{connect.NewError(connect.CodeResourceExhausted, errors.New("full")), KindUnavailable, "host_capacity", ""},
+		{connect.NewError(connect.CodeInternal, errors.New("qemu crashed")), KindUpstream, "agent_error", ""},
+		{errors.New("plain network error"), KindUnavailable, "agent_unavailable", ""},
+		// The agent's error details (internal/agentwire) refine the code.
+		{agentwire.DiskFull(errors.New("no space left")), KindStorageFull, "sandbox_disk_full", ""},
+		{agentwire.NewError(connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, "path", errors.New("path too long")), KindInvalid, "invalid_request", "path"},
 	}
 	for _, tt := range tests {
-		got := fromAgent("do it", tt.err)
-		if got.Kind != tt.kind || got.Code != tt.code || got.Message == "" {
+		got := FromAgent("do it", tt.err)
+		if got.Kind != tt.kind || got.Code != tt.code || got.Message == "" || got.Field != tt.field {
 			t.Errorf("%v: got %+v", tt.err, got)
 		}
 		if tt.kind == KindUpstream && got.Message != "the host agent failed to do it" {
 			t.Errorf("internal agent detail leaked: %q", got.Message)
 		}
 	}
-	if fromAgent("x", nil) != nil {
+	if FromAgent("x", nil) != nil {
 		t.Fatal("nil error mapped to non-nil")
 	}
 }

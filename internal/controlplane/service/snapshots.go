@@ -63,7 +63,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 		return Snapshot{}, wrongState(sb, StatusRunning, StatusPaused)
 	}
 	if _, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.Name, TeamID: &a.TeamID}); err == nil {
-		return Snapshot{}, &Error{Kind: KindConflict, Code: "name_taken", Field: "name", Message: "a template or snapshot with this name exists"}
+		return Snapshot{}, &Error{Kind: CodeNameTaken.Kind(), Code: CodeNameTaken, Field: "name", Message: "a template or snapshot with this name exists"}
 	} else if !isNoRows(err) {
 		return Snapshot{}, Internal("create snapshot", err)
 	}
@@ -76,7 +76,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 	defer cancel()
 	resp, err := c.CreateSnapshot(lctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: sb.ID, Name: tplID}))
 	if err != nil {
-		return Snapshot{}, fromAgent("snapshot the sandbox", err)
+		return Snapshot{}, FromAgent("snapshot the sandbox", err)
 	}
 	// The agent may have paused or stopped the sandbox to snapshot it.
 	s.syncFromAgent(lctx, a, c, sb)
@@ -90,7 +90,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 			s.log.WarnContext(ctx, "drop unrecorded snapshot", "template_id", tplID, "err", derr)
 		}
 		if isUniqueViolation(err) {
-			return Snapshot{}, &Error{Kind: KindConflict, Code: "name_taken", Field: "name", Message: "a template or snapshot with this name exists"}
+			return Snapshot{}, &Error{Kind: CodeNameTaken.Kind(), Code: CodeNameTaken, Field: "name", Message: "a template or snapshot with this name exists"}
 		}
 		return Snapshot{}, Internal("record snapshot", err)
 	}
@@ -141,11 +141,11 @@ func (s *Service) ListSnapshots(ctx context.Context, a auth.AuthContext) ([]Snap
 // the database. A snapshot that live sandboxes were started from stays.
 func (s *Service) DeleteSnapshot(ctx context.Context, a auth.AuthContext, name string) error {
 	if err := CheckSnapshotName(name); err != nil {
-		return NotFound("snapshot_not_found", "snapshot not found")
+		return NotFound(CodeSnapshotNotFound, "snapshot not found")
 	}
 	t, err := s.q.GetSnapshot(ctx, db.GetSnapshotParams{TeamID: &a.TeamID, Name: name})
 	if isNoRows(err) {
-		return NotFound("snapshot_not_found", "snapshot not found")
+		return NotFound(CodeSnapshotNotFound, "snapshot not found")
 	}
 	if err != nil {
 		return Internal("delete snapshot", err)
@@ -155,7 +155,7 @@ func (s *Service) DeleteSnapshot(ctx context.Context, a auth.AuthContext, name s
 		return Internal("delete snapshot", err)
 	}
 	if n > 0 {
-		return Conflict("snapshot_in_use", "sandboxes started from this snapshot still exist; destroy them first")
+		return Conflict(CodeSnapshotInUse, "sandboxes started from this snapshot still exist; destroy them first")
 	}
 	hs, err := s.q.ListAllOnlineHosts(ctx)
 	if err != nil {
@@ -165,7 +165,7 @@ func (s *Service) DeleteSnapshot(ctx context.Context, a auth.AuthContext, name s
 	for _, h := range hs {
 		_, err := s.hosts.ForHost(h).DeleteSnapshot(ctx, connect.NewRequest(&pb.DeleteSnapshotRequest{Name: t.ID}))
 		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-			return fromAgent("delete the snapshot on host "+h.ID, err)
+			return FromAgent("delete the snapshot on host "+h.ID, err)
 		}
 	}
 	if _, err := s.q.DeleteSnapshot(ctx, db.DeleteSnapshotParams{TeamID: &a.TeamID, Name: name}); err != nil {

@@ -43,7 +43,7 @@ type Member struct {
 func (s *Service) membership(ctx context.Context, q *db.Queries, a auth.AuthContext, teamID string) (db.GetMembershipRow, error) {
 	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: a.UserID, TeamID: teamID})
 	if isNoRows(err) {
-		return m, NotFound("team_not_found", "team not found")
+		return m, NotFound(CodeTeamNotFound, "team not found")
 	}
 	if err != nil {
 		return m, Internal("load membership", err)
@@ -109,7 +109,7 @@ func (s *Service) RenameTeam(ctx context.Context, a auth.AuthContext, teamID str
 		return Team{}, err
 	}
 	if !canManage(m.Role) {
-		return Team{}, Forbidden("forbidden", "only a team owner or admin can rename the team")
+		return Team{}, Forbidden(CodeForbidden, "only a team owner or admin can rename the team")
 	}
 	name, err := checkName("name", in.Name, true, 100)
 	if err != nil {
@@ -131,14 +131,14 @@ func (s *Service) DeleteTeam(ctx context.Context, a auth.AuthContext, teamID str
 			return err
 		}
 		if m.Role != RoleOwner {
-			return Forbidden("forbidden", "only a team owner can delete the team")
+			return Forbidden(CodeForbidden, "only a team owner can delete the team")
 		}
 		teams, err := q.ListUserTeams(ctx, a.UserID)
 		if err != nil {
 			return Internal("delete team", err)
 		}
 		if len(teams) <= 1 {
-			return Conflict("last_team", "you cannot delete your only team")
+			return Conflict(CodeLastTeam, "you cannot delete your only team")
 		}
 		if err := q.LockTeamSandboxes(ctx, teamID); err != nil {
 			return Internal("delete team", err)
@@ -148,7 +148,7 @@ func (s *Service) DeleteTeam(ctx context.Context, a auth.AuthContext, teamID str
 			return Internal("delete team", err)
 		}
 		if len(live) > 0 {
-			return Conflict("team_has_sandboxes", "destroy the team's sandboxes before deleting it")
+			return Conflict(CodeTeamHasSandboxes, "destroy the team's sandboxes before deleting it")
 		}
 		if err := q.DeleteTeam(ctx, teamID); err != nil {
 			return Internal("delete team", err)
@@ -187,7 +187,7 @@ func (s *Service) AddMember(ctx context.Context, a auth.AuthContext, teamID stri
 		return Member{}, err
 	}
 	if !canManage(m.Role) {
-		return Member{}, Forbidden("forbidden", "only a team owner or admin can add members")
+		return Member{}, Forbidden(CodeForbidden, "only a team owner or admin can add members")
 	}
 	if in.Role == "" {
 		in.Role = RoleMember
@@ -196,7 +196,7 @@ func (s *Service) AddMember(ctx context.Context, a auth.AuthContext, teamID stri
 		return Member{}, Invalid("role", "role must be owner, admin or member")
 	}
 	if in.Role == RoleOwner && m.Role != RoleOwner {
-		return Member{}, Forbidden("forbidden", "only an owner can add an owner")
+		return Member{}, Forbidden(CodeForbidden, "only an owner can add an owner")
 	}
 	email, err := normalizeEmail(in.Email)
 	if err != nil {
@@ -204,14 +204,14 @@ func (s *Service) AddMember(ctx context.Context, a auth.AuthContext, teamID stri
 	}
 	u, err := s.q.GetUserByEmail(ctx, email)
 	if isNoRows(err) {
-		return Member{}, &Error{Kind: KindNotFound, Code: "user_not_found", Field: "email", Message: "no user with this email; they must sign up first"}
+		return Member{}, &Error{Kind: CodeUserNotFound.Kind(), Code: CodeUserNotFound, Field: "email", Message: "no user with this email; they must sign up first"}
 	}
 	if err != nil {
 		return Member{}, Internal("add member", err)
 	}
 	err = s.q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: teamID, Role: in.Role})
 	if isUniqueViolation(err) {
-		return Member{}, Conflict("already_member", "this user is already a member of the team")
+		return Member{}, Conflict(CodeAlreadyMember, "this user is already a member of the team")
 	}
 	if err != nil {
 		return Member{}, Internal("add member", err)
@@ -236,7 +236,7 @@ func (s *Service) UpdateMemberRole(ctx context.Context, a auth.AuthContext, team
 			return err
 		}
 		if !canManage(m.Role) {
-			return Forbidden("forbidden", "only a team owner or admin can change roles")
+			return Forbidden(CodeForbidden, "only a team owner or admin can change roles")
 		}
 		owners, err := q.LockTeamOwners(ctx, teamID)
 		if err != nil {
@@ -244,16 +244,16 @@ func (s *Service) UpdateMemberRole(ctx context.Context, a auth.AuthContext, team
 		}
 		target, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: userID, TeamID: teamID})
 		if isNoRows(err) {
-			return NotFound("member_not_found", "member not found")
+			return NotFound(CodeMemberNotFound, "member not found")
 		}
 		if err != nil {
 			return Internal("update member", err)
 		}
 		if m.Role != RoleOwner && (target.Role == RoleOwner || in.Role == RoleOwner) {
-			return Forbidden("forbidden", "only an owner can grant or change the owner role")
+			return Forbidden(CodeForbidden, "only an owner can grant or change the owner role")
 		}
 		if target.Role == RoleOwner && in.Role != RoleOwner && len(owners) <= 1 {
-			return Conflict("last_owner", "the team needs another owner first")
+			return Conflict(CodeLastOwner, "the team needs another owner first")
 		}
 		if _, err := q.UpdateMemberRole(ctx, db.UpdateMemberRoleParams{TeamID: teamID, UserID: userID, Role: in.Role}); err != nil {
 			return Internal("update member", err)
@@ -280,7 +280,7 @@ func (s *Service) RemoveMember(ctx context.Context, a auth.AuthContext, teamID, 
 		}
 		self := userID == a.UserID
 		if !self && !canManage(m.Role) {
-			return Forbidden("forbidden", "only a team owner or admin can remove members")
+			return Forbidden(CodeForbidden, "only a team owner or admin can remove members")
 		}
 		owners, err := q.LockTeamOwners(ctx, teamID)
 		if err != nil {
@@ -288,16 +288,16 @@ func (s *Service) RemoveMember(ctx context.Context, a auth.AuthContext, teamID, 
 		}
 		target, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: userID, TeamID: teamID})
 		if isNoRows(err) {
-			return NotFound("member_not_found", "member not found")
+			return NotFound(CodeMemberNotFound, "member not found")
 		}
 		if err != nil {
 			return Internal("remove member", err)
 		}
 		if !self && target.Role == RoleOwner && m.Role != RoleOwner {
-			return Forbidden("forbidden", "only an owner can remove an owner")
+			return Forbidden(CodeForbidden, "only an owner can remove an owner")
 		}
 		if target.Role == RoleOwner && len(owners) <= 1 {
-			return Conflict("last_owner", "the team's last owner cannot leave; make someone else owner first")
+			return Conflict(CodeLastOwner, "the team's last owner cannot leave; make someone else owner first")
 		}
 		if _, err := q.RemoveMember(ctx, db.RemoveMemberParams{TeamID: teamID, UserID: userID}); err != nil {
 			return Internal("remove member", err)
