@@ -256,9 +256,9 @@ func Unauthorized(code Code, message string) *Error { return Errorf(code, "%s", 
 func Internal(what string, err error) *Error {
 	cause := fmt.Errorf("%s: %w", what, err)
 	if dbUnavailable(err) {
-		return &Error{Kind: KindUnavailable, Code: CodeDatabaseUnavailable, Message: "the database is unavailable; try again shortly", Err: cause}
+		return &Error{Kind: CodeDatabaseUnavailable.Kind(), Code: CodeDatabaseUnavailable, Message: "the database is unavailable; try again shortly", Err: cause}
 	}
-	return &Error{Kind: KindInternal, Code: CodeInternal, Message: "internal error", Err: cause}
+	return &Error{Kind: CodeInternal.Kind(), Code: CodeInternal, Message: "internal error", Err: cause}
 }
 
 // dbUnavailable reports whether err says the database cannot be reached
@@ -292,7 +292,7 @@ func FromAgent(what string, err error) *Error {
 	}
 	var ce *connect.Error
 	if !errors.As(err, &ce) {
-		return &Error{Kind: KindUnavailable, Code: CodeAgentUnavailable, Message: "the sandbox's host agent is unavailable", Err: fmt.Errorf("%s: %w", what, err)}
+		return &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "the sandbox's host agent is unavailable", Err: fmt.Errorf("%s: %w", what, err)}
 	}
 	msg := ce.Message()
 	detail := agentwire.Detail(ce)
