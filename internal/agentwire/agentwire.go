@@ -10,6 +10,8 @@ package agentwire
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 
 	"connectrpc.com/connect"
 
@@ -52,4 +54,31 @@ func Detail(err error) *pb.ErrorDetail {
 		}
 	}
 	return &pb.ErrorDetail{}
+}
+
+// Linux's limits inside a guest: a path is at most PATH_MAX-1 bytes, each
+// name in it at most NAME_MAX.
+const (
+	GuestPathMax = 4095
+	GuestNameMax = 255
+)
+
+// CheckGuestPath says why the guest's kernel would refuse path (nil: it
+// would not). An agent answers such a path with INVALID_ARGUMENT naming
+// the field "path".
+func CheckGuestPath(path string) error {
+	switch {
+	case path == "":
+		return errors.New("path is required")
+	case len(path) > GuestPathMax:
+		return fmt.Errorf("path has %d bytes; the sandbox allows at most %d", len(path), GuestPathMax)
+	case strings.IndexByte(path, 0) >= 0:
+		return errors.New("path contains a NUL byte")
+	}
+	for _, name := range strings.Split(path, "/") {
+		if len(name) > GuestNameMax {
+			return fmt.Errorf("a name in path has %d bytes; the sandbox allows at most %d", len(name), GuestNameMax)
+		}
+	}
+	return nil
 }

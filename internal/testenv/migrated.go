@@ -13,6 +13,12 @@ import (
 func MigratedURL(t testing.TB) string {
 	t.Helper()
 	url := PostgresURL(t)
+	migrateUp(t, url)
+	return url
+}
+
+func migrateUp(t testing.TB, url string) {
+	t.Helper()
 	m, err := migrate.Open(url)
 	if err != nil {
 		t.Fatalf("testenv: open migrations: %v", err)
@@ -21,7 +27,6 @@ func MigratedURL(t testing.TB) string {
 	if _, err := m.Up(t.Context()); err != nil {
 		t.Fatalf("testenv: migrate up: %v", err)
 	}
-	return url
 }
 
 // MigratedPool returns a pool on a new, fully migrated database, closed
@@ -29,10 +34,23 @@ func MigratedURL(t testing.TB) string {
 func MigratedPool(t testing.TB) (*pgxpool.Pool, string) {
 	t.Helper()
 	url := MigratedURL(t)
+	return openPool(t, url), url
+}
+
+// MigratedPoolAt migrates the database at url (one the test made, e.g. on
+// a cluster of its own) and returns a pool on it, closed when the test ends.
+func MigratedPoolAt(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	migrateUp(t, url)
+	return openPool(t, url)
+}
+
+func openPool(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
 	pool, err := pgxpool.New(t.Context(), url)
 	if err != nil {
 		t.Fatalf("testenv: open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return pool, url
+	return pool
 }

@@ -5,8 +5,8 @@ import (
 	"context"
 	"fmt"
 	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	"io"
-	"strings"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -32,28 +32,11 @@ func (a *activityReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Linux's limits inside the guest: a path is at most PATH_MAX-1 bytes,
-// each name in it at most NAME_MAX.
-const (
-	guestPathMax = 4095
-	guestNameMax = 255
-)
-
 // checkGuestPath refuses, naming the field, a path the guest's kernel
 // would refuse, so the caller learns which input is wrong.
 func checkGuestPath(p string) error {
-	switch {
-	case p == "":
-		return agenterr.Invalid("path", "path is required")
-	case len(p) > guestPathMax:
-		return agenterr.Invalid("path", "path has %d bytes; the guest allows at most %d", len(p), guestPathMax)
-	case strings.IndexByte(p, 0) >= 0:
-		return agenterr.Invalid("path", "path contains a NUL byte")
-	}
-	for _, name := range strings.Split(p, "/") {
-		if len(name) > guestNameMax {
-			return agenterr.Invalid("path", "a name in path has %d bytes; the guest allows at most %d", len(name), guestNameMax)
-		}
+	if err := agentwire.CheckGuestPath(p); err != nil {
+		return agenterr.Invalid("path", "%s", err.Error())
 	}
 	return nil
 }

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -98,6 +99,17 @@ type Agent struct {
 	// effect and before PauseSandbox answers (outside the agent's lock), so
 	// tests can interleave another reader of the agent's state.
 	AfterPause func(id string)
+	// diskLimit: see SetDiskLimit.
+	diskLimit int64
+}
+
+// SetDiskLimit sets how many bytes a sandbox's files may hold (0: no
+// limit); a write past it answers the agent's disk-full error, as a real
+// agent does when the guest's disk fills.
+func (a *Agent) SetDiskLimit(n int64) {
+	a.mu.Lock()
+	a.diskLimit = n
+	a.mu.Unlock()
 }
 
 // New builds an agent knowing the "minimal" template.
@@ -234,6 +246,14 @@ func (a *Agent) HasTemplate(name string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.templates[name]
+}
+
+// checkPath refuses a path the guest would, as the real agent does.
+func checkPath(p string) error {
+	if err := agentwire.CheckGuestPath(p); err != nil {
+		return agentwire.NewError(connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, "path", err)
+	}
+	return nil
 }
 
 func notFound(id string) error {
@@ -483,6 +503,14 @@ func (a *Agent) Exec(ctx context.Context, req *connect.Request[pb.ExecRequest]) 
 	}
 	start := time.Now()
 	out, errOut, code := run(ctx, req.Msg.GetCmd(), req.Msg.GetArgs(), req.Msg.GetStdin())
+	// Like the real agent: a command whose sandbox was paused or destroyed
+	// while it ran lost its guest; that is the sandbox's state, not a fault.
+	a.mu.Lock()
+	_, err = a.get("", req.Msg.GetSandboxId(), pb.SandboxState_SANDBOX_STATE_RUNNING)
+	a.mu.Unlock()
+	if err != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("exec: sandbox %s changed state while the command ran", req.Msg.GetSandboxId()))
+	}
 	return connect.NewResponse(&pb.ExecResponse{Stdout: out, Stderr: errOut, ExitCode: code, DurationMs: time.Since(start).Milliseconds()}), nil
 }
 
@@ -709,6 +737,9 @@ func (a *Agent) WriteFileStream(_ context.Context, st *connect.ClientStream[pb.W
 	if h == nil || h.GetPath() == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("first message must be a header with a path"))
 	}
+	if err := checkPath(h.GetPath()); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	_, err := a.running("WriteFileStream", h.GetSandboxId())
 	a.mu.Unlock()
@@ -732,6 +763,17 @@ func (a *Agent) WriteFileStream(_ context.Context, st *connect.ClientStream[pb.W
 	if !sb.dirs[path.Dir(p)] {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("directory %s does not exist", path.Dir(p)))
 	}
+	if a.diskLimit > 0 {
+		used := int64(len(data))
+		for f, b := range sb.files {
+			if f != p {
+				used += int64(len(b))
+			}
+		}
+		if used > a.diskLimit {
+			return nil, agentwire.DiskFull(fmt.Errorf("write file %q: no space left on device", p))
+		}
+	}
 	sb.files[p] = data
 	return connect.NewResponse(&pb.WriteFileResponse{Path: p, Size: int64(len(data))}), nil
 }
@@ -739,6 +781,9 @@ func (a *Agent) WriteFileStream(_ context.Context, st *connect.ClientStream[pb.W
 const readChunk = 32 << 10
 
 func (a *Agent) ReadFileStream(_ context.Context, req *connect.Request[pb.ReadFileStreamRequest], st *connect.ServerStream[pb.ReadFileStreamResponse]) error {
+	if err := checkPath(req.Msg.GetPath()); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	sb, err := a.running("ReadFileStream", req.Msg.GetSandboxId())
 	var data []byte
@@ -771,6 +816,9 @@ func (a *Agent) ReadFileStream(_ context.Context, req *connect.Request[pb.ReadFi
 }
 
 func (a *Agent) ListDir(_ context.Context, req *connect.Request[pb.ListDirRequest]) (*connect.Response[pb.ListDirResponse], error) {
+	if err := checkPath(req.Msg.GetPath()); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sb, err := a.running("ListDir", req.Msg.GetSandboxId())
@@ -797,6 +845,9 @@ func (a *Agent) ListDir(_ context.Context, req *connect.Request[pb.ListDirReques
 }
 
 func (a *Agent) MakeDir(_ context.Context, req *connect.Request[pb.MakeDirRequest]) (*connect.Response[pb.MakeDirResponse], error) {
+	if err := checkPath(req.Msg.GetPath()); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sb, err := a.running("MakeDir", req.Msg.GetSandboxId())
@@ -814,6 +865,9 @@ func (a *Agent) MakeDir(_ context.Context, req *connect.Request[pb.MakeDirReques
 }
 
 func (a *Agent) RemovePath(_ context.Context, req *connect.Request[pb.RemovePathRequest]) (*connect.Response[pb.RemovePathResponse], error) {
+	if err := checkPath(req.Msg.GetPath()); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sb, err := a.running("RemovePath", req.Msg.GetSandboxId())

@@ -74,6 +74,11 @@ type envOpts struct {
 	// realAgent serves the host from a real agent with real envd processes
 	// (sandboxtest.StartAgent) instead of the in-memory one.
 	realAgent bool
+	// dbURL, when set, is the (empty) database to use instead of a fresh
+	// one on the shared test cluster.
+	dbURL string
+	// diskLimit is the agent's per-sandbox disk (agenttest.Agent.SetDiskLimit).
+	diskLimit int64
 }
 
 const testSecret = "test-secret-test-secret-test-secret!"
@@ -84,9 +89,15 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	for _, f := range opt {
 		f(&o)
 	}
-	pool, _ := testenv.MigratedPool(t)
+	var pool *pgxpool.Pool
+	if o.dbURL != "" {
+		pool = testenv.MigratedPoolAt(t, o.dbURL)
+	} else {
+		pool, _ = testenv.MigratedPool(t)
+	}
 	q := db.New(pool)
 	agent := agenttest.Serve(t)
+	agent.SetDiskLimit(o.diskLimit)
 	addr := agent.Address()
 	if o.realAgent {
 		addr = sandboxtest.StartAgent(t)
@@ -145,6 +156,12 @@ func (c cred) apply(r *http.Request) {
 // (sent as JSON).
 func (e *env) do(method, path string, body any, c cred) (int, []byte) {
 	e.t.Helper()
+	return e.send(e.request(method, path, body, c))
+}
+
+// request builds what do sends.
+func (e *env) request(method, path string, body any, c cred) *http.Request {
+	e.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -167,10 +184,17 @@ func (e *env) do(method, path string, body any, c cred) (int, []byte) {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	c.apply(req)
-	return e.send(req)
+	return req
 }
 
 func (e *env) send(req *http.Request) (int, []byte) {
+	e.t.Helper()
+	resp, b := e.sendResp(req)
+	return resp.StatusCode, b
+}
+
+// sendResp is send that also returns the response (its body read).
+func (e *env) sendResp(req *http.Request) (*http.Response, []byte) {
 	e.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -184,10 +208,12 @@ func (e *env) send(req *http.Request) (int, []byte) {
 	e.mu.Lock()
 	e.exchanges = append(e.exchanges, exchange{method: req.Method, path: req.URL.Path, status: resp.StatusCode, body: string(b)})
 	e.mu.Unlock()
-	if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable {
+	// 503 (try again) and 507 (the sandbox's disk is full) are answers the
+	// client can act on; any other 5xx is a failure of the platform.
+	if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusInsufficientStorage {
 		e.t.Errorf("%s %s answered %d: %s", req.Method, req.URL.Path, resp.StatusCode, b)
 	}
-	return resp.StatusCode, b
+	return resp, b
 }
 
 // want asserts the status and decodes the body into out (if not nil).
