@@ -1,11 +1,15 @@
 package service
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -55,5 +59,43 @@ func TestFromAgent(t *testing.T) {
 	}
 	if FromAgent("x", nil) != nil {
 		t.Fatal("nil error mapped to non-nil")
+	}
+}
+
+// A database that cannot be reached is 503 database_unavailable with
+// Retry-After; a query that failed is still a 500.
+func TestInternalClassifiesDatabaseOutages(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, refused := pgconn.Connect(ctx, "postgres://x@"+addr+"/x?sslmode=disable&connect_timeout=5")
+	if refused == nil {
+		t.Fatal("connect to a closed port succeeded")
+	}
+	tests := []struct {
+		name string
+		err  error
+		code Code
+	}{
+		{"connection refused", refused, CodeDatabaseUnavailable},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}, CodeDatabaseUnavailable},
+		{"starting up", &pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}, CodeDatabaseUnavailable},
+		{"connection failure", &pgconn.PgError{Code: "08006"}, CodeDatabaseUnavailable},
+		{"network", &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}, CodeDatabaseUnavailable},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, CodeInternal},
+		{"a bug", errors.New("nil map"), CodeInternal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Internal("load", fmt.Errorf("query: %w", tt.err))
+			if got.Code != tt.code || got.Kind != tt.code.Kind() || (tt.code == CodeDatabaseUnavailable) != (got.RetryAfter() > 0) {
+				t.Fatalf("got %+v (retry after %v), want code %s", got, got.RetryAfter(), tt.code)
+			}
+		})
 	}
 }
