@@ -349,6 +349,13 @@ func TestServerErrorContract(t *testing.T) {
 			}
 			return st.Err()
 		}, connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, "path"},
+		{"a path through a file", func() error {
+			if _, err := h1.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{SandboxId: "s1", Path: "/plain", Content: []byte("x")})); err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
+			_, err := h1.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: "s1", Path: "/plain/x"}))
+			return err
+		}, connect.CodeInvalidArgument, pb.ErrorReason_ERROR_REASON_UNSPECIFIED, ""},
 		{"missing file is no full disk", func() error {
 			_, err := h1.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: "s1", Path: "/nope"}))
 			return err

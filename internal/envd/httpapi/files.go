@@ -63,7 +63,9 @@ func (a *API) download(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, fs.ErrPermission):
 			writeError(w, http.StatusUnauthorized, fmt.Sprintf("permission denied: %q", r.URL.Query().Get("path")))
 		default:
-			writeError(w, http.StatusInternalServerError, err.Error())
+			// A path through a file or with too long a name is the
+			// caller's mistake, not envd's.
+			writeError(w, errStatus(err), err.Error())
 		}
 		return
 	}
