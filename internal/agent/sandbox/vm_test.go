@@ -952,3 +952,40 @@ func TestVMRootFilesystemFillsItsDisk(t *testing.T) {
 		})
 	}
 }
+
+// A guest whose disk is full answers an upload with ErrDiskFull (envd's
+// 507), which the server sends as RESOURCE_EXHAUSTED with reason DISK_FULL
+// and the API as 507 sandbox_disk_full; and an exec that a pause overtakes
+// ends at once with ErrInvalidState instead of hanging on a VM that is gone.
+func TestVMGuestDiskFullAndExecRacingPause(t *testing.T) {
+	e := newVMEnv(t, nil)
+	m := e.parts.Manager
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := m.Create(ctx, &pb.CreateSandboxRequest{SandboxId: "fill"}); err != nil {
+		t.Fatal(err)
+	}
+	// A 64 KiB filesystem inside the guest stands for a full disk.
+	mustExec(t, m, "fill", "mkdir -p /mnt/small && mount -t tmpfs -o size=64k tmpfs /mnt/small")
+	_, err := m.WriteFile(ctx, &pb.WriteFileRequest{SandboxId: "fill", Path: "/mnt/small/big", Content: make([]byte, 1<<20)})
+	wantErr(t, err, agenterr.ErrDiskFull)
+	if _, err := m.WriteFile(ctx, &pb.WriteFileRequest{SandboxId: "fill", Path: "/mnt/small/tiny", Content: []byte("fits")}); err != nil {
+		t.Fatalf("a small write after the full one: %v", err)
+	}
+
+	errc := make(chan error, 1)
+	go func() {
+		_, err := m.Exec(ctx, &pb.ExecRequest{SandboxId: "fill", Cmd: "/bin/sh", Args: []string{"-c", "sleep 120"}})
+		errc <- err
+	}()
+	time.Sleep(time.Second) // the exec runs in the guest
+	if _, err := m.Pause(ctx, "fill"); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	select {
+	case err := <-errc:
+		wantErr(t, err, agenterr.ErrInvalidState)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the exec still waits 20 s after its sandbox was paused")
+	}
+}
