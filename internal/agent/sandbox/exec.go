@@ -3,12 +3,12 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/envdwire"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"

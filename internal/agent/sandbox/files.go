@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
-	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	"io"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )

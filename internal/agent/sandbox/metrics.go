@@ -2,11 +2,11 @@ package sandbox
 
 import (
 	"context"
-	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
