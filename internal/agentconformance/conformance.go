@@ -16,11 +16,13 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -48,6 +50,7 @@ func Run(t *testing.T, c hostagentv1connect.HostAgentServiceClient, opt Options)
 	t.Run("Exec", s.exec)
 	t.Run("ExecStream", s.execStream)
 	t.Run("Files", s.files)
+	t.Run("GuestPathLimits", s.guestPaths)
 	t.Run("Processes", s.processes)
 	t.Run("Terminal", s.terminal)
 	t.Run("Snapshots", s.snapshots)
@@ -504,6 +507,44 @@ func (s *suite) files(t *testing.T) {
 	}
 	_, _, err = s.readFile(t, id, dir+"/a.txt")
 	wantCode(t, "read a removed file", err, connect.CodeNotFound)
+}
+
+// guestPaths: a path the guest's kernel would refuse (agentwire's
+// CheckGuestPath) is INVALID_ARGUMENT naming the field "path", on every
+// file call, so the control plane answers 400 naming it.
+func (s *suite) guestPaths(t *testing.T) {
+	s.create(t, &pb.CreateSandboxRequest{SandboxId: "conf-paths"})
+	ctx := ctxFor(t)
+	longName := "/root/" + strings.Repeat("a", 3994)
+	overPathMax := "/" + strings.Repeat("d/", 2100)
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"write a 4000-byte name", func() error {
+			st := s.c.WriteFileStream(ctx)
+			if err := st.Send(&pb.WriteFileStreamRequest{Part: &pb.WriteFileStreamRequest_Header_{Header: &pb.WriteFileStreamRequest_Header{SandboxId: "conf-paths", Path: longName}}}); err != nil {
+				return err
+			}
+			_, err := st.CloseAndReceive()
+			return err
+		}},
+		{"read a 4000-byte name", func() error {
+			_, _, err := s.readFile(t, "conf-paths", longName)
+			return err
+		}},
+		{"list over PATH_MAX", unary(ctx, s.c.ListDir, &pb.ListDirRequest{SandboxId: "conf-paths", Path: overPathMax})},
+		{"mkdir a 4000-byte name", unary(ctx, s.c.MakeDir, &pb.MakeDirRequest{SandboxId: "conf-paths", Path: longName})},
+		{"remove a NUL path", unary(ctx, s.c.RemovePath, &pb.RemovePathRequest{SandboxId: "conf-paths", Path: "/root/a\x00b"})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if connect.CodeOf(err) != connect.CodeInvalidArgument || agentwire.Detail(err).GetField() != "path" {
+				t.Fatalf("err = %v (detail %v), want INVALID_ARGUMENT naming path", err, agentwire.Detail(err))
+			}
+		})
+	}
 }
 
 func (s *suite) processes(t *testing.T) {
