@@ -353,26 +353,50 @@ func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, 
 // CreateSnapshot makes a snapshot template from a running or paused
 // sandbox; the sandbox stays as it was.
 func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.CreateSnapshotResponse, error) {
-	s, err := m.get(id)
+	var resp *pb.CreateSnapshotResponse
+	err := m.withNewTemplate(id, name, func(s *Sandbox, tmp string) error {
+		var err error
+		resp, err = m.snapshotInto(ctx, s, id, name, tmp)
+		return err
+	})
 	if err != nil {
 		return nil, err
+	}
+	m.log.Info("snapshot template created", "template", name, "sandbox", id, "bytes", resp.SizeBytes)
+	return resp, nil
+}
+
+// withNewTemplate runs build under the sandbox's operation lock with a fresh
+// template directory, committed when build succeeds and removed otherwise.
+func (m *Manager) withNewTemplate(id, name string, build func(s *Sandbox, tmp string) error) error {
+	s, err := m.get(id)
+	if err != nil {
+		return err
 	}
 	tmp, commit, err := m.newTemplateDir(name)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.RemoveAll(tmp)
-		}
-	}()
 	s.op.Lock()
 	defer s.op.Unlock()
+	if err := build(s, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := commit(); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	return nil
+}
+
+// snapshotInto writes sandbox s's snapshot template into tmp.
+func (m *Manager) snapshotInto(ctx context.Context, s *Sandbox, id, name, tmp string) (*pb.CreateSnapshotResponse, error) {
 	s.mu.Lock()
 	r := s.rec
 	mref := s.machine
 	s.mu.Unlock()
+	var err error
 	snapDir := filepath.Join(tmp, "snapshot")
 	var snap vmm.Snapshot
 	switch {
@@ -416,11 +440,6 @@ func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*pb.Crea
 		return nil, fmt.Errorf("write snapshot meta: %w", err)
 	}
 	size := dirSize(tmp)
-	if err := commit(); err != nil {
-		return nil, err
-	}
-	ok = true
-	m.log.Info("snapshot template created", "template", name, "sandbox", id, "bytes", size)
 	return &pb.CreateSnapshotResponse{Name: name, SizeBytes: size, Vcpus: uint32(r.VCPUs), MemoryMb: uint32(r.MemoryMB)}, nil
 }
 
@@ -535,26 +554,26 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
 // FlattenRootfs writes a sandbox's disk, merged with its base, as a
 // standalone shrunk image template; the sandbox keeps running.
 func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*pb.FlattenRootfsResponse, error) {
-	s, err := m.get(id)
+	var resp *pb.FlattenRootfsResponse
+	err := m.withNewTemplate(id, name, func(s *Sandbox, tmp string) error {
+		var err error
+		resp, err = m.flattenInto(ctx, s, id, name, tmp)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	tmp, commit, err := m.newTemplateDir(name)
-	if err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.RemoveAll(tmp)
-		}
-	}()
-	s.op.Lock()
-	defer s.op.Unlock()
+	return resp, nil
+}
+
+// flattenInto writes sandbox s's disk, merged with its base, into tmp as an
+// image template.
+func (m *Manager) flattenInto(ctx context.Context, s *Sandbox, id, name, tmp string) (*pb.FlattenRootfsResponse, error) {
 	s.mu.Lock()
 	r := s.rec
 	mref, client := s.machine, s.client
 	s.mu.Unlock()
+	var err error
 	src, srcFormat := r.DiskPath, r.DiskFormat
 	dst := filepath.Join(tmp, "rootfs.ext4")
 	var size int64
@@ -595,9 +614,5 @@ func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*pb.Flatt
 	if err := atomicfile.WriteFile(filepath.Join(tmp, "metadata.json"), b, 0o644); err != nil {
 		return nil, fmt.Errorf("write template metadata: %w", err)
 	}
-	if err := commit(); err != nil {
-		return nil, err
-	}
-	ok = true
 	return &pb.FlattenRootfsResponse{Name: name, SizeBytes: size}, nil
 }
