@@ -12,31 +12,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/localsvc"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // `wrenn dev --no-agent` runs the control plane with its own PostgreSQL and
 // Redis until it is stopped, makes the first admin, and leaves nothing
@@ -65,7 +46,7 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testenv.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- runDev(ctx, devOptions{dataDir: dataDir, listen: listen, noAgent: true}, &stdout, &stderr)

@@ -27,24 +27,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type exchange struct {
 	method, path string
 	status       int
@@ -61,7 +43,7 @@ type env struct {
 	pool  *pgxpool.Pool
 	q     *db.Queries
 	agent *agenttest.Agent
-	logs  *syncBuffer
+	logs  *testenv.SyncBuffer
 
 	mu        sync.Mutex
 	exchanges []exchange
@@ -108,7 +90,7 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if _, err := q.HeartbeatHost(context.Background(), "host-test"); err != nil {
 		t.Fatalf("host heartbeat: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	tokens, err := auth.NewTokens(testSecret, time.Hour, nil)
 	if err != nil {

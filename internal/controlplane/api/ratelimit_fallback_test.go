@@ -94,7 +94,7 @@ func TestFallbackRateLimiterAcrossRedisOutage(t *testing.T) {
 	opts.MaxRetries = -1
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	// An hour: no window boundary falls inside the test.
 	l := NewRateLimiter(rdb, 3, time.Hour, slog.New(slog.NewTextHandler(logs, nil)))
 	l.probeEvery = 20 * time.Millisecond
