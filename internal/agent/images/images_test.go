@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/names"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -356,7 +357,7 @@ func FuzzParseMetadata(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if strings.ContainsAny(m.RootfsFile, "/") || !validName(m.Template) || m.SizeBytes < 0 {
+		if strings.ContainsAny(m.RootfsFile, "/") || !names.ValidTemplate(m.Template) || m.SizeBytes < 0 {
 			t.Fatalf("accepted unsafe metadata %+v", m)
 		}
 	})

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 )
 
 // DefaultDir is WRENN_DIR's default.
@@ -107,17 +106,4 @@ func resolve(path, what string) (string, error) {
 		return "", fmt.Errorf("resolve %s: %w", what, err)
 	}
 	return real, nil
-}
-
-// validName reports whether a template name is safe as a path component.
-func validName(name string) bool {
-	if name == "" || len(name) > 64 || strings.HasPrefix(name, ".") {
-		return false
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return false
-		}
-	}
-	return true
 }

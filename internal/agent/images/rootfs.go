@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
+	"github.com/wrenn-dev/wrenn/internal/names"
 )
 
 // Metadata describes one built template; it is written next to the rootfs.
@@ -50,7 +51,7 @@ func ParseMetadata(data []byte) (Metadata, error) {
 	if err := dec.Decode(&m); err != nil {
 		return Metadata{}, fmt.Errorf("parse template metadata: %w", err)
 	}
-	if !validName(m.Template) {
+	if !names.ValidTemplate(m.Template) {
 		return Metadata{}, fmt.Errorf("template metadata: invalid template name %q", m.Template)
 	}
 	if m.RootfsKey == "" || m.RootfsFile == "" || filepath.Base(m.RootfsFile) != m.RootfsFile || strings.HasPrefix(m.RootfsFile, ".") {

@@ -36,6 +36,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	"github.com/wrenn-dev/wrenn/internal/names"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -288,18 +289,6 @@ func validID(id string) bool {
 	return true
 }
 
-func validTemplate(name string) bool {
-	if name == "" || len(name) > 64 || name[0] == '.' {
-		return false
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return false
-		}
-	}
-	return true
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -344,8 +333,8 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 	if tmpl == "" {
 		tmpl = images.MinimalTemplate
 	}
-	if !validTemplate(tmpl) {
-		return nil, agenterr.Invalid("template", "template %q: invalid name", tmpl)
+	if err := names.CheckTemplate(tmpl); err != nil {
+		return nil, agenterr.Invalid("template", "%v", err)
 	}
 	vcpus, memMB, diskMB, err := m.validateSize(req)
 	if err != nil {
@@ -670,7 +659,7 @@ func (m *Manager) Templates() []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if e.IsDir() && validTemplate(e.Name()) {
+		if e.IsDir() && names.ValidTemplate(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}

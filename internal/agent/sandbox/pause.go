@@ -17,6 +17,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	"github.com/wrenn-dev/wrenn/internal/names"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -324,8 +325,8 @@ func (m *Manager) PauseAll(ctx context.Context, parallelism int) *pb.PauseAllRes
 // temporary name; commit renames it into place and syncs the rename, so a
 // template appears whole or not at all.
 func (m *Manager) newTemplateDir(name string) (tmp string, commit func() error, err error) {
-	if !validTemplate(name) {
-		return "", nil, agenterr.Invalid("name", "template name %q: use 1-64 of a-z, 0-9, '-', '_', '.'", name)
+	if err := names.CheckTemplate(name); err != nil {
+		return "", nil, agenterr.Invalid("name", "%v", err)
 	}
 	final := m.paths.TemplateDir(name)
 	if _, err := os.Stat(final); err == nil {
@@ -523,8 +524,8 @@ func dirSize(dir string) int64 {
 
 // DeleteSnapshot removes a snapshot template.
 func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
-	if !validTemplate(name) {
-		return agenterr.Invalid("name", "template name %q is invalid", name)
+	if err := names.CheckTemplate(name); err != nil {
+		return agenterr.Invalid("name", "%v", err)
 	}
 	dir := m.paths.TemplateDir(name)
 	if _, err := os.Stat(filepath.Join(dir, "snapshot", "meta.json")); err != nil {

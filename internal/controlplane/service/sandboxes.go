@@ -18,6 +18,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/names"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -96,8 +97,8 @@ func (s *Service) checkTimeout(field string, v *int) error {
 
 // CheckCreate validates what can be checked without the database.
 func (s *Service) CheckCreate(in CreateSandboxInput) error {
-	if len(in.Template) > 128 || strings.ContainsRune(in.Template, 0) {
-		return Invalid("template", "template must be a name of at most 128 bytes")
+	if in.Template != "" && !names.ValidTemplate(in.Template) {
+		return Invalid("template", "template must be %s", names.TemplateRule)
 	}
 	if in.VCPUs != nil && (*in.VCPUs < 1 || *in.VCPUs > s.limits.MaxVCPUs) {
 		return Invalid("vcpus", "vcpus must be between 1 and %d", s.limits.MaxVCPUs)

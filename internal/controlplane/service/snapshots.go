@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"regexp"
 	"time"
 
 	"connectrpc.com/connect"
@@ -10,6 +9,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/names"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -33,15 +33,14 @@ type SnapshotInput struct {
 	Name      string `json:"name"`
 }
 
-var snapshotName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
-// CheckSnapshotName validates a snapshot name.
+// CheckSnapshotName validates a snapshot name: the template-name rule the
+// agent applies too.
 func CheckSnapshotName(name string) error {
 	if name == "" {
 		return Invalid("name", "name is required")
 	}
-	if !snapshotName.MatchString(name) {
-		return Invalid("name", "name must be 1-63 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit")
+	if !names.ValidTemplate(name) {
+		return Invalid("name", "name must be %s", names.TemplateRule)
 	}
 	return nil
 }
