@@ -21,6 +21,11 @@ type Agent struct {
 	MaxVCPUs    int
 	MaxMemoryMB int
 	MaxDiskMB   int
+	// CapacityVCPUs and CapacityMemoryMB are what the host offers all its
+	// sandboxes together (0: every CPU and all of MemTotal); the control
+	// plane admits sandboxes against them.
+	CapacityVCPUs    int
+	CapacityMemoryMB int
 	// NetPrefix starts the names of every network namespace, link and nft
 	// table the agent creates (stale ones with it are removed at start);
 	// NetRange is the IPv4 range cut into one /30 per sandbox. Two agents
@@ -52,16 +57,18 @@ type AgentRegistration struct {
 func LoadAgent(get Getenv) (Agent, error) {
 	r := &reader{get: get}
 	a := Agent{
-		ListenAddr:  r.listenAddr("WRENN_AGENT_LISTEN_ADDR", ":9090"),
-		Dir:         r.str("WRENN_DIR", "/var/lib/wrenn"),
-		VMM:         r.oneOf("WRENN_VMM", "auto", "auto", "firecracker", "qemu"),
-		Accel:       r.oneOf("WRENN_ACCEL", "auto", "auto", "kvm", "tcg"),
-		MaxVCPUs:    r.integer("WRENN_MAX_VCPUS", 4, 1, 64),
-		MaxMemoryMB: r.integer("WRENN_MAX_MEMORY_MB", 4096, 128, 1<<20),
-		MaxDiskMB:   r.integer("WRENN_MAX_DISK_MB", 20480, 256, 1<<22),
-		NetPrefix:   r.str("WRENN_NET_PREFIX", "wrn-"),
-		NetRange:    r.str("WRENN_NET_RANGE", "10.200.0.0/16"),
-		Log:         loadLog(r),
+		ListenAddr:       r.listenAddr("WRENN_AGENT_LISTEN_ADDR", ":9090"),
+		Dir:              r.str("WRENN_DIR", "/var/lib/wrenn"),
+		VMM:              r.oneOf("WRENN_VMM", "auto", "auto", "firecracker", "qemu"),
+		Accel:            r.oneOf("WRENN_ACCEL", "auto", "auto", "kvm", "tcg"),
+		MaxVCPUs:         r.integer("WRENN_MAX_VCPUS", 4, 1, 64),
+		MaxMemoryMB:      r.integer("WRENN_MAX_MEMORY_MB", 4096, 128, 1<<20),
+		MaxDiskMB:        r.integer("WRENN_MAX_DISK_MB", 20480, 256, 1<<22),
+		CapacityVCPUs:    r.integer("WRENN_CAPACITY_VCPUS", 0, 0, 1<<16),
+		CapacityMemoryMB: r.integer("WRENN_CAPACITY_MEMORY_MB", 0, 0, 1<<32),
+		NetPrefix:        r.str("WRENN_NET_PREFIX", "wrn-"),
+		NetRange:         r.str("WRENN_NET_RANGE", "10.200.0.0/16"),
+		Log:              loadLog(r),
 	}
 	if !validNetPrefix(a.NetPrefix) {
 		r.fail("WRENN_NET_PREFIX", "must be 1-8 of a-z, 0-9 and '-', got %q", a.NetPrefix)

@@ -116,7 +116,8 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 	if _, err := nm.CleanupStale(ctx, func(name string) bool { return keep[name] }); err != nil {
 		log.Warn("network cleanup", "err", err)
 	}
-	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log})
+	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log,
+		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB})
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
 	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/hostreport"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -34,6 +35,7 @@ func serveRegistered(ctx context.Context, cfg config.Agent, p *Parts, ln net.Lis
 		regErr <- registration.Run(ctx, registration.Options{
 			Dir: cfg.Dir, CPURL: reg.CPURL, RegisterToken: reg.Token, Address: reg.Address,
 			Specs:    hostSpecs(ctx, p),
+			Report:   func(ctx context.Context) registration.Resources { return hostSpecs(ctx, p).Resources },
 			Interval: reg.HeartbeatInterval, UnreachableAfter: reg.PauseAfter,
 			PauseAll: func(ctx context.Context) error {
 				res := p.Manager.PauseAll(ctx, 2)
@@ -74,6 +76,12 @@ func hostSpecs(ctx context.Context, p *Parts) registration.Specs {
 		return registration.Specs{}
 	}
 	in := resp.Msg
+	lim, c := in.GetLimits(), in.GetCapacity()
 	return registration.Specs{VMM: in.GetVmm(), Accel: in.GetAccel(), Arch: in.GetArch(), Version: in.GetVersion(),
-		CPUCount: int32(in.GetCpuCount()), MemoryMB: int64(in.GetMemoryBytes() >> 20), DiskGB: int64(in.GetDiskFreeBytes() >> 30)}
+		CPUCount: int32(in.GetCpuCount()), MemoryMB: int64(in.GetMemoryBytes() >> 20), DiskGB: int64(in.GetDiskFreeBytes() >> 30),
+		Resources: registration.Resources{
+			Limits: hostreport.Limits{MaxVCPUs: int32(lim.GetMaxVcpus()), MaxMemoryMB: int32(lim.GetMaxMemoryMb()), MaxDiskMB: int32(lim.GetMaxDiskMb())},
+			Capacity: hostreport.Capacity{VCPUs: int32(c.GetVcpus()), MemoryMB: int64(c.GetMemoryMb()),
+				CommittedVCPUs: int32(c.GetCommittedVcpus()), CommittedMemoryMB: int64(c.GetCommittedMemoryMb())},
+		}}
 }

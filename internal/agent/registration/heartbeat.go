@@ -23,6 +23,8 @@ type Options struct {
 	Address string
 	// Specs describe this machine at registration.
 	Specs Specs
+	// Report gives the resources sent with each heartbeat; may be nil.
+	Report func(ctx context.Context) Resources
 	// Interval between heartbeats (30 s).
 	Interval time.Duration
 	// UnreachableAfter: how long the control plane may stay unreachable
@@ -100,7 +102,7 @@ func Run(ctx context.Context, o Options) error {
 		o.OnRegistered(creds)
 	}
 	hb := &Heartbeater{Dir: o.Dir, Creds: creds, Interval: o.Interval, UnreachableAfter: o.UnreachableAfter,
-		PauseAll: o.PauseAll, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff}
+		PauseAll: o.PauseAll, Report: o.Report, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff}
 	return hb.Run(ctx)
 }
 
@@ -111,9 +113,11 @@ type Heartbeater struct {
 	Interval         time.Duration
 	UnreachableAfter time.Duration
 	PauseAll         func(ctx context.Context) error
-	HTTPClient       *http.Client
-	Logger           *slog.Logger
-	Backoff          Backoff
+	// Report gives the resources each heartbeat carries; nil sends none.
+	Report     func(ctx context.Context) Resources
+	HTTPClient *http.Client
+	Logger     *slog.Logger
+	Backoff    Backoff
 }
 
 func (h *Heartbeater) defaults() {
@@ -209,7 +213,11 @@ func (h *Heartbeater) beatOnce(ctx context.Context) error {
 func (h *Heartbeater) post(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, h.Interval)
 	defer cancel()
-	return newClient(h.HTTPClient, h.Creds.CPURL).post(cctx, "/v1/hosts/"+h.Creds.HostID+"/heartbeat", h.Creds.Token, nil, nil)
+	var body any
+	if h.Report != nil {
+		body = h.Report(cctx)
+	}
+	return newClient(h.HTTPClient, h.Creds.CPURL).post(cctx, "/v1/hosts/"+h.Creds.HostID+"/heartbeat", h.Creds.Token, body, nil)
 }
 
 // refresh rotates credentials and saves them before using them, so a crash

@@ -26,21 +26,17 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
+	"github.com/wrenn-dev/wrenn/internal/hostreport"
 )
 
 // CredentialsFile is the name of the credentials file inside WRENN_DIR.
 const CredentialsFile = "host-credentials.json"
 
 // Specs describe this machine to the control plane.
-type Specs struct {
-	VMM      string `json:"vmm"`
-	Accel    string `json:"accel"`
-	Arch     string `json:"arch"`
-	Version  string `json:"version"`
-	CPUCount int32  `json:"cpu_count"`
-	MemoryMB int64  `json:"memory_mb"`
-	DiskGB   int64  `json:"disk_gb"`
-}
+type Specs = hostreport.Specs
+
+// Resources are the report sent at registration and in every heartbeat.
+type Resources = hostreport.Resources
 
 // Credentials are the agent's identity with its control plane.
 type Credentials struct {

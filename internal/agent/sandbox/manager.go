@@ -639,6 +639,27 @@ func (m *Manager) Counts() (running, paused int) {
 	return running, paused
 }
 
+// Limits is the largest sandbox Create accepts: validateSize checks these
+// same values, and the agent reports them to the control plane.
+func (m *Manager) Limits() *pb.SandboxLimits {
+	return &pb.SandboxLimits{MaxVcpus: uint32(m.cfg.MaxVCPUs), MaxMemoryMb: uint32(m.cfg.MaxMemoryMB), MaxDiskMb: uint32(m.cfg.MaxDiskMB)}
+}
+
+// Committed sums the vCPUs and memory of starting and running sandboxes;
+// paused ones hold neither (their memory is a file on disk).
+func (m *Manager) Committed() (vcpus, memoryMB int) {
+	for _, s := range m.all() {
+		s.mu.Lock()
+		switch s.rec.State {
+		case pb.SandboxState_SANDBOX_STATE_RUNNING, pb.SandboxState_SANDBOX_STATE_STARTING:
+			vcpus += s.rec.VCPUs
+			memoryMB += s.rec.MemoryMB
+		}
+		s.mu.Unlock()
+	}
+	return vcpus, memoryMB
+}
+
 // Ping resets the idle timer.
 func (m *Manager) Ping(ctx context.Context, id string) (time.Time, error) {
 	s, err := m.get(id)

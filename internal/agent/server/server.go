@@ -35,13 +35,17 @@ type Config struct {
 	// Dir is WRENN_DIR, whose filesystem's free space GetHostInfo reports.
 	Dir    string
 	Logger *slog.Logger
+	// CapacityVCPUs and CapacityMemoryMB are what this host offers all its
+	// sandboxes together; zero means the machine's CPUs and MemTotal.
+	CapacityVCPUs, CapacityMemoryMB int
 }
 
 // Server implements hostagentv1connect.HostAgentServiceHandler.
 type Server struct {
-	m   *sandbox.Manager
-	dir string
-	log *slog.Logger
+	m                   *sandbox.Manager
+	dir                 string
+	log                 *slog.Logger
+	capVCPUs, capMemory int
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Server)(nil)
@@ -54,7 +58,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger}, nil
+	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB}, nil
 }
 
 // Handler serves the Connect service and GET /health.
@@ -428,6 +432,8 @@ func (s *Server) GetHostInfo(ctx context.Context, req *connect.Request[pb.GetHos
 	} else {
 		s.log.Warn("host info: memory", "err", err)
 	}
+	res.Limits = s.m.Limits()
+	res.Capacity = s.capacity(res.CpuCount, res.MemoryBytes>>20)
 	if s.dir != "" {
 		var fs unix.Statfs_t
 		if err := unix.Statfs(s.dir, &fs); err == nil {
@@ -438,6 +444,21 @@ func (s *Server) GetHostInfo(ctx context.Context, req *connect.Request[pb.GetHos
 		}
 	}
 	return connect.NewResponse(res), nil
+}
+
+// capacity reports the configured capacity, else the machine's, with what
+// the running sandboxes hold.
+func (s *Server) capacity(cpus uint32, memMB uint64) *pb.HostCapacity {
+	c := &pb.HostCapacity{Vcpus: cpus, MemoryMb: memMB}
+	if s.capVCPUs > 0 {
+		c.Vcpus = uint32(s.capVCPUs)
+	}
+	if s.capMemory > 0 {
+		c.MemoryMb = uint64(s.capMemory)
+	}
+	v, m := s.m.Committed()
+	c.CommittedVcpus, c.CommittedMemoryMb = uint32(v), uint64(m)
+	return c
 }
 
 func memTotal() (uint64, error) {

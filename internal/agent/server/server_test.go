@@ -110,6 +110,30 @@ func TestServerOverHTTP(t *testing.T) {
 		t.Fatalf("state %v", cr.Msg.Sandbox.State)
 	}
 
+	t.Run("host info reports the limits validation uses", func(t *testing.T) {
+		hi, err := h1.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lim, c := hi.Msg.GetLimits(), hi.Msg.GetCapacity()
+		if lim.GetMaxVcpus() != 4 || lim.GetMaxMemoryMb() != 4096 || lim.GetMaxDiskMb() != 20480 {
+			t.Fatalf("limits = %v; want the manager's 4 / 4096 / 20480", lim)
+		}
+		// s1 runs with the defaults: 1 vCPU, 256 MiB.
+		if c.GetVcpus() != hi.Msg.GetCpuCount() || c.GetMemoryMb() != hi.Msg.GetMemoryBytes()>>20 || c.GetCommittedVcpus() != 1 || c.GetCommittedMemoryMb() != 256 {
+			t.Fatalf("capacity = %v; want the machine's, with 1 vCPU and 256 MiB committed", c)
+		}
+		for _, req := range []*pb.CreateSandboxRequest{
+			{SandboxId: "over-vcpus", Vcpus: lim.GetMaxVcpus() + 1},
+			{SandboxId: "over-mem", MemoryMb: lim.GetMaxMemoryMb() + 1},
+			{SandboxId: "over-disk", DiskMb: lim.GetMaxDiskMb() + 1},
+		} {
+			if _, err := h1.CreateSandbox(ctx, connect.NewRequest(req)); connect.CodeOf(err) != connect.CodeInvalidArgument {
+				t.Fatalf("create %s just over the reported limit = %v; want invalid_argument", req.SandboxId, err)
+			}
+		}
+	})
+
 	t.Run("error codes", func(t *testing.T) {
 		tests := []struct {
 			name string

@@ -3878,8 +3878,12 @@ type GetHostInfoResponse struct {
 	Templates        []string `protobuf:"bytes,9,rep,name=templates,proto3" json:"templates,omitempty"`
 	Healthy          bool     `protobuf:"varint,10,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	Arch             string   `protobuf:"bytes,11,opt,name=arch,proto3" json:"arch,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The largest sandbox this agent accepts (its own validation limits).
+	Limits *SandboxLimits `protobuf:"bytes,12,opt,name=limits,proto3" json:"limits,omitempty"`
+	// What this host offers sandboxes and what its sandboxes hold now.
+	Capacity      *HostCapacity `protobuf:"bytes,13,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHostInfoResponse) Reset() {
@@ -3989,6 +3993,152 @@ func (x *GetHostInfoResponse) GetArch() string {
 	return ""
 }
 
+func (x *GetHostInfoResponse) GetLimits() *SandboxLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *GetHostInfoResponse) GetCapacity() *HostCapacity {
+	if x != nil {
+		return x.Capacity
+	}
+	return nil
+}
+
+// SandboxLimits bound one sandbox; CreateSandbox refuses anything larger.
+type SandboxLimits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxVcpus      uint32                 `protobuf:"varint,1,opt,name=max_vcpus,json=maxVcpus,proto3" json:"max_vcpus,omitempty"`
+	MaxMemoryMb   uint32                 `protobuf:"varint,2,opt,name=max_memory_mb,json=maxMemoryMb,proto3" json:"max_memory_mb,omitempty"`
+	MaxDiskMb     uint32                 `protobuf:"varint,3,opt,name=max_disk_mb,json=maxDiskMb,proto3" json:"max_disk_mb,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxLimits) Reset() {
+	*x = SandboxLimits{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxLimits) ProtoMessage() {}
+
+func (x *SandboxLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxLimits.ProtoReflect.Descriptor instead.
+func (*SandboxLimits) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *SandboxLimits) GetMaxVcpus() uint32 {
+	if x != nil {
+		return x.MaxVcpus
+	}
+	return 0
+}
+
+func (x *SandboxLimits) GetMaxMemoryMb() uint32 {
+	if x != nil {
+		return x.MaxMemoryMb
+	}
+	return 0
+}
+
+func (x *SandboxLimits) GetMaxDiskMb() uint32 {
+	if x != nil {
+		return x.MaxDiskMb
+	}
+	return 0
+}
+
+// HostCapacity: the vCPUs and memory usable for sandboxes on this host, and
+// the sum held by its starting and running sandboxes (paused ones hold no
+// host memory or CPU: their memory is a file on disk).
+type HostCapacity struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Vcpus             uint32                 `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMb          uint64                 `protobuf:"varint,2,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
+	CommittedVcpus    uint32                 `protobuf:"varint,3,opt,name=committed_vcpus,json=committedVcpus,proto3" json:"committed_vcpus,omitempty"`
+	CommittedMemoryMb uint64                 `protobuf:"varint,4,opt,name=committed_memory_mb,json=committedMemoryMb,proto3" json:"committed_memory_mb,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *HostCapacity) Reset() {
+	*x = HostCapacity{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostCapacity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostCapacity) ProtoMessage() {}
+
+func (x *HostCapacity) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostCapacity.ProtoReflect.Descriptor instead.
+func (*HostCapacity) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *HostCapacity) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *HostCapacity) GetMemoryMb() uint64 {
+	if x != nil {
+		return x.MemoryMb
+	}
+	return 0
+}
+
+func (x *HostCapacity) GetCommittedVcpus() uint32 {
+	if x != nil {
+		return x.CommittedVcpus
+	}
+	return 0
+}
+
+func (x *HostCapacity) GetCommittedMemoryMb() uint64 {
+	if x != nil {
+		return x.CommittedMemoryMb
+	}
+	return 0
+}
+
 type ExecStreamResponse_Start struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -3998,7 +4148,7 @@ type ExecStreamResponse_Start struct {
 
 func (x *ExecStreamResponse_Start) Reset() {
 	*x = ExecStreamResponse_Start{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4160,7 @@ func (x *ExecStreamResponse_Start) String() string {
 func (*ExecStreamResponse_Start) ProtoMessage() {}
 
 func (x *ExecStreamResponse_Start) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4045,7 +4195,7 @@ type ExecStreamResponse_End struct {
 
 func (x *ExecStreamResponse_End) Reset() {
 	*x = ExecStreamResponse_End{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4057,7 +4207,7 @@ func (x *ExecStreamResponse_End) String() string {
 func (*ExecStreamResponse_End) ProtoMessage() {}
 
 func (x *ExecStreamResponse_End) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4111,7 +4261,7 @@ type PtyAttachResponse_Started struct {
 
 func (x *PtyAttachResponse_Started) Reset() {
 	*x = PtyAttachResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4123,7 +4273,7 @@ func (x *PtyAttachResponse_Started) String() string {
 func (*PtyAttachResponse_Started) ProtoMessage() {}
 
 func (x *PtyAttachResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4163,7 +4313,7 @@ type PtyAttachResponse_Exit struct {
 
 func (x *PtyAttachResponse_Exit) Reset() {
 	*x = PtyAttachResponse_Exit{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4175,7 +4325,7 @@ func (x *PtyAttachResponse_Exit) String() string {
 func (*PtyAttachResponse_Exit) ProtoMessage() {}
 
 func (x *PtyAttachResponse_Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4217,7 +4367,7 @@ type WriteFileStreamRequest_Header struct {
 
 func (x *WriteFileStreamRequest_Header) Reset() {
 	*x = WriteFileStreamRequest_Header{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4229,7 +4379,7 @@ func (x *WriteFileStreamRequest_Header) String() string {
 func (*WriteFileStreamRequest_Header) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4599,7 +4749,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x19GetSandboxMetricsResponse\x12<\n" +
 	"\acurrent\x18\x01 \x01(\v2\".wrenn.hostagent.v1.SandboxMetricsR\acurrent\x12<\n" +
 	"\ahistory\x18\x02 \x03(\v2\".wrenn.hostagent.v1.SandboxMetricsR\ahistory\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xe3\x02\n" +
+	"\x12GetHostInfoRequest\"\xdc\x03\n" +
 	"\x13GetHostInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x10\n" +
 	"\x03vmm\x18\x02 \x01(\tR\x03vmm\x12\x14\n" +
@@ -4612,7 +4762,18 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\ttemplates\x18\t \x03(\tR\ttemplates\x12\x18\n" +
 	"\ahealthy\x18\n" +
 	" \x01(\bR\ahealthy\x12\x12\n" +
-	"\x04arch\x18\v \x01(\tR\x04arch*\xd0\x01\n" +
+	"\x04arch\x18\v \x01(\tR\x04arch\x129\n" +
+	"\x06limits\x18\f \x01(\v2!.wrenn.hostagent.v1.SandboxLimitsR\x06limits\x12<\n" +
+	"\bcapacity\x18\r \x01(\v2 .wrenn.hostagent.v1.HostCapacityR\bcapacity\"p\n" +
+	"\rSandboxLimits\x12\x1b\n" +
+	"\tmax_vcpus\x18\x01 \x01(\rR\bmaxVcpus\x12\"\n" +
+	"\rmax_memory_mb\x18\x02 \x01(\rR\vmaxMemoryMb\x12\x1e\n" +
+	"\vmax_disk_mb\x18\x03 \x01(\rR\tmaxDiskMb\"\x9a\x01\n" +
+	"\fHostCapacity\x12\x14\n" +
+	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1b\n" +
+	"\tmemory_mb\x18\x02 \x01(\x04R\bmemoryMb\x12'\n" +
+	"\x0fcommitted_vcpus\x18\x03 \x01(\rR\x0ecommittedVcpus\x12.\n" +
+	"\x13committed_memory_mb\x18\x04 \x01(\x04R\x11committedMemoryMb*\xd0\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -4669,7 +4830,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                     // 0: wrenn.hostagent.v1.SandboxState
 	(*SandboxInfo)(nil),                   // 1: wrenn.hostagent.v1.SandboxInfo
@@ -4735,120 +4896,124 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*GetSandboxMetricsResponse)(nil),     // 61: wrenn.hostagent.v1.GetSandboxMetricsResponse
 	(*GetHostInfoRequest)(nil),            // 62: wrenn.hostagent.v1.GetHostInfoRequest
 	(*GetHostInfoResponse)(nil),           // 63: wrenn.hostagent.v1.GetHostInfoResponse
-	nil,                                   // 64: wrenn.hostagent.v1.SandboxInfo.MetadataEntry
-	nil,                                   // 65: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                                   // 66: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                                   // 67: wrenn.hostagent.v1.PauseAllResponse.FailedEntry
-	nil,                                   // 68: wrenn.hostagent.v1.ExecRequest.EnvEntry
-	nil,                                   // 69: wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
-	(*ExecStreamResponse_Start)(nil),      // 70: wrenn.hostagent.v1.ExecStreamResponse.Start
-	(*ExecStreamResponse_End)(nil),        // 71: wrenn.hostagent.v1.ExecStreamResponse.End
-	nil,                                   // 72: wrenn.hostagent.v1.ProcessInfo.EnvEntry
-	nil,                                   // 73: wrenn.hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                   // 74: wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
-	(*PtyAttachResponse_Started)(nil),     // 75: wrenn.hostagent.v1.PtyAttachResponse.Started
-	(*PtyAttachResponse_Exit)(nil),        // 76: wrenn.hostagent.v1.PtyAttachResponse.Exit
-	(*WriteFileStreamRequest_Header)(nil), // 77: wrenn.hostagent.v1.WriteFileStreamRequest.Header
-	(*timestamppb.Timestamp)(nil),         // 78: google.protobuf.Timestamp
+	(*SandboxLimits)(nil),                 // 64: wrenn.hostagent.v1.SandboxLimits
+	(*HostCapacity)(nil),                  // 65: wrenn.hostagent.v1.HostCapacity
+	nil,                                   // 66: wrenn.hostagent.v1.SandboxInfo.MetadataEntry
+	nil,                                   // 67: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                                   // 68: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                   // 69: wrenn.hostagent.v1.PauseAllResponse.FailedEntry
+	nil,                                   // 70: wrenn.hostagent.v1.ExecRequest.EnvEntry
+	nil,                                   // 71: wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
+	(*ExecStreamResponse_Start)(nil),      // 72: wrenn.hostagent.v1.ExecStreamResponse.Start
+	(*ExecStreamResponse_End)(nil),        // 73: wrenn.hostagent.v1.ExecStreamResponse.End
+	nil,                                   // 74: wrenn.hostagent.v1.ProcessInfo.EnvEntry
+	nil,                                   // 75: wrenn.hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                   // 76: wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
+	(*PtyAttachResponse_Started)(nil),     // 77: wrenn.hostagent.v1.PtyAttachResponse.Started
+	(*PtyAttachResponse_Exit)(nil),        // 78: wrenn.hostagent.v1.PtyAttachResponse.Exit
+	(*WriteFileStreamRequest_Header)(nil), // 79: wrenn.hostagent.v1.WriteFileStreamRequest.Header
+	(*timestamppb.Timestamp)(nil),         // 80: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.SandboxInfo.state:type_name -> wrenn.hostagent.v1.SandboxState
-	78, // 1: wrenn.hostagent.v1.SandboxInfo.started_at:type_name -> google.protobuf.Timestamp
-	78, // 2: wrenn.hostagent.v1.SandboxInfo.last_active_at:type_name -> google.protobuf.Timestamp
-	64, // 3: wrenn.hostagent.v1.SandboxInfo.metadata:type_name -> wrenn.hostagent.v1.SandboxInfo.MetadataEntry
-	65, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	66, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	80, // 1: wrenn.hostagent.v1.SandboxInfo.started_at:type_name -> google.protobuf.Timestamp
+	80, // 2: wrenn.hostagent.v1.SandboxInfo.last_active_at:type_name -> google.protobuf.Timestamp
+	66, // 3: wrenn.hostagent.v1.SandboxInfo.metadata:type_name -> wrenn.hostagent.v1.SandboxInfo.MetadataEntry
+	67, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	68, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
 	1,  // 6: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 7: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 8: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
-	78, // 9: wrenn.hostagent.v1.PingSandboxResponse.last_active_at:type_name -> google.protobuf.Timestamp
+	80, // 9: wrenn.hostagent.v1.PingSandboxResponse.last_active_at:type_name -> google.protobuf.Timestamp
 	1,  // 10: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 11: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.SandboxInfo
-	67, // 12: wrenn.hostagent.v1.PauseAllResponse.failed:type_name -> wrenn.hostagent.v1.PauseAllResponse.FailedEntry
-	68, // 13: wrenn.hostagent.v1.ExecRequest.env:type_name -> wrenn.hostagent.v1.ExecRequest.EnvEntry
-	69, // 14: wrenn.hostagent.v1.ExecStreamRequest.env:type_name -> wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
-	70, // 15: wrenn.hostagent.v1.ExecStreamResponse.start:type_name -> wrenn.hostagent.v1.ExecStreamResponse.Start
-	71, // 16: wrenn.hostagent.v1.ExecStreamResponse.end:type_name -> wrenn.hostagent.v1.ExecStreamResponse.End
-	72, // 17: wrenn.hostagent.v1.ProcessInfo.env:type_name -> wrenn.hostagent.v1.ProcessInfo.EnvEntry
-	73, // 18: wrenn.hostagent.v1.StartProcessRequest.env:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvEntry
+	69, // 12: wrenn.hostagent.v1.PauseAllResponse.failed:type_name -> wrenn.hostagent.v1.PauseAllResponse.FailedEntry
+	70, // 13: wrenn.hostagent.v1.ExecRequest.env:type_name -> wrenn.hostagent.v1.ExecRequest.EnvEntry
+	71, // 14: wrenn.hostagent.v1.ExecStreamRequest.env:type_name -> wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
+	72, // 15: wrenn.hostagent.v1.ExecStreamResponse.start:type_name -> wrenn.hostagent.v1.ExecStreamResponse.Start
+	73, // 16: wrenn.hostagent.v1.ExecStreamResponse.end:type_name -> wrenn.hostagent.v1.ExecStreamResponse.End
+	74, // 17: wrenn.hostagent.v1.ProcessInfo.env:type_name -> wrenn.hostagent.v1.ProcessInfo.EnvEntry
+	75, // 18: wrenn.hostagent.v1.StartProcessRequest.env:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvEntry
 	22, // 19: wrenn.hostagent.v1.ListProcessesResponse.processes:type_name -> wrenn.hostagent.v1.ProcessInfo
 	27, // 20: wrenn.hostagent.v1.KillProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
 	27, // 21: wrenn.hostagent.v1.ConnectProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
-	74, // 22: wrenn.hostagent.v1.PtyAttachRequest.env:type_name -> wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
-	75, // 23: wrenn.hostagent.v1.PtyAttachResponse.started:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Started
-	76, // 24: wrenn.hostagent.v1.PtyAttachResponse.exit:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Exit
-	77, // 25: wrenn.hostagent.v1.WriteFileStreamRequest.header:type_name -> wrenn.hostagent.v1.WriteFileStreamRequest.Header
-	78, // 26: wrenn.hostagent.v1.EntryInfo.modified_at:type_name -> google.protobuf.Timestamp
+	76, // 22: wrenn.hostagent.v1.PtyAttachRequest.env:type_name -> wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
+	77, // 23: wrenn.hostagent.v1.PtyAttachResponse.started:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Started
+	78, // 24: wrenn.hostagent.v1.PtyAttachResponse.exit:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Exit
+	79, // 25: wrenn.hostagent.v1.WriteFileStreamRequest.header:type_name -> wrenn.hostagent.v1.WriteFileStreamRequest.Header
+	80, // 26: wrenn.hostagent.v1.EntryInfo.modified_at:type_name -> google.protobuf.Timestamp
 	46, // 27: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.EntryInfo
 	46, // 28: wrenn.hostagent.v1.MakeDirResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
-	78, // 29: wrenn.hostagent.v1.SandboxMetrics.sampled_at:type_name -> google.protobuf.Timestamp
+	80, // 29: wrenn.hostagent.v1.SandboxMetrics.sampled_at:type_name -> google.protobuf.Timestamp
 	59, // 30: wrenn.hostagent.v1.GetSandboxMetricsResponse.current:type_name -> wrenn.hostagent.v1.SandboxMetrics
 	59, // 31: wrenn.hostagent.v1.GetSandboxMetricsResponse.history:type_name -> wrenn.hostagent.v1.SandboxMetrics
-	2,  // 32: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	4,  // 33: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	6,  // 34: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
-	8,  // 35: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
-	10, // 36: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
-	12, // 37: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	14, // 38: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	16, // 39: wrenn.hostagent.v1.HostAgentService.PauseAll:input_type -> wrenn.hostagent.v1.PauseAllRequest
-	18, // 40: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	20, // 41: wrenn.hostagent.v1.HostAgentService.ExecStream:input_type -> wrenn.hostagent.v1.ExecStreamRequest
-	23, // 42: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
-	25, // 43: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
-	28, // 44: wrenn.hostagent.v1.HostAgentService.KillProcess:input_type -> wrenn.hostagent.v1.KillProcessRequest
-	30, // 45: wrenn.hostagent.v1.HostAgentService.ConnectProcess:input_type -> wrenn.hostagent.v1.ConnectProcessRequest
-	31, // 46: wrenn.hostagent.v1.HostAgentService.PtyAttach:input_type -> wrenn.hostagent.v1.PtyAttachRequest
-	33, // 47: wrenn.hostagent.v1.HostAgentService.PtyInput:input_type -> wrenn.hostagent.v1.PtyInputRequest
-	35, // 48: wrenn.hostagent.v1.HostAgentService.PtyResize:input_type -> wrenn.hostagent.v1.PtyResizeRequest
-	37, // 49: wrenn.hostagent.v1.HostAgentService.PtyKill:input_type -> wrenn.hostagent.v1.PtyKillRequest
-	39, // 50: wrenn.hostagent.v1.HostAgentService.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
-	41, // 51: wrenn.hostagent.v1.HostAgentService.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
-	43, // 52: wrenn.hostagent.v1.HostAgentService.WriteFileStream:input_type -> wrenn.hostagent.v1.WriteFileStreamRequest
-	44, // 53: wrenn.hostagent.v1.HostAgentService.ReadFileStream:input_type -> wrenn.hostagent.v1.ReadFileStreamRequest
-	47, // 54: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
-	49, // 55: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
-	51, // 56: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
-	53, // 57: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
-	55, // 58: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
-	57, // 59: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:input_type -> wrenn.hostagent.v1.FlattenRootfsRequest
-	60, // 60: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
-	62, // 61: wrenn.hostagent.v1.HostAgentService.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
-	3,  // 62: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	5,  // 63: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	7,  // 64: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
-	9,  // 65: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
-	11, // 66: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
-	13, // 67: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	15, // 68: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	17, // 69: wrenn.hostagent.v1.HostAgentService.PauseAll:output_type -> wrenn.hostagent.v1.PauseAllResponse
-	19, // 70: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	21, // 71: wrenn.hostagent.v1.HostAgentService.ExecStream:output_type -> wrenn.hostagent.v1.ExecStreamResponse
-	24, // 72: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.StartProcessResponse
-	26, // 73: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
-	29, // 74: wrenn.hostagent.v1.HostAgentService.KillProcess:output_type -> wrenn.hostagent.v1.KillProcessResponse
-	21, // 75: wrenn.hostagent.v1.HostAgentService.ConnectProcess:output_type -> wrenn.hostagent.v1.ExecStreamResponse
-	32, // 76: wrenn.hostagent.v1.HostAgentService.PtyAttach:output_type -> wrenn.hostagent.v1.PtyAttachResponse
-	34, // 77: wrenn.hostagent.v1.HostAgentService.PtyInput:output_type -> wrenn.hostagent.v1.PtyInputResponse
-	36, // 78: wrenn.hostagent.v1.HostAgentService.PtyResize:output_type -> wrenn.hostagent.v1.PtyResizeResponse
-	38, // 79: wrenn.hostagent.v1.HostAgentService.PtyKill:output_type -> wrenn.hostagent.v1.PtyKillResponse
-	40, // 80: wrenn.hostagent.v1.HostAgentService.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	42, // 81: wrenn.hostagent.v1.HostAgentService.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
-	40, // 82: wrenn.hostagent.v1.HostAgentService.WriteFileStream:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	45, // 83: wrenn.hostagent.v1.HostAgentService.ReadFileStream:output_type -> wrenn.hostagent.v1.ReadFileStreamResponse
-	48, // 84: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
-	50, // 85: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
-	52, // 86: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
-	54, // 87: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
-	56, // 88: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
-	58, // 89: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:output_type -> wrenn.hostagent.v1.FlattenRootfsResponse
-	61, // 90: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
-	63, // 91: wrenn.hostagent.v1.HostAgentService.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
-	62, // [62:92] is the sub-list for method output_type
-	32, // [32:62] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	64, // 32: wrenn.hostagent.v1.GetHostInfoResponse.limits:type_name -> wrenn.hostagent.v1.SandboxLimits
+	65, // 33: wrenn.hostagent.v1.GetHostInfoResponse.capacity:type_name -> wrenn.hostagent.v1.HostCapacity
+	2,  // 34: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	4,  // 35: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	6,  // 36: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	8,  // 37: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	10, // 38: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
+	12, // 39: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	14, // 40: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	16, // 41: wrenn.hostagent.v1.HostAgentService.PauseAll:input_type -> wrenn.hostagent.v1.PauseAllRequest
+	18, // 42: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	20, // 43: wrenn.hostagent.v1.HostAgentService.ExecStream:input_type -> wrenn.hostagent.v1.ExecStreamRequest
+	23, // 44: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
+	25, // 45: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
+	28, // 46: wrenn.hostagent.v1.HostAgentService.KillProcess:input_type -> wrenn.hostagent.v1.KillProcessRequest
+	30, // 47: wrenn.hostagent.v1.HostAgentService.ConnectProcess:input_type -> wrenn.hostagent.v1.ConnectProcessRequest
+	31, // 48: wrenn.hostagent.v1.HostAgentService.PtyAttach:input_type -> wrenn.hostagent.v1.PtyAttachRequest
+	33, // 49: wrenn.hostagent.v1.HostAgentService.PtyInput:input_type -> wrenn.hostagent.v1.PtyInputRequest
+	35, // 50: wrenn.hostagent.v1.HostAgentService.PtyResize:input_type -> wrenn.hostagent.v1.PtyResizeRequest
+	37, // 51: wrenn.hostagent.v1.HostAgentService.PtyKill:input_type -> wrenn.hostagent.v1.PtyKillRequest
+	39, // 52: wrenn.hostagent.v1.HostAgentService.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
+	41, // 53: wrenn.hostagent.v1.HostAgentService.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
+	43, // 54: wrenn.hostagent.v1.HostAgentService.WriteFileStream:input_type -> wrenn.hostagent.v1.WriteFileStreamRequest
+	44, // 55: wrenn.hostagent.v1.HostAgentService.ReadFileStream:input_type -> wrenn.hostagent.v1.ReadFileStreamRequest
+	47, // 56: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
+	49, // 57: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
+	51, // 58: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
+	53, // 59: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
+	55, // 60: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
+	57, // 61: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:input_type -> wrenn.hostagent.v1.FlattenRootfsRequest
+	60, // 62: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
+	62, // 63: wrenn.hostagent.v1.HostAgentService.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
+	3,  // 64: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	5,  // 65: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	7,  // 66: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	9,  // 67: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	11, // 68: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
+	13, // 69: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	15, // 70: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	17, // 71: wrenn.hostagent.v1.HostAgentService.PauseAll:output_type -> wrenn.hostagent.v1.PauseAllResponse
+	19, // 72: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	21, // 73: wrenn.hostagent.v1.HostAgentService.ExecStream:output_type -> wrenn.hostagent.v1.ExecStreamResponse
+	24, // 74: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.StartProcessResponse
+	26, // 75: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
+	29, // 76: wrenn.hostagent.v1.HostAgentService.KillProcess:output_type -> wrenn.hostagent.v1.KillProcessResponse
+	21, // 77: wrenn.hostagent.v1.HostAgentService.ConnectProcess:output_type -> wrenn.hostagent.v1.ExecStreamResponse
+	32, // 78: wrenn.hostagent.v1.HostAgentService.PtyAttach:output_type -> wrenn.hostagent.v1.PtyAttachResponse
+	34, // 79: wrenn.hostagent.v1.HostAgentService.PtyInput:output_type -> wrenn.hostagent.v1.PtyInputResponse
+	36, // 80: wrenn.hostagent.v1.HostAgentService.PtyResize:output_type -> wrenn.hostagent.v1.PtyResizeResponse
+	38, // 81: wrenn.hostagent.v1.HostAgentService.PtyKill:output_type -> wrenn.hostagent.v1.PtyKillResponse
+	40, // 82: wrenn.hostagent.v1.HostAgentService.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	42, // 83: wrenn.hostagent.v1.HostAgentService.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
+	40, // 84: wrenn.hostagent.v1.HostAgentService.WriteFileStream:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	45, // 85: wrenn.hostagent.v1.HostAgentService.ReadFileStream:output_type -> wrenn.hostagent.v1.ReadFileStreamResponse
+	48, // 86: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
+	50, // 87: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
+	52, // 88: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
+	54, // 89: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
+	56, // 90: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
+	58, // 91: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:output_type -> wrenn.hostagent.v1.FlattenRootfsResponse
+	61, // 92: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
+	63, // 93: wrenn.hostagent.v1.HostAgentService.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
+	64, // [64:94] is the sub-list for method output_type
+	34, // [34:64] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -4889,7 +5054,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   77,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
