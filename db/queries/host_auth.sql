@@ -23,15 +23,27 @@ UPDATE hosts SET
     address = sqlc.arg(address), status = 'online',
     vmm = sqlc.arg(vmm), accel = sqlc.arg(accel), arch = sqlc.arg(arch), version = sqlc.arg(version),
     cpu_count = sqlc.arg(cpu_count), memory_mb = sqlc.arg(memory_mb), disk_gb = sqlc.arg(disk_gb),
+    max_vcpus = sqlc.arg(max_vcpus), max_memory_mb = sqlc.arg(max_memory_mb), max_disk_mb = sqlc.arg(max_disk_mb),
+    capacity_vcpus = sqlc.arg(capacity_vcpus), capacity_memory_mb = sqlc.arg(capacity_memory_mb),
+    committed_vcpus = sqlc.arg(committed_vcpus), committed_memory_mb = sqlc.arg(committed_memory_mb),
     last_heartbeat_at = now(), updated_at = now()
 WHERE id = sqlc.arg(id)
 RETURNING *;
 
 -- name: HeartbeatHost :one
 -- A live host is online whatever it was; the reconciler syncs its sandboxes next.
+-- The resources it reports replace the stored ones; a heartbeat without
+-- them (NULLs) keeps what was reported before.
 UPDATE hosts SET status = 'online', last_heartbeat_at = now(),
-    updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END
-WHERE id = $1 AND status <> 'pending'
+    updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END,
+    max_vcpus           = COALESCE(sqlc.narg(max_vcpus)::integer, max_vcpus),
+    max_memory_mb       = COALESCE(sqlc.narg(max_memory_mb)::integer, max_memory_mb),
+    max_disk_mb         = COALESCE(sqlc.narg(max_disk_mb)::integer, max_disk_mb),
+    capacity_vcpus      = COALESCE(sqlc.narg(capacity_vcpus)::integer, capacity_vcpus),
+    capacity_memory_mb  = COALESCE(sqlc.narg(capacity_memory_mb)::bigint, capacity_memory_mb),
+    committed_vcpus     = COALESCE(sqlc.narg(committed_vcpus)::integer, committed_vcpus),
+    committed_memory_mb = COALESCE(sqlc.narg(committed_memory_mb)::bigint, committed_memory_mb)
+WHERE id = sqlc.arg(id) AND status <> 'pending'
 RETURNING *;
 
 -- name: MarkHostUnreachable :execrows
@@ -40,17 +52,6 @@ RETURNING *;
 UPDATE hosts SET status = 'unreachable', updated_at = now()
 WHERE id = sqlc.arg(id) AND status = 'online'
   AND (last_heartbeat_at IS NULL OR last_heartbeat_at < sqlc.arg(cutoff)::timestamptz);
-
--- name: ListSchedulableHostsByLoad :many
--- Online hosts a team may use (its own when BYOC, shared otherwise), least
--- loaded first. Load counts pending and running sandboxes.
-SELECT h.id, h.address, h.team_id, count(s.id)::bigint AS active
-FROM hosts h
-LEFT JOIN sandboxes s ON s.host_id = h.id AND s.status IN ('pending', 'running')
-WHERE h.status = 'online' AND h.address <> ''
-  AND ((sqlc.narg(team_id)::text IS NULL AND h.team_id IS NULL) OR h.team_id = sqlc.narg(team_id)::text)
-GROUP BY h.id
-ORDER BY active, h.id;
 
 -- name: InsertHostRefreshToken :one
 INSERT INTO host_refresh_tokens (id, host_id, family_id, token_hash, expires_at)

@@ -4,12 +4,6 @@ SELECT * FROM hosts WHERE id = $1;
 -- name: ListHosts :many
 SELECT * FROM hosts ORDER BY created_at, id;
 
--- name: ListOnlineHosts :many
--- Hosts that may take a new sandbox of the team: shared hosts and the team's own.
-SELECT * FROM hosts
-WHERE status = 'online' AND (team_id IS NULL OR team_id = sqlc.narg(team_id))
-ORDER BY id;
-
 -- name: ListAllOnlineHosts :many
 SELECT * FROM hosts WHERE status = 'online' ORDER BY id;
 
@@ -25,3 +19,28 @@ RETURNING *;
 
 -- name: SetHostStatus :exec
 UPDATE hosts SET status = sqlc.arg(status), updated_at = now() WHERE id = sqlc.arg(id);
+
+-- name: LockSchedulableHosts :many
+-- Online hosts a team may use (its own when BYOC, shared otherwise), locked
+-- in ID order so concurrent placements serialise without deadlocks: what
+-- HostsCommitted reads next cannot change until the placing transaction ends.
+SELECT * FROM hosts
+WHERE status = 'online' AND address <> ''
+  AND ((sqlc.narg(team_id)::text IS NULL AND team_id IS NULL) OR team_id = sqlc.narg(team_id)::text)
+ORDER BY id
+FOR UPDATE;
+
+-- name: LockOnlineHost :one
+-- One online host, locked for a placement on it (snapshot template, resume).
+SELECT * FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UPDATE;
+
+-- name: HostsCommitted :many
+-- What the sandboxes placed on each host hold: pending, running and missing
+-- ones (a missing sandbox may still run there); paused and stopped hold nothing.
+SELECT host_id::text AS host_id,
+       count(*)::bigint AS active,
+       coalesce(sum(vcpus), 0)::bigint AS vcpus,
+       coalesce(sum(memory_mb), 0)::bigint AS memory_mb
+FROM sandboxes
+WHERE host_id = ANY(sqlc.arg(host_ids)::text[]) AND status IN ('pending', 'running', 'missing')
+GROUP BY host_id;

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"slices"
@@ -98,6 +99,23 @@ func (r *reader) integer(name string, def, lo, hi int) int {
 	}
 	if v < lo || v > hi {
 		r.fail(name, "must be between %d and %d, got %d", lo, hi, v)
+		return def
+	}
+	return v
+}
+
+func (r *reader) number(name string, def, lo, hi float64) float64 {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	v, err := strconv.ParseFloat(raw, 64)
+	if err != nil || math.IsNaN(v) {
+		r.fail(name, "must be a number such as 1.5, got %q", raw)
+		return def
+	}
+	if v < lo || v > hi {
+		r.fail(name, "must be between %g and %g, got %g", lo, hi, v)
 		return def
 	}
 	return v

@@ -38,6 +38,10 @@ type Hosts struct {
 	UnreachableAfter time.Duration
 	// Scheduler is round-robin or least-loaded.
 	Scheduler string
+	// MemoryOvercommit and VCPUOvercommit multiply the capacity hosts
+	// report when admitting sandboxes (1.0 and 4.0).
+	MemoryOvercommit float64
+	VCPUOvercommit   float64
 }
 
 // Limits bound what users may ask for.
@@ -96,6 +100,8 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),
 		Scheduler:        r.oneOf("WRENN_SCHEDULER", "round-robin", "round-robin", "least-loaded"),
+		MemoryOvercommit: r.number("WRENN_MEMORY_OVERCOMMIT", 1.0, 0.1, 10),
+		VCPUOvercommit:   r.number("WRENN_VCPU_OVERCOMMIT", 4.0, 0.1, 64),
 	}
 	if r.str("WRENN_HOST_MONITOR_INTERVAL", "") != "" {
 		// Silent hosts and sandbox states are one loop now; a setting that

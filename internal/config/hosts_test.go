@@ -12,7 +12,8 @@ func TestHostsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Hosts.JWTSecret != "" || c.ReconcileInterval != 5*time.Second || c.Hosts.UnreachableAfter != 90*time.Second || c.Hosts.Scheduler != "round-robin" {
+	if c.Hosts.JWTSecret != "" || c.ReconcileInterval != 5*time.Second || c.Hosts.UnreachableAfter != 90*time.Second || c.Hosts.Scheduler != "round-robin" ||
+		c.Hosts.MemoryOvercommit != 1.0 || c.Hosts.VCPUOvercommit != 4.0 {
 		t.Fatalf("host defaults = %+v", c.Hosts)
 	}
 	env := validCP()
@@ -20,11 +21,14 @@ func TestHostsConfig(t *testing.T) {
 	env["WRENN_RECONCILE_INTERVAL"] = "500ms"
 	env["WRENN_HOST_UNREACHABLE_AFTER"] = "3s"
 	env["WRENN_SCHEDULER"] = "least-loaded"
+	env["WRENN_MEMORY_OVERCOMMIT"] = "1.25"
+	env["WRENN_VCPU_OVERCOMMIT"] = "8"
 	c, err = LoadControlPlane(envOf(env))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ReconcileInterval != 500*time.Millisecond || c.Hosts.UnreachableAfter != 3*time.Second || c.Hosts.Scheduler != "least-loaded" {
+	if c.ReconcileInterval != 500*time.Millisecond || c.Hosts.UnreachableAfter != 3*time.Second || c.Hosts.Scheduler != "least-loaded" ||
+		c.Hosts.MemoryOvercommit != 1.25 || c.Hosts.VCPUOvercommit != 8 {
 		t.Fatalf("hosts = %+v", c.Hosts)
 	}
 	bad := []struct {
@@ -36,6 +40,10 @@ func TestHostsConfig(t *testing.T) {
 		{"retired monitor interval", "WRENN_HOST_MONITOR_INTERVAL", "10s", "WRENN_HOST_MONITOR_INTERVAL"},
 		{"threshold garbage", "WRENN_HOST_UNREACHABLE_AFTER", "soon", "WRENN_HOST_UNREACHABLE_AFTER"},
 		{"unknown scheduler", "WRENN_SCHEDULER", "random", "WRENN_SCHEDULER"},
+		{"overcommit not a number", "WRENN_MEMORY_OVERCOMMIT", "lots", "WRENN_MEMORY_OVERCOMMIT"},
+		{"overcommit NaN", "WRENN_MEMORY_OVERCOMMIT", "NaN", "WRENN_MEMORY_OVERCOMMIT"},
+		{"overcommit zero", "WRENN_VCPU_OVERCOMMIT", "0", "WRENN_VCPU_OVERCOMMIT"},
+		{"overcommit huge", "WRENN_VCPU_OVERCOMMIT", "1e9", "WRENN_VCPU_OVERCOMMIT"},
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {

@@ -55,14 +55,43 @@ func (q *Queries) GetTeamBYOC(ctx context.Context, id string) (bool, error) {
 
 const heartbeatHost = `-- name: HeartbeatHost :one
 UPDATE hosts SET status = 'online', last_heartbeat_at = now(),
-    updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END
-WHERE id = $1 AND status <> 'pending'
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
+    updated_at = CASE WHEN status <> 'online' THEN now() ELSE updated_at END,
+    max_vcpus           = COALESCE($1::integer, max_vcpus),
+    max_memory_mb       = COALESCE($2::integer, max_memory_mb),
+    max_disk_mb         = COALESCE($3::integer, max_disk_mb),
+    capacity_vcpus      = COALESCE($4::integer, capacity_vcpus),
+    capacity_memory_mb  = COALESCE($5::bigint, capacity_memory_mb),
+    committed_vcpus     = COALESCE($6::integer, committed_vcpus),
+    committed_memory_mb = COALESCE($7::bigint, committed_memory_mb)
+WHERE id = $8 AND status <> 'pending'
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
 `
 
+type HeartbeatHostParams struct {
+	MaxVcpus          *int32 `json:"max_vcpus"`
+	MaxMemoryMb       *int32 `json:"max_memory_mb"`
+	MaxDiskMb         *int32 `json:"max_disk_mb"`
+	CapacityVcpus     *int32 `json:"capacity_vcpus"`
+	CapacityMemoryMb  *int64 `json:"capacity_memory_mb"`
+	CommittedVcpus    *int32 `json:"committed_vcpus"`
+	CommittedMemoryMb *int64 `json:"committed_memory_mb"`
+	ID                string `json:"id"`
+}
+
 // A live host is online whatever it was; the reconciler syncs its sandboxes next.
-func (q *Queries) HeartbeatHost(ctx context.Context, id string) (Host, error) {
-	row := q.db.QueryRow(ctx, heartbeatHost, id)
+// The resources it reports replace the stored ones; a heartbeat without
+// them (NULLs) keeps what was reported before.
+func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (Host, error) {
+	row := q.db.QueryRow(ctx, heartbeatHost,
+		arg.MaxVcpus,
+		arg.MaxMemoryMb,
+		arg.MaxDiskMb,
+		arg.CapacityVcpus,
+		arg.CapacityMemoryMb,
+		arg.CommittedVcpus,
+		arg.CommittedMemoryMb,
+		arg.ID,
+	)
 	var i Host
 	err := row.Scan(
 		&i.ID,
@@ -81,6 +110,13 @@ func (q *Queries) HeartbeatHost(ctx context.Context, id string) (Host, error) {
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
 	)
 	return i, err
 }
@@ -125,7 +161,7 @@ const insertPendingHost = `-- name: InsertPendingHost :one
 
 INSERT INTO hosts (id, team_id, name, status, created_by)
 VALUES ($1, $2, $3, 'pending', $4)
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
 `
 
 type InsertPendingHostParams struct {
@@ -161,6 +197,13 @@ func (q *Queries) InsertPendingHost(ctx context.Context, arg InsertPendingHostPa
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
 	)
 	return i, err
 }
@@ -198,52 +241,8 @@ func (q *Queries) ListHostRefreshTokens(ctx context.Context, hostID string) ([]H
 	return items, nil
 }
 
-const listSchedulableHostsByLoad = `-- name: ListSchedulableHostsByLoad :many
-SELECT h.id, h.address, h.team_id, count(s.id)::bigint AS active
-FROM hosts h
-LEFT JOIN sandboxes s ON s.host_id = h.id AND s.status IN ('pending', 'running')
-WHERE h.status = 'online' AND h.address <> ''
-  AND (($1::text IS NULL AND h.team_id IS NULL) OR h.team_id = $1::text)
-GROUP BY h.id
-ORDER BY active, h.id
-`
-
-type ListSchedulableHostsByLoadRow struct {
-	ID      string  `json:"id"`
-	Address string  `json:"address"`
-	TeamID  *string `json:"team_id"`
-	Active  int64   `json:"active"`
-}
-
-// Online hosts a team may use (its own when BYOC, shared otherwise), least
-// loaded first. Load counts pending and running sandboxes.
-func (q *Queries) ListSchedulableHostsByLoad(ctx context.Context, teamID *string) ([]ListSchedulableHostsByLoadRow, error) {
-	rows, err := q.db.Query(ctx, listSchedulableHostsByLoad, teamID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []ListSchedulableHostsByLoadRow{}
-	for rows.Next() {
-		var i ListSchedulableHostsByLoadRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Address,
-			&i.TeamID,
-			&i.Active,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const listTeamHosts = `-- name: ListTeamHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts WHERE team_id = $1 ORDER BY created_at, id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE team_id = $1 ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeamHosts(ctx context.Context, teamID *string) ([]Host, error) {
@@ -272,6 +271,13 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID *string) ([]Host, er
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.MaxVcpus,
+			&i.MaxMemoryMb,
+			&i.MaxDiskMb,
+			&i.CapacityVcpus,
+			&i.CapacityMemoryMb,
+			&i.CommittedVcpus,
+			&i.CommittedMemoryMb,
 		); err != nil {
 			return nil, err
 		}
@@ -309,21 +315,31 @@ UPDATE hosts SET
     address = $1, status = 'online',
     vmm = $2, accel = $3, arch = $4, version = $5,
     cpu_count = $6, memory_mb = $7, disk_gb = $8,
+    max_vcpus = $9, max_memory_mb = $10, max_disk_mb = $11,
+    capacity_vcpus = $12, capacity_memory_mb = $13,
+    committed_vcpus = $14, committed_memory_mb = $15,
     last_heartbeat_at = now(), updated_at = now()
-WHERE id = $9
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
+WHERE id = $16
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
 `
 
 type RegisterHostSpecsParams struct {
-	Address  string `json:"address"`
-	Vmm      string `json:"vmm"`
-	Accel    string `json:"accel"`
-	Arch     string `json:"arch"`
-	Version  string `json:"version"`
-	CpuCount int32  `json:"cpu_count"`
-	MemoryMb int64  `json:"memory_mb"`
-	DiskGb   int64  `json:"disk_gb"`
-	ID       string `json:"id"`
+	Address           string `json:"address"`
+	Vmm               string `json:"vmm"`
+	Accel             string `json:"accel"`
+	Arch              string `json:"arch"`
+	Version           string `json:"version"`
+	CpuCount          int32  `json:"cpu_count"`
+	MemoryMb          int64  `json:"memory_mb"`
+	DiskGb            int64  `json:"disk_gb"`
+	MaxVcpus          int32  `json:"max_vcpus"`
+	MaxMemoryMb       int32  `json:"max_memory_mb"`
+	MaxDiskMb         int32  `json:"max_disk_mb"`
+	CapacityVcpus     int32  `json:"capacity_vcpus"`
+	CapacityMemoryMb  int64  `json:"capacity_memory_mb"`
+	CommittedVcpus    int32  `json:"committed_vcpus"`
+	CommittedMemoryMb int64  `json:"committed_memory_mb"`
+	ID                string `json:"id"`
 }
 
 // The agent registered: record where it listens and what it runs on.
@@ -337,6 +353,13 @@ func (q *Queries) RegisterHostSpecs(ctx context.Context, arg RegisterHostSpecsPa
 		arg.CpuCount,
 		arg.MemoryMb,
 		arg.DiskGb,
+		arg.MaxVcpus,
+		arg.MaxMemoryMb,
+		arg.MaxDiskMb,
+		arg.CapacityVcpus,
+		arg.CapacityMemoryMb,
+		arg.CommittedVcpus,
+		arg.CommittedMemoryMb,
 		arg.ID,
 	)
 	var i Host
@@ -357,6 +380,13 @@ func (q *Queries) RegisterHostSpecs(ctx context.Context, arg RegisterHostSpecsPa
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
 	)
 	return i, err
 }

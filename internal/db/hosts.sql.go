@@ -10,7 +10,7 @@ import (
 )
 
 const getHost = `-- name: GetHost :one
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts WHERE id = $1
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -33,12 +33,63 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
 	)
 	return i, err
 }
 
+const hostsCommitted = `-- name: HostsCommitted :many
+SELECT host_id::text AS host_id,
+       count(*)::bigint AS active,
+       coalesce(sum(vcpus), 0)::bigint AS vcpus,
+       coalesce(sum(memory_mb), 0)::bigint AS memory_mb
+FROM sandboxes
+WHERE host_id = ANY($1::text[]) AND status IN ('pending', 'running', 'missing')
+GROUP BY host_id
+`
+
+type HostsCommittedRow struct {
+	HostID   string `json:"host_id"`
+	Active   int64  `json:"active"`
+	Vcpus    int64  `json:"vcpus"`
+	MemoryMb int64  `json:"memory_mb"`
+}
+
+// What the sandboxes placed on each host hold: pending, running and missing
+// ones (a missing sandbox may still run there); paused and stopped hold nothing.
+func (q *Queries) HostsCommitted(ctx context.Context, hostIds []string) ([]HostsCommittedRow, error) {
+	rows, err := q.db.Query(ctx, hostsCommitted, hostIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []HostsCommittedRow{}
+	for rows.Next() {
+		var i HostsCommittedRow
+		if err := rows.Scan(
+			&i.HostID,
+			&i.Active,
+			&i.Vcpus,
+			&i.MemoryMb,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listAllOnlineHosts = `-- name: ListAllOnlineHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts WHERE status = 'online' ORDER BY id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE status = 'online' ORDER BY id
 `
 
 func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
@@ -67,6 +118,13 @@ func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.MaxVcpus,
+			&i.MaxMemoryMb,
+			&i.MaxDiskMb,
+			&i.CapacityVcpus,
+			&i.CapacityMemoryMb,
+			&i.CommittedVcpus,
+			&i.CommittedMemoryMb,
 		); err != nil {
 			return nil, err
 		}
@@ -79,7 +137,7 @@ func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listHosts = `-- name: ListHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts ORDER BY created_at, id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts ORDER BY created_at, id
 `
 
 func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
@@ -108,6 +166,13 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.MaxVcpus,
+			&i.MaxMemoryMb,
+			&i.MaxDiskMb,
+			&i.CapacityVcpus,
+			&i.CapacityMemoryMb,
+			&i.CommittedVcpus,
+			&i.CommittedMemoryMb,
 		); err != nil {
 			return nil, err
 		}
@@ -119,15 +184,55 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 	return items, nil
 }
 
-const listOnlineHosts = `-- name: ListOnlineHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at FROM hosts
-WHERE status = 'online' AND (team_id IS NULL OR team_id = $1)
-ORDER BY id
+const lockOnlineHost = `-- name: LockOnlineHost :one
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UPDATE
 `
 
-// Hosts that may take a new sandbox of the team: shared hosts and the team's own.
-func (q *Queries) ListOnlineHosts(ctx context.Context, teamID *string) ([]Host, error) {
-	rows, err := q.db.Query(ctx, listOnlineHosts, teamID)
+// One online host, locked for a placement on it (snapshot template, resume).
+func (q *Queries) LockOnlineHost(ctx context.Context, id string) (Host, error) {
+	row := q.db.QueryRow(ctx, lockOnlineHost, id)
+	var i Host
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Address,
+		&i.Status,
+		&i.Vmm,
+		&i.Accel,
+		&i.Arch,
+		&i.Version,
+		&i.CpuCount,
+		&i.MemoryMb,
+		&i.DiskGb,
+		&i.LastHeartbeatAt,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
+	)
+	return i, err
+}
+
+const lockSchedulableHosts = `-- name: LockSchedulableHosts :many
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts
+WHERE status = 'online' AND address <> ''
+  AND (($1::text IS NULL AND team_id IS NULL) OR team_id = $1::text)
+ORDER BY id
+FOR UPDATE
+`
+
+// Online hosts a team may use (its own when BYOC, shared otherwise), locked
+// in ID order so concurrent placements serialise without deadlocks: what
+// HostsCommitted reads next cannot change until the placing transaction ends.
+func (q *Queries) LockSchedulableHosts(ctx context.Context, teamID *string) ([]Host, error) {
+	rows, err := q.db.Query(ctx, lockSchedulableHosts, teamID)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +257,13 @@ func (q *Queries) ListOnlineHosts(ctx context.Context, teamID *string) ([]Host, 
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.MaxVcpus,
+			&i.MaxMemoryMb,
+			&i.MaxDiskMb,
+			&i.CapacityVcpus,
+			&i.CapacityMemoryMb,
+			&i.CommittedVcpus,
+			&i.CommittedMemoryMb,
 		); err != nil {
 			return nil, err
 		}
@@ -184,7 +296,7 @@ ON CONFLICT (id) DO UPDATE SET
     team_id = EXCLUDED.team_id, name = EXCLUDED.name, address = EXCLUDED.address, status = EXCLUDED.status,
     vmm = EXCLUDED.vmm, accel = EXCLUDED.accel, arch = EXCLUDED.arch, version = EXCLUDED.version,
     cpu_count = EXCLUDED.cpu_count, memory_mb = EXCLUDED.memory_mb, updated_at = now()
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
 `
 
 type UpsertHostParams struct {
@@ -234,6 +346,13 @@ func (q *Queries) UpsertHost(ctx context.Context, arg UpsertHostParams) (Host, e
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
 	)
 	return i, err
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/hostreport"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -154,6 +156,70 @@ func TestRegisterSavesCredentialsAndHeartbeats(t *testing.T) {
 	row, _ := c.q.GetHost(context.Background(), h.Host.ID)
 	if row.Status != "online" || row.Address != "127.0.0.1:9091" || row.Vmm != "qemu" || row.CpuCount != 2 {
 		t.Fatalf("host row = %+v", row)
+	}
+}
+
+// TestHeartbeatUpdatesResources: registration stores the limits and
+// capacity the agent reports, and every heartbeat replaces them.
+func TestHeartbeatUpdatesResources(t *testing.T) {
+	c := newCP(t)
+	h := c.newHost(t)
+	sp := specs
+	sp.Resources = registration.Resources{
+		Limits:   hostreport.Limits{MaxVCPUs: 4, MaxMemoryMB: 4096, MaxDiskMB: 20480},
+		Capacity: hostreport.Capacity{VCPUs: 8, MemoryMB: 24576},
+	}
+	var report atomic.Value
+	report.Store(sp.Resources)
+	var registered atomic.Bool
+	start(t, registration.Options{Dir: t.TempDir(), CPURL: c.url, RegisterToken: h.Token, Address: "127.0.0.1:9091", Specs: sp,
+		Interval: 50 * time.Millisecond, OnRegistered: func(registration.Credentials) { registered.Store(true) },
+		Report: func(context.Context) registration.Resources { return report.Load().(registration.Resources) }})
+	waitFor(t, 3*time.Second, "registered", registered.Load)
+	row, err := c.q.GetHost(context.Background(), h.Host.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.MaxVcpus != 4 || row.MaxMemoryMb != 4096 || row.MaxDiskMb != 20480 || row.CapacityVcpus != 8 || row.CapacityMemoryMb != 24576 {
+		t.Fatalf("host row after registering = %+v", row)
+	}
+	next := registration.Resources{
+		Limits:   hostreport.Limits{MaxVCPUs: 2, MaxMemoryMB: 2048, MaxDiskMB: 10240},
+		Capacity: hostreport.Capacity{VCPUs: 8, MemoryMB: 24576, CommittedVCPUs: 3, CommittedMemoryMB: 6144},
+	}
+	report.Store(next)
+	waitFor(t, 3*time.Second, "a heartbeat carrying new resources", func() bool {
+		r, err := c.q.GetHost(context.Background(), h.Host.ID)
+		return err == nil && r.MaxVcpus == 2 && r.MaxMemoryMb == 2048 && r.MaxDiskMb == 10240 &&
+			r.CommittedVcpus == 3 && r.CommittedMemoryMb == 6144
+	})
+	// The API shows them too.
+	got, err := c.hosts.GetHost(context.Background(), admin, h.Host.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Limits != next.Limits || got.Capacity != next.Capacity {
+		t.Fatalf("GetHost resources = %+v %+v; want %+v", got.Limits, got.Capacity, next)
+	}
+}
+
+// TestHeartbeatRefusesNegativeResources: a malformed report is a 400
+// naming the field, and the stored report stays.
+func TestHeartbeatRefusesNegativeResources(t *testing.T) {
+	c := newCP(t)
+	h := c.newHost(t)
+	creds, err := registration.Register(context.Background(), nil, c.url, h.Token, "127.0.0.1:9091", specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, body := call(t, "POST", c.url+"/v1/hosts/"+creds.HostID+"/heartbeat", creds.Token,
+		map[string]any{"limits": map[string]any{"max_vcpus": -1}})
+	e, _ := body["error"].(map[string]any)
+	if st != 400 || e == nil || !strings.Contains(e["message"].(string), "limits.max_vcpus") {
+		t.Fatalf("negative report = %d %v; want 400 naming limits.max_vcpus", st, body)
+	}
+	if st, body := call(t, "POST", c.url+"/v1/hosts/"+creds.HostID+"/heartbeat", creds.Token, nil); st != 200 {
+		t.Fatalf("heartbeat without a report = %d %v; want 200", st, body)
 	}
 }
 

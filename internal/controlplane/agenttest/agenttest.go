@@ -935,13 +935,18 @@ func (a *Agent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInfoRequ
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return connect.NewResponse(&pb.GetHostInfoResponse{Version: "test", Vmm: "test", Accel: "tcg", CpuCount: 2, MemoryBytes: 1 << 30, Healthy: true, Arch: "amd64",
-		Templates: slices.Sorted(maps.Keys(a.templates))}), nil
+		Templates: slices.Sorted(maps.Keys(a.templates)),
+		Limits:    &pb.SandboxLimits{MaxVcpus: uint32(a.Limits.MaxVCPUs), MaxMemoryMb: uint32(a.Limits.MaxMemoryMB), MaxDiskMb: uint32(a.Limits.MaxDiskMB)}}), nil
 }
 
-// Serve starts a new agent and closes it when the test ends.
-func Serve(tb testing.TB) *Agent {
+// Serve starts a new agent, configured by opts before it starts, and
+// closes it when the test ends.
+func Serve(tb testing.TB, opts ...func(*Agent)) *Agent {
 	tb.Helper()
 	a := New()
+	for _, o := range opts {
+		o(a)
+	}
 	if err := a.Start(); err != nil {
 		tb.Fatalf("agenttest: %v", err)
 	}

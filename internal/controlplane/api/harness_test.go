@@ -61,6 +61,8 @@ type envOpts struct {
 	dbURL string
 	// diskLimit is the agent's per-sandbox disk (agenttest.Agent.SetDiskLimit).
 	diskLimit int64
+	// agent configures the in-memory agent before it starts.
+	agent func(*agenttest.Agent)
 }
 
 const testSecret = "test-secret-test-secret-test-secret!"
@@ -78,7 +80,11 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 		pool, _ = testenv.MigratedPool(t)
 	}
 	q := db.New(pool)
-	agent := agenttest.Serve(t)
+	var agentOpts []func(*agenttest.Agent)
+	if o.agent != nil {
+		agentOpts = append(agentOpts, o.agent)
+	}
+	agent := agenttest.Serve(t, agentOpts...)
 	agent.SetDiskLimit(o.diskLimit)
 	addr := agent.Address()
 	if o.realAgent {
@@ -87,7 +93,7 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if _, err := q.UpsertHost(context.Background(), db.UpsertHostParams{ID: "host-test", Name: "test", Address: addr, Status: "online", Vmm: "test"}); err != nil {
 		t.Fatalf("register host: %v", err)
 	}
-	if _, err := q.HeartbeatHost(context.Background(), "host-test"); err != nil {
+	if _, err := q.HeartbeatHost(context.Background(), db.HeartbeatHostParams{ID: "host-test"}); err != nil {
 		t.Fatalf("host heartbeat: %v", err)
 	}
 	logs := &testenv.SyncBuffer{}

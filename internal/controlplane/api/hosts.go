@@ -12,6 +12,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+	"github.com/wrenn-dev/wrenn/internal/hostreport"
 )
 
 // HostUserAuth turns a user session JWT into an AuthContext; the account
@@ -233,7 +234,13 @@ func (s *Server) hostRefresh(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) hostHeartbeat(w http.ResponseWriter, r *http.Request) {
 	caller, _ := r.Context().Value(hostIDKey{}).(string)
-	out, err := s.deps.Hosts.Heartbeat(r.Context(), caller, chi.URLParam(r, "id"))
+	// The body (the host's resource report) is optional: an empty one keeps
+	// what the host reported before.
+	var in *hostreport.Resources
+	if !s.decodeHostBody(w, r, &in, true) {
+		return
+	}
+	out, err := s.deps.Hosts.Heartbeat(r.Context(), caller, chi.URLParam(r, "id"), in)
 	if err != nil {
 		s.writeHostError(w, r, err)
 		return

@@ -50,7 +50,7 @@ func newHostsEnv(t *testing.T) *hostsEnv {
 		t.Fatal(err)
 	}
 	hp := hosts.NewPool(q, nil)
-	svc, err := service.New(service.Deps{Pool: pool, Hosts: hp, Scheduler: hosts.NewRoundRobin(q), Tokens: tokens})
+	svc, err := service.New(service.Deps{Pool: pool, Hosts: hp, Scheduler: hosts.NewRoundRobin(hosts.Overcommit{}), Tokens: tokens})
 	if err != nil {
 		t.Fatal(err)
 	}

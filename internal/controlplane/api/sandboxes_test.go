@@ -198,6 +198,8 @@ func TestSandboxBadInput(t *testing.T) {
 		{"metadata not strings", `{"metadata":{"a":1}}`, 400, "invalid_request", "metadata"},
 		{"metadata array", `{"metadata":["a"]}`, 400, "invalid_request", "metadata"},
 		{"unknown template", `{"template":"nope"}`, 400, "unknown_template", "template"},
+		{"template not a name", `{"template":"../etc"}`, 400, "invalid_request", "template"},
+		{"template upper case", `{"template":"Minimal"}`, 400, "invalid_request", "template"},
 		{"body too large", `{"template":"` + strings.Repeat("a", 70<<10) + `"}`, 413, "too_large", ""},
 	}
 	for _, tt := range create {

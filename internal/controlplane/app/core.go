@@ -46,9 +46,10 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	}
 	q := db.New(pool)
 	hp := hosts.NewPool(q, nil)
-	var sch hosts.Scheduler = hosts.NewRoundRobin(q)
+	oc := hosts.Overcommit{Memory: cfg.Hosts.MemoryOvercommit, VCPUs: cfg.Hosts.VCPUOvercommit}
+	var sch hosts.Scheduler = hosts.NewRoundRobin(oc)
 	if cfg.Hosts.Scheduler == "least-loaded" {
-		sch = hosts.NewLeastLoaded(q)
+		sch = hosts.NewLeastLoaded(oc)
 	}
 	states := service.NewStates(pool, logger)
 	svc, err := service.New(service.Deps{

@@ -21,6 +21,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/hostreport"
 	hostagentv1 "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -82,27 +83,27 @@ func (s *Service) Tokens() *HostTokens { return s.tokens }
 
 // Host is a host as the API shows it.
 type Host struct {
-	ID              string     `json:"id"`
-	TeamID          *string    `json:"team_id"`
-	Shared          bool       `json:"shared"`
-	Name            string     `json:"name"`
-	Address         string     `json:"address"`
-	Status          string     `json:"status"`
-	VMM             string     `json:"vmm"`
-	Accel           string     `json:"accel"`
-	Arch            string     `json:"arch"`
-	Version         string     `json:"version"`
-	CPUCount        int32      `json:"cpu_count"`
-	MemoryMB        int64      `json:"memory_mb"`
-	DiskGB          int64      `json:"disk_gb"`
+	ID      string  `json:"id"`
+	TeamID  *string `json:"team_id"`
+	Shared  bool    `json:"shared"`
+	Name    string  `json:"name"`
+	Address string  `json:"address"`
+	Status  string  `json:"status"`
+	hostreport.Specs
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
 	CreatedAt       time.Time  `json:"created_at"`
 }
 
 func toHost(h db.Host) Host {
 	return Host{ID: h.ID, TeamID: h.TeamID, Shared: h.TeamID == nil, Name: h.Name, Address: h.Address,
-		Status: h.Status, VMM: h.Vmm, Accel: h.Accel, Arch: h.Arch, Version: h.Version,
-		CPUCount: h.CpuCount, MemoryMB: h.MemoryMb, DiskGB: h.DiskGb,
+		Status: h.Status,
+		Specs: Specs{VMM: h.Vmm, Accel: h.Accel, Arch: h.Arch, Version: h.Version,
+			CPUCount: h.CpuCount, MemoryMB: h.MemoryMb, DiskGB: h.DiskGb,
+			Resources: hostreport.Resources{
+				Limits: hostreport.Limits{MaxVCPUs: h.MaxVcpus, MaxMemoryMB: h.MaxMemoryMb, MaxDiskMB: h.MaxDiskMb},
+				Capacity: hostreport.Capacity{VCPUs: h.CapacityVcpus, MemoryMB: h.CapacityMemoryMb,
+					CommittedVCPUs: h.CommittedVcpus, CommittedMemoryMB: h.CommittedMemoryMb},
+			}},
 		LastHeartbeatAt: h.LastHeartbeatAt, CreatedAt: h.CreatedAt}
 }
 
@@ -302,15 +303,7 @@ func (s *Service) issueRegistrationToken(ctx context.Context, hostID string) (Re
 }
 
 // Specs describe the machine an agent runs on.
-type Specs struct {
-	VMM      string `json:"vmm"`
-	Accel    string `json:"accel"`
-	Arch     string `json:"arch"`
-	Version  string `json:"version"`
-	CPUCount int32  `json:"cpu_count"`
-	MemoryMB int64  `json:"memory_mb"`
-	DiskGB   int64  `json:"disk_gb"`
-}
+type Specs = hostreport.Specs
 
 // RegisterInput is the body of POST /v1/hosts/register.
 type RegisterInput struct {
@@ -357,6 +350,14 @@ func checkSpecs(sp Specs) error {
 		if len(v) > 64 || !utf8.ValidString(v) {
 			return service.Invalid("specs."+f, "%s must be text of at most 64 bytes", f)
 		}
+	}
+	return checkResources(sp.Resources, "specs.")
+}
+
+func checkResources(r hostreport.Resources, prefix string) error {
+	var fe *hostreport.FieldError
+	if err := r.Check(prefix); errors.As(err, &fe) {
+		return service.Invalid(fe.Field, "%s", fe.Message)
 	}
 	return nil
 }
@@ -406,7 +407,10 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (Credentials, 
 		sp := in.Specs
 		if _, err := q.RegisterHostSpecs(ctx, db.RegisterHostSpecsParams{ID: hostID, Address: in.Address,
 			Vmm: sp.VMM, Accel: sp.Accel, Arch: sp.Arch, Version: sp.Version,
-			CpuCount: sp.CPUCount, MemoryMb: sp.MemoryMB, DiskGb: sp.DiskGB}); err != nil {
+			CpuCount: sp.CPUCount, MemoryMb: sp.MemoryMB, DiskGb: sp.DiskGB,
+			MaxVcpus: sp.Limits.MaxVCPUs, MaxMemoryMb: sp.Limits.MaxMemoryMB, MaxDiskMb: sp.Limits.MaxDiskMB,
+			CapacityVcpus: sp.Capacity.VCPUs, CapacityMemoryMb: sp.Capacity.MemoryMB,
+			CommittedVcpus: sp.Capacity.CommittedVCPUs, CommittedMemoryMb: sp.Capacity.CommittedMemoryMB}); err != nil {
 			return service.Internal("register host", err)
 		}
 		rt, rtExp, err := s.insertRefresh(ctx, q, hostID, "")
@@ -535,13 +539,24 @@ func (s *Service) AuthenticateHost(token string) (string, error) {
 	return id, nil
 }
 
-// Heartbeat records that the host is alive; callerHostID is the host JWT's
-// subject and must match hostID. A deleted host answers 404 so its agent stops.
-func (s *Service) Heartbeat(ctx context.Context, callerHostID, hostID string) (Host, error) {
+// Heartbeat records that the host is alive, with the resources it reports
+// (nil keeps the stored ones); callerHostID is the host JWT's subject and
+// must match hostID. A deleted host answers 404 so its agent stops.
+func (s *Service) Heartbeat(ctx context.Context, callerHostID, hostID string, res *hostreport.Resources) (Host, error) {
 	if callerHostID != hostID {
 		return Host{}, service.Forbidden(service.CodeForbidden, "a host may only send its own heartbeat")
 	}
-	h, err := s.q.HeartbeatHost(ctx, hostID)
+	p := db.HeartbeatHostParams{ID: hostID}
+	if res != nil {
+		if err := checkResources(*res, ""); err != nil {
+			return Host{}, err
+		}
+		l, c := res.Limits, res.Capacity
+		p.MaxVcpus, p.MaxMemoryMb, p.MaxDiskMb = &l.MaxVCPUs, &l.MaxMemoryMB, &l.MaxDiskMB
+		p.CapacityVcpus, p.CapacityMemoryMb = &c.VCPUs, &c.MemoryMB
+		p.CommittedVcpus, p.CommittedMemoryMb = &c.CommittedVCPUs, &c.CommittedMemoryMB
+	}
+	h, err := s.q.HeartbeatHost(ctx, p)
 	if isNoRows(err) {
 		if _, gerr := s.q.GetHost(ctx, hostID); isNoRows(gerr) {
 			return Host{}, errHostNotFound

@@ -295,7 +295,7 @@ func TestHeartbeat(t *testing.T) {
 	ctx := context.Background()
 	h, _ := e.svc.CreateHost(ctx, admin, CreateHostInput{Name: "h1", Shared: true})
 	// Not registered yet.
-	_, err := e.svc.Heartbeat(ctx, h.Host.ID, h.Host.ID)
+	_, err := e.svc.Heartbeat(ctx, h.Host.ID, h.Host.ID, nil)
 	wantKind(t, err, service.KindConflict, "host_not_registered")
 	c, err := e.svc.Register(ctx, RegisterInput{Token: h.Token, Address: "127.0.0.1:9999", Specs: specs})
 	if err != nil {
@@ -304,16 +304,16 @@ func TestHeartbeat(t *testing.T) {
 	if err := e.q.SetHostStatus(ctx, db.SetHostStatusParams{ID: c.HostID, Status: "unreachable"}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := e.svc.Heartbeat(ctx, c.HostID, c.HostID)
+	got, err := e.svc.Heartbeat(ctx, c.HostID, c.HostID, nil)
 	if err != nil || got.Status != "online" {
 		t.Fatalf("heartbeat = %+v, %v", got, err)
 	}
-	_, err = e.svc.Heartbeat(ctx, "host-bbbbbbbbbbbbbbbbbbbb", c.HostID)
+	_, err = e.svc.Heartbeat(ctx, "host-bbbbbbbbbbbbbbbbbbbb", c.HostID, nil)
 	wantKind(t, err, service.KindForbidden, "")
 	if _, err := e.svc.DeleteHost(ctx, admin, c.HostID, false); err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.svc.Heartbeat(ctx, c.HostID, c.HostID)
+	_, err = e.svc.Heartbeat(ctx, c.HostID, c.HostID, nil)
 	wantKind(t, err, service.KindNotFound, "host_not_found")
 	// Deleting the host removed its refresh tokens with it.
 	_, err = e.svc.Refresh(ctx, c.RefreshToken)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 
@@ -97,37 +96,4 @@ func BaseURL(address string) string {
 		return strings.TrimSuffix(address, "/")
 	}
 	return "http://" + address
-}
-
-// Scheduler picks the host for a new sandbox.
-type Scheduler interface {
-	Pick(ctx context.Context, teamID string) (db.Host, error)
-}
-
-// RoundRobin spreads sandboxes over the online hosts a team may use.
-type RoundRobin struct {
-	q    *db.Queries
-	next atomic.Uint64
-}
-
-// NewRoundRobin builds the default scheduler.
-func NewRoundRobin(q *db.Queries) *RoundRobin { return &RoundRobin{q: q} }
-
-// Pick returns ErrHostUnavailable when no host is online.
-func (r *RoundRobin) Pick(ctx context.Context, teamID string) (db.Host, error) {
-	hs, err := r.q.ListOnlineHosts(ctx, &teamID)
-	if err != nil {
-		return db.Host{}, fmt.Errorf("list online hosts: %w", err)
-	}
-	var usable []db.Host
-	for _, h := range hs {
-		if h.Address != "" {
-			usable = append(usable, h)
-		}
-	}
-	if len(usable) == 0 {
-		return db.Host{}, fmt.Errorf("no online host: %w", ErrHostUnavailable)
-	}
-	n := r.next.Add(1) - 1
-	return usable[n%uint64(len(usable))], nil
 }

@@ -86,7 +86,7 @@ func TestMonitorCycle(t *testing.T) {
 	ctx := t.Context()
 	heartbeat := func() {
 		t.Helper()
-		if _, err := q.HeartbeatHost(ctx, hostID); err != nil {
+		if _, err := q.HeartbeatHost(ctx, db.HeartbeatHostParams{ID: hostID}); err != nil {
 			t.Fatalf("heartbeat: %v", err)
 		}
 	}
@@ -174,7 +174,7 @@ func TestPassSkipsUnansweringAgent(t *testing.T) {
 	if _, err := q.UpsertHost(ctx, db.UpsertHostParams{ID: hostID, Name: "h", Address: "127.0.0.1:" + strconv.Itoa(port), Status: "online"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.HeartbeatHost(ctx, hostID); err != nil {
+	if _, err := q.HeartbeatHost(ctx, db.HeartbeatHostParams{ID: hostID}); err != nil {
 		t.Fatal(err)
 	}
 	mon := reconciler.New(pool, nil, hosts.NewPool(q, nil), reconciler.Config{UnreachableAfter: time.Minute, RPCTimeout: time.Second}, nil)
@@ -232,7 +232,7 @@ func onlineHost(t *testing.T) (*pgxpool.Pool, *db.Queries, *agenttest.Agent, db.
 	if _, err := q.UpsertHost(ctx, db.UpsertHostParams{ID: hostID, Name: "h", Address: agent.Address(), Status: "online"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.HeartbeatHost(ctx, hostID); err != nil {
+	if _, err := q.HeartbeatHost(ctx, db.HeartbeatHostParams{ID: hostID}); err != nil {
 		t.Fatal(err)
 	}
 	return pool, q, agent, team, hostID

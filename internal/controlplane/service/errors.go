@@ -102,6 +102,7 @@ const (
 
 	CodeAgentUnavailable    Code = "agent_unavailable"
 	CodeHostCapacity        Code = "host_capacity"
+	CodeNoCapacity          Code = "no_capacity"
 	CodeDatabaseUnavailable Code = "database_unavailable"
 	CodeServiceUnavailable  Code = "service_unavailable"
 	CodeHostsUnavailable    Code = "hosts_unavailable"
@@ -174,8 +175,10 @@ var codes = map[Code]codeInfo{
 	CodeAgentError:          {kind: KindUpstream},
 	CodeTemplateUnavailable: {kind: KindUpstream},
 
-	CodeAgentUnavailable:    {kind: KindUnavailable},
-	CodeHostCapacity:        {kind: KindUnavailable},
+	CodeAgentUnavailable: {kind: KindUnavailable},
+	CodeHostCapacity:     {kind: KindUnavailable},
+	// Room frees as sandboxes stop or pause.
+	CodeNoCapacity:          {kind: KindUnavailable, retryAfter: 10 * time.Second},
 	CodeDatabaseUnavailable: {kind: KindUnavailable, retryAfter: 5 * time.Second},
 	CodeServiceUnavailable:  {kind: KindUnavailable},
 	CodeHostsUnavailable:    {kind: KindUnavailable},

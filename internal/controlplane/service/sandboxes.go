@@ -160,14 +160,19 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 	}
 	mdJSON, _ := json.Marshal(md)
 
-	host, err := s.placeSandbox(ctx, a, tpl)
-	if err != nil {
-		return Sandbox{}, err
-	}
-
-	var row db.Sandbox
+	var (
+		row  db.Sandbox
+		host db.Host
+	)
 	err = s.inTx(ctx, func(q *db.Queries) error {
 		if err := q.LockTeamSandboxes(ctx, a.TeamID); err != nil {
+			return err
+		}
+		// Placement locks the hosts it considers until this transaction
+		// commits the pending row, which then counts against the host.
+		var err error
+		host, err = s.placeSandbox(ctx, q, a, tpl, hosts.Need{VCPUs: vcpus, MemoryMB: mem, DiskMB: int(tpl.DiskMb)})
+		if err != nil {
 			return err
 		}
 		n, err := q.CountActiveSandboxes(ctx, a.TeamID)
@@ -241,32 +246,52 @@ func wrongState(r db.Sandbox, want ...Status) *Error {
 	return &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s is %s; it must be %s", r.ID, r.Status, strings.Join(StatusStrings(want), " or "))}
 }
 
-// placeSandbox picks the host for a new sandbox: a snapshot template's own
-// host (its memory and disk files live there), else the scheduler's choice.
-func (s *Service) placeSandbox(ctx context.Context, a auth.AuthContext, tpl db.Template) (db.Host, error) {
+// placeSandbox picks the host for a new sandbox inside the create's
+// transaction: a snapshot template's own host (its memory and disk files
+// live there), else the scheduler's choice; either must accept the size and
+// have room for it.
+func (s *Service) placeSandbox(ctx context.Context, q *db.Queries, a auth.AuthContext, tpl db.Template, need hosts.Need) (db.Host, error) {
 	if tpl.Kind == "snapshot" {
 		if tpl.HostID == nil {
 			return db.Host{}, &Error{Kind: CodeSnapshotUnavailable.Kind(), Code: CodeSnapshotUnavailable, Field: "template",
 				Message: fmt.Sprintf("the host that held snapshot %q was deleted; the snapshot cannot start sandboxes", tpl.Name)}
 		}
-		h, err := s.q.GetHost(ctx, *tpl.HostID)
-		if err != nil && !isNoRows(err) {
-			return db.Host{}, Internal("load snapshot host", err)
-		}
-		if err != nil || h.Status != hosts.StatusOnline {
+		h, err := s.scheduler.PlaceOn(ctx, q, *tpl.HostID, need, true)
+		if errors.Is(err, hosts.ErrHostUnavailable) {
 			return db.Host{}, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable,
-				Message: fmt.Sprintf("the host holding snapshot %q is not online", tpl.Name)}
+				Message: fmt.Sprintf("the host holding snapshot %q is not online", tpl.Name), Err: err}
 		}
-		return h, nil
+		return h, placementError(err, tpl)
 	}
-	host, err := s.scheduler.Pick(ctx, a.TeamID)
+	h, err := s.scheduler.Place(ctx, q, a.TeamID, need)
 	if errors.Is(err, hosts.ErrHostUnavailable) {
 		return db.Host{}, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "no host is available to run the sandbox", Err: err}
 	}
-	if err != nil {
-		return db.Host{}, Internal("schedule sandbox", err)
+	return h, placementError(err, tpl)
+}
+
+// placementError maps the scheduler's refusals: a size no eligible host
+// accepts is the request's fault (400 naming the field), a full platform
+// is not (503 no_capacity naming what is short).
+func placementError(err error, tpl db.Template) error {
+	var (
+		limit *hosts.LimitError
+		full  *hosts.NoCapacityError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &limit) && limit.Field == "disk_mb":
+		return Invalid("template", "template %q needs a %d MiB disk; no host this team can use takes more than %d MiB", tpl.Name, limit.Need.DiskMB, limit.Limit)
+	case errors.As(err, &limit):
+		return Invalid(limit.Field, "%s", limit.Error())
+	case errors.As(err, &full):
+		e := Errorf(CodeNoCapacity, "%s", full.Error())
+		e.Err = err
+		return e
+	default:
+		return Internal("schedule sandbox", err)
 	}
-	return host, nil
 }
 
 func (s *Service) client(ctx context.Context, r db.Sandbox) (hosts.Client, error) {
@@ -460,6 +485,18 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	c, err := s.client(ctx, r)
 	if err != nil {
 		return Sandbox{}, err
+	}
+	// A paused sandbox holds no host memory or CPU, so its host must have
+	// room again. The check does not reserve: resumes racing creates on a
+	// full host may overcommit it by what they resume.
+	if err := s.inTx(ctx, func(q *db.Queries) error {
+		_, err := s.scheduler.PlaceOn(ctx, q, *r.HostID, hosts.Need{VCPUs: int(r.Vcpus), MemoryMB: int(r.MemoryMb), DiskMB: int(r.DiskMb)}, false)
+		if errors.Is(err, hosts.ErrHostUnavailable) {
+			return &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "the sandbox's host is not online", Err: err}
+		}
+		return placementError(err, db.Template{Name: r.Template})
+	}); err != nil {
+		return Sandbox{}, wrapDB("check host capacity", err)
 	}
 	timeout := int64(r.TimeoutSec)
 	var newTimeout *int32

@@ -95,8 +95,8 @@ func New(d Deps) (*Service, error) {
 		hp = hosts.NewPool(q, nil)
 	}
 	sch := d.Scheduler
-	if sch == nil && q != nil {
-		sch = hosts.NewRoundRobin(q)
+	if sch == nil {
+		sch = hosts.NewRoundRobin(hosts.Overcommit{})
 	}
 	dummy, err := d.Passwords.Hash("wrenn timing equalizer")
 	if err != nil {
