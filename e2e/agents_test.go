@@ -56,6 +56,14 @@ type hostView struct {
 	ID      string `json:"id"`
 	Status  string `json:"status"`
 	Address string `json:"address"`
+	Limits  struct {
+		MaxVCPUs    int `json:"max_vcpus"`
+		MaxMemoryMB int `json:"max_memory_mb"`
+	} `json:"limits"`
+	Capacity struct {
+		VCPUs    int `json:"vcpus"`
+		MemoryMB int `json:"memory_mb"`
+	} `json:"capacity"`
 }
 
 // TestTwoAgents runs one control plane (`wrenn server`) and two real agents
@@ -161,6 +169,32 @@ func TestTwoAgents(t *testing.T) {
 			_, h := hostStatus(a.hostID)
 			return h.Status == "online" && h.Address == a.addr, fmt.Sprintf("%+v", h)
 		})
+	}
+
+	// The agents report their own validation limits; a size above them is
+	// refused by the control plane with 400 and leaves no sandbox (the
+	// agent used to refuse it, leaving an error row).
+	for _, a := range agents {
+		_, h := hostStatus(a.hostID)
+		if h.Limits.MaxVCPUs != 4 || h.Limits.MaxMemoryMB != 4096 || h.Capacity.VCPUs < 1 || h.Capacity.MemoryMB < 1 {
+			t.Fatalf("host %s reports %+v", a.name, h)
+		}
+	}
+	for _, tc := range []struct {
+		body  map[string]any
+		field string
+	}{{map[string]any{"vcpus": 8}, "vcpus"}, {map[string]any{"memory_mb": 8192}, "memory_mb"}} {
+		status, b := admin.do(t, http.MethodPost, "/v1/sandboxes", tc.body)
+		var e struct {
+			Error struct{ Code, Field, Message string } `json:"error"`
+		}
+		_ = json.Unmarshal(b, &e)
+		if status != http.StatusBadRequest || e.Error.Field != tc.field || !strings.Contains(e.Error.Message, "at most") {
+			t.Fatalf("create %v = %d %s; want 400 on %s with the host limit", tc.body, status, b, tc.field)
+		}
+	}
+	if status, b := admin.do(t, http.MethodGet, "/v1/sandboxes", nil); status != http.StatusOK || strings.Contains(string(b), `"id"`) {
+		t.Fatalf("sandboxes after refused creates: %d %s; want none", status, b)
 	}
 
 	// Round-robin: four sandboxes, two on each host.
