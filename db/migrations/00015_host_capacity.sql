@@ -13,7 +13,13 @@ ALTER TABLE hosts
     ADD COLUMN committed_vcpus     integer NOT NULL DEFAULT 0 CHECK (committed_vcpus >= 0),
     ADD COLUMN committed_memory_mb bigint  NOT NULL DEFAULT 0 CHECK (committed_memory_mb >= 0);
 
+-- A paused sandbox holds no host resources, except while it resumes: the
+-- resume reserves its room until this time (bounded by the lifecycle
+-- timeout, so a crashed control plane cannot hold it for ever).
+ALTER TABLE sandboxes ADD COLUMN resume_reserved_until timestamptz;
+
 -- +goose Down
+ALTER TABLE sandboxes DROP COLUMN resume_reserved_until;
 ALTER TABLE hosts
     DROP COLUMN max_vcpus, DROP COLUMN max_memory_mb, DROP COLUMN max_disk_mb,
     DROP COLUMN capacity_vcpus, DROP COLUMN capacity_memory_mb,

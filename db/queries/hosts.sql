@@ -36,11 +36,22 @@ SELECT * FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UP
 
 -- name: HostsCommitted :many
 -- What the sandboxes placed on each host hold: pending, running and missing
--- ones (a missing sandbox may still run there); paused and stopped hold nothing.
+-- ones (a missing sandbox may still run there) and paused ones while a
+-- resume reserves their room; other paused and stopped ones hold nothing.
+-- excluding_id is a sandbox not to count (the one being resumed).
 SELECT host_id::text AS host_id,
        count(*)::bigint AS active,
        coalesce(sum(vcpus), 0)::bigint AS vcpus,
        coalesce(sum(memory_mb), 0)::bigint AS memory_mb
 FROM sandboxes
-WHERE host_id = ANY(sqlc.arg(host_ids)::text[]) AND status IN ('pending', 'running', 'missing')
+WHERE host_id = ANY(sqlc.arg(host_ids)::text[]) AND id <> sqlc.arg(excluding_id)::text
+  AND (status IN ('pending', 'running', 'missing') OR (status = 'paused' AND resume_reserved_until > now()))
 GROUP BY host_id;
+
+-- name: ReserveResume :execrows
+-- Holds a paused sandbox's room on its host while it resumes.
+UPDATE sandboxes SET resume_reserved_until = sqlc.arg(until)
+WHERE id = sqlc.arg(id) AND status = 'paused';
+
+-- name: ReleaseResume :exec
+UPDATE sandboxes SET resume_reserved_until = NULL WHERE id = $1 AND resume_reserved_until IS NOT NULL;

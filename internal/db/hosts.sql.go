@@ -7,6 +7,7 @@ package db
 
 import (
 	"context"
+	"time"
 )
 
 const getHost = `-- name: GetHost :one
@@ -50,9 +51,15 @@ SELECT host_id::text AS host_id,
        coalesce(sum(vcpus), 0)::bigint AS vcpus,
        coalesce(sum(memory_mb), 0)::bigint AS memory_mb
 FROM sandboxes
-WHERE host_id = ANY($1::text[]) AND status IN ('pending', 'running', 'missing')
+WHERE host_id = ANY($1::text[]) AND id <> $2::text
+  AND (status IN ('pending', 'running', 'missing') OR (status = 'paused' AND resume_reserved_until > now()))
 GROUP BY host_id
 `
+
+type HostsCommittedParams struct {
+	HostIds     []string `json:"host_ids"`
+	ExcludingID string   `json:"excluding_id"`
+}
 
 type HostsCommittedRow struct {
 	HostID   string `json:"host_id"`
@@ -62,9 +69,11 @@ type HostsCommittedRow struct {
 }
 
 // What the sandboxes placed on each host hold: pending, running and missing
-// ones (a missing sandbox may still run there); paused and stopped hold nothing.
-func (q *Queries) HostsCommitted(ctx context.Context, hostIds []string) ([]HostsCommittedRow, error) {
-	rows, err := q.db.Query(ctx, hostsCommitted, hostIds)
+// ones (a missing sandbox may still run there) and paused ones while a
+// resume reserves their room; other paused and stopped ones hold nothing.
+// excluding_id is a sandbox not to count (the one being resumed).
+func (q *Queries) HostsCommitted(ctx context.Context, arg HostsCommittedParams) ([]HostsCommittedRow, error) {
+	rows, err := q.db.Query(ctx, hostsCommitted, arg.HostIds, arg.ExcludingID)
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +282,34 @@ func (q *Queries) LockSchedulableHosts(ctx context.Context, teamID *string) ([]H
 		return nil, err
 	}
 	return items, nil
+}
+
+const releaseResume = `-- name: ReleaseResume :exec
+UPDATE sandboxes SET resume_reserved_until = NULL WHERE id = $1 AND resume_reserved_until IS NOT NULL
+`
+
+func (q *Queries) ReleaseResume(ctx context.Context, id string) error {
+	_, err := q.db.Exec(ctx, releaseResume, id)
+	return err
+}
+
+const reserveResume = `-- name: ReserveResume :execrows
+UPDATE sandboxes SET resume_reserved_until = $1
+WHERE id = $2 AND status = 'paused'
+`
+
+type ReserveResumeParams struct {
+	Until *time.Time `json:"until"`
+	ID    string     `json:"id"`
+}
+
+// Holds a paused sandbox's room on its host while it resumes.
+func (q *Queries) ReserveResume(ctx context.Context, arg ReserveResumeParams) (int64, error) {
+	result, err := q.db.Exec(ctx, reserveResume, arg.Until, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const setHostStatus = `-- name: SetHostStatus :exec

@@ -47,24 +47,25 @@ type HostRefreshToken struct {
 }
 
 type Sandbox struct {
-	ID           string          `json:"id"`
-	TeamID       string          `json:"team_id"`
-	HostID       *string         `json:"host_id"`
-	Template     string          `json:"template"`
-	Status       string          `json:"status"`
-	Vcpus        int32           `json:"vcpus"`
-	MemoryMb     int32           `json:"memory_mb"`
-	DiskMb       int32           `json:"disk_mb"`
-	TimeoutSec   int32           `json:"timeout_sec"`
-	Metadata     json.RawMessage `json:"metadata"`
-	ErrorMessage string          `json:"error_message"`
-	CreatedBy    string          `json:"created_by"`
-	CreatedAt    time.Time       `json:"created_at"`
-	UpdatedAt    time.Time       `json:"updated_at"`
-	StartedAt    *time.Time      `json:"started_at"`
-	LastActiveAt *time.Time      `json:"last_active_at"`
-	PausedAt     *time.Time      `json:"paused_at"`
-	StoppedAt    *time.Time      `json:"stopped_at"`
+	ID                  string          `json:"id"`
+	TeamID              string          `json:"team_id"`
+	HostID              *string         `json:"host_id"`
+	Template            string          `json:"template"`
+	Status              string          `json:"status"`
+	Vcpus               int32           `json:"vcpus"`
+	MemoryMb            int32           `json:"memory_mb"`
+	DiskMb              int32           `json:"disk_mb"`
+	TimeoutSec          int32           `json:"timeout_sec"`
+	Metadata            json.RawMessage `json:"metadata"`
+	ErrorMessage        string          `json:"error_message"`
+	CreatedBy           string          `json:"created_by"`
+	CreatedAt           time.Time       `json:"created_at"`
+	UpdatedAt           time.Time       `json:"updated_at"`
+	StartedAt           *time.Time      `json:"started_at"`
+	LastActiveAt        *time.Time      `json:"last_active_at"`
+	PausedAt            *time.Time      `json:"paused_at"`
+	StoppedAt           *time.Time      `json:"stopped_at"`
+	ResumeReservedUntil *time.Time      `json:"resume_reserved_until"`
 }
 
 type Team struct {

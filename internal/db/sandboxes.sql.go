@@ -40,7 +40,7 @@ func (q *Queries) CountTemplateUsers(ctx context.Context, arg CountTemplateUsers
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -70,6 +70,7 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.ResumeReservedUntil,
 	)
 	return i, err
 }
@@ -78,7 +79,7 @@ const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by)
 VALUES ($1, $2, $3, $4, 'pending', $5,
         $6, $7, $8, $9, $10)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until
 `
 
 type InsertSandboxParams struct {
@@ -127,12 +128,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.ResumeReservedUntil,
 	)
 	return i, err
 }
 
 const listHostSandboxes = `-- name: ListHostSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
 `
@@ -171,6 +173,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 			&i.LastActiveAt,
 			&i.PausedAt,
 			&i.StoppedAt,
+			&i.ResumeReservedUntil,
 		); err != nil {
 			return nil, err
 		}
@@ -183,7 +186,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until FROM sandboxes
 WHERE team_id = $1
   AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
   AND metadata @> $3::jsonb
@@ -238,6 +241,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.LastActiveAt,
 			&i.PausedAt,
 			&i.StoppedAt,
+			&i.ResumeReservedUntil,
 		); err != nil {
 			return nil, err
 		}
@@ -279,7 +283,7 @@ UPDATE sandboxes s SET
     timeout_sec    = COALESCE($3::integer, s.timeout_sec)
 FROM cur
 WHERE s.id = cur.id
-RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at
+RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until
 `
 
 type SetSandboxStatusParams struct {
@@ -332,6 +336,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 		&i.Sandbox.LastActiveAt,
 		&i.Sandbox.PausedAt,
 		&i.Sandbox.StoppedAt,
+		&i.Sandbox.ResumeReservedUntil,
 	)
 	return i, err
 }
@@ -339,7 +344,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until
 `
 
 type SetSandboxTimeoutParams struct {
@@ -377,6 +382,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.ResumeReservedUntil,
 	)
 	return i, err
 }

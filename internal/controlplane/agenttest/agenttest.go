@@ -99,6 +99,9 @@ type Agent struct {
 	// effect and before PauseSandbox answers (outside the agent's lock), so
 	// tests can interleave another reader of the agent's state.
 	AfterPause func(id string)
+	// BeforeResume, when set before Start, runs when ResumeSandbox is
+	// called, before it takes effect (outside the agent's lock).
+	BeforeResume func(id string)
 	// diskLimit: see SetDiskLimit.
 	diskLimit int64
 }
@@ -390,6 +393,9 @@ func (a *Agent) PauseSandbox(_ context.Context, req *connect.Request[pb.PauseSan
 }
 
 func (a *Agent) ResumeSandbox(_ context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
+	if a.BeforeResume != nil {
+		a.BeforeResume(req.Msg.GetSandboxId())
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sb, err := a.get("ResumeSandbox", req.Msg.GetSandboxId(), pb.SandboxState_SANDBOX_STATE_PAUSED, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED)

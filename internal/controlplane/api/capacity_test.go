@@ -11,6 +11,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -18,11 +19,16 @@ import (
 // capacityEnv is the test control plane with its one shared host reporting
 // the limits its in-memory agent enforces (the real agent's defaults: 4
 // vCPUs, 4096 MiB, 20480 MiB disk) and the given capacity, as its heartbeat
-// would.
-func capacityEnv(t *testing.T, capVCPUs int32, capMemMB int64) *env {
+// would; agentOpts configure the agent before it starts.
+func capacityEnv(t *testing.T, capVCPUs int32, capMemMB int64, agentOpts ...func(*agenttest.Agent)) *env {
 	t.Helper()
 	e := newEnv(t, func(o *envOpts) {
 		o.limits.MaxRunningPerTeam, o.limits.MaxVCPUs, o.limits.MaxMemoryMB = 50, 64, 65536
+		o.agent = func(a *agenttest.Agent) {
+			for _, f := range agentOpts {
+				f(a)
+			}
+		}
 	})
 	hi, err := e.agent.GetHostInfo(context.Background(), connect.NewRequest(&pb.GetHostInfoRequest{}))
 	if err != nil {
@@ -161,4 +167,43 @@ func TestConcurrentCreatesAtCapacity(t *testing.T) {
 	if held != 24576 {
 		t.Fatalf("running sandboxes hold %d MiB; want exactly the 24576 the host has", held)
 	}
+}
+
+// TestResumeHoldsItsRoom: while a paused sandbox resumes, its room on the
+// host is reserved: a create arriving during the agent's resume finds the
+// host full instead of taking the room the resume needs.
+func TestResumeHoldsItsRoom(t *testing.T) {
+	var (
+		e          *env
+		c          cred
+		duringCode string
+		duringOK   bool
+	)
+	e = capacityEnv(t, 64, 8192, func(a *agenttest.Agent) {
+		a.BeforeResume = func(string) {
+			st, body := e.do("POST", "/v1/sandboxes", map[string]any{"memory_mb": 4096}, c)
+			var ae apiErr
+			_ = json.Unmarshal(body, &ae)
+			duringOK, duringCode = st == http.StatusCreated, ae.Error.Code
+		}
+	})
+	c = e.signup("resume@example.com").cred()
+	big := map[string]any{"memory_mb": 4096}
+	a := e.createSandbox(c, big)
+	e.createSandbox(c, big)
+	e.want("POST", "/v1/sandboxes/"+a.ID+"/pause", nil, c, http.StatusOK, nil)
+	e.want("POST", "/v1/sandboxes/"+a.ID+"/resume", nil, c, http.StatusOK, nil)
+	if duringOK || duringCode != "no_capacity" {
+		t.Fatalf("create during the resume: created=%v code=%q; want 503 no_capacity", duringOK, duringCode)
+	}
+	// The reservation ends with the resume: a paused sandbox holds nothing again.
+	var reserved int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM sandboxes WHERE resume_reserved_until IS NOT NULL`).Scan(&reserved); err != nil {
+		t.Fatal(err)
+	}
+	if reserved != 0 {
+		t.Fatalf("%d reservations left after the resume", reserved)
+	}
+	e.want("POST", "/v1/sandboxes/"+a.ID+"/pause", nil, c, http.StatusOK, nil)
+	e.createSandbox(c, big)
 }

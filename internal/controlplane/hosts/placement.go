@@ -17,6 +17,9 @@ import (
 // Need is what a new (or resuming) sandbox asks of its host.
 type Need struct {
 	VCPUs, MemoryMB, DiskMB int
+	// Excluding is a sandbox whose own row is not counted as committed (a
+	// resuming sandbox's earlier reservation).
+	Excluding string
 }
 
 // Overcommit multiplies a host's reported capacity: 1.0 admits exactly
@@ -175,7 +178,7 @@ func (p *Placer) choose(ctx context.Context, q *db.Queries, hs []db.Host, need N
 	for i, h := range hs {
 		idsOf[i] = h.ID
 	}
-	rows, err := q.HostsCommitted(ctx, idsOf)
+	rows, err := q.HostsCommitted(ctx, db.HostsCommittedParams{HostIds: idsOf, ExcludingID: need.Excluding})
 	if err != nil {
 		return db.Host{}, fmt.Errorf("sum committed resources: %w", err)
 	}

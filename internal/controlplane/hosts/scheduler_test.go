@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -146,7 +147,7 @@ func (f fixture) host(id string, teamID *string, r res) string {
 	return id
 }
 
-func (f fixture) sandbox(q *db.Queries, teamID, hostID, status string, vcpus, memMB int32) {
+func (f fixture) sandbox(q *db.Queries, teamID, hostID, status string, vcpus, memMB int32) string {
 	f.t.Helper()
 	sb, err := q.InsertSandbox(f.ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: teamID, HostID: &hostID,
 		Template: "minimal", Vcpus: vcpus, MemoryMb: memMB, DiskMb: 1024, Metadata: json.RawMessage(`{}`)})
@@ -159,6 +160,7 @@ func (f fixture) sandbox(q *db.Queries, teamID, hostID, status string, vcpus, me
 			f.t.Fatal(ok, err)
 		}
 	}
+	return sb.ID
 }
 
 // TestPlacement walks the admission rules: per-sandbox limits (400 in the
@@ -320,5 +322,39 @@ func TestConcurrentPlacement(t *testing.T) {
 		if _, err := pool.Exec(ctx, `UPDATE sandboxes SET status = 'stopped' WHERE host_id = $1`, host); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestResumeReservation: a paused sandbox counts only while a resume
+// reserves its room, and never against its own resume.
+func TestResumeReservation(t *testing.T) {
+	f, _ := newFixture(t)
+	team := f.team(false)
+	h := f.host("host-aaaaaaaaaaaaaaaaaaaa", nil, res{4, 4096, 0, 64, 8192})
+	f.sandbox(f.q, team, h, "running", 1, 4096)
+	paused := f.sandbox(f.q, team, h, "paused", 1, 4096)
+	sch := hosts.NewLeastLoaded(hosts.Overcommit{})
+	need := hosts.Need{VCPUs: 1, MemoryMB: 4096}
+	if _, err := sch.Place(f.ctx, f.q, team, need); err != nil {
+		t.Fatalf("paused sandbox without a reservation held room: %v", err)
+	}
+	until := time.Now().Add(time.Minute)
+	if n, err := f.q.ReserveResume(f.ctx, db.ReserveResumeParams{ID: paused, Until: &until}); err != nil || n != 1 {
+		t.Fatalf("reserve = %d, %v", n, err)
+	}
+	if _, err := sch.Place(f.ctx, f.q, team, need); !errors.As(err, new(*hosts.NoCapacityError)) {
+		t.Fatalf("place beside a reserved resume = %v; want NoCapacityError", err)
+	}
+	own := need
+	own.Excluding = paused
+	if _, err := sch.PlaceOn(f.ctx, f.q, h, own, false); err != nil {
+		t.Fatalf("the resuming sandbox's own check counted its reservation: %v", err)
+	}
+	past := time.Now().Add(-time.Second)
+	if _, err := f.q.ReserveResume(f.ctx, db.ReserveResumeParams{ID: paused, Until: &past}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sch.Place(f.ctx, f.q, team, need); err != nil {
+		t.Fatalf("a lapsed reservation still held room: %v", err)
 	}
 }

@@ -486,18 +486,11 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	if err != nil {
 		return Sandbox{}, err
 	}
-	// A paused sandbox holds no host memory or CPU, so its host must have
-	// room again. The check does not reserve: resumes racing creates on a
-	// full host may overcommit it by what they resume.
-	if err := s.inTx(ctx, func(q *db.Queries) error {
-		_, err := s.scheduler.PlaceOn(ctx, q, *r.HostID, hosts.Need{VCPUs: int(r.Vcpus), MemoryMB: int(r.MemoryMb), DiskMB: int(r.DiskMb)}, false)
-		if errors.Is(err, hosts.ErrHostUnavailable) {
-			return &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "the sandbox's host is not online", Err: err}
-		}
-		return placementError(err, db.Template{Name: r.Template})
-	}); err != nil {
-		return Sandbox{}, wrapDB("check host capacity", err)
+	release, err := s.reserveResume(ctx, r)
+	if err != nil {
+		return Sandbox{}, err
 	}
+	defer release()
 	timeout := int64(r.TimeoutSec)
 	var newTimeout *int32
 	if in.TimeoutSec != nil {
@@ -511,6 +504,35 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 		return Sandbox{}, FromAgent("resume the sandbox", err)
 	}
 	return s.transition(lctx, a, r, StatusPaused, StatusRunning, "resumed", newTimeout)
+}
+
+// reserveResume checks that a paused sandbox's host has room for it again
+// (paused sandboxes hold none) and reserves that room while the agent
+// resumes it, so concurrent creates cannot take it meanwhile. release ends
+// the reservation; it also lapses after the lifecycle timeout.
+func (s *Service) reserveResume(ctx context.Context, r db.Sandbox) (release func(), err error) {
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		_, err := s.scheduler.PlaceOn(ctx, q, *r.HostID, hosts.Need{VCPUs: int(r.Vcpus), MemoryMB: int(r.MemoryMb), DiskMB: int(r.DiskMb), Excluding: r.ID}, false)
+		if errors.Is(err, hosts.ErrHostUnavailable) {
+			return &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable, Message: "the sandbox's host is not online", Err: err}
+		}
+		if err != nil {
+			return placementError(err, db.Template{Name: r.Template})
+		}
+		until := time.Now().Add(s.limits.LifecycleTimeout)
+		_, err = q.ReserveResume(ctx, db.ReserveResumeParams{ID: r.ID, Until: &until})
+		return err
+	})
+	if err != nil {
+		return nil, wrapDB("reserve host room", err)
+	}
+	return func() {
+		rctx, cancel := s.lifecycleCtx(ctx)
+		defer cancel()
+		if err := s.q.ReleaseResume(rctx, r.ID); err != nil {
+			s.log.WarnContext(ctx, "release resume reservation", "sandbox_id", r.ID, "err", err)
+		}
+	}, nil
 }
 
 // transition records the state change an agent call just made. If the row
