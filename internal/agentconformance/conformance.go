@@ -768,4 +768,28 @@ func (s *suite) hostInfo(t *testing.T) {
 	if !m.GetHealthy() || m.GetVmm() == "" || m.GetAccel() == "" || m.GetArch() == "" || m.GetCpuCount() == 0 || m.GetMemoryBytes() == 0 || !slices.Contains(m.GetTemplates(), Template) {
 		t.Fatalf("host info %v", m)
 	}
+	// The limits reported to the control plane are the ones CreateSandbox
+	// enforces: one more of anything is refused.
+	lim, c := m.GetLimits(), m.GetCapacity()
+	if lim.GetMaxVcpus() == 0 || lim.GetMaxMemoryMb() == 0 || lim.GetMaxDiskMb() == 0 || c.GetVcpus() == 0 || c.GetMemoryMb() == 0 {
+		t.Fatalf("host info limits %v capacity %v", lim, c)
+	}
+	for _, req := range []*pb.CreateSandboxRequest{
+		{SandboxId: "conf-over-vcpus", Template: Template, Vcpus: lim.GetMaxVcpus() + 1},
+		{SandboxId: "conf-over-memory", Template: Template, MemoryMb: lim.GetMaxMemoryMb() + 1},
+		{SandboxId: "conf-over-disk", Template: Template, DiskMb: lim.GetMaxDiskMb() + 1},
+	} {
+		_, err := s.c.CreateSandbox(ctxFor(t), connect.NewRequest(req))
+		wantCode(t, req.SandboxId, err, connect.CodeInvalidArgument)
+	}
+	// Committed counts a new running sandbox.
+	sb := s.create(t, &pb.CreateSandboxRequest{SandboxId: "conf-committed", Vcpus: 1, MemoryMb: 128})
+	hi2, err := s.c.GetHostInfo(ctxFor(t), connect.NewRequest(&pb.GetHostInfoRequest{}))
+	if err != nil {
+		t.Fatalf("host info: %v", err)
+	}
+	c2 := hi2.Msg.GetCapacity()
+	if c2.GetCommittedVcpus() != c.GetCommittedVcpus()+sb.GetVcpus() || c2.GetCommittedMemoryMb() != c.GetCommittedMemoryMb()+uint64(sb.GetMemoryMb()) {
+		t.Fatalf("committed %v after creating %v; was %v", c2, sb, c)
+	}
 }

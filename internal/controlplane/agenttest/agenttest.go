@@ -940,9 +940,19 @@ func (a *Agent) GetSandboxMetrics(_ context.Context, req *connect.Request[pb.Get
 func (a *Agent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return connect.NewResponse(&pb.GetHostInfoResponse{Version: "test", Vmm: "test", Accel: "tcg", CpuCount: 2, MemoryBytes: 1 << 30, Healthy: true, Arch: "amd64",
+	// Like the real agent: capacity is the machine's, committed what the
+	// starting and running sandboxes hold.
+	capacity := &pb.HostCapacity{Vcpus: 2, MemoryMb: 1024}
+	for _, sb := range a.sandboxes {
+		if st := sb.info.GetState(); st == pb.SandboxState_SANDBOX_STATE_RUNNING || st == pb.SandboxState_SANDBOX_STATE_STARTING {
+			capacity.CommittedVcpus += sb.info.GetVcpus()
+			capacity.CommittedMemoryMb += uint64(sb.info.GetMemoryMb())
+		}
+	}
+	return connect.NewResponse(&pb.GetHostInfoResponse{Version: "test", Vmm: "test", Accel: "tcg", CpuCount: capacity.Vcpus, MemoryBytes: capacity.MemoryMb << 20, Healthy: true, Arch: "amd64",
 		Templates: slices.Sorted(maps.Keys(a.templates)),
-		Limits:    &pb.SandboxLimits{MaxVcpus: uint32(a.Limits.MaxVCPUs), MaxMemoryMb: uint32(a.Limits.MaxMemoryMB), MaxDiskMb: uint32(a.Limits.MaxDiskMB)}}), nil
+		Limits:    &pb.SandboxLimits{MaxVcpus: uint32(a.Limits.MaxVCPUs), MaxMemoryMb: uint32(a.Limits.MaxMemoryMB), MaxDiskMb: uint32(a.Limits.MaxDiskMB)},
+		Capacity:  capacity}), nil
 }
 
 // Serve starts a new agent, configured by opts before it starts, and
