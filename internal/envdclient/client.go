@@ -25,6 +25,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
+	"github.com/wrenn-dev/wrenn/internal/envdwire"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
@@ -111,6 +112,9 @@ func Classify(err error) error {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		kind = connectKind(ce.Code())
+		if ce.Meta().Get(envdwire.ErrorReasonHeader) == envdwire.ReasonDiskFull {
+			kind = agenterr.ErrDiskFull
+		}
 	} else {
 		kind = agenterr.ErrUnavailable
 	}

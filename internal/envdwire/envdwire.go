@@ -10,3 +10,12 @@ package envdwire
 // once may already have been sent, and so be counted as having received,
 // its first output, which a later Connect would then not replay.
 const DetachHeader = "Wrenn-Detach"
+
+// ErrorReasonHeader is set in the metadata of a Connect error answered by
+// envd when the plain code is ambiguous: ResourceExhausted means a full
+// disk, too many watchers or too many entries alike. Clients that do not
+// know it (E2B's SDKs) see the same code and message as before.
+const ErrorReasonHeader = "Wrenn-Error-Reason"
+
+// ReasonDiskFull is ErrorReasonHeader's value for ENOSPC in the guest.
+const ReasonDiskFull = "disk-full"

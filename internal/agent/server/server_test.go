@@ -344,6 +344,15 @@ func TestServerErrorContract(t *testing.T) {
 		testenv.Require(t, false, "mount a small tmpfs: %v", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(full, syscall.MNT_DETACH) })
+	// One without free inodes: mkdir there is envd's Connect ENOSPC.
+	noInodes := filepath.Join(dir, "sandboxes", "s1", "guestroot", "noinodes")
+	if err := os.MkdirAll(noInodes, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", noInodes, "tmpfs", 0, "size=64k,nr_inodes=1"); err != nil {
+		testenv.Require(t, false, "mount a tmpfs without inodes: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(noInodes, syscall.MNT_DETACH) })
 
 	tests := []struct {
 		name   string
@@ -354,6 +363,10 @@ func TestServerErrorContract(t *testing.T) {
 	}{
 		{"full guest disk", func() error {
 			_, err := h1.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{SandboxId: "s1", Path: "/full/big", Content: make([]byte, 1<<20)}))
+			return err
+		}, connect.CodeResourceExhausted, pb.ErrorReason_ERROR_REASON_DISK_FULL, ""},
+		{"mkdir on a full guest disk", func() error {
+			_, err := h1.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{SandboxId: "s1", Path: "/noinodes/d"}))
 			return err
 		}, connect.CodeResourceExhausted, pb.ErrorReason_ERROR_REASON_DISK_FULL, ""},
 		{"4000-byte path", func() error {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/envd/rpcutil"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
+	"github.com/wrenn-dev/wrenn/internal/envdwire"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
 )
@@ -48,7 +49,9 @@ func fsErr(what, path string, err error) error {
 	case errors.Is(err, syscall.ENOTDIR):
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s %q: not a directory", what, path))
 	case errors.Is(err, syscall.ENOSPC):
-		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s %q: no space left on device", what, path))
+		ce := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s %q: no space left on device", what, path))
+		ce.Meta().Set(envdwire.ErrorReasonHeader, envdwire.ReasonDiskFull)
+		return ce
 	case errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.EISDIR):
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s %q: %w", what, path, err))
 	default:
