@@ -7,6 +7,11 @@ SELECT * FROM hosts ORDER BY created_at, id;
 -- name: ListAllOnlineHosts :many
 SELECT * FROM hosts WHERE status = 'online' ORDER BY id;
 
+-- name: ListReconciledHosts :many
+-- The hosts the reconciler asks each pass: online ones, and unreachable
+-- ones, which come back when their agent answers.
+SELECT * FROM hosts WHERE status IN ('online', 'unreachable') ORDER BY id;
+
 -- name: UpsertHost :one
 -- Registers (or re-registers) a host by ID; used by `wrenn dev` and tests.
 INSERT INTO hosts (id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb)

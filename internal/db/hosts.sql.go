@@ -193,6 +193,56 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 	return items, nil
 }
 
+const listReconciledHosts = `-- name: ListReconciledHosts :many
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE status IN ('online', 'unreachable') ORDER BY id
+`
+
+// The hosts the reconciler asks each pass: online ones, and unreachable
+// ones, which come back when their agent answers.
+func (q *Queries) ListReconciledHosts(ctx context.Context) ([]Host, error) {
+	rows, err := q.db.Query(ctx, listReconciledHosts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Host{}
+	for rows.Next() {
+		var i Host
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Address,
+			&i.Status,
+			&i.Vmm,
+			&i.Accel,
+			&i.Arch,
+			&i.Version,
+			&i.CpuCount,
+			&i.MemoryMb,
+			&i.DiskGb,
+			&i.LastHeartbeatAt,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.MaxVcpus,
+			&i.MaxMemoryMb,
+			&i.MaxDiskMb,
+			&i.CapacityVcpus,
+			&i.CapacityMemoryMb,
+			&i.CommittedVcpus,
+			&i.CommittedMemoryMb,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const lockOnlineHost = `-- name: LockOnlineHost :one
 SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UPDATE
 `

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,8 +85,10 @@ type Agent struct {
 	seq   uint64
 	calls map[string]int
 
-	srv  *http.Server
-	ln   net.Listener
+	srv *http.Server
+	ln  net.Listener
+	// down: see SetReachable.
+	down atomic.Bool
 	stop chan struct{}
 	// URL is the agent's base URL (http://127.0.0.1:port).
 	URL string
@@ -102,6 +105,9 @@ type Agent struct {
 	// BeforeResume, when set before Start, runs when ResumeSandbox is
 	// called, before it takes effect (outside the agent's lock).
 	BeforeResume func(id string)
+	// OnCall, when set before Start, runs at the start of every RPC the
+	// agent answers, as the real agent's server.Config.OnCall.
+	OnCall func()
 	// diskLimit: see SetDiskLimit.
 	diskLimit int64
 }
@@ -134,12 +140,36 @@ func (a *Agent) Start() error {
 	mux := http.NewServeMux()
 	mux.Handle(hostagentv1connect.NewHostAgentServiceHandler(a))
 	a.ln = ln
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	a.srv = &http.Server{Handler: a.unlessDown(mux), ReadHeaderTimeout: 10 * time.Second}
 	a.URL = "http://" + ln.Addr().String()
 	a.stop = make(chan struct{})
 	go func() { _ = a.srv.Serve(ln) }()
 	go a.reap()
 	return nil
+}
+
+// SetReachable(false) makes every call fail as a network error (the
+// connection is closed unanswered) until SetReachable(true), keeping the
+// address and the sandboxes: a host cut off and back.
+func (a *Agent) SetReachable(ok bool) { a.down.Store(!ok) }
+
+func (a *Agent) unlessDown(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.down.Load() {
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					_ = conn.Close()
+					return
+				}
+			}
+			http.Error(w, "agent unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		if a.OnCall != nil {
+			a.OnCall()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Address is host:port, the form stored in the hosts table.

@@ -96,8 +96,14 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
-	if err := s.deps.Service.DestroySandbox(r.Context(), caller(r), sandboxID(r)); err != nil {
+	sb, err := s.deps.Service.DestroySandbox(r.Context(), caller(r), sandboxID(r))
+	if err != nil {
 		s.writeErr(w, r, err)
+		return
+	}
+	if sb.Status == service.StatusStopping {
+		// The host is away: the VM is destroyed when it answers.
+		WriteJSON(w, http.StatusAccepted, sb)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

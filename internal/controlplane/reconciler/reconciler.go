@@ -1,21 +1,26 @@
 // Package reconciler keeps the database in step with the host agents, in
-// one loop and one poller per host. Each pass takes every online host in
-// turn (several at once): a host silent for longer than the threshold
-// becomes unreachable and its running sandboxes missing (reversible);
-// otherwise its agent's sandbox list is compared with the host's rows by
+// one loop and one poller per host. Each pass takes every online and every
+// unreachable host in turn (several at once) and asks its agent for its
+// sandboxes. An answer counts as the host's heartbeat (any replica that
+// reaches the agent keeps it online, and an unreachable host that answers
+// comes back); the list is compared with the host's rows by
 // service.Reconcile, the one mapping of (row state, agent state) to a new
-// state, and VMs nothing should run for are destroyed. Every status change
-// goes through service.States.
+// state, and VMs nothing should run for are destroyed. A host that does not
+// answer and is silent for longer than the threshold becomes unreachable
+// and its running sandboxes missing (reversible). Every status change goes
+// through service.States.
 package reconciler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
@@ -33,8 +38,8 @@ type Agents interface {
 type Config struct {
 	// Interval between passes (5 s).
 	Interval time.Duration
-	// UnreachableAfter is the heartbeat silence that marks a host
-	// unreachable (90 s).
+	// UnreachableAfter is the silence (no heartbeat, no answer to the
+	// reconciler) that marks a host unreachable (90 s).
 	UnreachableAfter time.Duration
 	// RPCTimeout bounds each agent call (10 s).
 	RPCTimeout time.Duration
@@ -104,10 +109,12 @@ type PassResult struct {
 	Unreachable, Missing int
 	// Sandboxes moved to each state by what their agent reports.
 	Running, Paused, Stopped, Errored int
-	// OrphansDestroyed counts VMs destroyed on hosts.
-	OrphansDestroyed int
-	// HostsFailed counts online hosts whose agent did not answer.
-	HostsFailed int
+	// OrphansDestroyed counts VMs with no live row destroyed on hosts;
+	// StoppingDestroyed the VMs of stopping rows.
+	OrphansDestroyed, StoppingDestroyed int
+	// HostsFailed counts hosts whose agent did not answer, HostsBack
+	// unreachable hosts that answered again.
+	HostsFailed, HostsBack int
 }
 
 func (p *PassResult) add(o PassResult) {
@@ -118,7 +125,9 @@ func (p *PassResult) add(o PassResult) {
 	p.Stopped += o.Stopped
 	p.Errored += o.Errored
 	p.OrphansDestroyed += o.OrphansDestroyed
+	p.StoppingDestroyed += o.StoppingDestroyed
 	p.HostsFailed += o.HostsFailed
+	p.HostsBack += o.HostsBack
 }
 
 func (p *PassResult) count(to service.Status) {
@@ -134,20 +143,20 @@ func (p *PassResult) count(to service.Status) {
 	}
 }
 
-// Pass syncs every online host once, silent ones included.
+// Pass syncs every online and unreachable host once, marking silent ones.
 func (r *Reconciler) Pass(ctx context.Context) PassResult { return r.pass(ctx, true) }
 
 func (r *Reconciler) pass(ctx context.Context, markSilent bool) PassResult {
 	var res PassResult
-	online, err := r.q.ListAllOnlineHosts(ctx)
+	hs, err := r.q.ListReconciledHosts(ctx)
 	if err != nil {
-		r.log.WarnContext(ctx, "reconcile: list online hosts", "err", err)
+		r.log.WarnContext(ctx, "reconcile: list hosts", "err", err)
 		return res
 	}
-	results := make([]PassResult, len(online))
+	results := make([]PassResult, len(hs))
 	sem := make(chan struct{}, parallelHosts)
 	var wg sync.WaitGroup
-	for i, h := range online {
+	for i, h := range hs {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -161,22 +170,26 @@ func (r *Reconciler) pass(ctx context.Context, markSilent bool) PassResult {
 	return res
 }
 
-// syncHost is one host's part of a pass: its liveness (when markSilent),
-// then its sandboxes.
+// syncHost is one host's part of a pass: its sandboxes, and when its agent
+// does not answer, its liveness (when markSilent).
 func (r *Reconciler) syncHost(ctx context.Context, h db.Host, markSilent bool) PassResult {
-	if markSilent {
-		res, err := r.markIfSilent(ctx, h)
-		if err != nil {
-			r.log.WarnContext(ctx, "reconcile: mark silent host", "host_id", h.ID, "err", err)
-		}
-		if res.Unreachable > 0 {
-			return res
-		}
-	}
 	res, err := r.syncSandboxes(ctx, h)
 	if err != nil {
-		r.log.WarnContext(ctx, "reconcile: sync host", "host_id", h.ID, "err", err)
+		if h.Status == hosts.StatusUnreachable && res.HostsFailed > 0 {
+			// Probed every pass until it answers: not worth a warning each time.
+			r.log.DebugContext(ctx, "reconcile: unreachable host still silent", "host_id", h.ID, "err", err)
+		} else {
+			r.log.WarnContext(ctx, "reconcile: sync host", "host_id", h.ID, "err", err)
+		}
 	}
+	if res.HostsFailed == 0 || !markSilent || h.Status != hosts.StatusOnline {
+		return res
+	}
+	mres, err := r.markIfSilent(ctx, h)
+	if err != nil {
+		r.log.WarnContext(ctx, "reconcile: mark silent host", "host_id", h.ID, "err", err)
+	}
+	res.add(mres)
 	return res
 }
 
@@ -185,7 +198,7 @@ func (r *Reconciler) syncHost(ctx context.Context, h db.Host, markSilent bool) P
 // threshold.
 func (r *Reconciler) markIfSilent(ctx context.Context, h db.Host) (PassResult, error) {
 	var res PassResult
-	reason := fmt.Sprintf("host %s sent no heartbeat for %s", h.ID, r.cfg.UnreachableAfter)
+	reason := fmt.Sprintf("host %s sent no heartbeat and did not answer for %s", h.ID, r.cfg.UnreachableAfter)
 	err := r.states.InTx(ctx, func(tx *service.StateTx) error {
 		res = PassResult{}
 		n, err := tx.Q.MarkHostUnreachable(ctx, db.MarkHostUnreachableParams{ID: h.ID, Cutoff: r.now().Add(-r.cfg.UnreachableAfter)})
@@ -242,9 +255,15 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 	resp, err := client.ListSandboxes(cctx, connect.NewRequest(&pb.ListSandboxesRequest{}))
 	cancel()
 	if err != nil {
-		// Host health comes from heartbeats alone; try again next pass.
 		res.HostsFailed = 1
 		return res, fmt.Errorf("list agent sandboxes on %s: %w", h.ID, err)
+	}
+	back, err := r.recordAnswer(ctx, h)
+	if err != nil {
+		return res, err
+	}
+	if back {
+		res.HostsBack = 1
 	}
 	onAgent := map[string]agentSandbox{}
 	for _, sb := range resp.Msg.GetSandboxes() {
@@ -269,6 +288,12 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 		if d.To == "" {
 			r.syncActivity(ctx, row, a)
 			continue
+		}
+		if d.Destroy {
+			if err := r.destroy(ctx, client, h.ID, row.ID); err != nil {
+				continue // the row keeps its state until the VM is gone
+			}
+			res.StoppingDestroyed++
 		}
 		_, ok, err := r.states.Change(ctx, d.Change(row))
 		if err != nil {
@@ -300,17 +325,42 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 		if known[id] {
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, r.cfg.RPCTimeout)
-		_, err := client.DestroySandbox(cctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id}))
-		cancel()
-		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-			r.log.WarnContext(ctx, "destroy orphan sandbox", "sandbox_id", id, "host_id", h.ID, "err", err)
-			continue
+		if err := r.destroy(ctx, client, h.ID, id); err == nil {
+			res.OrphansDestroyed++
 		}
-		r.log.InfoContext(ctx, "orphan sandbox destroyed", "sandbox_id", id, "host_id", h.ID)
-		res.OrphansDestroyed++
 	}
 	return res, nil
+}
+
+// recordAnswer records that the host's agent answered this replica, as a
+// heartbeat does; back reports an unreachable host made online again.
+func (r *Reconciler) recordAnswer(ctx context.Context, h db.Host) (back bool, err error) {
+	// No resources in the answer: the stored ones are kept (NULLs).
+	if _, err := r.q.HeartbeatHost(ctx, db.HeartbeatHostParams{ID: h.ID}); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil // deleted (or pending) meanwhile
+		}
+		return false, fmt.Errorf("record that %s answered: %w", h.ID, err)
+	}
+	if h.Status == hosts.StatusUnreachable {
+		r.log.InfoContext(ctx, "unreachable host answered; online again", "host_id", h.ID)
+		return true, nil
+	}
+	return false, nil
+}
+
+// destroy destroys one VM on the host; one the agent does not know is gone
+// already.
+func (r *Reconciler) destroy(ctx context.Context, client hosts.Client, hostID, id string) error {
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.RPCTimeout)
+	_, err := client.DestroySandbox(cctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id}))
+	cancel()
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		r.log.WarnContext(ctx, "reconcile: destroy sandbox VM", "sandbox_id", id, "host_id", hostID, "err", err)
+		return fmt.Errorf("destroy %s on %s: %w", id, hostID, err)
+	}
+	r.log.InfoContext(ctx, "sandbox VM destroyed", "sandbox_id", id, "host_id", hostID)
+	return nil
 }
 
 // syncActivity copies the agent's last-activity time of a running sandbox

@@ -79,8 +79,9 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 }
 
 // The full cycle against a real Connect agent on loopback: orphans are
-// destroyed, a silent host becomes unreachable with its sandboxes missing
-// within the threshold, and a heartbeat brings it back and reconciles them.
+// destroyed, a host that neither heartbeats nor answers becomes unreachable
+// with its sandboxes missing within the threshold, and when its agent
+// answers again (no heartbeat needed) it is online and they are reconciled.
 func TestMonitorCycle(t *testing.T) {
 	pool, q, agent, team, hostID := onlineHost(t)
 	ctx := t.Context()
@@ -119,8 +120,9 @@ func TestMonitorCycle(t *testing.T) {
 		t.Fatal("a sandbox the database knows as active was destroyed")
 	}
 
-	// Silence: the last heartbeat was at the start; within threshold +
-	// interval (+ slack) the host is unreachable and running sandboxes missing.
+	// Silence: no heartbeat and no answer; within threshold + interval (+
+	// slack) the host is unreachable and running sandboxes missing.
+	agent.SetReachable(false)
 	lastBeat := time.Now()
 	heartbeat()
 	waitFor(t, threshold+time.Second, "host unreachable", func() bool { return hostStatus(t, q, hostID) == "unreachable" })
@@ -144,15 +146,66 @@ func TestMonitorCycle(t *testing.T) {
 		t.Fatalf("sandbox of an unreachable host reconciled to %s", s)
 	}
 
-	// The host comes back with one sandbox paused and one gone.
+	// The host comes back with one sandbox paused and one gone; it sends
+	// no heartbeat, but the reconciler, still probing it, reaches it.
 	agent.Put(paused, pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED)
 	agent.Forget(lost)
-	heartbeat()
+	agent.SetReachable(true)
 	waitFor(t, 2*time.Second, "sandboxes reconciled", func() bool {
 		return status(t, q, team.ID, alive) == "running" && status(t, q, team.ID, paused) == "paused" && status(t, q, team.ID, lost) == "stopped"
 	})
 	if s := hostStatus(t, q, hostID); s != "online" {
-		t.Fatalf("host = %s after heartbeat", s)
+		t.Fatalf("host = %s after its agent answered again", s)
+	}
+}
+
+// An answer to the reconciler is the host's heartbeat: a host whose own
+// heartbeats stopped (it sends them to a dead replica) but whose agent this
+// replica reaches stays online with its sandboxes, and an unreachable host
+// that answers is online again with its missing sandboxes reconciled.
+func TestAnswerKeepsHostOnline(t *testing.T) {
+	cases := []struct {
+		name      string
+		hostState string
+		rowState  string
+		wantBack  int
+	}{
+		{"online host with stale heartbeat", "online", "running", 0},
+		{"unreachable host answers again", "unreachable", "missing", 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			pool, q, agent, team, hostID := onlineHost(t)
+			ctx := t.Context()
+			sb := addSandbox(t, pool, team.ID, hostID, c.rowState)
+			agent.Put(sb, pb.SandboxState_SANDBOX_STATE_RUNNING)
+			if _, err := pool.Exec(ctx, "UPDATE hosts SET status = $2, last_heartbeat_at = now() - interval '1 hour' WHERE id = $1", hostID, c.hostState); err != nil {
+				t.Fatal(err)
+			}
+			rec := reconciler.New(pool, nil, hosts.NewPool(q, nil), reconciler.Config{UnreachableAfter: time.Second}, nil)
+			res := rec.Pass(ctx)
+			if res.Unreachable != 0 || res.Missing != 0 || res.HostsFailed != 0 || res.HostsBack != c.wantBack {
+				t.Fatalf("pass = %+v", res)
+			}
+			h, err := q.GetHost(ctx, hostID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.Status != "online" || h.LastHeartbeatAt == nil || time.Since(*h.LastHeartbeatAt) > time.Minute {
+				t.Fatalf("host %s, last heartbeat %v: the answer was not recorded as liveness", h.Status, h.LastHeartbeatAt)
+			}
+			if s := status(t, q, team.ID, sb); s != "running" {
+				t.Fatalf("sandbox = %s, want running", s)
+			}
+			// Cut off: the same stale host is now marked, as before.
+			agent.SetReachable(false)
+			if _, err := pool.Exec(ctx, "UPDATE hosts SET last_heartbeat_at = now() - interval '1 hour' WHERE id = $1", hostID); err != nil {
+				t.Fatal(err)
+			}
+			if res := rec.Pass(ctx); res.Unreachable != 1 || res.Missing != 1 || res.HostsFailed != 1 {
+				t.Fatalf("pass over the silent host = %+v", res)
+			}
+		})
 	}
 }
 
@@ -161,8 +214,8 @@ func sortedIDs(ids ...string) []string {
 	return ids
 }
 
-// An agent that does not answer is skipped, not marked: host health comes
-// from heartbeats alone.
+// An agent that does not answer, on a host whose heartbeat is recent, is
+// skipped, not marked.
 func TestPassSkipsUnansweringAgent(t *testing.T) {
 	pool, q := newDB(t)
 	ctx := t.Context()
@@ -266,9 +319,14 @@ func TestPassAppliesTheMapping(t *testing.T) {
 		{"stopped", pb.SandboxState_SANDBOX_STATE_STOPPED, "stopped", false},
 		{"", pb.SandboxState_SANDBOX_STATE_PAUSED, "", true},
 		{"", pb.SandboxState_SANDBOX_STATE_STOPPED, "", false},
+		{"stopping", absent, "stopped", false},
+		{"stopping", pb.SandboxState_SANDBOX_STATE_RUNNING, "stopped", true},
+		{"stopping", pb.SandboxState_SANDBOX_STATE_PAUSED, "stopped", true},
+		{"stopping", pb.SandboxState_SANDBOX_STATE_STOPPED, "stopped", true},
 	}
 	sbIDs := make([]string, len(cases))
 	var wantDestroyed []string
+	stoppingDestroyed := 0
 	for i, c := range cases {
 		id := ids.New(ids.Sandbox)
 		if c.row != "" {
@@ -279,12 +337,15 @@ func TestPassAppliesTheMapping(t *testing.T) {
 		}
 		if c.destroyed {
 			wantDestroyed = append(wantDestroyed, id)
+			if c.row == "stopping" {
+				stoppingDestroyed++
+			}
 		}
 		sbIDs[i] = id
 	}
 	rec := reconciler.New(pool, nil, hosts.NewPool(q, nil), reconciler.Config{}, nil)
 	res := rec.Pass(ctx)
-	if res.HostsFailed != 0 || res.Unreachable != 0 || res.OrphansDestroyed != len(wantDestroyed) {
+	if res.HostsFailed != 0 || res.Unreachable != 0 || res.OrphansDestroyed != len(wantDestroyed)-stoppingDestroyed || res.StoppingDestroyed != stoppingDestroyed {
 		t.Fatalf("pass = %+v", res)
 	}
 	for i, c := range cases {

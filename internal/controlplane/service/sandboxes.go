@@ -413,42 +413,69 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 }
 
 // DestroySandbox stops a sandbox for good. Destroying a stopped sandbox is a
-// no-op, so retries are safe.
-func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id string) error {
+// no-op, so retries are safe. When its host is away (not online, or its
+// agent unavailable) a sandbox whose VM may still run is left stopping (the
+// answer shows it): the reconciler destroys the VM when the host answers and
+// only then records stopped. A sandbox in error, or with no host, has
+// nothing left to run and is stopped at once.
+func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id string) (Sandbox, error) {
 	r, err := s.loadSandbox(ctx, a, id)
 	if err != nil {
-		return err
+		return Sandbox{}, err
 	}
 	status := Status(r.Status)
 	if status == StatusStopped {
-		return nil
+		return toSandbox(r), nil
 	}
 	lctx, cancel := s.lifecycleCtx(ctx)
 	defer cancel()
-	c, err := s.client(ctx, r)
-	switch {
-	case err == nil:
-		_, aerr := c.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: r.ID}))
-		if aerr != nil && connect.CodeOf(aerr) != connect.CodeNotFound {
-			se := FromAgent("destroy the sandbox", aerr)
-			// A sandbox that never ran (error) or was lost (missing) can be
-			// forgotten even when its agent is away.
-			if !(se.Kind == KindUnavailable && (status == StatusError || status == StatusMissing)) {
-				return se
-			}
+	away, err := s.destroyOnHost(ctx, lctx, r)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	to, reason := StatusStopped, "destroyed"
+	if away && status != StatusError {
+		if status == StatusStopping {
+			return toSandbox(r), nil
 		}
-	case status == StatusError || status == StatusMissing || status == StatusPending:
-		// Host gone: nothing can run there for this sandbox.
-	default:
-		return err
+		to, reason = StatusStopping, "destroyed while its host is away"
 	}
-	notStopped := []Status{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing}
-	if _, _, err := s.states.Change(lctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: notStopped, To: StatusStopped,
-		Actor: ActorOf(a), Reason: "destroyed"}); err != nil {
-		return Internal("record sandbox stopped", err)
+	notStopped := []Status{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing, StatusStopping}
+	t, ok, err := s.states.Change(lctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: notStopped, To: to,
+		Actor: ActorOf(a), Reason: reason})
+	if err != nil {
+		return Sandbox{}, Internal("record sandbox "+string(to), err)
 	}
-	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox_id", r.ID, "actor", a.Actor())
-	return nil
+	if !ok { // stopped by another call meanwhile
+		return s.GetSandbox(ctx, a, id)
+	}
+	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox_id", r.ID, "status", to, "actor", a.Actor())
+	return toSandbox(t.Sandbox), nil
+}
+
+// destroyOnHost destroys r's VM; away reports that its host could not be
+// asked (not online, or the agent unavailable), so the VM may still run.
+func (s *Service) destroyOnHost(ctx, lctx context.Context, r db.Sandbox) (away bool, err error) {
+	if r.HostID == nil {
+		return false, nil // never placed, or its host was deleted
+	}
+	c, err := s.client(ctx, r)
+	if err != nil {
+		var se *Error
+		if errors.As(err, &se) && se.Kind == KindUnavailable {
+			return true, nil
+		}
+		return false, err
+	}
+	_, aerr := c.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: r.ID}))
+	if aerr == nil || connect.CodeOf(aerr) == connect.CodeNotFound {
+		return false, nil
+	}
+	se := FromAgent("destroy the sandbox", aerr)
+	if se.Kind == KindUnavailable {
+		return true, nil
+	}
+	return false, se
 }
 
 // PauseSandbox snapshots a running sandbox's memory and stops its VM.

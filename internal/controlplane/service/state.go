@@ -26,17 +26,20 @@ const (
 	StatusStopped Status = "stopped"
 	StatusError   Status = "error"
 	StatusMissing Status = "missing"
+	// StatusStopping: destroyed while its host was away; the reconciler
+	// destroys the VM when the host answers and only then records stopped.
+	StatusStopping Status = "stopping"
 )
 
 // AllStatuses lists every sandbox state.
 func AllStatuses() []Status {
-	return []Status{StatusPending, StatusRunning, StatusPaused, StatusStopped, StatusError, StatusMissing}
+	return []Status{StatusPending, StatusRunning, StatusPaused, StatusStopped, StatusError, StatusMissing, StatusStopping}
 }
 
 // LiveStatuses are the states of a sandbox that may still hold resources on
 // its host: everything but stopped and error.
 func LiveStatuses() []Status {
-	return []Status{StatusPending, StatusRunning, StatusPaused, StatusMissing}
+	return []Status{StatusPending, StatusRunning, StatusPaused, StatusMissing, StatusStopping}
 }
 
 // StatusStrings converts states for SQL array parameters.

@@ -24,7 +24,8 @@ func Listed(st pb.SandboxState) AgentView { return AgentView{Listed: true, State
 type Decision struct {
 	// To is the row's new state; "" leaves it.
 	To Status
-	// Destroy asks the agent to destroy a VM nothing should run for.
+	// Destroy asks the agent to destroy a VM nothing should run for; with
+	// To set, the row changes only once the destroy succeeded.
 	Destroy bool
 	Actor   Actor
 	Reason  string
@@ -45,7 +46,10 @@ const errVMExited = "the sandbox VM exited unexpectedly"
 //   - DEAD (the VMM exited on its own) is an error for every live row,
 //     missing included: the user sees why the sandbox ended;
 //   - a VM with no live row (none, stopped, error) is destroyed, unless the
-//     agent already reports it STOPPED.
+//     agent already reports it STOPPED;
+//   - a stopping row (destroyed while its host was away) has its VM
+//     destroyed whatever state the agent lists, and becomes stopped once
+//     the destroy succeeded or the agent does not list it.
 //
 // state_seq is not used: a decision is applied only if the row is unchanged
 // since it was read before the agent was asked (Change.SeenUpdatedAt), which
@@ -62,6 +66,9 @@ func Reconcile(row Status, agent AgentView) Decision {
 	}
 	if !agent.Listed {
 		return Decision{To: StatusStopped, Actor: ActorReconciler, Reason: "the host no longer has the sandbox"}
+	}
+	if row == StatusStopping {
+		return Decision{To: StatusStopped, Destroy: true, Actor: ActorReconciler, Reason: "destroyed once its host answered"}
 	}
 	var d Decision
 	switch agent.State {

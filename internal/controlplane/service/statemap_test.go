@@ -29,7 +29,8 @@ func rowLines() []Status { return append([]Status{NoRow}, AllStatuses()...) }
 
 // The mapping, written out: for each row state, one cell per agent column
 // (absent, UNSPECIFIED, STARTING, RUNNING, PAUSED, AUTO_PAUSED, DEAD,
-// STOPPED). "-" keeps the row, "destroy" destroys the VM, otherwise the new
+// STOPPED). "-" keeps the row, "destroy" destroys the VM ("destroy, then
+// stopped": the row changes once the destroy succeeded), otherwise the new
 // state and, after a slash, the actor when it is not the reconciler.
 var wantReconcile = map[Status][]string{
 	NoRow:         {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
@@ -39,10 +40,14 @@ var wantReconcile = map[Status][]string{
 	StatusStopped: {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
 	StatusError:   {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
 	StatusMissing: {"stopped", "-", "-", "running", "paused", "paused/auto-pause", "error", "stopped"},
+	StatusStopping: {"stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped",
+		"destroy, then stopped", "destroy, then stopped", "destroy, then stopped"},
 }
 
 func cell(d Decision) string {
 	switch {
+	case d.Destroy && d.To != "":
+		return "destroy, then " + string(d.To)
 	case d.Destroy:
 		return "destroy"
 	case d.To == "":
