@@ -40,8 +40,8 @@ FOR UPDATE;
 SELECT * FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UPDATE;
 
 -- name: HostsCommitted :many
--- What the sandboxes placed on each host hold: pending, running and missing
--- ones (a missing sandbox may still run there) and paused ones while a
+-- What the sandboxes placed on each host hold: pending, running, missing and
+-- stopping ones (their VM may still run there) and paused ones while a
 -- resume reserves their room; other paused and stopped ones hold nothing.
 -- excluding_id is a sandbox not to count (the one being resumed).
 SELECT host_id::text AS host_id,
@@ -50,7 +50,7 @@ SELECT host_id::text AS host_id,
        coalesce(sum(memory_mb), 0)::bigint AS memory_mb
 FROM sandboxes
 WHERE host_id = ANY(sqlc.arg(host_ids)::text[]) AND id <> sqlc.arg(excluding_id)::text
-  AND (status IN ('pending', 'running', 'missing') OR (status = 'paused' AND resume_reserved_until > now()))
+  AND (status IN ('pending', 'running', 'missing', 'stopping') OR (status = 'paused' AND resume_reserved_until > now()))
 GROUP BY host_id;
 
 -- name: ReserveResume :execrows

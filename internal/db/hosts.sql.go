@@ -52,7 +52,7 @@ SELECT host_id::text AS host_id,
        coalesce(sum(memory_mb), 0)::bigint AS memory_mb
 FROM sandboxes
 WHERE host_id = ANY($1::text[]) AND id <> $2::text
-  AND (status IN ('pending', 'running', 'missing') OR (status = 'paused' AND resume_reserved_until > now()))
+  AND (status IN ('pending', 'running', 'missing', 'stopping') OR (status = 'paused' AND resume_reserved_until > now()))
 GROUP BY host_id
 `
 
@@ -68,8 +68,8 @@ type HostsCommittedRow struct {
 	MemoryMb int64  `json:"memory_mb"`
 }
 
-// What the sandboxes placed on each host hold: pending, running and missing
-// ones (a missing sandbox may still run there) and paused ones while a
+// What the sandboxes placed on each host hold: pending, running, missing and
+// stopping ones (their VM may still run there) and paused ones while a
 // resume reserves their room; other paused and stopped ones hold nothing.
 // excluding_id is a sandbox not to count (the one being resumed).
 func (q *Queries) HostsCommitted(ctx context.Context, arg HostsCommittedParams) ([]HostsCommittedRow, error) {
