@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +11,10 @@ import (
 )
 
 func newAgentCmd() *cobra.Command {
-	var reg struct{ token, address, cpURL string }
+	var reg struct {
+		token, address string
+		cpURLs         []string
+	}
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the host agent (boots sandboxes as microVMs)",
@@ -22,7 +26,7 @@ the next agent process re-adopts them.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadAgent(withFlags(os.Getenv, map[string]string{
-				"WRENN_REGISTER_TOKEN": reg.token, "WRENN_AGENT_ADDRESS": reg.address, "WRENN_CP_URL": reg.cpURL}))
+				"WRENN_REGISTER_TOKEN": reg.token, "WRENN_AGENT_ADDRESS": reg.address, "WRENN_CP_URL": strings.Join(reg.cpURLs, ",")}))
 			if err != nil {
 				return err
 			}
@@ -33,7 +37,7 @@ the next agent process re-adopts them.`,
 	f := cmd.Flags()
 	f.StringVar(&reg.token, "register", "", "one-time registration token from POST /v1/hosts (WRENN_REGISTER_TOKEN)")
 	f.StringVar(&reg.address, "address", "", "host:port where the control plane reaches this agent (WRENN_AGENT_ADDRESS)")
-	f.StringVar(&reg.cpURL, "cp-url", "", "control plane URL, e.g. http://cp:8000 (WRENN_CP_URL)")
+	f.StringSliceVar(&reg.cpURLs, "cp-url", nil, "control plane URL, e.g. http://cp:8000; repeat or comma-separate for several replicas, tried in order with failover (WRENN_CP_URL)")
 	return cmd
 }
 

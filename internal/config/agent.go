@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -33,14 +34,16 @@ type Agent struct {
 	NetPrefix string
 	NetRange  string
 	Log       Log
-	// Registration with a control plane; empty CPURL runs standalone.
+	// Registration with a control plane; no CPURLs runs standalone.
 	Registration AgentRegistration
 }
 
 // AgentRegistration configures joining a control plane.
 type AgentRegistration struct {
-	// CPURL is the control plane's URL (WRENN_CP_URL, --cp-url).
-	CPURL string
+	// CPURLs are the control plane's URLs, tried in order with failover
+	// (WRENN_CP_URL comma-separated, --cp-url repeatable): every replica,
+	// or one load balancer.
+	CPURLs []string
 	// Token is a one-time registration token (--register); when set the
 	// agent registers before serving.
 	Token string
@@ -77,14 +80,16 @@ func LoadAgent(get Getenv) (Agent, error) {
 		r.fail("WRENN_NET_RANGE", "must be an IPv4 network of /29 or larger such as 10.200.0.0/16, got %q", a.NetRange)
 	}
 	a.Registration = AgentRegistration{
-		CPURL:             r.str("WRENN_CP_URL", ""),
+		CPURLs:            splitList(r.str("WRENN_CP_URL", "")),
 		Token:             r.str("WRENN_REGISTER_TOKEN", ""),
 		Address:           r.str("WRENN_AGENT_ADDRESS", ""),
 		HeartbeatInterval: r.duration("WRENN_HEARTBEAT_INTERVAL", 30*time.Second, 100*time.Millisecond),
 		PauseAfter:        r.duration("WRENN_CP_UNREACHABLE_PAUSE_AFTER", 5*time.Minute, time.Second),
 	}
-	r.urlWithScheme("WRENN_CP_URL", a.Registration.CPURL, "http", "https")
-	if a.Registration.Token != "" && (a.Registration.CPURL == "" || a.Registration.Address == "") {
+	for _, u := range a.Registration.CPURLs {
+		r.urlWithScheme("WRENN_CP_URL", u, "http", "https")
+	}
+	if a.Registration.Token != "" && (len(a.Registration.CPURLs) == 0 || a.Registration.Address == "") {
 		r.fail("WRENN_REGISTER_TOKEN", "registering needs WRENN_CP_URL (--cp-url) and WRENN_AGENT_ADDRESS (--address) too")
 	}
 	if a.Registration.Address != "" {
@@ -94,6 +99,17 @@ func LoadAgent(get Getenv) (Agent, error) {
 		r.fail("WRENN_DIR", "must be an absolute path, got %q", a.Dir)
 	}
 	return a, r.err()
+}
+
+// splitList splits a comma-separated value, dropping blanks.
+func splitList(v string) []string {
+	var out []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // hostPort checks a host:port with a non-empty host and a port 1-65535.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +65,7 @@ func TestAgentRegistrationConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := a.Registration
-	if r.CPURL != "" || r.Token != "" || r.HeartbeatInterval != 30*time.Second || r.PauseAfter != 5*time.Minute {
+	if len(r.CPURLs) != 0 || r.Token != "" || r.HeartbeatInterval != 30*time.Second || r.PauseAfter != 5*time.Minute {
 		t.Fatalf("defaults = %+v", r)
 	}
 	ok := map[string]string{"WRENN_CP_URL": "http://127.0.0.1:8000", "WRENN_REGISTER_TOKEN": "wrnhr_x",
@@ -73,8 +74,19 @@ func TestAgentRegistrationConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Registration.Address != "10.0.0.5:9090" || a.Registration.HeartbeatInterval != time.Second || a.Registration.PauseAfter != 10*time.Second {
+	if a.Registration.Address != "10.0.0.5:9090" || a.Registration.HeartbeatInterval != time.Second || a.Registration.PauseAfter != 10*time.Second ||
+		!slices.Equal(a.Registration.CPURLs, []string{"http://127.0.0.1:8000"}) {
 		t.Fatalf("registration = %+v", a.Registration)
+	}
+	// Several control planes: comma-separated, blanks dropped, order kept.
+	for _, v := range []string{"http://cp-a:8000,https://cp-b:8000", " http://cp-a:8000 , https://cp-b:8000 ,"} {
+		a, err = LoadAgent(envOf(map[string]string{"WRENN_CP_URL": v}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"http://cp-a:8000", "https://cp-b:8000"}; !slices.Equal(a.Registration.CPURLs, want) {
+			t.Fatalf("WRENN_CP_URL=%q: %v, want %v", v, a.Registration.CPURLs, want)
+		}
 	}
 	bad := []struct {
 		name    string
@@ -84,6 +96,7 @@ func TestAgentRegistrationConfig(t *testing.T) {
 		{"token without url", map[string]string{"WRENN_REGISTER_TOKEN": "x", "WRENN_AGENT_ADDRESS": "a:1"}, "WRENN_REGISTER_TOKEN"},
 		{"token without address", map[string]string{"WRENN_REGISTER_TOKEN": "x", "WRENN_CP_URL": "http://a"}, "WRENN_REGISTER_TOKEN"},
 		{"url not http", map[string]string{"WRENN_CP_URL": "ftp://a"}, "WRENN_CP_URL"},
+		{"second url not http", map[string]string{"WRENN_CP_URL": "http://a,ftp://b"}, "WRENN_CP_URL"},
 		{"address without port", map[string]string{"WRENN_AGENT_ADDRESS": "10.0.0.5"}, "WRENN_AGENT_ADDRESS"},
 		{"address port zero", map[string]string{"WRENN_AGENT_ADDRESS": "10.0.0.5:0"}, "WRENN_AGENT_ADDRESS"},
 		{"address without host", map[string]string{"WRENN_AGENT_ADDRESS": ":9090"}, "WRENN_AGENT_ADDRESS"},

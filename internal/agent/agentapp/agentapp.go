@@ -14,6 +14,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/network"
+	"github.com/wrenn-dev/wrenn/internal/agent/registration"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/agent/server"
 	"github.com/wrenn-dev/wrenn/internal/agent/storage"
@@ -31,6 +32,8 @@ type Parts struct {
 	Network *network.Manager
 	Driver  vmm.Driver
 	Accel   vmm.Accel
+	// Contact is touched by every RPC a control plane makes to the agent.
+	Contact *registration.Contact
 }
 
 // Options tune Build beyond the configuration (tests use them).
@@ -116,12 +119,13 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 	if _, err := nm.CleanupStale(ctx, func(name string) bool { return keep[name] }); err != nil {
 		log.Warn("network cleanup", "err", err)
 	}
-	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log,
+	contact := &registration.Contact{}
+	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log, OnCall: contact.Touch,
 		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB})
 	if err != nil {
 		return nil, err
 	}
-	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc}, nil
+	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact}, nil
 }
 
 // chooseDriver picks the VMM: firecracker needs KVM and its binary; auto

@@ -23,7 +23,7 @@ import (
 // are refused (after pausing every sandbox) or registration fails.
 func serveRegistered(ctx context.Context, cfg config.Agent, p *Parts, ln net.Listener, log *slog.Logger) error {
 	reg := cfg.Registration
-	if reg.Token == "" && reg.CPURL == "" {
+	if reg.Token == "" && len(reg.CPURLs) == 0 {
 		if _, err := os.Stat(registration.CredentialsPath(cfg.Dir)); err != nil {
 			return p.Server.Serve(ctx, ln) // standalone
 		}
@@ -33,10 +33,10 @@ func serveRegistered(ctx context.Context, cfg config.Agent, p *Parts, ln net.Lis
 	regErr := make(chan error, 1)
 	go func() {
 		regErr <- registration.Run(ctx, registration.Options{
-			Dir: cfg.Dir, CPURL: reg.CPURL, RegisterToken: reg.Token, Address: reg.Address,
+			Dir: cfg.Dir, CPURLs: reg.CPURLs, RegisterToken: reg.Token, Address: reg.Address,
 			Specs:    hostSpecs(ctx, p),
 			Report:   func(ctx context.Context) registration.Resources { return hostSpecs(ctx, p).Resources },
-			Interval: reg.HeartbeatInterval, UnreachableAfter: reg.PauseAfter,
+			Interval: reg.HeartbeatInterval, UnreachableAfter: reg.PauseAfter, Contact: p.Contact,
 			PauseAll: func(ctx context.Context) error {
 				res := p.Manager.PauseAll(ctx, 2)
 				if n := len(res.GetFailed()); n > 0 {

@@ -90,7 +90,7 @@ func TestControlPlaneWithRegisteredAgent(t *testing.T) {
 	host := h["host"].(map[string]any)["id"].(string)
 
 	agent := agenttest.Serve(t)
-	opts := registration.Options{Dir: t.TempDir(), CPURL: base, RegisterToken: h["registration_token"].(string),
+	opts := registration.Options{Dir: t.TempDir(), CPURLs: []string{base}, RegisterToken: h["registration_token"].(string),
 		Address: agent.Address(), Specs: specs, Interval: 200 * time.Millisecond}
 	aCtx, stopAgent := context.WithCancel(ctx)
 	first := &run{done: make(chan struct{})}
@@ -120,12 +120,16 @@ func TestControlPlaneWithRegisteredAgent(t *testing.T) {
 		t.Fatalf("sandbox = %s", s)
 	}
 
+	// The agent process dies: no heartbeats, and no answer to the
+	// control plane's calls.
 	stopAgent()
 	<-first.done
+	agent.SetReachable(false)
 	waitFor(t, 4*time.Second, "host unreachable and sandbox missing", func() bool {
 		return hostStatus() == "unreachable" && sbStatus() == "missing"
 	})
 
+	agent.SetReachable(true)
 	a2Ctx, stop2 := context.WithCancel(ctx)
 	second := &run{done: make(chan struct{})}
 	go func() { defer close(second.done); second.err = registration.Run(a2Ctx, opts) }()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -14,9 +15,10 @@ import (
 type Options struct {
 	// Dir is WRENN_DIR; credentials live in Dir/host-credentials.json.
 	Dir string
-	// CPURL is the control plane's URL; needed to register, and overrides
-	// the saved one when set.
-	CPURL string
+	// CPURLs are the control plane's URLs (replicas, or one load
+	// balancer), tried in order; needed to register, and override the saved
+	// ones when set.
+	CPURLs []string
 	// RegisterToken, when set, registers first (replacing saved credentials).
 	RegisterToken string
 	// Address is the host:port the control plane dials; needed to register.
@@ -27,9 +29,13 @@ type Options struct {
 	Report func(ctx context.Context) Resources
 	// Interval between heartbeats (30 s).
 	Interval time.Duration
-	// UnreachableAfter: how long the control plane may stay unreachable
-	// before every sandbox is paused (5 min).
+	// UnreachableAfter: how long no control plane may answer a heartbeat
+	// or call this agent before every sandbox is paused (5 min).
 	UnreachableAfter time.Duration
+	// Contact, when set, is touched by the agent's RPC server on each call
+	// from a control plane; such a call counts as the control plane
+	// answering.
+	Contact *Contact
 	// PauseAll pauses every running sandbox; may be nil.
 	PauseAll func(ctx context.Context) error
 	// HTTPClient talks to the control plane; nil uses a 30 s timeout client.
@@ -59,7 +65,7 @@ func Run(ctx context.Context, o Options) error {
 		var c Credentials
 		err := retry(ctx, o.Backoff, o.Logger, "registration", func(ctx context.Context) error {
 			var err error
-			c, err = Register(ctx, o.HTTPClient, o.CPURL, o.RegisterToken, o.Address, o.Specs)
+			c, err = register(ctx, o.HTTPClient, o.CPURLs, o.RegisterToken, o.Address, o.Specs)
 			return err
 		})
 		if ctx.Err() != nil {
@@ -71,7 +77,7 @@ func Run(ctx context.Context, o Options) error {
 			if err := Save(o.Dir, c); err != nil {
 				return err
 			}
-			o.Logger.Info("registered with the control plane", "host_id", c.HostID, "cp_url", c.CPURL)
+			o.Logger.Info("registered with the control plane", "host_id", c.HostID, "cp_urls", c.URLs())
 			creds, registered = c, true
 		case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
 			// A restart that still passes the (now used) token keeps the
@@ -90,11 +96,13 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			return err
 		}
-		if o.CPURL != "" && o.CPURL != c.CPURL {
-			if err := checkCPURL(o.CPURL); err != nil {
-				return err
+		if len(o.CPURLs) > 0 && !slices.Equal(o.CPURLs, c.URLs()) {
+			for _, u := range o.CPURLs {
+				if err := checkCPURL(u); err != nil {
+					return err
+				}
 			}
-			c.CPURL = o.CPURL
+			c = c.withURLs(o.CPURLs)
 		}
 		creds = c
 	}
@@ -102,7 +110,7 @@ func Run(ctx context.Context, o Options) error {
 		o.OnRegistered(creds)
 	}
 	hb := &Heartbeater{Dir: o.Dir, Creds: creds, Interval: o.Interval, UnreachableAfter: o.UnreachableAfter,
-		PauseAll: o.PauseAll, Report: o.Report, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff}
+		Contact: o.Contact, PauseAll: o.PauseAll, Report: o.Report, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff}
 	return hb.Run(ctx)
 }
 
@@ -112,12 +120,17 @@ type Heartbeater struct {
 	Creds            Credentials
 	Interval         time.Duration
 	UnreachableAfter time.Duration
-	PauseAll         func(ctx context.Context) error
+	// Contact, when set, holds the last call of a control plane to this
+	// agent (see Options.Contact).
+	Contact  *Contact
+	PauseAll func(ctx context.Context) error
 	// Report gives the resources each heartbeat carries; nil sends none.
 	Report     func(ctx context.Context) Resources
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 	Backoff    Backoff
+
+	cps *controlPlanes
 }
 
 func (h *Heartbeater) defaults() {
@@ -130,6 +143,10 @@ func (h *Heartbeater) defaults() {
 	if h.Logger == nil {
 		h.Logger = slog.New(slog.DiscardHandler)
 	}
+	if h.Contact == nil {
+		h.Contact = &Contact{}
+	}
+	h.cps = newControlPlanes(h.HTTPClient, h.Creds.URLs())
 }
 
 // Run beats until ctx ends or the control plane ends the relationship.
@@ -160,10 +177,18 @@ func (h *Heartbeater) Run(ctx context.Context) error {
 			h.pauseAll(ctx)
 			return ErrCredentialsRejected
 		default:
-			silent := time.Since(lastOK)
-			h.Logger.Warn("heartbeat failed", "err", err, "unreachable_for", silent.Round(time.Second))
-			if silent >= h.UnreachableAfter && !paused {
-				h.Logger.Error("control plane unreachable too long; pausing all sandboxes", "unreachable_for", silent.Round(time.Second))
+			// A control plane that calls this agent is alive too.
+			heard := lastOK
+			if c := h.Contact.Last(); c.After(heard) {
+				heard = c
+			}
+			silent := time.Since(heard)
+			h.Logger.Warn("heartbeat failed", "err", err, "no_control_plane_for", silent.Round(time.Second))
+			switch {
+			case silent < h.UnreachableAfter:
+				paused = false
+			case !paused:
+				h.Logger.Error("no control plane answered too long; pausing all sandboxes", "no_control_plane_for", silent.Round(time.Second))
 				h.pauseAll(ctx)
 				paused = true
 			}
@@ -217,7 +242,7 @@ func (h *Heartbeater) post(ctx context.Context) error {
 	if h.Report != nil {
 		body = h.Report(cctx)
 	}
-	return newClient(h.HTTPClient, h.Creds.CPURL).post(cctx, "/v1/hosts/"+h.Creds.HostID+"/heartbeat", h.Creds.Token, body, nil)
+	return h.cps.post(cctx, "/v1/hosts/"+h.Creds.HostID+"/heartbeat", h.Creds.Token, body, nil)
 }
 
 // refresh rotates credentials and saves them before using them, so a crash
@@ -231,7 +256,7 @@ func (h *Heartbeater) refresh(ctx context.Context) error {
 	var c Credentials
 	err := retry(cctx, h.Backoff, h.Logger, "host token refresh", func(ctx context.Context) error {
 		var err error
-		c, err = Refresh(ctx, h.HTTPClient, h.Creds)
+		c, err = refresh(ctx, h.cps, h.Creds)
 		return err
 	})
 	var ae *APIError

@@ -7,7 +7,11 @@
 // control plane cannot see must not keep running billable work. A 404 on
 // heartbeat means the host was deleted, and the loop stops. Registration
 // and refresh are retried with backoff while the control plane is down or
-// failing; only its refusal (a 4xx) is final.
+// failing; only its refusal (a 4xx) is final. The agent may know several
+// control plane URLs (replicas on one database): each call goes to the one
+// that answered last and fails over to the next on a network error or a
+// 5xx. Any control plane's call to this agent also counts as contact
+// (Contact), so the agent pauses only when none has been heard from.
 package registration
 
 import (
@@ -22,7 +26,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
@@ -40,7 +47,11 @@ type Resources = hostreport.Resources
 
 // Credentials are the agent's identity with its control plane.
 type Credentials struct {
-	CPURL                 string    `json:"cp_url"`
+	// CPURL is the first of CPURLs; files written before the list existed
+	// hold it alone.
+	CPURL string `json:"cp_url"`
+	// CPURLs are every control plane URL the agent may use, in order.
+	CPURLs                []string  `json:"cp_urls,omitempty"`
 	HostID                string    `json:"host_id"`
 	Token                 string    `json:"token"`
 	TokenExpiresAt        time.Time `json:"token_expires_at"`
@@ -56,6 +67,22 @@ var (
 	// ErrCredentialsRejected: the refresh token was refused; register again.
 	ErrCredentialsRejected = errors.New("the control plane rejected this host's credentials; register again with a new token")
 )
+
+// Contact records when a control plane last called this agent (any RPC of
+// its API): proof that some replica is alive and reaches the host even when
+// heartbeats fail. The zero value is ready; safe for concurrent use.
+type Contact struct{ at atomic.Int64 }
+
+// Touch records a call now.
+func (c *Contact) Touch() { c.at.Store(time.Now().UnixNano()) }
+
+// Last is the time of the last call (zero: none yet).
+func (c *Contact) Last() time.Time {
+	if n := c.at.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // APIError is an error answer of the control plane.
 type APIError struct {
@@ -91,10 +118,26 @@ func parseCredentials(raw []byte) (Credentials, error) {
 	if c.HostID == "" || c.Token == "" || c.RefreshToken == "" || c.CPURL == "" {
 		return Credentials{}, fmt.Errorf("parse %s: host_id, token, refresh_token and cp_url are required", CredentialsFile)
 	}
-	if err := checkCPURL(c.CPURL); err != nil {
-		return Credentials{}, fmt.Errorf("parse %s: %w", CredentialsFile, err)
+	for _, u := range c.URLs() {
+		if err := checkCPURL(u); err != nil {
+			return Credentials{}, fmt.Errorf("parse %s: %w", CredentialsFile, err)
+		}
 	}
 	return c, nil
+}
+
+// URLs are the control plane URLs to use, in order.
+func (c Credentials) URLs() []string {
+	if len(c.CPURLs) > 0 {
+		return c.CPURLs
+	}
+	return []string{c.CPURL}
+}
+
+// withURLs points c at urls (non-empty).
+func (c Credentials) withURLs(urls []string) Credentials {
+	c.CPURL, c.CPURLs = urls[0], slices.Clone(urls)
+	return c
 }
 
 // Save writes the credentials atomically with mode 0600: a crash never
@@ -121,14 +164,46 @@ func checkCPURL(raw string) error {
 	return nil
 }
 
-// client talks to the control plane's host routes.
-type client struct {
-	http  *http.Client
-	cpURL string
+// controlPlanes talks to the control plane's host routes on one of its
+// URLs: the one that answered last, failing over to the next when a call
+// fails in a way another replica may not (Transient).
+type controlPlanes struct {
+	http *http.Client
+	urls []string
+	mu   sync.Mutex
+	cur  int
 }
 
-// post sends body as JSON and decodes a 200 answer into out.
-func (c client) post(ctx context.Context, path, bearer string, body, out any) error {
+func newControlPlanes(hc *http.Client, urls []string) *controlPlanes {
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	return &controlPlanes{http: hc, urls: urls}
+}
+
+// post sends body as JSON to each URL in turn, from the current one, until
+// one answers other than Transient, and decodes a 200 answer into out. The
+// error is the last URL's.
+func (c *controlPlanes) post(ctx context.Context, path, bearer string, body, out any) error {
+	c.mu.Lock()
+	first := c.cur
+	c.mu.Unlock()
+	var err error
+	for i := range c.urls {
+		n := (first + i) % len(c.urls)
+		err = postOne(ctx, c.http, c.urls[n], path, bearer, body, out)
+		if err == nil || !Transient(err) || ctx.Err() != nil {
+			c.mu.Lock()
+			c.cur = n
+			c.mu.Unlock()
+			return err
+		}
+	}
+	return err
+}
+
+// postOne is one POST to the control plane at base.
+func postOne(ctx context.Context, hc *http.Client, base, path, bearer string, body, out any) error {
 	var rd io.Reader = http.NoBody
 	if body != nil {
 		raw, err := json.Marshal(body)
@@ -137,7 +212,7 @@ func (c client) post(ctx context.Context, path, bearer string, body, out any) er
 		}
 		rd = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cpURL, "/")+path, rd)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+path, rd)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
@@ -145,7 +220,7 @@ func (c client) post(ctx context.Context, path, bearer string, body, out any) er
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("POST %s: %w", path, err)
 	}
@@ -172,18 +247,21 @@ func (c client) post(ctx context.Context, path, bearer string, body, out any) er
 	return nil
 }
 
-func newClient(hc *http.Client, cpURL string) client {
-	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
-	}
-	return client{http: hc, cpURL: cpURL}
-}
-
 // Register trades a registration token for credentials; address is the
 // host:port where the control plane reaches this agent. hc may be nil.
 func Register(ctx context.Context, hc *http.Client, cpURL, token, address string, specs Specs) (Credentials, error) {
-	if err := checkCPURL(cpURL); err != nil {
-		return Credentials{}, err
+	return register(ctx, hc, []string{cpURL}, token, address, specs)
+}
+
+// register is Register on the first control plane of cpURLs that answers.
+func register(ctx context.Context, hc *http.Client, cpURLs []string, token, address string, specs Specs) (Credentials, error) {
+	if len(cpURLs) == 0 {
+		return Credentials{}, errors.New("no control plane URL")
+	}
+	for _, u := range cpURLs {
+		if err := checkCPURL(u); err != nil {
+			return Credentials{}, err
+		}
 	}
 	if strings.TrimSpace(token) == "" {
 		return Credentials{}, errors.New("registration token is empty")
@@ -192,7 +270,7 @@ func Register(ctx context.Context, hc *http.Client, cpURL, token, address string
 		return Credentials{}, errors.New("agent address (host:port the control plane dials) is empty")
 	}
 	var c Credentials
-	err := newClient(hc, cpURL).post(ctx, "/v1/hosts/register", "", map[string]any{
+	err := newControlPlanes(hc, cpURLs).post(ctx, "/v1/hosts/register", "", map[string]any{
 		"token": token, "address": address, "specs": specs}, &c)
 	if err != nil {
 		return Credentials{}, fmt.Errorf("register host: %w", err)
@@ -200,20 +278,22 @@ func Register(ctx context.Context, hc *http.Client, cpURL, token, address string
 	if c.HostID == "" || c.Token == "" || c.RefreshToken == "" {
 		return Credentials{}, errors.New("register host: the control plane's answer lacks credentials")
 	}
-	c.CPURL = cpURL
-	return c, nil
+	return c.withURLs(cpURLs), nil
 }
 
 // Refresh rotates the refresh token; the new credentials replace c.
 func Refresh(ctx context.Context, hc *http.Client, c Credentials) (Credentials, error) {
+	return refresh(ctx, newControlPlanes(hc, c.URLs()), c)
+}
+
+func refresh(ctx context.Context, cps *controlPlanes, c Credentials) (Credentials, error) {
 	var out Credentials
-	err := newClient(hc, c.CPURL).post(ctx, "/v1/hosts/auth/refresh", "", map[string]string{"refresh_token": c.RefreshToken}, &out)
+	err := cps.post(ctx, "/v1/hosts/auth/refresh", "", map[string]string{"refresh_token": c.RefreshToken}, &out)
 	if err != nil {
 		return Credentials{}, fmt.Errorf("refresh host token: %w", err)
 	}
 	if out.Token == "" || out.RefreshToken == "" {
 		return Credentials{}, errors.New("refresh host token: the control plane's answer lacks credentials")
 	}
-	out.CPURL = c.CPURL
-	return out, nil
+	return out.withURLs(c.URLs()), nil
 }

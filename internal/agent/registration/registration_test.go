@@ -40,6 +40,7 @@ const secret = "registration-test-secret-0123456789abcdef"
 // cp is a real control plane HTTP server (hosts routes) on loopback.
 type cp struct {
 	pool  *pgxpool.Pool
+	rdb   *redis.Client
 	url   string
 	q     *db.Queries
 	hosts *hostauth.Service
@@ -57,6 +58,17 @@ func newCP(t *testing.T) *cp {
 	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
+	return serveCP(t, pool, rdb)
+}
+
+// replica is another control plane HTTP server on c's database and Redis.
+func (c *cp) replica(t *testing.T) *cp {
+	t.Helper()
+	return serveCP(t, c.pool, c.rdb)
+}
+
+func serveCP(t *testing.T, pool *pgxpool.Pool, rdb *redis.Client) *cp {
+	t.Helper()
 	q := db.New(pool)
 	ht, err := hostauth.NewHostTokens(hostauth.DeriveHostKey(secret), 7*24*time.Hour, nil)
 	if err != nil {
@@ -70,7 +82,7 @@ func newCP(t *testing.T) *cp {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &cp{pool: pool, url: srv.URL, q: q, hosts: svc, srv: srv}
+	return &cp{pool: pool, rdb: rdb, url: srv.URL, q: q, hosts: svc, srv: srv}
 }
 
 func (c *cp) newHost(t *testing.T) hostauth.HostWithToken {
@@ -80,6 +92,34 @@ func (c *cp) newHost(t *testing.T) hostauth.HostWithToken {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// runningSandbox adds a running sandbox on the host, in the database and
+// on agent; status reads its row's state.
+func (c *cp) runningSandbox(t *testing.T, agent *agenttest.Agent, hostID string) (id string, status func() string) {
+	t.Helper()
+	ctx := context.Background()
+	team, err := c.q.CreateTeam(ctx, db.CreateTeamParams{ID: ids.New(ids.Team), Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c.q.InsertSandbox(ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: team.ID, HostID: &hostID,
+		Template: "minimal", Vcpus: 1, MemoryMb: 256, DiskMb: 1024, Metadata: json.RawMessage(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := service.NewStates(c.pool, nil).Change(ctx, service.Change{SandboxID: sb.ID, From: []service.Status{service.StatusPending},
+		To: service.StatusRunning, Actor: service.ActorReconciler, Reason: "test set-up"}); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	agent.Put(sb.ID, pb.SandboxState_SANDBOX_STATE_RUNNING)
+	return sb.ID, func() string {
+		row, err := c.q.GetSandbox(ctx, db.GetSandboxParams{ID: sb.ID, TeamID: team.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return row.Status
+	}
 }
 
 func (c *cp) lastBeat(t *testing.T, id string) time.Time {
@@ -133,7 +173,7 @@ func TestRegisterSavesCredentialsAndHeartbeats(t *testing.T) {
 	h := c.newHost(t)
 	dir := t.TempDir()
 	var got atomic.Value
-	start(t, registration.Options{Dir: dir, CPURL: c.url, RegisterToken: h.Token, Address: "127.0.0.1:9091", Specs: specs,
+	start(t, registration.Options{Dir: dir, CPURLs: []string{c.url}, RegisterToken: h.Token, Address: "127.0.0.1:9091", Specs: specs,
 		Interval: 100 * time.Millisecond, OnRegistered: func(cr registration.Credentials) { got.Store(cr) }})
 	waitFor(t, 3*time.Second, "registered", func() bool { return got.Load() != nil })
 	first := c.lastBeat(t, h.Host.ID)
@@ -172,7 +212,7 @@ func TestHeartbeatUpdatesResources(t *testing.T) {
 	var report atomic.Value
 	report.Store(sp.Resources)
 	var registered atomic.Bool
-	start(t, registration.Options{Dir: t.TempDir(), CPURL: c.url, RegisterToken: h.Token, Address: "127.0.0.1:9091", Specs: sp,
+	start(t, registration.Options{Dir: t.TempDir(), CPURLs: []string{c.url}, RegisterToken: h.Token, Address: "127.0.0.1:9091", Specs: sp,
 		Interval: 50 * time.Millisecond, OnRegistered: func(registration.Credentials) { registered.Store(true) },
 		Report: func(context.Context) registration.Resources { return report.Load().(registration.Resources) }})
 	waitFor(t, 3*time.Second, "registered", registered.Load)
@@ -256,7 +296,7 @@ func TestRegisterFailures(t *testing.T) {
 		})
 	}
 	// A used token without saved credentials stops Run with the 401.
-	err := registration.Run(ctx, registration.Options{Dir: t.TempDir(), CPURL: c.url, RegisterToken: h.Token, Address: "127.0.0.1:1"})
+	err := registration.Run(ctx, registration.Options{Dir: t.TempDir(), CPURLs: []string{c.url}, RegisterToken: h.Token, Address: "127.0.0.1:1"})
 	var ae *registration.APIError
 	if !errors.As(err, &ae) || ae.Status != 401 {
 		t.Fatalf("Run with a used token = %v, want the 401", err)
@@ -352,7 +392,7 @@ func TestHeartbeatStopsWhenHostDeleted(t *testing.T) {
 	dir := t.TempDir()
 	var reg atomic.Bool
 	var paused atomic.Int32
-	done := start(t, registration.Options{Dir: dir, CPURL: c.url, RegisterToken: h.Token, Address: "127.0.0.1:1",
+	done := start(t, registration.Options{Dir: dir, CPURLs: []string{c.url}, RegisterToken: h.Token, Address: "127.0.0.1:1",
 		Interval: 100 * time.Millisecond, OnRegistered: func(registration.Credentials) { reg.Store(true) },
 		PauseAll: func(context.Context) error { paused.Add(1); return nil }})
 	waitFor(t, 3*time.Second, "registered", reg.Load)
@@ -435,7 +475,7 @@ func TestAgentGoesSilentAndComesBack(t *testing.T) {
 
 	h := c.newHost(t)
 	dir := t.TempDir()
-	opts := registration.Options{Dir: dir, CPURL: c.url, RegisterToken: h.Token, Address: agent.Address(), Specs: specs, Interval: 200 * time.Millisecond}
+	opts := registration.Options{Dir: dir, CPURLs: []string{c.url}, RegisterToken: h.Token, Address: agent.Address(), Specs: specs, Interval: 200 * time.Millisecond}
 	rctx, stopAgent := context.WithCancel(ctx)
 	first := &run{done: make(chan struct{})}
 	go func() { defer close(first.done); first.err = registration.Run(rctx, opts) }()
@@ -449,43 +489,25 @@ func TestAgentGoesSilentAndComesBack(t *testing.T) {
 	}
 	waitFor(t, 3*time.Second, "host online", func() bool { return hostStatus() == "online" })
 
-	team, err := c.q.CreateTeam(ctx, db.CreateTeamParams{ID: ids.New(ids.Team), Name: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := c.q.InsertSandbox(ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: team.ID, HostID: &h.Host.ID,
-		Template: "minimal", Vcpus: 1, MemoryMb: 256, DiskMb: 1024, Metadata: json.RawMessage(`{}`)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok, err := service.NewStates(c.pool, nil).Change(ctx, service.Change{SandboxID: sb.ID, From: []service.Status{service.StatusPending},
-		To: service.StatusRunning, Actor: service.ActorReconciler, Reason: "test set-up"}); err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	agent.Put(sb.ID, pb.SandboxState_SANDBOX_STATE_RUNNING)
-	sbStatus := func() string {
-		row, err := c.q.GetSandbox(ctx, db.GetSandboxParams{ID: sb.ID, TeamID: team.ID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return row.Status
-	}
+	sbID, sbStatus := c.runningSandbox(t, agent, h.Host.ID)
 
-	// The agent goes silent (as if killed).
+	// The agent goes silent (as if killed): no heartbeats, no answers.
 	stopAgent()
 	<-first.done
+	agent.SetReachable(false)
 	silentSince := time.Now()
 	waitFor(t, threshold+2*time.Second, "host unreachable", func() bool { return hostStatus() == "unreachable" })
 	t.Logf("unreachable %s after the last heartbeat loop stopped (threshold %s)", time.Since(silentSince).Round(time.Millisecond), threshold)
 	if s := sbStatus(); s != "missing" {
 		t.Fatalf("sandbox = %s, want missing", s)
 	}
-	if !agent.Has(sb.ID) {
+	if !agent.Has(sbID) {
 		t.Fatal("the monitor destroyed a sandbox of an unreachable host")
 	}
 
 	// It comes back with its saved credentials; the used token still on its
 	// command line is refused and ignored.
+	agent.SetReachable(true)
 	r2ctx, stop2 := context.WithCancel(ctx)
 	second := &run{done: make(chan struct{})}
 	go func() { defer close(second.done); second.err = registration.Run(r2ctx, opts) }()

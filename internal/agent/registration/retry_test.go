@@ -36,7 +36,7 @@ func TestRegistrationRetriedAcrossDatabaseFault(t *testing.T) {
 	heal := testenv.FailUpdates(t, c.pool, "hosts")
 	var logs logBuffer
 	var got atomic.Value
-	r := start(t, registration.Options{Dir: t.TempDir(), CPURL: c.url, RegisterToken: h.Token, Address: "127.0.0.1:9091",
+	r := start(t, registration.Options{Dir: t.TempDir(), CPURLs: []string{c.url}, RegisterToken: h.Token, Address: "127.0.0.1:9091",
 		Specs: specs, Interval: 100 * time.Millisecond, Backoff: fastBackoff, Logger: logs.logger(),
 		OnRegistered: func(cr registration.Credentials) { got.Store(cr) }})
 	waitFor(t, 5*time.Second, "two failed registration attempts", func() bool { return logs.count("registration failed; retrying") >= 2 })
@@ -96,7 +96,7 @@ func TestRegistrationAndRefreshRetryTransientFailures(t *testing.T) {
 			h := c.newHost(t)
 			proxy, seen := faultProxy(t, c.url, tc.path, 3, tc.drop)
 			dir := t.TempDir()
-			o := registration.Options{Dir: dir, CPURL: proxy, Interval: interval, Backoff: fastBackoff,
+			o := registration.Options{Dir: dir, CPURLs: []string{proxy}, Interval: interval, Backoff: fastBackoff,
 				PauseAll: func(context.Context) error { t.Error("paused sandboxes on a transient failure"); return nil }}
 			if strings.HasSuffix(tc.path, "/register") {
 				o.RegisterToken, o.Address, o.Specs = h.Token, "127.0.0.1:9091", specs
@@ -105,7 +105,7 @@ func TestRegistrationAndRefreshRetryTransientFailures(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				creds.CPURL, creds.Token = proxy, "refused.by.the.control.plane"
+				creds.CPURL, creds.CPURLs, creds.Token = proxy, []string{proxy}, "refused.by.the.control.plane"
 				if err := registration.Save(dir, creds); err != nil {
 					t.Fatal(err)
 				}

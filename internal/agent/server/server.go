@@ -38,6 +38,9 @@ type Config struct {
 	// CapacityVCPUs and CapacityMemoryMB are what this host offers all its
 	// sandboxes together; zero means the machine's CPUs and MemTotal.
 	CapacityVCPUs, CapacityMemoryMB int
+	// OnCall, when set, runs at the start of every RPC (not /health): the
+	// control plane reached this agent.
+	OnCall func()
 }
 
 // Server implements hostagentv1connect.HostAgentServiceHandler.
@@ -46,6 +49,7 @@ type Server struct {
 	dir                 string
 	log                 *slog.Logger
 	capVCPUs, capMemory int
+	onCall              func()
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Server)(nil)
@@ -58,13 +62,21 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB}, nil
+	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB,
+		onCall: cfg.OnCall}, nil
 }
 
 // Handler serves the Connect service and GET /health.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	path, h := hostagentv1connect.NewHostAgentServiceHandler(s)
+	if s.onCall != nil {
+		rpc := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.onCall()
+			rpc.ServeHTTP(w, r)
+		})
+	}
 	mux.Handle(path, h)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
