@@ -123,7 +123,7 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	logger.Info("control plane listening", "addr", ln.Addr().String(), "version", buildinfo.Version)
+	logger.Info("control plane listening", "addr", ln.Addr().String(), "version", buildinfo.Version, "replica", core.Replica)
 	if ready != nil {
 		ready(Started{Addr: ln.Addr(), Reconcile: core.ReconcileNow})
 	}
