@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -39,6 +40,7 @@ type Core struct {
 	MaxBodyBytes      int64
 	MaxUploadBytes    int64
 	ReconcileInterval time.Duration
+	TrustedProxies    []netip.Prefix
 }
 
 // NewCore builds the core services. rdb may be nil (no rate limits).
@@ -71,7 +73,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("build service: %w", err)
 	}
 	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
-		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval}
+		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies}
 	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
 		c.RateLimiter = api.NewRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute, logger)
 	}
@@ -94,6 +96,7 @@ func (c *Core) Fill(d *api.Deps) {
 	d.RateLimiter = c.RateLimiter
 	d.MaxBodyBytes = c.MaxBodyBytes
 	d.MaxUploadBytes = c.MaxUploadBytes
+	d.TrustedProxies = c.TrustedProxies
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
