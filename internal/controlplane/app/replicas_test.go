@@ -157,3 +157,38 @@ func BenchmarkAgentListCallsPerInterval(b *testing.B) {
 	b.ReportMetric(three/float64(b.N), "calls/interval-3replicas")
 	b.ReportMetric(three/one, "ratio-3/1")
 }
+
+// A control plane that shuts down releases its leases before it closes its
+// database pool, so another replica need not wait for them to expire.
+func TestRunReleasesLeasesOnShutdown(t *testing.T) {
+	pool, dbURL := testenv.MigratedPool(t)
+	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("s", 40),
+		"WRENN_CP_LISTEN_ADDR": "127.0.0.1:0", "WRENN_RECONCILE_INTERVAL": "1m"}
+	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.New(slog.DiscardHandler), nil) }()
+	q := db.New(pool)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := q.GetLease(t.Context(), "reconciler")
+		if err == nil && l.ExpiresAt.After(time.Now().Add(30*time.Second)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the control plane did not take the reconciler lease (%+v, %v)", l, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var expired bool
+	if err := pool.QueryRow(t.Context(), "SELECT expires_at <= now() FROM leases WHERE name = 'reconciler'").Scan(&expired); err != nil || !expired {
+		t.Fatalf("lease not released at shutdown (expired %v, err %v)", expired, err)
+	}
+}
