@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -152,4 +153,35 @@ func (r *reader) urlWithScheme(name, value string, schemes ...string) {
 	if !slices.Contains(schemes, u.Scheme) || u.Host == "" {
 		r.fail(name, "must be a %s URL with a host", strings.Join(schemes, " or "))
 	}
+}
+
+// prefixes reads a comma-separated list of CIDRs; a bare address stands for
+// itself alone (a /32 or /128).
+func (r *reader) prefixes(name string) []netip.Prefix {
+	var out []netip.Prefix
+	for item := range strings.SplitSeq(r.str(name, ""), ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			a, aerr := netip.ParseAddr(item)
+			if aerr != nil || a.Zone() != "" {
+				r.fail(name, "must be comma-separated CIDRs such as 10.0.0.0/8,fd00::/8; %q is not one", item)
+				continue
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		if p.Addr().Is4In6() {
+			r.fail(name, "%q: write IPv4 ranges as IPv4 (such as 10.0.0.0/8)", item)
+			continue
+		}
+		if p != p.Masked() {
+			r.fail(name, "%q has host bits set; did you mean %s?", item, p.Masked())
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }

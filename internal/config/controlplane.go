@@ -1,6 +1,9 @@
 package config
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // ControlPlane configures `wrenn server`.
 type ControlPlane struct {
@@ -27,6 +30,10 @@ type ControlPlane struct {
 	AgentLifecycleTimeout time.Duration
 	Limits                Limits
 	Hosts                 Hosts
+	// TrustedProxies are the peers (load balancers, reverse proxies) whose
+	// X-Forwarded-For and Forwarded headers name the client; empty trusts
+	// none, so the TCP peer is the client.
+	TrustedProxies []netip.Prefix
 }
 
 // Hosts configures host registration and liveness.
@@ -96,6 +103,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 			AuthRateLimit:           r.integer("WRENN_AUTH_RATE_LIMIT", 20, 0, 1000000),
 		},
 	}
+	c.TrustedProxies = r.prefixes("WRENN_TRUSTED_PROXIES")
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -36,6 +37,14 @@ func TestControlPlaneLimitsFromEnv(t *testing.T) {
 		{"reconcile", map[string]string{"WRENN_RECONCILE_INTERVAL": "2s"}, func(c ControlPlane) bool { return c.ReconcileInterval == 2*time.Second }, ""},
 		{"jwt ttl", map[string]string{"WRENN_JWT_TTL": "1h"}, func(c ControlPlane) bool { return c.JWTTTL == time.Hour }, ""},
 		{"upload", map[string]string{"WRENN_MAX_UPLOAD_BYTES": "2048"}, func(c ControlPlane) bool { return c.Limits.MaxUploadBytes == 2048 }, ""},
+		{"trusted proxies", map[string]string{"WRENN_TRUSTED_PROXIES": " 10.0.0.0/8, 192.0.2.7 ,fd00::/8,::1"}, func(c ControlPlane) bool {
+			return fmt.Sprint(c.TrustedProxies) == "[10.0.0.0/8 192.0.2.7/32 fd00::/8 ::1/128]"
+		}, ""},
+		{"no trusted proxies", map[string]string{}, func(c ControlPlane) bool { return len(c.TrustedProxies) == 0 }, ""},
+		{"trusted proxy garbage", map[string]string{"WRENN_TRUSTED_PROXIES": "10.0.0.0/8,lb.internal"}, nil, "WRENN_TRUSTED_PROXIES"},
+		{"trusted proxy bad mask", map[string]string{"WRENN_TRUSTED_PROXIES": "10.0.0.0/33"}, nil, "WRENN_TRUSTED_PROXIES"},
+		{"trusted proxy host bits", map[string]string{"WRENN_TRUSTED_PROXIES": "10.1.2.3/8"}, nil, "WRENN_TRUSTED_PROXIES"},
+		{"trusted proxy mapped", map[string]string{"WRENN_TRUSTED_PROXIES": "::ffff:10.0.0.0/104"}, nil, "WRENN_TRUSTED_PROXIES"},
 		{"vcpus zero", map[string]string{"WRENN_SANDBOX_MAX_VCPUS": "0"}, nil, "WRENN_SANDBOX_MAX_VCPUS"},
 		{"memory garbage", map[string]string{"WRENN_SANDBOX_MAX_MEMORY_MB": "lots"}, nil, "WRENN_SANDBOX_MAX_MEMORY_MB"},
 		{"team zero", map[string]string{"WRENN_TEAM_MAX_RUNNING_SANDBOXES": "0"}, nil, "WRENN_TEAM_MAX_RUNNING_SANDBOXES"},

@@ -46,6 +46,14 @@ type HostRefreshToken struct {
 	ReplacedBy string     `json:"replaced_by"`
 }
 
+type Lease struct {
+	Name      string    `json:"name"`
+	Holder    string    `json:"holder"`
+	Token     int64     `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
 type Sandbox struct {
 	ID                  string          `json:"id"`
 	TeamID              string          `json:"team_id"`

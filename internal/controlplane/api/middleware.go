@@ -2,13 +2,8 @@ package api
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/http"
 	"strings"
-	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
@@ -103,45 +98,15 @@ type RateLimiter interface {
 	Allow(ctx context.Context, key string) (bool, error)
 }
 
-// RedisRateLimiter is a fixed-window counter in Redis, shared by every
-// control plane replica.
-type RedisRateLimiter struct {
-	rdb    *redis.Client
-	limit  int
-	window time.Duration
-	now    func() time.Time
-}
-
-// NewRedisRateLimiter allows limit requests per key per window.
-func NewRedisRateLimiter(rdb *redis.Client, limit int, window time.Duration) *RedisRateLimiter {
-	return &RedisRateLimiter{rdb: rdb, limit: limit, window: window, now: time.Now}
-}
-
-// Allow counts one request.
-func (l *RedisRateLimiter) Allow(ctx context.Context, key string) (bool, error) {
-	slot := l.now().UnixNano() / int64(l.window)
-	k := fmt.Sprintf("wrenn:ratelimit:%s:%d", key, slot)
-	pipe := l.rdb.TxPipeline()
-	incr := pipe.Incr(ctx, k)
-	pipe.Expire(ctx, k, l.window+time.Second)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return false, fmt.Errorf("rate limit counter: %w", err)
-	}
-	return incr.Val() <= int64(l.limit), nil
-}
-
-// rateLimit guards signup and login per client IP. A limiter that fails is
+// rateLimit guards signup and login per client IP (clientip: the TCP
+// peer, or what trusted proxies forwarded). A limiter that fails is
 // let through (a broken limiter must not lock everyone out); the control
 // plane's own (NewRateLimiter) does not fail: it falls back to this process.
 func (s *Server) rateLimit(name string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if s.deps.RateLimiter != nil {
-				ip := r.RemoteAddr
-				if h, _, err := net.SplitHostPort(ip); err == nil {
-					ip = h
-				}
-				ok, err := s.deps.RateLimiter.Allow(r.Context(), name+":"+ip)
+				ok, err := s.deps.RateLimiter.Allow(r.Context(), name+":"+s.clientIP.Of(r).String())
 				if err != nil {
 					s.deps.Logger.WarnContext(r.Context(), "rate limiter unavailable", "err", err)
 				} else if !ok {

@@ -2,7 +2,11 @@ package api
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,27 +14,30 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// MemoryRateLimiter counts in this process: at most limit requests per key
-// in a window that starts with the key's first request. Expired counters are
-// swept once per window, so memory follows the keys of the last window.
+// The limiters below are sliding windows: a request is allowed when fewer
+// than limit requests of the key were allowed in the window that ends now.
+// Each key keeps the times of its allowed requests (at most limit), so no
+// window of any start ever lets more than limit through, unlike fixed
+// windows, which let twice the limit through around a boundary. Refused
+// requests are not recorded: a client retrying too fast is let through
+// again as soon as its oldest allowed request leaves the window.
+
+// MemoryRateLimiter is the sliding window in this process. Keys whose
+// newest request left the window are swept once per window, so memory
+// follows the keys of the last window.
 type MemoryRateLimiter struct {
 	limit  int
 	window time.Duration
 	now    func() time.Time
 
 	mu        sync.Mutex
-	counters  map[string]*windowCount
+	allowed   map[string][]time.Time // oldest first
 	nextSweep time.Time
 }
 
-type windowCount struct {
-	start time.Time
-	n     int
-}
-
-// NewMemoryRateLimiter allows limit requests per key per window.
+// NewMemoryRateLimiter allows limit requests per key in any window.
 func NewMemoryRateLimiter(limit int, window time.Duration) *MemoryRateLimiter {
-	return &MemoryRateLimiter{limit: limit, window: window, now: time.Now, counters: map[string]*windowCount{}}
+	return &MemoryRateLimiter{limit: limit, window: window, now: time.Now, allowed: map[string][]time.Time{}}
 }
 
 // Allow counts one request; it never fails.
@@ -39,27 +46,77 @@ func (l *MemoryRateLimiter) Allow(_ context.Context, key string) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !now.Before(l.nextSweep) {
-		for k, c := range l.counters {
-			if now.Sub(c.start) >= l.window {
-				delete(l.counters, k)
+		for k, times := range l.allowed {
+			if now.Sub(times[len(times)-1]) >= l.window {
+				delete(l.allowed, k)
 			}
 		}
 		l.nextSweep = now.Add(l.window)
 	}
-	c := l.counters[key]
-	if c == nil || now.Sub(c.start) >= l.window {
-		c = &windowCount{start: now}
-		l.counters[key] = c
+	times := l.allowed[key]
+	i := 0
+	for i < len(times) && now.Sub(times[i]) >= l.window {
+		i++
 	}
-	c.n++
-	return c.n <= l.limit, nil
+	times = times[i:]
+	if len(times) >= l.limit {
+		l.allowed[key] = times
+		return false, nil
+	}
+	l.allowed[key] = append(times, now)
+	return true, nil
+}
+
+// slidingWindowScript is the same window in Redis, shared by every
+// replica: a sorted set of allowed requests per key, scored by Redis's own
+// clock in microseconds so replicas' clocks never matter. ARGV: window in
+// microseconds, limit, a unique member for this request.
+var slidingWindowScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+return 1
+`)
+
+// RedisRateLimiter is the sliding window in Redis.
+type RedisRateLimiter struct {
+	rdb    *redis.Client
+	limit  int
+	window time.Duration
+	seq    atomic.Uint64
+	prefix string
+}
+
+// NewRedisRateLimiter allows limit requests per key in any window.
+func NewRedisRateLimiter(rdb *redis.Client, limit int, window time.Duration) *RedisRateLimiter {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return &RedisRateLimiter{rdb: rdb, limit: limit, window: window, prefix: hex.EncodeToString(b)}
+}
+
+// Allow counts one request.
+func (l *RedisRateLimiter) Allow(ctx context.Context, key string) (bool, error) {
+	// Members must be unique across replicas and requests of one microsecond.
+	member := l.prefix + ":" + strconv.FormatUint(l.seq.Add(1), 36)
+	ok, err := slidingWindowScript.Run(ctx, l.rdb, []string{"wrenn:ratelimit:" + key},
+		l.window.Microseconds(), l.limit, member).Int()
+	if err != nil {
+		return false, fmt.Errorf("rate limit window: %w", err)
+	}
+	return ok == 1, nil
 }
 
 // size is the number of counters held (for tests of the sweep).
 func (l *MemoryRateLimiter) size() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.counters)
+	return len(l.allowed)
 }
 
 // FallbackRateLimiter counts in Redis, shared by every replica, and in this
@@ -84,7 +141,7 @@ type FallbackRateLimiter struct {
 }
 
 // NewRateLimiter is the control plane's signup/login limiter: limit requests
-// per key per window, in Redis, with an in-process fallback.
+// per key in any window, in Redis, with an in-process fallback.
 func NewRateLimiter(rdb *redis.Client, limit int, window time.Duration, logger *slog.Logger) *FallbackRateLimiter {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

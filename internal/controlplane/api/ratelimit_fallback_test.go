@@ -134,3 +134,31 @@ func TestFallbackRateLimiterAcrossRedisOutage(t *testing.T) {
 		t.Fatalf("recovery logged %d times:\n%s", n, logs.String())
 	}
 }
+
+// Around a fixed window's boundary twice the limit got through; a sliding
+// window never lets more than the limit through in any window.
+func TestMemoryRateLimiterAcrossABoundary(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 50, 0, time.UTC)
+	now := t0
+	l := NewMemoryRateLimiter(3, time.Minute)
+	l.now = func() time.Time { return now }
+	steps := []struct {
+		at   time.Duration
+		want bool
+	}{
+		{0, true}, {5 * time.Second, true}, {9 * time.Second, true},
+		{10 * time.Second, false}, // 00:01:00, a new clock minute: still 3 in the last 60 s
+		{30 * time.Second, false},
+		{60 * time.Second, true},  // the request at +0 left the window
+		{61 * time.Second, false}, // +5 and +9 are still in it
+		{65 * time.Second, true},
+		{69 * time.Second, true},
+		{70 * time.Second, false},
+	}
+	for _, s := range steps {
+		now = t0.Add(s.at)
+		if got, _ := l.Allow(context.Background(), "k"); got != s.want {
+			t.Fatalf("Allow at +%s = %v, want %v", s.at, got, s.want)
+		}
+	}
+}

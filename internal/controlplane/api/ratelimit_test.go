@@ -29,3 +29,33 @@ func TestLoginRateLimitWithRedis(t *testing.T) {
 	_ = rdb.Close()
 	e.want("POST", "/v1/auth/signup", map[string]string{"email": "third@example.com", "password": testPassword}, cred{}, 201, nil)
 }
+
+// The Redis window slides too: a refused key is let through again once its
+// oldest request has left the window, and only as many as left.
+func TestRedisRateLimiterSlides(t *testing.T) {
+	opts, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	const window = 600 * time.Millisecond
+	l := NewRedisRateLimiter(rdb, 3, window)
+	ctx := t.Context()
+	allow := func(key string, want bool, what string) {
+		t.Helper()
+		if got, err := l.Allow(ctx, key); err != nil || got != want {
+			t.Fatalf("%s: Allow(%s) = %v, %v; want %v", what, key, got, err, want)
+		}
+	}
+	start := time.Now()
+	allow("k", true, "first")
+	time.Sleep(window / 2)
+	allow("k", true, "second")
+	allow("k", true, "third")
+	allow("k", false, "fourth within the window")
+	allow("other", true, "another key")
+	time.Sleep(time.Until(start.Add(window + 50*time.Millisecond)))
+	allow("k", true, "the first left the window")
+	allow("k", false, "the second and third are still in it")
+}

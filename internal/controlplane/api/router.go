@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
@@ -40,6 +42,9 @@ type Deps struct {
 	Service *service.Service
 	// RateLimiter guards signup and login; nil disables the limit.
 	RateLimiter RateLimiter
+	// TrustedProxies are the peers whose forwarding headers name the
+	// client (see clientip); empty: the TCP peer is the client.
+	TrustedProxies []netip.Prefix
 	// MaxBodyBytes bounds JSON bodies (default 1 MiB); MaxUploadBytes one
 	// file upload (default 1 GiB).
 	MaxBodyBytes   int64
@@ -48,9 +53,10 @@ type Deps struct {
 
 // Server is the control plane's HTTP handler.
 type Server struct {
-	deps   Deps
-	router chi.Router
-	spec   []byte
+	deps     Deps
+	clientIP clientip.Resolver
+	router   chi.Router
+	spec     []byte
 }
 
 // New builds the router.
@@ -65,7 +71,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.MaxUploadBytes <= 0 {
 		deps.MaxUploadBytes = 1 << 30
 	}
-	s := &Server{deps: deps, router: chi.NewRouter(), spec: spec}
+	s := &Server{deps: deps, clientIP: clientip.New(deps.TrustedProxies), router: chi.NewRouter(), spec: spec}
 	r := s.router
 	r.Use(middleware.RequestID, s.recoverer, s.accessLog)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {

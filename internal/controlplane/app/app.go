@@ -111,8 +111,11 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 		return err
 	}
 	bgCtx, stopBackground := context.WithCancel(ctx)
-	defer stopBackground()
-	go core.RunBackground(bgCtx)
+	bgDone := make(chan struct{})
+	go func() { defer close(bgDone); core.RunBackground(bgCtx) }()
+	// Before the pool closes: the loops end and release their leases, so
+	// another replica takes over at once rather than after they expire.
+	defer func() { stopBackground(); <-bgDone }()
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
@@ -123,7 +126,7 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	logger.Info("control plane listening", "addr", ln.Addr().String(), "version", buildinfo.Version)
+	logger.Info("control plane listening", "addr", ln.Addr().String(), "version", buildinfo.Version, "replica", core.Replica)
 	if ready != nil {
 		ready(Started{Addr: ln.Addr(), Reconcile: core.ReconcileNow})
 	}

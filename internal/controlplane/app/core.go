@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -13,6 +14,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -27,11 +29,18 @@ type Core struct {
 	// States writes sandbox status for the service and the reconciler.
 	States     *service.States
 	Reconciler *reconciler.Reconciler
+	// Replica is this process's id, random per start; it names the holder
+	// of the singleton loops' leases in the database and in logs.
+	Replica string
+	// ReconcileLease makes the reconciler a singleton loop: one replica
+	// at a time polls the hosts.
+	ReconcileLease *lease.Lease
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
 	MaxUploadBytes    int64
 	ReconcileInterval time.Duration
+	TrustedProxies    []netip.Prefix
 }
 
 // NewCore builds the core services. rdb may be nil (no rate limits).
@@ -64,7 +73,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("build service: %w", err)
 	}
 	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
-		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval}
+		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies}
 	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
 		c.RateLimiter = api.NewRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute, logger)
 	}
@@ -73,6 +82,11 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	}
 	c.Reconciler = reconciler.New(pool, states, hp, reconciler.Config{
 		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter}, logger)
+	c.Replica = lease.NewReplicaID()
+	c.ReconcileLease, err = lease.New(pool, lease.Config{Name: "reconciler", Replica: c.Replica, Interval: c.ReconcileInterval}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("WRENN_RECONCILE_INTERVAL: %w", err)
+	}
 	return c, nil
 }
 
@@ -82,6 +96,7 @@ func (c *Core) Fill(d *api.Deps) {
 	d.RateLimiter = c.RateLimiter
 	d.MaxBodyBytes = c.MaxBodyBytes
 	d.MaxUploadBytes = c.MaxUploadBytes
+	d.TrustedProxies = c.TrustedProxies
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -96,8 +111,8 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 	return nil
 }
 
-// RunBackground runs the reconciler (the one poller of every host) until
-// ctx ends.
+// RunBackground runs the singleton loops until ctx ends: the reconciler
+// (the one poller of every host) runs while this replica holds its lease.
 func (c *Core) RunBackground(ctx context.Context) {
-	c.Reconciler.Run(ctx)
+	c.ReconcileLease.Run(ctx, c.Reconciler.Run)
 }
