@@ -69,24 +69,7 @@ func startServerIn(t *testing.T) (h1, h2 hostagentv1connect.HostAgentServiceClie
 // base URL.
 func serve(t *testing.T, m *sandbox.Manager, dir string, log *slog.Logger) string {
 	t.Helper()
-	srv, err := server.New(server.Config{Manager: m, Dir: dir, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String()
+	return "http://" + sandboxtest.ServeAgent(t, m, dir, log)
 }
 
 func TestServerOverHTTP(t *testing.T) {

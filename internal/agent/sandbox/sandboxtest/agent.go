@@ -32,6 +32,13 @@ func StartAgent(t testing.TB) string {
 			m.Destroy(context.Background(), s.SandboxId)
 		}
 	})
+	return ServeAgent(t, m, dir, log)
+}
+
+// ServeAgent serves manager m through the real RPC server on a loopback
+// port until the test ends and returns the address ("host:port").
+func ServeAgent(t testing.TB, m *sandbox.Manager, dir string, log *slog.Logger) string {
+	t.Helper()
 	srv, err := server.New(server.Config{Manager: m, Dir: dir, Logger: log})
 	if err != nil {
 		t.Fatal(err)
