@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 
-	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -30,20 +28,14 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 func TestNewCoreServesTheAPI(t *testing.T) {
 	ctx := t.Context()
 	dbURL := testenv.MigratedURL(t)
-	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("s", 40),
-		"WRENN_RECONCILE_INTERVAL": "1s", "WRENN_AUTH_RATE_LIMIT": "100"}
-	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t),
+		"WRENN_RECONCILE_INTERVAL": "1s", "WRENN_AUTH_RATE_LIMIT": "100"})
 	pool, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	opts, _ := redis.ParseURL(cfg.RedisURL)
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := testRedis(t, cfg)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	core, err := NewCore(cfg, pool, rdb, logger)
 	if err != nil {

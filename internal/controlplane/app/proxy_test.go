@@ -12,9 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
@@ -46,18 +43,9 @@ func TestLoginLimitPerClientBehindTrustedProxy(t *testing.T) {
 	pool, dbURL := testenv.MigratedPool(t)
 	// The proxy reaches the control plane from 127.0.0.1, the only
 	// trusted peer; clients use other loopback addresses.
-	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("s", 40),
-		"WRENN_TRUSTED_PROXIES": "127.0.0.1/32"}
-	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	cfg := testConfig(t, map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t),
+		"WRENN_TRUSTED_PROXIES": "127.0.0.1/32"})
+	rdb := testRedis(t, cfg)
 	logger := slog.New(slog.DiscardHandler)
 	core, err := NewCore(cfg, pool, rdb, logger)
 	if err != nil {

@@ -8,9 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
@@ -24,18 +21,8 @@ func TestAuthRateLimitWithoutRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": "redis://127.0.0.1:" + strconv.Itoa(port) + "/0",
-		"WRENN_JWT_SECRET": strings.Repeat("s", 40)}
-	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	cfg := testConfig(t, map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": "redis://127.0.0.1:" + strconv.Itoa(port) + "/0"})
+	rdb := testRedis(t, cfg)
 	var logs testenv.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	core, err := NewCore(cfg, pool, rdb, logger)

@@ -3,13 +3,11 @@ package app
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
@@ -29,12 +27,8 @@ type replicaSet struct {
 func startReplicas(tb testing.TB, n int) *replicaSet {
 	tb.Helper()
 	pool, dbURL := testenv.MigratedPool(tb)
-	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": "redis://127.0.0.1:1/0", "WRENN_JWT_SECRET": strings.Repeat("s", 40),
-		"WRENN_RECONCILE_INTERVAL": replicaInterval.String()}
-	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
-	if err != nil {
-		tb.Fatal(err)
-	}
+	cfg := testConfig(tb, map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": "redis://127.0.0.1:1/0",
+		"WRENN_RECONCILE_INTERVAL": replicaInterval.String()})
 	rs := &replicaSet{agent: agenttest.New()}
 	if err := rs.agent.Start(); err != nil {
 		tb.Fatal(err)
@@ -162,12 +156,8 @@ func BenchmarkAgentListCallsPerInterval(b *testing.B) {
 // database pool, so another replica need not wait for them to expire.
 func TestRunReleasesLeasesOnShutdown(t *testing.T) {
 	pool, dbURL := testenv.MigratedPool(t)
-	env := map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t), "WRENN_JWT_SECRET": strings.Repeat("s", 40),
-		"WRENN_CP_LISTEN_ADDR": "127.0.0.1:0", "WRENN_RECONCILE_INTERVAL": "1m"}
-	cfg, err := config.LoadControlPlane(func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": testenv.RedisURL(t),
+		"WRENN_CP_LISTEN_ADDR": "127.0.0.1:0", "WRENN_RECONCILE_INTERVAL": "1m"})
 	ctx, stop := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, slog.New(slog.DiscardHandler), nil) }()
