@@ -47,6 +47,12 @@ func TestLoadControlPlaneProblems(t *testing.T) {
 		{"bad duration", map[string]string{"WRENN_SHUTDOWN_TIMEOUT": "soon"}, "WRENN_SHUTDOWN_TIMEOUT", "duration"},
 		{"duration too short", map[string]string{"WRENN_SHUTDOWN_TIMEOUT": "1ms"}, "WRENN_SHUTDOWN_TIMEOUT", "at least"},
 		{"bad log level", map[string]string{"WRENN_LOG_LEVEL": "loud"}, "WRENN_LOG_LEVEL", "one of"},
+		{"github without public url", map[string]string{"WRENN_GITHUB_CLIENT_ID": "id", "WRENN_GITHUB_CLIENT_SECRET": "secret"}, "CP_PUBLIC_URL", "required when WRENN_GITHUB_CLIENT_ID"},
+		{"github id without secret", map[string]string{"WRENN_GITHUB_CLIENT_ID": "id", "CP_PUBLIC_URL": "https://cp.example"}, "WRENN_GITHUB_CLIENT_SECRET", "is required"},
+		{"github secret without id", map[string]string{"WRENN_GITHUB_CLIENT_SECRET": "secret"}, "WRENN_GITHUB_CLIENT_ID", "is required"},
+		{"github url not http", map[string]string{"WRENN_GITHUB_URL": "ftp://github.example"}, "WRENN_GITHUB_URL", "http or https"},
+		{"github api url relative", map[string]string{"WRENN_GITHUB_API_URL": "/api/v3"}, "WRENN_GITHUB_API_URL", "http or https"},
+		{"dashboard url relative", map[string]string{"WRENN_DASHBOARD_URL": "/app"}, "WRENN_DASHBOARD_URL", "http or https"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,6 +75,30 @@ func TestLoadControlPlaneProblems(t *testing.T) {
 			}
 			t.Fatalf("error %q does not name %s with %q", err, tt.wantVar, tt.wantMsg)
 		})
+	}
+}
+
+func TestLoadControlPlaneOAuth(t *testing.T) {
+	env := validCP()
+	env["CP_PUBLIC_URL"] = "https://cp.example"
+	c, err := LoadControlPlane(envOf(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.OAuth.GitHub.Enabled() || c.OAuth.DashboardURL != "https://cp.example" ||
+		c.OAuth.GitHub.BaseURL != "https://github.com" || c.OAuth.GitHub.APIURL != "https://api.github.com" {
+		t.Fatalf("oauth defaults wrong: %+v", c.OAuth)
+	}
+	env["WRENN_GITHUB_CLIENT_ID"], env["WRENN_GITHUB_CLIENT_SECRET"] = "id", "secret"
+	env["WRENN_GITHUB_URL"], env["WRENN_GITHUB_API_URL"] = "https://ghe.example", "https://ghe.example/api/v3"
+	env["WRENN_DASHBOARD_URL"] = "https://app.example"
+	c, err = LoadControlPlane(envOf(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := GitHubOAuth{ClientID: "id", ClientSecret: "secret", BaseURL: "https://ghe.example", APIURL: "https://ghe.example/api/v3"}
+	if c.OAuth.GitHub != want || !c.OAuth.GitHub.Enabled() || c.OAuth.DashboardURL != "https://app.example" {
+		t.Fatalf("oauth = %+v, want github %+v and dashboard https://app.example", c.OAuth, want)
 	}
 }
 

@@ -34,7 +34,28 @@ type ControlPlane struct {
 	// X-Forwarded-For and Forwarded headers name the client; empty trusts
 	// none, so the TCP peer is the client.
 	TrustedProxies []netip.Prefix
+	OAuth          OAuth
 }
+
+// OAuth configures sign-in through providers.
+type OAuth struct {
+	GitHub GitHubOAuth
+	// DashboardURL is where browsers land after signing in through a
+	// provider; it defaults to PublicURL (the dashboard the control plane
+	// serves itself).
+	DashboardURL string
+}
+
+// GitHubOAuth is a GitHub OAuth app; it is enabled when ClientID is set.
+type GitHubOAuth struct {
+	ClientID, ClientSecret string
+	// BaseURL serves the authorize and token endpoints and APIURL the REST
+	// API: GitHub itself by default, a GitHub Enterprise server otherwise.
+	BaseURL, APIURL string
+}
+
+// Enabled reports whether the app is configured.
+func (g GitHubOAuth) Enabled() bool { return g.ClientID != "" }
 
 // Hosts configures host registration and liveness.
 type Hosts struct {
@@ -104,6 +125,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		},
 	}
 	c.TrustedProxies = r.prefixes("WRENN_TRUSTED_PROXIES")
+	c.OAuth = loadOAuth(r, c.PublicURL)
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),
@@ -129,6 +151,30 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		r.fail("WRENN_JWT_SECRET", "must be at least %d characters, got %d", MinJWTSecretLen, len(c.JWTSecret))
 	}
 	return c, r.err()
+}
+
+func loadOAuth(r *reader, publicURL string) OAuth {
+	o := OAuth{
+		GitHub: GitHubOAuth{
+			ClientID: r.str("WRENN_GITHUB_CLIENT_ID", ""), ClientSecret: r.str("WRENN_GITHUB_CLIENT_SECRET", ""),
+			BaseURL: r.str("WRENN_GITHUB_URL", "https://github.com"), APIURL: r.str("WRENN_GITHUB_API_URL", "https://api.github.com"),
+		},
+		DashboardURL: r.str("WRENN_DASHBOARD_URL", publicURL),
+	}
+	g := o.GitHub
+	switch {
+	case g.ClientID != "" && g.ClientSecret == "":
+		r.fail("WRENN_GITHUB_CLIENT_SECRET", "is required when WRENN_GITHUB_CLIENT_ID is set (the OAuth app's client secret)")
+	case g.ClientID == "" && g.ClientSecret != "":
+		r.fail("WRENN_GITHUB_CLIENT_ID", "is required when WRENN_GITHUB_CLIENT_SECRET is set (the OAuth app's client id)")
+	}
+	if g.Enabled() && publicURL == "" {
+		r.fail("CP_PUBLIC_URL", "is required when WRENN_GITHUB_CLIENT_ID is set: GitHub sends browsers back to CP_PUBLIC_URL/v1/auth/oauth/github/callback")
+	}
+	r.urlWithScheme("WRENN_GITHUB_URL", g.BaseURL, "http", "https")
+	r.urlWithScheme("WRENN_GITHUB_API_URL", g.APIURL, "http", "https")
+	r.urlWithScheme("WRENN_DASHBOARD_URL", o.DashboardURL, "http", "https")
+	return o
 }
 
 func loadLog(r *reader) Log {

@@ -112,11 +112,20 @@ type User struct {
 	ID             string    `json:"id"`
 	Email          string    `json:"email"`
 	Name           string    `json:"name"`
-	PasswordHash   string    `json:"password_hash"`
+	PasswordHash   *string   `json:"password_hash"`
 	IsAdmin        bool      `json:"is_admin"`
 	CreatedAt      time.Time `json:"created_at"`
 	UpdatedAt      time.Time `json:"updated_at"`
 	SessionVersion int32     `json:"session_version"`
+}
+
+type UserIdentity struct {
+	UserID         string    `json:"user_id"`
+	Provider       string    `json:"provider"`
+	ProviderUserID string    `json:"provider_user_id"`
+	Login          string    `json:"login"`
+	Email          string    `json:"email"`
+	CreatedAt      time.Time `json:"created_at"`
 }
 
 type UsersTeam struct {

@@ -17,10 +17,10 @@ RETURNING id, email, name, password_hash, is_admin, created_at, updated_at, sess
 `
 
 type CreateUserParams struct {
-	ID           string `json:"id"`
-	Email        string `json:"email"`
-	Name         string `json:"name"`
-	PasswordHash string `json:"password_hash"`
+	ID           string  `json:"id"`
+	Email        string  `json:"email"`
+	Name         string  `json:"name"`
+	PasswordHash *string `json:"password_hash"`
 }
 
 // The first user of a fresh install becomes platform admin; callers hold the
@@ -126,8 +126,8 @@ WHERE id = $2
 `
 
 type UpdateUserPasswordParams struct {
-	PasswordHash string `json:"password_hash"`
-	ID           string `json:"id"`
+	PasswordHash *string `json:"password_hash"`
+	ID           string  `json:"id"`
 }
 
 // A new password ends every existing session.

@@ -19,7 +19,7 @@ func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusCreated, sess)
+	s.writeSession(w, r, http.StatusCreated, sess)
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
@@ -33,7 +33,15 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, sess)
+	s.writeSession(w, r, http.StatusOK, sess)
+}
+
+// writeSession is the one answer that hands a session to a client: login,
+// signup, switch-team and the OAuth code exchange all go through it. The
+// token travels only in this body, never in a URL or a header.
+func (s *Server) writeSession(w http.ResponseWriter, _ *http.Request, status int, sess service.Session) {
+	w.Header().Set("Cache-Control", "no-store")
+	WriteJSON(w, status, sess)
 }
 
 func (s *Server) switchTeam(w http.ResponseWriter, r *http.Request) {
@@ -49,7 +57,7 @@ func (s *Server) switchTeam(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, sess)
+	s.writeSession(w, r, http.StatusOK, sess)
 }
 
 func (s *Server) getMe(w http.ResponseWriter, r *http.Request) {

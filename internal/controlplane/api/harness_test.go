@@ -15,11 +15,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth/githubtest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
@@ -44,6 +47,8 @@ type env struct {
 	q     *db.Queries
 	agent *agenttest.Agent
 	logs  *testenv.SyncBuffer
+	// rdb is the Redis of the OAuth flows (envOpts.github).
+	rdb *redis.Client
 
 	mu        sync.Mutex
 	exchanges []exchange
@@ -63,6 +68,11 @@ type envOpts struct {
 	diskLimit int64
 	// agent configures the in-memory agent before it starts.
 	agent func(*agenttest.Agent)
+	// github, when set, configures sign-in with GitHub against this fake;
+	// oauthNow is the state cookies' clock (nil: time.Now).
+	github        *githubtest.Server
+	oauthNow      func() time.Time
+	secureCookies bool
 }
 
 const testSecret = "test-secret-test-secret-test-secret!"
@@ -107,14 +117,50 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload})
+	// The server's address is known before it starts: OAuth redirects to it.
+	srv := httptest.NewUnstartedServer(nil)
+	t.Cleanup(srv.Close)
+	var flows *service.OAuth
+	var rdb *redis.Client
+	if o.github != nil {
+		flows, rdb = testOAuth(t, svc, o, "http://"+srv.Listener.Addr().String())
+	}
+	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
+		OAuth: flows, SecureCookies: o.secureCookies})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(specCheckedUnlessBench(t, s))
-	t.Cleanup(srv.Close)
+	srv.Config.Handler = specCheckedUnlessBench(t, s)
+	srv.Start()
 	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{}, logger)
-	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs}
+	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs, rdb: rdb}
+}
+
+// testOAuth is sign-in with GitHub against o.github for a control plane at
+// publicURL, whose own / is the dashboard.
+func testOAuth(t testing.TB, svc *service.Service, o envOpts, publicURL string) (*service.OAuth, *redis.Client) {
+	t.Helper()
+	ropts, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(ropts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	gh, err := oauth.NewGitHub(oauth.GitHubConfig{ClientID: githubtest.ClientID, ClientSecret: githubtest.ClientSecret,
+		RedirectURL: publicURL + "/v1/auth/oauth/github/callback", BaseURL: o.github.URL, APIURL: o.github.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := oauth.NewRegistry(gh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows, err := service.NewOAuth(svc, service.OAuthConfig{Providers: reg, States: oauth.NewStateSigner(testSecret, o.oauthNow),
+		Store: oauth.NewStore(rdb), DashboardURL: publicURL + "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return flows, rdb
 }
 
 // specCheckedUnlessBench checks every response of a test against the

@@ -69,7 +69,7 @@ func newHostsEnv(t *testing.T) *hostsEnv {
 func (e *hostsEnv) member(t *testing.T, teamID, role string) string {
 	t.Helper()
 	ctx := context.Background()
-	u, err := e.q.CreateUser(ctx, db.CreateUserParams{ID: ids.New(ids.User), Email: ids.New("") + "@example.test", Name: "u", PasswordHash: "x"})
+	u, err := e.q.CreateUser(ctx, db.CreateUserParams{ID: ids.New(ids.User), Email: ids.New("") + "@example.test", Name: "u"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,12 @@ type Deps struct {
 	// Service serves accounts, teams, API keys, sandboxes and snapshots;
 	// without it those routes answer 503.
 	Service *service.Service
-	// RateLimiter guards signup and login; nil disables the limit.
+	// OAuth serves sign-in and linking through providers; nil: every
+	// provider answers provider_not_configured.
+	OAuth *service.OAuth
+	// SecureCookies marks cookies Secure (CP_PUBLIC_URL is https).
+	SecureCookies bool
+	// RateLimiter guards signup, login and OAuth callbacks; nil disables the limit.
 	RateLimiter RateLimiter
 	// TrustedProxies are the peers whose forwarding headers name the
 	// client (see clientip); empty: the TCP peer is the client.

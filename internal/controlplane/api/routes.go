@@ -41,6 +41,11 @@ func (s *Server) authRoutes(r chi.Router) {
 	r.With(body, s.rateLimit("signup")).Post("/signup", s.signup)
 	r.With(body, s.rateLimit("login")).Post("/login", s.login)
 	r.With(body, s.authenticate(jwtOnly)).Post("/switch-team", s.switchTeam)
+	// Sign-in through providers. The callback is where a provider's answer
+	// is spent, so it shares the signup/login rate limit's window.
+	r.With(body, s.rateLimit("oauth")).Post("/oauth/exchange", s.oauthExchange)
+	r.Get("/oauth/{provider}", s.oauthStart)
+	r.With(s.rateLimit("oauth")).Get("/oauth/{provider}/callback", s.oauthCallback)
 }
 
 func (s *Server) meRoutes(r chi.Router) {
@@ -48,6 +53,9 @@ func (s *Server) meRoutes(r chi.Router) {
 	r.Get("/", s.getMe)
 	r.Patch("/", s.patchMe)
 	r.Post("/password", s.changePassword)
+	r.Get("/identities", s.listIdentities)
+	r.Post("/identities/{provider}", s.linkIdentity)
+	r.Delete("/identities/{provider}", s.unlinkIdentity)
 }
 
 func (s *Server) teamRoutes(r chi.Router) {

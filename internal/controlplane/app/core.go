@@ -2,9 +2,11 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -13,6 +15,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
@@ -35,12 +38,15 @@ type Core struct {
 	// ReconcileLease makes the reconciler a singleton loop: one replica
 	// at a time polls the hosts.
 	ReconcileLease *lease.Lease
+	// OAuth is sign-in through providers; nil when none is configured.
+	OAuth *service.OAuth
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
 	MaxUploadBytes    int64
 	ReconcileInterval time.Duration
 	TrustedProxies    []netip.Prefix
+	SecureCookies     bool
 }
 
 // NewCore builds the core services. rdb may be nil (no rate limits).
@@ -73,7 +79,11 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("build service: %w", err)
 	}
 	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
-		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies}
+		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies,
+		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://")}
+	if c.OAuth, err = newOAuth(cfg, svc, rdb); err != nil {
+		return nil, err
+	}
 	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
 		c.RateLimiter = api.NewRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute, logger)
 	}
@@ -90,9 +100,35 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	return c, nil
 }
 
+// newOAuth builds sign-in through the configured providers (nil: none).
+func newOAuth(cfg config.ControlPlane, svc *service.Service, rdb *redis.Client) (*service.OAuth, error) {
+	gh := cfg.OAuth.GitHub
+	if !gh.Enabled() {
+		return nil, nil
+	}
+	if rdb == nil {
+		return nil, errors.New("oauth: sign-in through GitHub needs Redis (one-time codes, used states)")
+	}
+	github, err := oauth.NewGitHub(oauth.GitHubConfig{
+		ClientID: gh.ClientID, ClientSecret: gh.ClientSecret, BaseURL: gh.BaseURL, APIURL: gh.APIURL,
+		RedirectURL: strings.TrimRight(cfg.PublicURL, "/") + "/v1/auth/oauth/github/callback",
+	})
+	if err != nil {
+		return nil, err
+	}
+	reg, err := oauth.NewRegistry(github)
+	if err != nil {
+		return nil, err
+	}
+	return service.NewOAuth(svc, service.OAuthConfig{Providers: reg, States: oauth.NewStateSigner(cfg.JWTSecret, nil),
+		Store: oauth.NewStore(rdb), DashboardURL: cfg.OAuth.DashboardURL})
+}
+
 // Fill sets the core's fields of api.Deps.
 func (c *Core) Fill(d *api.Deps) {
 	d.Service = c.Service
+	d.OAuth = c.OAuth
+	d.SecureCookies = c.SecureCookies
 	d.RateLimiter = c.RateLimiter
 	d.MaxBodyBytes = c.MaxBodyBytes
 	d.MaxUploadBytes = c.MaxUploadBytes

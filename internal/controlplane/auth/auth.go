@@ -5,6 +5,7 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -182,9 +183,22 @@ func NewAPIKey() (plain, prefix, hash string, err error) {
 }
 
 // HashAPIKey is the stored form of a key: SHA-256, hex.
-func HashAPIKey(key string) string {
-	sum := sha256.Sum256([]byte(key))
+func HashAPIKey(key string) string { return HashToken(key) }
+
+// HashToken is the stored form of a random secret (API keys, one-time
+// codes): SHA-256, hex. The secrets carry 256 bits, so no salt or slow
+// hash is needed.
+func HashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
 	return hex.EncodeToString(sum[:])
+}
+
+// DeriveKey derives a key for one purpose from a configured secret, so one
+// WRENN_JWT_SECRET yields unrelated keys for sessions and everything else.
+func DeriveKey(secret, purpose string) []byte {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(purpose))
+	return m.Sum(nil)
 }
 
 // LooksLikeAPIKey rejects obvious garbage before a database lookup.

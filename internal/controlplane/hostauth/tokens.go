@@ -7,7 +7,6 @@
 package hostauth
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -16,6 +15,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -62,9 +63,7 @@ func wellFormed(prefix, tok string) bool {
 // DeriveHostKey derives the host JWT signing key from the user JWT secret,
 // so a single WRENN_JWT_SECRET still yields two unrelated keys.
 func DeriveHostKey(userSecret string) []byte {
-	m := hmac.New(sha256.New, []byte(userSecret))
-	m.Write([]byte("wrenn host jwt signing key v1"))
-	return m.Sum(nil)
+	return auth.DeriveKey(userSecret, "wrenn host jwt signing key v1")
 }
 
 // HostClaims are a host JWT's claims: the subject is the host ID.

@@ -108,21 +108,54 @@ func (s *Service) Signup(ctx context.Context, in SignupInput) (Session, error) {
 	if err != nil {
 		return Session{}, Internal("signup", err)
 	}
-	teamName := name
+	u, team, err := s.createAccount(ctx, newAccount{email: email, name: name, passwordHash: &hash})
+	if isUniqueViolation(err) {
+		return Session{}, errEmailTaken
+	}
+	if err != nil {
+		return Session{}, Internal("signup", err)
+	}
+	return s.session(u, team)
+}
+
+var errEmailTaken = &Error{Kind: CodeEmailTaken.Kind(), Code: CodeEmailTaken, Field: "email", Message: "an account with this email already exists"}
+
+// newAccount is a user to create: by email sign-up (with a password hash)
+// or through a provider (with the identity to link, and no password).
+type newAccount struct {
+	email, name  string
+	passwordHash *string
+	identity     *db.CreateIdentityParams
+}
+
+// createAccount is the one way users come to exist: the user, their
+// default team (as owner) and, through a provider, the identity, in one
+// transaction under the signup lock, so the first user of a fresh install
+// (and only they) becomes platform admin. A unique violation (email or
+// identity taken) is returned as is, for the caller to judge.
+func (s *Service) createAccount(ctx context.Context, a newAccount) (db.User, TeamRef, error) {
+	teamName := a.name
 	if teamName == "" {
-		teamName = strings.SplitN(email, "@", 2)[0]
+		teamName = strings.SplitN(a.email, "@", 2)[0]
 	}
 	teamName += "'s team"
 	var u db.User
 	var team db.Team
-	err = s.inTx(ctx, func(q *db.Queries) error {
+	err := s.inTx(ctx, func(q *db.Queries) error {
 		if err := q.LockSignups(ctx); err != nil {
 			return err
 		}
 		var err error
-		u, err = q.CreateUser(ctx, db.CreateUserParams{ID: ids.New(ids.User), Email: email, Name: name, PasswordHash: hash})
+		u, err = q.CreateUser(ctx, db.CreateUserParams{ID: ids.New(ids.User), Email: a.email, Name: a.name, PasswordHash: a.passwordHash})
 		if err != nil {
 			return err
+		}
+		if a.identity != nil {
+			id := *a.identity
+			id.UserID = u.ID
+			if _, err := q.CreateIdentity(ctx, id); err != nil {
+				return err
+			}
 		}
 		team, err = q.CreateTeam(ctx, db.CreateTeamParams{ID: ids.New(ids.Team), Name: teamName})
 		if err != nil {
@@ -130,14 +163,11 @@ func (s *Service) Signup(ctx context.Context, in SignupInput) (Session, error) {
 		}
 		return q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: team.ID, Role: "owner", IsDefault: true})
 	})
-	if isUniqueViolation(err) {
-		return Session{}, &Error{Kind: CodeEmailTaken.Kind(), Code: CodeEmailTaken, Field: "email", Message: "an account with this email already exists"}
-	}
 	if err != nil {
-		return Session{}, Internal("signup", err)
+		return db.User{}, TeamRef{}, err
 	}
 	s.log.InfoContext(ctx, "user signed up", "user_id", u.ID, "team_id", team.ID, "is_admin", u.IsAdmin)
-	return s.session(u, TeamRef{ID: team.ID, Name: team.Name, Role: "owner"})
+	return u, TeamRef{ID: team.ID, Name: team.Name, Role: "owner"}, nil
 }
 
 func (s *Service) session(u db.User, t TeamRef) (Session, error) {
@@ -172,9 +202,21 @@ func (s *Service) Login(ctx context.Context, in LoginInput) (Session, error) {
 	if err != nil {
 		return Session{}, Internal("login", err)
 	}
-	if !s.passwords.Check(u.PasswordHash, in.Password) {
+	// A user who signed up through a provider has no password: the check
+	// still runs (same timing) and fails.
+	hash := s.dummyHash
+	if u.PasswordHash != nil {
+		hash = *u.PasswordHash
+	}
+	if !s.passwords.Check(hash, in.Password) || u.PasswordHash == nil {
 		return Session{}, errBadLogin
 	}
+	return s.defaultTeamSession(ctx, u)
+}
+
+// defaultTeamSession opens a session for a user who proved who they are
+// (password or provider) in their default team.
+func (s *Service) defaultTeamSession(ctx context.Context, u db.User) (Session, error) {
 	t, err := s.q.GetDefaultTeam(ctx, u.ID)
 	if isNoRows(err) {
 		return Session{}, Conflict(CodeNoTeam, "this account belongs to no team; create one after signing up again or ask a team owner to add you")
@@ -317,14 +359,17 @@ func (s *Service) ChangePassword(ctx context.Context, a auth.AuthContext, in Cha
 	if err != nil {
 		return wrapDB("change password", err)
 	}
-	if !s.passwords.Check(u.PasswordHash, in.CurrentPassword) {
+	if u.PasswordHash == nil {
+		return &Error{Kind: CodeWrongPassword.Kind(), Code: CodeWrongPassword, Field: "current_password", Message: "this account has no password: it signs in through a linked provider"}
+	}
+	if !s.passwords.Check(*u.PasswordHash, in.CurrentPassword) {
 		return &Error{Kind: CodeWrongPassword.Kind(), Code: CodeWrongPassword, Field: "current_password", Message: "current_password is wrong"}
 	}
 	hash, err := s.passwords.Hash(in.NewPassword)
 	if err != nil {
 		return Internal("change password", err)
 	}
-	if err := s.q.UpdateUserPassword(ctx, db.UpdateUserPasswordParams{ID: u.ID, PasswordHash: hash}); err != nil {
+	if err := s.q.UpdateUserPassword(ctx, db.UpdateUserPasswordParams{ID: u.ID, PasswordHash: &hash}); err != nil {
 		return Internal("change password", err)
 	}
 	return nil

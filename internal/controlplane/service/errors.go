@@ -59,6 +59,11 @@ const (
 	CodeInvalidRefreshToken      Code = "invalid_refresh_token"
 	CodeRefreshTokenReused       Code = "refresh_token_reused"
 	CodeInvalidHostToken         Code = "invalid_host_token"
+	CodeInvalidOAuthState        Code = "invalid_oauth_state"
+	CodeOAuthDenied              Code = "oauth_denied"
+	CodeOAuthCodeRejected        Code = "oauth_code_rejected"
+	CodeEmailUnverified          Code = "email_unverified"
+	CodeInvalidOAuthCode         Code = "invalid_oauth_code"
 
 	CodeForbidden       Code = "forbidden"
 	CodeSessionRequired Code = "session_required"
@@ -76,6 +81,9 @@ const (
 	CodeAPIKeyNotFound   Code = "api_key_not_found"
 	CodeHostNotFound     Code = "host_not_found"
 
+	CodeProviderNotConfigured Code = "provider_not_configured"
+	CodeIdentityNotFound      Code = "identity_not_found"
+
 	CodeMethodNotAllowed Code = "method_not_allowed"
 
 	CodeInvalidState        Code = "invalid_state"
@@ -91,6 +99,9 @@ const (
 	CodeSnapshotUnavailable Code = "snapshot_unavailable"
 	CodeHostNotRegistered   Code = "host_not_registered"
 	CodeHostHasSandboxes    Code = "host_has_sandboxes"
+	CodeIdentityTaken       Code = "identity_taken"
+	CodeAlreadyLinked       Code = "already_linked"
+	CodeLastSignInMethod    Code = "last_sign_in_method"
 
 	CodeTooLarge Code = "too_large"
 
@@ -99,6 +110,7 @@ const (
 
 	CodeAgentError          Code = "agent_error"
 	CodeTemplateUnavailable Code = "template_unavailable"
+	CodeProviderUnavailable Code = "provider_unavailable"
 
 	CodeAgentUnavailable    Code = "agent_unavailable"
 	CodeHostCapacity        Code = "host_capacity"
@@ -134,6 +146,11 @@ var codes = map[Code]codeInfo{
 	CodeInvalidRefreshToken:      {kind: KindUnauthorized},
 	CodeRefreshTokenReused:       {kind: KindUnauthorized},
 	CodeInvalidHostToken:         {kind: KindUnauthorized},
+	CodeInvalidOAuthState:        {kind: KindUnauthorized},
+	CodeOAuthDenied:              {kind: KindUnauthorized},
+	CodeOAuthCodeRejected:        {kind: KindUnauthorized},
+	CodeEmailUnverified:          {kind: KindUnauthorized},
+	CodeInvalidOAuthCode:         {kind: KindUnauthorized},
 
 	CodeForbidden:       {kind: KindForbidden},
 	CodeSessionRequired: {kind: KindForbidden},
@@ -151,6 +168,9 @@ var codes = map[Code]codeInfo{
 	CodeAPIKeyNotFound:   {kind: KindNotFound},
 	CodeHostNotFound:     {kind: KindNotFound},
 
+	CodeProviderNotConfigured: {kind: KindNotFound},
+	CodeIdentityNotFound:      {kind: KindNotFound},
+
 	CodeMethodNotAllowed: {kind: KindMethodNotAllowed},
 
 	CodeInvalidState:        {kind: KindConflict},
@@ -166,6 +186,9 @@ var codes = map[Code]codeInfo{
 	CodeSnapshotUnavailable: {kind: KindConflict},
 	CodeHostNotRegistered:   {kind: KindConflict},
 	CodeHostHasSandboxes:    {kind: KindConflict},
+	CodeIdentityTaken:       {kind: KindConflict},
+	CodeAlreadyLinked:       {kind: KindConflict},
+	CodeLastSignInMethod:    {kind: KindConflict},
 
 	CodeTooLarge: {kind: KindTooLarge},
 
@@ -174,6 +197,7 @@ var codes = map[Code]codeInfo{
 
 	CodeAgentError:          {kind: KindUpstream},
 	CodeTemplateUnavailable: {kind: KindUpstream},
+	CodeProviderUnavailable: {kind: KindUpstream},
 
 	CodeAgentUnavailable: {kind: KindUnavailable},
 	CodeHostCapacity:     {kind: KindUnavailable},
