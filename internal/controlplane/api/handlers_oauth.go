@@ -19,7 +19,7 @@ const (
 // when no provider is configured at all.
 func (s *Server) oauthFlows(w http.ResponseWriter, r *http.Request) (*service.OAuth, bool) {
 	if s.deps.OAuth == nil {
-		s.writeErr(w, r, service.NotFound(service.CodeProviderNotConfigured, "sign-in with "+chi.URLParam(r, "provider")+" is not configured on this server"))
+		s.writeErr(w, r, service.NotFound(service.CodeProviderNotConfigured, "no sign-in provider is configured on this server"))
 		return nil, false
 	}
 	return s.deps.OAuth, true

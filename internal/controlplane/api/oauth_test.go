@@ -153,11 +153,17 @@ func (b *browser) exchange(code string) (int, session, []byte) {
 	return resp.StatusCode, s, body
 }
 
+// oneTimeCode runs a sign-in up to the landing and returns its code.
+func (b *browser) oneTimeCode() string {
+	b.t.Helper()
+	_, frag := b.landing(b.startPath("/v1/auth/oauth/github"))
+	return frag.Get("oauth_code")
+}
+
 // signIn runs a whole sign-in and returns the session.
 func (b *browser) signIn() session {
 	b.t.Helper()
-	_, frag := b.landing(b.startPath("/v1/auth/oauth/github"))
-	st, s, body := b.exchange(frag.Get("oauth_code"))
+	st, s, body := b.exchange(b.oneTimeCode())
 	if st != http.StatusOK {
 		b.t.Fatalf("exchange = %d: %s", st, body)
 	}
@@ -503,8 +509,7 @@ func TestOAuthOneTimeCode(t *testing.T) {
 	e, gh := newOAuthEnv(t)
 	gh.SetUser(octocat)
 	b := newBrowser(t, e)
-	_, frag := b.landing(b.startPath("/v1/auth/oauth/github"))
-	code := frag.Get("oauth_code")
+	code := b.oneTimeCode()
 	keys, err := e.rdb.Keys(context.Background(), "wrenn:oauth:code:*").Result()
 	if err != nil || len(keys) != 1 || !strings.HasSuffix(keys[0], auth.HashToken(code)) {
 		t.Fatalf("code keys %v (%v), want the code's hash only", keys, err)
@@ -601,8 +606,7 @@ func TestOAuthSecretsStayOutOfURLsHeadersAndLogs(t *testing.T) {
 	e, gh := newOAuthEnv(t)
 	gh.SetUser(octocat)
 	b := newBrowser(t, e)
-	_, frag := b.landing(b.startPath("/v1/auth/oauth/github"))
-	code := frag.Get("oauth_code")
+	code := b.oneTimeCode()
 	st, s, _ := b.exchange(code)
 	if st != http.StatusOK || s.Token == "" {
 		t.Fatalf("exchange = %d", st)
