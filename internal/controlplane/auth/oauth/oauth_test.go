@@ -228,3 +228,33 @@ func TestStore(t *testing.T) {
 		}
 	}
 }
+
+// A state cookie is accepted only under the key that signed it (what
+// another key accepts, this one refuses), for the state it carries; nothing
+// panics. (The fuzz workers make their own random seed cookie, so the
+// property cannot name one.)
+func FuzzStateOpen(f *testing.F) {
+	now := func() time.Time { return time.Unix(1_800_000_000, 0) }
+	s := oauth.NewStateSigner(secret, now)
+	other := oauth.NewStateSigner("another-secret-another-secret-another", now)
+	valid, cookie, err := s.Start("github", "", "")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(cookie, valid.State)
+	f.Add(cookie+"x", valid.State)
+	f.Add("e30.", "")
+	f.Add(".", "x")
+	f.Fuzz(func(t *testing.T, c, state string) {
+		got, err := s.Open(c, state, "github")
+		if err != nil {
+			return
+		}
+		if _, err := other.Open(c, state, "github"); err == nil {
+			t.Fatalf("a cookie is accepted under two keys: %q", c)
+		}
+		if got.State != state || got.Provider != "github" {
+			t.Fatalf("Open(%q, %q) accepted a flow for another state: %+v", c, state, got)
+		}
+	})
+}
