@@ -23,3 +23,8 @@ WHERE name = sqlc.arg(name) AND holder = sqlc.arg(holder) AND token = sqlc.arg(t
 
 -- name: GetLease :one
 SELECT * FROM leases WHERE name = $1;
+
+-- name: ListLeases :many
+-- Every singleton loop's lease, with whether it is held now (by the
+-- database clock).
+SELECT name, holder, token, expires_at, (expires_at > now())::boolean AS held FROM leases ORDER BY name;

@@ -6,9 +6,12 @@ SELECT pg_advisory_xact_lock(4242002, hashtext(sqlc.arg(team_id)::text));
 SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running');
 
 -- name: InsertSandbox :one
-INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by)
+-- A new sandbox is pending under the create operation's lease.
+INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
+                       op, op_id, op_owner, op_expires_at)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(host_id), sqlc.arg(template), 'pending', sqlc.arg(vcpus),
-        sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(timeout_sec), sqlc.arg(metadata), sqlc.arg(created_by))
+        sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(timeout_sec), sqlc.arg(metadata), sqlc.arg(created_by),
+        'create', sqlc.arg(op_id)::text, sqlc.arg(op_owner)::text, now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8))
 RETURNING *;
 
 -- name: GetSandbox :one
@@ -29,7 +32,9 @@ LIMIT sqlc.arg(lim);
 -- The one status write (service.StateTx.Change). Conditional: it applies only
 -- while the row is in one of from_statuses (and, when given, unchanged since
 -- it was read at seen_updated_at), so concurrent writers never overwrite each
--- other. The locked CTE returns the status the row really had.
+-- other. The locked CTE returns the status the row really had. A status
+-- change ends the operation recorded on the row: that operation's own later
+-- change is conditional on the status it left and so fails.
 WITH cur AS (
     SELECT c.id, c.status FROM sandboxes c
     WHERE c.id = sqlc.arg(id)::text
@@ -46,7 +51,8 @@ UPDATE sandboxes s SET
     last_active_at = CASE WHEN sqlc.arg(to_status)::text = 'running' THEN now() ELSE s.last_active_at END,
     paused_at      = CASE WHEN sqlc.arg(to_status)::text = 'paused' THEN now() ELSE s.paused_at END,
     stopped_at     = CASE WHEN sqlc.arg(to_status)::text = 'stopped' THEN now() ELSE s.stopped_at END,
-    timeout_sec    = COALESCE(sqlc.narg(timeout_sec)::integer, s.timeout_sec)
+    timeout_sec    = COALESCE(sqlc.narg(timeout_sec)::integer, s.timeout_sec),
+    op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
 FROM cur
 WHERE s.id = cur.id
 RETURNING cur.status AS from_status, sqlc.embed(s);
@@ -78,3 +84,36 @@ WHERE team_id = sqlc.arg(team_id) AND template = sqlc.arg(template) AND status <
 UPDATE sandboxes SET last_active_at = sqlc.arg(last_active_at)
 WHERE id = sqlc.arg(id) AND status = 'running'
   AND (last_active_at IS NULL OR last_active_at < sqlc.arg(last_active_at));
+
+-- name: ListSyncedSandboxes :many
+-- The host's sandboxes in the given states for the reconciler, oldest
+-- first, each with whether an operation lease still owns it (judged by the
+-- database clock).
+SELECT sqlc.embed(sandboxes), (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
+FROM sandboxes
+WHERE host_id = sqlc.arg(host_id) AND status = ANY(sqlc.arg(statuses)::text[])
+ORDER BY created_at, id;
+
+-- name: ClaimSandboxOp :one
+-- Records an operation on the team's sandbox in one of from_statuses. It
+-- fails (no row) while another operation's lease is live, unless
+-- take_over is set (destroy wins over any operation in flight). It counts
+-- as a change of the row (updated_at), so a decision made on an older read
+-- does not apply.
+UPDATE sandboxes SET op = sqlc.arg(op)::text, op_id = sqlc.arg(op_id)::text, op_owner = sqlc.arg(op_owner)::text,
+    op_expires_at = now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8), updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = ANY(sqlc.arg(from_statuses)::text[])
+  AND (op IS NULL OR op_expires_at <= now() OR sqlc.arg(take_over)::boolean)
+RETURNING *;
+
+-- name: RenewSandboxOp :execrows
+-- Extends the lease of an operation still recorded; 0 rows: it ended or
+-- was taken over.
+UPDATE sandboxes SET op_expires_at = now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8)
+WHERE id = sqlc.arg(id) AND op_id = sqlc.arg(op_id);
+
+-- name: EndSandboxOp :exec
+-- Ends an operation that changed no status (it failed, or left the state
+-- as it was), unless another took the row over.
+UPDATE sandboxes SET op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
+WHERE id = sqlc.arg(id) AND op_id = sqlc.arg(op_id);

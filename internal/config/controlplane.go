@@ -28,8 +28,11 @@ type ControlPlane struct {
 	ReconcileInterval time.Duration
 	// AgentLifecycleTimeout bounds create/pause/resume/destroy calls to an agent.
 	AgentLifecycleTimeout time.Duration
-	Limits                Limits
-	Hosts                 Hosts
+	// OperationLease is how long a lifecycle operation stays claimed by
+	// its replica after the last renewal; then the reconciler settles it.
+	OperationLease time.Duration
+	Limits         Limits
+	Hosts          Hosts
 	// TrustedProxies are the peers (load balancers, reverse proxies) whose
 	// X-Forwarded-For and Forwarded headers name the client; empty trusts
 	// none, so the TCP peer is the client.
@@ -114,6 +117,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		JWTTTL:                r.duration("WRENN_JWT_TTL", 24*time.Hour, time.Minute),
 		ReconcileInterval:     r.duration("WRENN_RECONCILE_INTERVAL", 5*time.Second, 100*time.Millisecond),
 		AgentLifecycleTimeout: r.duration("WRENN_AGENT_LIFECYCLE_TIMEOUT", 5*time.Minute, 5*time.Second),
+		OperationLease:        r.duration("WRENN_OPERATION_LEASE", 15*time.Second, 300*time.Millisecond),
 		Limits: Limits{
 			SandboxMaxVCPUs:         r.integer("WRENN_SANDBOX_MAX_VCPUS", 8, 1, 256),
 			SandboxMaxMemoryMB:      r.integer("WRENN_SANDBOX_MAX_MEMORY_MB", 8192, 128, 1<<22),

@@ -7,6 +7,7 @@ package db
 
 import (
 	"context"
+	"time"
 )
 
 const acquireLease = `-- name: AcquireLease :one
@@ -51,6 +52,46 @@ func (q *Queries) GetLease(ctx context.Context, name string) (Lease, error) {
 		&i.UpdatedAt,
 	)
 	return i, err
+}
+
+const listLeases = `-- name: ListLeases :many
+SELECT name, holder, token, expires_at, (expires_at > now())::boolean AS held FROM leases ORDER BY name
+`
+
+type ListLeasesRow struct {
+	Name      string    `json:"name"`
+	Holder    string    `json:"holder"`
+	Token     int64     `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Held      bool      `json:"held"`
+}
+
+// Every singleton loop's lease, with whether it is held now (by the
+// database clock).
+func (q *Queries) ListLeases(ctx context.Context) ([]ListLeasesRow, error) {
+	rows, err := q.db.Query(ctx, listLeases)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListLeasesRow{}
+	for rows.Next() {
+		var i ListLeasesRow
+		if err := rows.Scan(
+			&i.Name,
+			&i.Holder,
+			&i.Token,
+			&i.ExpiresAt,
+			&i.Held,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const releaseLease = `-- name: ReleaseLease :exec

@@ -46,6 +46,20 @@ type HostRefreshToken struct {
 	ReplacedBy string     `json:"replaced_by"`
 }
 
+type IdempotencyKey struct {
+	TeamID         string    `json:"team_id"`
+	Route          string    `json:"route"`
+	Key            string    `json:"key"`
+	RequestHash    string    `json:"request_hash"`
+	ResourceID     string    `json:"resource_id"`
+	Owner          string    `json:"owner"`
+	Attempt        string    `json:"attempt"`
+	LeaseExpiresAt time.Time `json:"lease_expires_at"`
+	StatusCode     *int32    `json:"status_code"`
+	Response       []byte    `json:"response"`
+	CreatedAt      time.Time `json:"created_at"`
+}
+
 type Lease struct {
 	Name      string    `json:"name"`
 	Holder    string    `json:"holder"`
@@ -74,6 +88,10 @@ type Sandbox struct {
 	PausedAt            *time.Time      `json:"paused_at"`
 	StoppedAt           *time.Time      `json:"stopped_at"`
 	ResumeReservedUntil *time.Time      `json:"resume_reserved_until"`
+	Op                  *string         `json:"op"`
+	OpID                *string         `json:"op_id"`
+	OpOwner             *string         `json:"op_owner"`
+	OpExpiresAt         *time.Time      `json:"op_expires_at"`
 }
 
 type Team struct {

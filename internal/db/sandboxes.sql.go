@@ -11,6 +11,70 @@ import (
 	"time"
 )
 
+const claimSandboxOp = `-- name: ClaimSandboxOp :one
+UPDATE sandboxes SET op = $1::text, op_id = $2::text, op_owner = $3::text,
+    op_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
+WHERE id = $5 AND team_id = $6 AND status = ANY($7::text[])
+  AND (op IS NULL OR op_expires_at <= now() OR $8::boolean)
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at
+`
+
+type ClaimSandboxOpParams struct {
+	Op           string   `json:"op"`
+	OpID         string   `json:"op_id"`
+	OpOwner      string   `json:"op_owner"`
+	OpTtlSeconds float64  `json:"op_ttl_seconds"`
+	ID           string   `json:"id"`
+	TeamID       string   `json:"team_id"`
+	FromStatuses []string `json:"from_statuses"`
+	TakeOver     bool     `json:"take_over"`
+}
+
+// Records an operation on the team's sandbox in one of from_statuses. It
+// fails (no row) while another operation's lease is live, unless
+// take_over is set (destroy wins over any operation in flight). It counts
+// as a change of the row (updated_at), so a decision made on an older read
+// does not apply.
+func (q *Queries) ClaimSandboxOp(ctx context.Context, arg ClaimSandboxOpParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, claimSandboxOp,
+		arg.Op,
+		arg.OpID,
+		arg.OpOwner,
+		arg.OpTtlSeconds,
+		arg.ID,
+		arg.TeamID,
+		arg.FromStatuses,
+		arg.TakeOver,
+	)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.Metadata,
+		&i.ErrorMessage,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
+	)
+	return i, err
+}
+
 const countActiveSandboxes = `-- name: CountActiveSandboxes :one
 SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running')
 `
@@ -39,8 +103,25 @@ func (q *Queries) CountTemplateUsers(ctx context.Context, arg CountTemplateUsers
 	return count, err
 }
 
+const endSandboxOp = `-- name: EndSandboxOp :exec
+UPDATE sandboxes SET op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
+WHERE id = $1 AND op_id = $2
+`
+
+type EndSandboxOpParams struct {
+	ID   string  `json:"id"`
+	OpID *string `json:"op_id"`
+}
+
+// Ends an operation that changed no status (it failed, or left the state
+// as it was), unless another took the row over.
+func (q *Queries) EndSandboxOp(ctx context.Context, arg EndSandboxOpParams) error {
+	_, err := q.db.Exec(ctx, endSandboxOp, arg.ID, arg.OpID)
+	return err
+}
+
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -71,30 +152,40 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
 	)
 	return i, err
 }
 
 const insertSandbox = `-- name: InsertSandbox :one
-INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by)
+INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
+                       op, op_id, op_owner, op_expires_at)
 VALUES ($1, $2, $3, $4, 'pending', $5,
-        $6, $7, $8, $9, $10)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until
+        $6, $7, $8, $9, $10,
+        'create', $11::text, $12::text, now() + make_interval(secs => $13::float8))
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at
 `
 
 type InsertSandboxParams struct {
-	ID         string          `json:"id"`
-	TeamID     string          `json:"team_id"`
-	HostID     *string         `json:"host_id"`
-	Template   string          `json:"template"`
-	Vcpus      int32           `json:"vcpus"`
-	MemoryMb   int32           `json:"memory_mb"`
-	DiskMb     int32           `json:"disk_mb"`
-	TimeoutSec int32           `json:"timeout_sec"`
-	Metadata   json.RawMessage `json:"metadata"`
-	CreatedBy  string          `json:"created_by"`
+	ID           string          `json:"id"`
+	TeamID       string          `json:"team_id"`
+	HostID       *string         `json:"host_id"`
+	Template     string          `json:"template"`
+	Vcpus        int32           `json:"vcpus"`
+	MemoryMb     int32           `json:"memory_mb"`
+	DiskMb       int32           `json:"disk_mb"`
+	TimeoutSec   int32           `json:"timeout_sec"`
+	Metadata     json.RawMessage `json:"metadata"`
+	CreatedBy    string          `json:"created_by"`
+	OpID         string          `json:"op_id"`
+	OpOwner      string          `json:"op_owner"`
+	OpTtlSeconds float64         `json:"op_ttl_seconds"`
 }
 
+// A new sandbox is pending under the create operation's lease.
 func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, insertSandbox,
 		arg.ID,
@@ -107,6 +198,9 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.TimeoutSec,
 		arg.Metadata,
 		arg.CreatedBy,
+		arg.OpID,
+		arg.OpOwner,
+		arg.OpTtlSeconds,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -129,12 +223,16 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
 	)
 	return i, err
 }
 
 const listHostSandboxes = `-- name: ListHostSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
 `
@@ -174,6 +272,10 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 			&i.PausedAt,
 			&i.StoppedAt,
 			&i.ResumeReservedUntil,
+			&i.Op,
+			&i.OpID,
+			&i.OpOwner,
+			&i.OpExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -186,7 +288,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at FROM sandboxes
 WHERE team_id = $1
   AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
   AND metadata @> $3::jsonb
@@ -242,6 +344,75 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.PausedAt,
 			&i.StoppedAt,
 			&i.ResumeReservedUntil,
+			&i.Op,
+			&i.OpID,
+			&i.OpOwner,
+			&i.OpExpiresAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listSyncedSandboxes = `-- name: ListSyncedSandboxes :many
+SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
+FROM sandboxes
+WHERE host_id = $1 AND status = ANY($2::text[])
+ORDER BY created_at, id
+`
+
+type ListSyncedSandboxesParams struct {
+	HostID   *string  `json:"host_id"`
+	Statuses []string `json:"statuses"`
+}
+
+type ListSyncedSandboxesRow struct {
+	Sandbox Sandbox `json:"sandbox"`
+	OpLive  bool    `json:"op_live"`
+}
+
+// The host's sandboxes in the given states for the reconciler, oldest
+// first, each with whether an operation lease still owns it (judged by the
+// database clock).
+func (q *Queries) ListSyncedSandboxes(ctx context.Context, arg ListSyncedSandboxesParams) ([]ListSyncedSandboxesRow, error) {
+	rows, err := q.db.Query(ctx, listSyncedSandboxes, arg.HostID, arg.Statuses)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListSyncedSandboxesRow{}
+	for rows.Next() {
+		var i ListSyncedSandboxesRow
+		if err := rows.Scan(
+			&i.Sandbox.ID,
+			&i.Sandbox.TeamID,
+			&i.Sandbox.HostID,
+			&i.Sandbox.Template,
+			&i.Sandbox.Status,
+			&i.Sandbox.Vcpus,
+			&i.Sandbox.MemoryMb,
+			&i.Sandbox.DiskMb,
+			&i.Sandbox.TimeoutSec,
+			&i.Sandbox.Metadata,
+			&i.Sandbox.ErrorMessage,
+			&i.Sandbox.CreatedBy,
+			&i.Sandbox.CreatedAt,
+			&i.Sandbox.UpdatedAt,
+			&i.Sandbox.StartedAt,
+			&i.Sandbox.LastActiveAt,
+			&i.Sandbox.PausedAt,
+			&i.Sandbox.StoppedAt,
+			&i.Sandbox.ResumeReservedUntil,
+			&i.Sandbox.Op,
+			&i.Sandbox.OpID,
+			&i.Sandbox.OpOwner,
+			&i.Sandbox.OpExpiresAt,
+			&i.OpLive,
 		); err != nil {
 			return nil, err
 		}
@@ -263,6 +434,27 @@ func (q *Queries) LockTeamSandboxes(ctx context.Context, teamID string) error {
 	return err
 }
 
+const renewSandboxOp = `-- name: RenewSandboxOp :execrows
+UPDATE sandboxes SET op_expires_at = now() + make_interval(secs => $1::float8)
+WHERE id = $2 AND op_id = $3
+`
+
+type RenewSandboxOpParams struct {
+	OpTtlSeconds float64 `json:"op_ttl_seconds"`
+	ID           string  `json:"id"`
+	OpID         *string `json:"op_id"`
+}
+
+// Extends the lease of an operation still recorded; 0 rows: it ended or
+// was taken over.
+func (q *Queries) RenewSandboxOp(ctx context.Context, arg RenewSandboxOpParams) (int64, error) {
+	result, err := q.db.Exec(ctx, renewSandboxOp, arg.OpTtlSeconds, arg.ID, arg.OpID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const setSandboxStatus = `-- name: SetSandboxStatus :one
 WITH cur AS (
     SELECT c.id, c.status FROM sandboxes c
@@ -280,10 +472,11 @@ UPDATE sandboxes s SET
     last_active_at = CASE WHEN $1::text = 'running' THEN now() ELSE s.last_active_at END,
     paused_at      = CASE WHEN $1::text = 'paused' THEN now() ELSE s.paused_at END,
     stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE s.stopped_at END,
-    timeout_sec    = COALESCE($3::integer, s.timeout_sec)
+    timeout_sec    = COALESCE($3::integer, s.timeout_sec),
+    op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
 FROM cur
 WHERE s.id = cur.id
-RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until
+RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at
 `
 
 type SetSandboxStatusParams struct {
@@ -304,7 +497,9 @@ type SetSandboxStatusRow struct {
 // The one status write (service.StateTx.Change). Conditional: it applies only
 // while the row is in one of from_statuses (and, when given, unchanged since
 // it was read at seen_updated_at), so concurrent writers never overwrite each
-// other. The locked CTE returns the status the row really had.
+// other. The locked CTE returns the status the row really had. A status
+// change ends the operation recorded on the row: that operation's own later
+// change is conditional on the status it left and so fails.
 func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusParams) (SetSandboxStatusRow, error) {
 	row := q.db.QueryRow(ctx, setSandboxStatus,
 		arg.ToStatus,
@@ -337,6 +532,10 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 		&i.Sandbox.PausedAt,
 		&i.Sandbox.StoppedAt,
 		&i.Sandbox.ResumeReservedUntil,
+		&i.Sandbox.Op,
+		&i.Sandbox.OpID,
+		&i.Sandbox.OpOwner,
+		&i.Sandbox.OpExpiresAt,
 	)
 	return i, err
 }
@@ -344,7 +543,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at
 `
 
 type SetSandboxTimeoutParams struct {
@@ -383,6 +582,10 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
 	)
 	return i, err
 }

@@ -49,6 +49,7 @@ var kindStatus = map[service.Kind]int{
 	service.KindNotFound:         http.StatusNotFound,
 	service.KindMethodNotAllowed: http.StatusMethodNotAllowed,
 	service.KindConflict:         http.StatusConflict,
+	service.KindUnprocessable:    http.StatusUnprocessableEntity,
 	service.KindTooLarge:         http.StatusRequestEntityTooLarge,
 	service.KindRateLimited:      http.StatusTooManyRequests,
 	service.KindUpstream:         http.StatusBadGateway,

@@ -31,10 +31,19 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	sb, err := s.deps.Service.CreateSandbox(r.Context(), caller(r), in)
+	opts := service.CreateOptions{ID: resourceID(r), Async: prefersAsync(r)}
+	sb, err := s.deps.Service.StartSandbox(r.Context(), caller(r), in, opts)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
+	}
+	if opts.Async {
+		w.Header().Set("Preference-Applied", "respond-async")
+		if sb.Status == service.StatusPending {
+			// The boot goes on under the create's operation lease.
+			WriteJSON(w, http.StatusAccepted, sb)
+			return
+		}
 	}
 	WriteJSON(w, http.StatusCreated, sb)
 }
@@ -334,7 +343,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	snap, err := s.deps.Service.CreateSnapshot(r.Context(), caller(r), in)
+	snap, err := s.deps.Service.CreateSnapshotAs(r.Context(), caller(r), in, resourceID(r))
 	if err != nil {
 		s.writeErr(w, r, err)
 		return

@@ -16,12 +16,18 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
 // HealthChecker reports whether a dependency (database, Redis) answers.
 type HealthChecker interface {
 	Ping(ctx context.Context) error
+}
+
+// LeaseReader lists who runs each singleton loop, for GET /health.
+type LeaseReader interface {
+	Holders(ctx context.Context) ([]lease.Holder, error)
 }
 
 // Deps are what the HTTP layer needs; constructed by the caller.
@@ -31,6 +37,10 @@ type Deps struct {
 	Checks map[string]HealthChecker
 	// Version is reported by GET /health.
 	Version string
+	// Replica is this process's id and Leases who holds each singleton
+	// loop's lease, both reported by GET /health (when set).
+	Replica string
+	Leases  LeaseReader
 	// Hosts serves /v1/hosts (registration, heartbeats, host management);
 	// without it those routes answer 503. User sessions on host management
 	// routes are checked by Service, or by HostUserAuth when Service is nil.
@@ -114,6 +124,20 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		checks[name] = "ok"
 	}
 	body := map[string]any{"status": "ok", "version": s.deps.Version, "checks": checks}
+	if s.deps.Replica != "" {
+		body["replica"] = s.deps.Replica
+	}
+	if s.deps.Leases != nil {
+		// Which replica leads each singleton loop; a failure here is the
+		// database's, already reported by its check.
+		if hs, err := s.deps.Leases.Holders(ctx); err == nil {
+			leases := make(map[string]lease.Holder, len(hs))
+			for _, h := range hs {
+				leases[h.Name] = h
+			}
+			body["leases"] = leases
+		}
+	}
 	if status != http.StatusOK {
 		body["status"] = "degraded"
 	}

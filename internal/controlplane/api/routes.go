@@ -5,6 +5,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
@@ -24,6 +25,16 @@ func (s *Server) mountV1(root chi.Router) {
 		r.Route("/v1/capsules", s.sandboxRoutes)
 		r.Route("/v1/snapshots", s.snapshotRoutes)
 	})
+}
+
+// fixedRoute and sandboxRoute name an idempotent operation (the same under
+// /v1/sandboxes and /v1/capsules); a sandbox's pause is not another's.
+func fixedRoute(name string) func(*http.Request) string {
+	return func(*http.Request) string { return name }
+}
+
+func sandboxRoute(name string) func(*http.Request) string {
+	return func(r *http.Request) string { return name + ":" + sandboxID(r) }
 }
 
 func (s *Server) serviceReady(next http.Handler) http.Handler {
@@ -80,7 +91,7 @@ func (s *Server) keyRoutes(r chi.Router) {
 
 func (s *Server) snapshotRoutes(r chi.Router) {
 	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOrKey))
-	r.Post("/", s.createSnapshot)
+	r.With(s.idempotent(fixedRoute("snapshots.create"), func() string { return ids.New(ids.Template) })).Post("/", s.createSnapshot)
 	r.Get("/", s.listSnapshots)
 	r.Delete("/{name}", s.deleteSnapshot)
 }
@@ -88,7 +99,7 @@ func (s *Server) snapshotRoutes(r chi.Router) {
 func (s *Server) sandboxRoutes(r chi.Router) {
 	r.Use(s.authenticate(jwtOrKey))
 	body := limitBody(s.deps.MaxBodyBytes)
-	r.With(body).Post("/", s.createSandbox)
+	r.With(body, s.idempotent(fixedRoute("sandboxes.create"), func() string { return ids.New(ids.Sandbox) })).Post("/", s.createSandbox)
 	r.Get("/", s.listSandboxes)
 	r.Route("/{sandbox_id}", func(r chi.Router) {
 		r.Get("/", s.getSandbox)
@@ -104,8 +115,8 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 		r.Group(func(r chi.Router) {
 			r.Use(body)
 			r.Post("/exec", s.execSandbox)
-			r.Post("/pause", s.pauseSandbox)
-			r.Post("/resume", s.resumeSandbox)
+			r.With(s.idempotent(sandboxRoute("sandboxes.pause"), nil)).Post("/pause", s.pauseSandbox)
+			r.With(s.idempotent(sandboxRoute("sandboxes.resume"), nil)).Post("/resume", s.resumeSandbox)
 			r.Post("/ping", s.pingSandbox)
 			r.Post("/files/read", s.readFile)
 			r.Post("/files/list", s.listDir)

@@ -584,14 +584,20 @@ func TestSandboxesFromASnapshotStartOnItsHost(t *testing.T) {
 }
 
 // The reconciler reads the agent's state and may record a pause before the
-// pause call itself returns: the caller still gets 200, not a 409.
+// pause call itself returns: the caller still gets 200, not a 409. (It
+// leaves a row with an operation in flight alone, so it does so only
+// once the pause outlived its lease, as a frozen replica's does: the hook
+// expires the lease.)
 func TestPauseRecordedFirstByTheReconciler(t *testing.T) {
 	e := newEnv(t)
 	owner := e.signup("owner@example.com")
 	c := owner.cred()
 	sb := e.createSandbox(c, nil)
 	var reconciled int
-	e.agent.AfterPause = func(string) {
+	e.agent.AfterPause = func(id string) {
+		if _, err := e.pool.Exec(context.Background(), "UPDATE sandboxes SET op_expires_at = now() WHERE id = $1", id); err != nil {
+			t.Error(err)
+		}
 		reconciled = e.rec.Pass(context.Background()).Paused
 	}
 	var got sandboxResp

@@ -143,5 +143,10 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("shut down http server: %w", err)
 	}
+	// Creates answered at once still boot; what the timeout cuts off is
+	// settled by another replica's reconciler once its lease expires.
+	if err := core.Service.WaitBackground(shutCtx); err != nil {
+		logger.Warn("shutdown", "err", err)
+	}
 	return nil
 }

@@ -40,6 +40,7 @@ type Core struct {
 	ReconcileLease *lease.Lease
 	// OAuth is sign-in through providers; nil when none is configured.
 	OAuth *service.OAuth
+	pool  *pgxpool.Pool
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -67,18 +68,19 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		sch = hosts.NewLeastLoaded(oc)
 	}
 	states := service.NewStates(pool, logger)
+	replica := lease.NewReplicaID()
 	svc, err := service.New(service.Deps{
-		Pool: pool, Hosts: hp, Scheduler: sch, States: states, Tokens: tokens, Logger: logger,
+		Pool: pool, Hosts: hp, Scheduler: sch, States: states, Tokens: tokens, Logger: logger, Replica: replica,
 		Limits: service.Limits{
 			MaxVCPUs: cfg.Limits.SandboxMaxVCPUs, MaxMemoryMB: cfg.Limits.SandboxMaxMemoryMB,
 			MaxTimeoutSec: cfg.Limits.SandboxMaxTimeoutSec, MaxRunningPerTeam: cfg.Limits.TeamMaxRunningSandboxes,
-			LifecycleTimeout: cfg.AgentLifecycleTimeout,
+			LifecycleTimeout: cfg.AgentLifecycleTimeout, OperationLease: cfg.OperationLease,
 		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build service: %w", err)
 	}
-	c := &Core{Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+	c := &Core{pool: pool, Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies,
 		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://")}
 	if c.OAuth, err = newOAuth(cfg, svc, rdb); err != nil {
@@ -92,7 +94,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	}
 	c.Reconciler = reconciler.New(pool, states, hp, reconciler.Config{
 		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter}, logger)
-	c.Replica = lease.NewReplicaID()
+	c.Replica = replica
 	c.ReconcileLease, err = lease.New(pool, lease.Config{Name: "reconciler", Replica: c.Replica, Interval: c.ReconcileInterval}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("WRENN_RECONCILE_INTERVAL: %w", err)
@@ -133,9 +135,16 @@ func (c *Core) Fill(d *api.Deps) {
 	d.MaxBodyBytes = c.MaxBodyBytes
 	d.MaxUploadBytes = c.MaxUploadBytes
 	d.TrustedProxies = c.TrustedProxies
+	d.Replica = c.Replica
+	d.Leases = c
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
+}
+
+// Holders lists who holds each singleton loop's lease (api.LeaseReader).
+func (c *Core) Holders(ctx context.Context) ([]lease.Holder, error) {
+	return lease.Holders(ctx, c.pool)
 }
 
 // ReconcileNow runs one reconcile pass beside the background loop (every

@@ -2,13 +2,17 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
@@ -180,5 +184,66 @@ func TestRunReleasesLeasesOnShutdown(t *testing.T) {
 	var expired bool
 	if err := pool.QueryRow(t.Context(), "SELECT expires_at <= now() FROM leases WHERE name = 'reconciler'").Scan(&expired); err != nil || !expired {
 		t.Fatalf("lease not released at shutdown (expired %v, err %v)", expired, err)
+	}
+}
+
+// GET /health of every replica names the replica that runs the reconciler,
+// and the survivor once the leader stopped.
+func TestHealthNamesTheLeader(t *testing.T) {
+	rs := startReplicas(t, 2)
+	servers := make([]*httptest.Server, len(rs.cores))
+	for i, c := range rs.cores {
+		deps := api.Deps{Logger: slog.New(slog.DiscardHandler)}
+		c.Fill(&deps)
+		h, err := api.New(deps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers[i] = httptest.NewServer(h)
+		t.Cleanup(servers[i].Close)
+	}
+	type health struct {
+		Replica string
+		Leases  map[string]struct {
+			Replica string
+			Held    bool
+		}
+	}
+	get := func(srv *httptest.Server) health {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var h health
+		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	leader := rs.waitLeader(t, -1)
+	for i, srv := range servers {
+		h := get(srv)
+		if h.Replica != rs.cores[i].Replica {
+			t.Fatalf("replica %d reports id %q, want %q", i, h.Replica, rs.cores[i].Replica)
+		}
+		if l := h.Leases["reconciler"]; l.Replica != rs.cores[leader].Replica || !l.Held {
+			t.Fatalf("replica %d reports the reconciler lease %+v, want held by %s", i, l, rs.cores[leader].Replica)
+		}
+	}
+	rs.stops[leader]()
+	<-rs.dones[leader]
+	next := rs.waitLeader(t, leader)
+	deadline := time.Now().Add(replicaInterval)
+	for {
+		l := get(servers[next]).Leases["reconciler"]
+		if l.Replica == rs.cores[next].Replica && l.Held {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("one interval after the leader stopped /health reports %+v, want %s", l, rs.cores[next].Replica)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

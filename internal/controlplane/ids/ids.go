@@ -16,6 +16,9 @@ const (
 	Sandbox  = "sb-"
 	Host     = "host-"
 	Template = "tpl-"
+	// Operation names one lifecycle operation recorded on a sandbox, and
+	// one attempt at an idempotent request.
+	Operation = "op-"
 )
 
 var enc = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

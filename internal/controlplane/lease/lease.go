@@ -42,6 +42,29 @@ func NewReplicaID() string {
 	return "cp-" + hex.EncodeToString(b)
 }
 
+// Holder is who holds one lease, as the database sees it now.
+type Holder struct {
+	Name string `json:"-"`
+	// Replica held it last; Held says it still does (not expired).
+	Replica   string    `json:"replica"`
+	Held      bool      `json:"held"`
+	Token     int64     `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Holders lists every lease's holder, by name.
+func Holders(ctx context.Context, conn db.DBTX) ([]Holder, error) {
+	rows, err := db.New(conn).ListLeases(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list leases: %w", err)
+	}
+	out := make([]Holder, len(rows))
+	for i, r := range rows {
+		out[i] = Holder{Name: r.Name, Replica: r.Holder, Held: r.Held, Token: r.Token, ExpiresAt: r.ExpiresAt}
+	}
+	return out, nil
+}
+
 // Config names a lease and sets its pace.
 type Config struct {
 	// Name identifies the loop ("reconciler").

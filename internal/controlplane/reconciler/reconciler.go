@@ -112,6 +112,9 @@ type PassResult struct {
 	// OrphansDestroyed counts VMs with no live row destroyed on hosts;
 	// StoppingDestroyed the VMs of stopping rows.
 	OrphansDestroyed, StoppingDestroyed int
+	// Settled counts rows whose interrupted operation (lease expired) was
+	// settled; they are counted by their new state too.
+	Settled int
 	// HostsFailed counts hosts whose agent did not answer, HostsBack
 	// unreachable hosts that answered again.
 	HostsFailed, HostsBack int
@@ -126,6 +129,7 @@ func (p *PassResult) add(o PassResult) {
 	p.Errored += o.Errored
 	p.OrphansDestroyed += o.OrphansDestroyed
 	p.StoppingDestroyed += o.StoppingDestroyed
+	p.Settled += o.Settled
 	p.HostsFailed += o.HostsFailed
 	p.HostsBack += o.HostsBack
 }
@@ -148,6 +152,10 @@ func (r *Reconciler) Pass(ctx context.Context) PassResult { return r.pass(ctx, t
 
 func (r *Reconciler) pass(ctx context.Context, markSilent bool) PassResult {
 	var res PassResult
+	// Idempotency keys are kept for a window; the one loop forgets them.
+	if _, err := r.q.DeleteOldIdempotencyKeys(ctx, service.IdempotencyWindow.Seconds()); err != nil {
+		r.log.WarnContext(ctx, "reconcile: delete old idempotency keys", "err", err)
+	}
 	hs, err := r.q.ListReconciledHosts(ctx)
 	if err != nil {
 		r.log.WarnContext(ctx, "reconcile: list hosts", "err", err)
@@ -246,7 +254,7 @@ type agentSandbox struct {
 func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, error) {
 	var res PassResult
 	live := service.StatusStrings(service.LiveStatuses())
-	rows, err := r.q.ListHostSandboxes(ctx, db.ListHostSandboxesParams{HostID: &h.ID, Statuses: live})
+	rows, err := r.q.ListSyncedSandboxes(ctx, db.ListSyncedSandboxesParams{HostID: &h.ID, Statuses: live})
 	if err != nil {
 		return res, fmt.Errorf("list sandboxes of %s: %w", h.ID, err)
 	}
@@ -281,10 +289,12 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 	}
 
 	known := make(map[string]bool, len(rows))
-	for _, row := range rows {
+	for _, synced := range rows {
+		row := synced.Sandbox
 		known[row.ID] = true
 		a := onAgent[row.ID]
-		d := service.Reconcile(service.Status(row.Status), a.view)
+		rv := service.RowFrom(row, synced.OpLive)
+		d := service.Reconcile(rv, a.view)
 		if d.To == "" {
 			r.syncActivity(ctx, row, a)
 			continue
@@ -302,24 +312,27 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 		}
 		if ok {
 			res.count(d.To)
+			if rv.Op != service.OpNone {
+				res.Settled++
+			}
 		}
 	}
 
 	var orphans []string
 	for id, a := range onAgent {
-		if !known[id] && service.Reconcile(service.NoRow, a.view).Destroy {
+		if !known[id] && service.Reconcile(service.RowOf(service.NoRow), a.view).Destroy {
 			orphans = append(orphans, id)
 		}
 	}
 	if len(orphans) == 0 {
 		return res, nil
 	}
-	fresh, err := r.q.ListHostSandboxes(ctx, db.ListHostSandboxesParams{HostID: &h.ID, Statuses: live})
+	fresh, err := r.q.ListSyncedSandboxes(ctx, db.ListSyncedSandboxesParams{HostID: &h.ID, Statuses: live})
 	if err != nil {
 		return res, fmt.Errorf("list sandboxes of %s: %w", h.ID, err)
 	}
 	for _, row := range fresh {
-		known[row.ID] = true
+		known[row.Sandbox.ID] = true
 	}
 	for _, id := range orphans {
 		if known[id] {

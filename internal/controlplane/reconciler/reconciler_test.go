@@ -3,9 +3,11 @@ package reconciler_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,8 +35,7 @@ func newDB(t *testing.T) (*pgxpool.Pool, *db.Queries) {
 func addSandbox(t *testing.T, pool *pgxpool.Pool, teamID, hostID, status string) string {
 	t.Helper()
 	ctx := context.Background()
-	sb, err := db.New(pool).InsertSandbox(ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: teamID, HostID: &hostID,
-		Template: "minimal", Vcpus: 1, MemoryMb: 256, DiskMb: 1024, Metadata: json.RawMessage(`{}`)})
+	sb, err := db.New(pool).InsertSandbox(ctx, creating(ids.New(ids.Sandbox), teamID, hostID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +46,13 @@ func addSandbox(t *testing.T, pool *pgxpool.Pool, teamID, hostID, status string)
 		}
 	}
 	return sb.ID
+}
+
+// creating is a new row as a create in flight inserts it: pending, under a
+// live create lease.
+func creating(id, teamID, hostID string) db.InsertSandboxParams {
+	return db.InsertSandboxParams{ID: id, TeamID: teamID, HostID: &hostID, Template: "minimal", Vcpus: 1, MemoryMb: 256, DiskMb: 1024,
+		Metadata: json.RawMessage(`{}`), OpID: ids.New(ids.Operation), OpOwner: "cp-test", OpTtlSeconds: 60}
 }
 
 func status(t *testing.T, q *db.Queries, teamID, id string) string {
@@ -415,8 +423,7 @@ func TestPassRacesWithOtherWriters(t *testing.T) {
 		change(dead, service.StatusRunning, service.StatusPaused)
 		change(dead, service.StatusPaused, service.StatusRunning)
 		// A create started: row first, then the agent's VM.
-		if _, err := q.InsertSandbox(ctx, db.InsertSandboxParams{ID: created, TeamID: team.ID, HostID: &hostID,
-			Template: "minimal", Vcpus: 1, MemoryMb: 256, DiskMb: 1024, Metadata: json.RawMessage(`{}`)}); err != nil {
+		if _, err := q.InsertSandbox(ctx, creating(created, team.ID, hostID)); err != nil {
 			t.Fatal(err)
 		}
 		agent.Put(created, pb.SandboxState_SANDBOX_STATE_STARTING)
@@ -438,5 +445,95 @@ func TestPassRacesWithOtherWriters(t *testing.T) {
 	}
 	if s := status(t, q, team.ID, dead); s != "error" {
 		t.Fatalf("dead sandbox is %s, want error", s)
+	}
+}
+
+// settles says whether a row's operation ends in the pass: all expired
+// ones but a create whose VM still starts (it stays pending).
+func settles(live bool, want string) bool { return !live && want != "pending" }
+
+// Operations whose lease expired (their replica died) are settled from the
+// agent's truth in one pass, by service.Reconcile; operations whose lease
+// is live keep their rows and VMs; quota counts only what still runs.
+func TestPassSettlesInterruptedOperations(t *testing.T) {
+	pool, q, agent, team, hostID := onlineHost(t)
+	ctx := t.Context()
+	const absent = pb.SandboxState(-1)
+	cases := []struct {
+		row       string
+		op        service.Op
+		live      bool
+		agent     pb.SandboxState
+		want      string
+		errText   string // part of the error message users see
+		destroyed bool
+	}{
+		{"pending", service.OpCreate, false, absent, "error", "create was interrupted", false},
+		{"pending", service.OpCreate, false, pb.SandboxState_SANDBOX_STATE_RUNNING, "running", "", false},
+		{"pending", service.OpCreate, false, pb.SandboxState_SANDBOX_STATE_STARTING, "pending", "", false},
+		{"pending", service.OpCreate, false, pb.SandboxState_SANDBOX_STATE_DEAD, "error", "exited unexpectedly", false},
+		{"pending", service.OpCreate, true, absent, "pending", "", false},
+		{"pending", service.OpCreate, true, pb.SandboxState_SANDBOX_STATE_RUNNING, "pending", "", false},
+		{"running", service.OpPause, false, pb.SandboxState_SANDBOX_STATE_PAUSED, "paused", "", false},
+		{"running", service.OpPause, false, pb.SandboxState_SANDBOX_STATE_RUNNING, "running", "", false},
+		{"running", service.OpPause, true, absent, "running", "", false},
+		{"paused", service.OpResume, false, pb.SandboxState_SANDBOX_STATE_RUNNING, "running", "", false},
+		{"paused", service.OpResume, false, absent, "error", "resume was interrupted", false},
+		{"paused", service.OpSnapshot, false, pb.SandboxState_SANDBOX_STATE_PAUSED, "paused", "", false},
+		{"running", service.OpDestroy, false, pb.SandboxState_SANDBOX_STATE_RUNNING, "stopped", "", true},
+		{"pending", service.OpDestroy, false, absent, "stopped", "", false},
+	}
+	sbIDs := make([]string, len(cases))
+	var wantDestroyed []string
+	wantActive, wantSettled := 0, 0
+	for i, c := range cases {
+		id := addSandbox(t, pool, team.ID, hostID, c.row)
+		ttl := 0.0
+		if c.live {
+			ttl = 60
+		}
+		if _, err := q.ClaimSandboxOp(ctx, db.ClaimSandboxOpParams{Op: string(c.op), OpID: ids.New(ids.Operation), OpOwner: "cp-dead",
+			OpTtlSeconds: ttl, ID: id, TeamID: team.ID, FromStatuses: []string{c.row}, TakeOver: true}); err != nil {
+			t.Fatal(err)
+		}
+		if c.agent != absent {
+			agent.Put(id, c.agent)
+		}
+		if c.destroyed {
+			wantDestroyed = append(wantDestroyed, id)
+		}
+		if c.want == "pending" || c.want == "running" {
+			wantActive++
+		}
+		if settles(c.live, c.want) {
+			wantSettled++
+		}
+		sbIDs[i] = id
+	}
+	rec := reconciler.New(pool, nil, hosts.NewPool(q, nil), reconciler.Config{}, nil)
+	res := rec.Pass(ctx)
+	if res.HostsFailed != 0 || res.Settled != wantSettled || res.OrphansDestroyed != 0 {
+		t.Fatalf("pass = %+v, want %d settled", res, wantSettled)
+	}
+	for i, c := range cases {
+		t.Run(fmt.Sprintf("%s %s live=%v agent %v", c.row, c.op, c.live, c.agent), func(t *testing.T) {
+			r, err := q.GetSandbox(ctx, db.GetSandboxParams{ID: sbIDs[i], TeamID: team.ID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Status != c.want || !strings.Contains(r.ErrorMessage, c.errText) {
+				t.Fatalf("row is %s (%q), want %s (%q)", r.Status, r.ErrorMessage, c.want, c.errText)
+			}
+			// A settled row has no operation left; the others keep theirs.
+			if settles(c.live, c.want) != (r.Op == nil) {
+				t.Fatalf("op after the pass = %v", r.Op)
+			}
+		})
+	}
+	if got := agent.Destroyed(); !slices.Equal(got, sortedIDs(wantDestroyed...)) {
+		t.Errorf("destroyed %v, want %v", got, sortedIDs(wantDestroyed...))
+	}
+	if n, err := q.CountActiveSandboxes(ctx, team.ID); err != nil || n != int64(wantActive) {
+		t.Errorf("active sandboxes (the team's quota) = %d (%v), want %d", n, err, wantActive)
 	}
 }

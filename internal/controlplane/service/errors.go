@@ -32,6 +32,7 @@ const (
 	KindNotFound                     // 404: unknown, or another team's
 	KindMethodNotAllowed             // 405: no such method on a route
 	KindConflict                     // 409: wrong state, duplicate
+	KindUnprocessable                // 422: understood, but refused as a repeat
 	KindTooLarge                     // 413: body over the limit
 	KindRateLimited                  // 429
 	KindUpstream                     // 502: the agent failed
@@ -102,6 +103,9 @@ const (
 	CodeIdentityTaken       Code = "identity_taken"
 	CodeAlreadyLinked       Code = "already_linked"
 	CodeLastSignInMethod    Code = "last_sign_in_method"
+
+	CodeIdempotencyKeyInProgress Code = "idempotency_key_in_progress"
+	CodeIdempotencyKeyReused     Code = "idempotency_key_reused"
 
 	CodeTooLarge Code = "too_large"
 
@@ -189,6 +193,9 @@ var codes = map[Code]codeInfo{
 	CodeIdentityTaken:       {kind: KindConflict},
 	CodeAlreadyLinked:       {kind: KindConflict},
 	CodeLastSignInMethod:    {kind: KindConflict},
+	// The first request still runs; it ends within the lifecycle timeout.
+	CodeIdempotencyKeyInProgress: {kind: KindConflict, retryAfter: time.Second},
+	CodeIdempotencyKeyReused:     {kind: KindUnprocessable},
 
 	CodeTooLarge: {kind: KindTooLarge},
 

@@ -124,14 +124,40 @@ func agentTemplate(t db.Template) string {
 	return t.Name
 }
 
+// CreateOptions say how a create runs.
+type CreateOptions struct {
+	// ID, when set, is the new sandbox's ID, chosen before the call began
+	// (an idempotent request's); a sandbox of the team with this ID
+	// already made is returned instead of a second one.
+	ID string
+	// Async answers with the pending sandbox at once; the boot goes on in
+	// the background under the create's operation lease.
+	Async bool
+}
+
 // CreateSandbox schedules a host, records the sandbox as pending, asks the
 // agent to boot it and records the outcome. It answers once the sandbox runs.
 func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in CreateSandboxInput) (Sandbox, error) {
+	return s.StartSandbox(ctx, a, in, CreateOptions{})
+}
+
+// StartSandbox is CreateSandbox with options. The pending row records the
+// create operation, leased to this replica while the boot runs, so that if
+// the replica dies the reconciler settles the row from the agent's truth.
+func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in CreateSandboxInput, opts CreateOptions) (Sandbox, error) {
 	if in.Template == "" {
 		in.Template = "minimal"
 	}
 	if err := s.CheckCreate(in); err != nil {
 		return Sandbox{}, err
+	}
+	id := opts.ID
+	if id == "" {
+		id = ids.New(ids.Sandbox)
+	} else if made, err := s.q.GetSandbox(ctx, db.GetSandboxParams{ID: id, TeamID: a.TeamID}); err == nil {
+		return s.awaitCreated(ctx, a, made, opts.Async)
+	} else if !isNoRows(err) {
+		return Sandbox{}, Internal("load sandbox", err)
 	}
 	tpl, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.Template, TeamID: &a.TeamID})
 	if isNoRows(err) {
@@ -164,6 +190,7 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 		row  db.Sandbox
 		host db.Host
 	)
+	opID := newOpID()
 	err = s.inTx(ctx, func(q *db.Queries) error {
 		if err := q.LockTeamSandboxes(ctx, a.TeamID); err != nil {
 			return err
@@ -182,49 +209,103 @@ func (s *Service) CreateSandbox(ctx context.Context, a auth.AuthContext, in Crea
 		if n >= int64(s.limits.MaxRunningPerTeam) {
 			return &Error{Kind: CodeSandboxLimit.Kind(), Code: CodeSandboxLimit, Message: fmt.Sprintf("the team already runs %d sandboxes, the most allowed", n)}
 		}
-		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: ids.New(ids.Sandbox), TeamID: a.TeamID, HostID: &host.ID,
+		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
-			Metadata: mdJSON, CreatedBy: a.Actor()})
+			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds()})
 		return err
 	})
+	if isUniqueViolation(err) && opts.ID != "" {
+		// The same ID made concurrently (by a retry that took over).
+		return Sandbox{}, Conflict(CodeInvalidState, "the sandbox is being created by another request")
+	}
 	if err != nil {
 		return Sandbox{}, wrapDB("create sandbox", err)
 	}
 
 	lctx, cancel := s.lifecycleCtx(ctx)
-	defer cancel()
-	client := s.hosts.ForHost(host)
-	_, agentErr := client.CreateSandbox(lctx, connect.NewRequest(&pb.CreateSandboxRequest{
+	op := s.track(lctx, row.ID, opID)
+	req := &pb.CreateSandboxRequest{
 		SandboxId: row.ID, Template: agentTemplate(tpl), Vcpus: uint32(vcpus), MemoryMb: uint32(mem),
 		DiskMb: uint32(tpl.DiskMb), TimeoutSec: int64(timeout), EnvVars: in.EnvVars, Metadata: md, InternetAccess: in.InternetAccess,
-	}))
+	}
+	boot := func() (Sandbox, error) {
+		defer cancel()
+		defer op.end(lctx)
+		return s.boot(ctx, lctx, a, host, tpl, req)
+	}
+	if !opts.Async {
+		return boot()
+	}
+	s.background.Go(func() {
+		if _, err := boot(); err != nil {
+			s.log.WarnContext(lctx, "background sandbox boot failed", "sandbox_id", row.ID, "err", err)
+		}
+	})
+	return toSandbox(row), nil
+}
+
+// boot asks the agent to boot the pending sandbox and records the outcome.
+func (s *Service) boot(ctx, lctx context.Context, a auth.AuthContext, host db.Host, tpl db.Template, req *pb.CreateSandboxRequest) (Sandbox, error) {
+	client := s.hosts.ForHost(host)
+	id := req.GetSandboxId()
+	_, agentErr := client.CreateSandbox(lctx, connect.NewRequest(req))
 	if agentErr != nil {
 		se := FromAgent("create the sandbox", agentErr)
 		msg := se.Message
-		if _, _, err := s.states.Change(lctx, Change{SandboxID: row.ID, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusError,
+		if _, _, err := s.states.Change(lctx, Change{SandboxID: id, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusError,
 			Actor: ActorOf(a), Reason: "the host agent could not create it", ErrorMessage: &msg}); err != nil {
-			s.log.ErrorContext(ctx, "record sandbox error", "sandbox_id", row.ID, "err", err)
+			s.log.ErrorContext(ctx, "record sandbox error", "sandbox_id", id, "err", err)
 		}
-		s.log.WarnContext(ctx, "create sandbox failed", "sandbox_id", row.ID, "host_id", host.ID, "err", agentErr)
+		s.log.WarnContext(ctx, "create sandbox failed", "sandbox_id", id, "host_id", host.ID, "err", agentErr)
 		if se.Kind == KindNotFound {
 			se = &Error{Kind: CodeTemplateUnavailable.Kind(), Code: CodeTemplateUnavailable, Message: fmt.Sprintf("host %s does not have template %q", host.ID, tpl.Name), Err: agentErr}
 		}
 		return Sandbox{}, se
 	}
-	started, ok, err := s.states.Change(lctx, Change{SandboxID: row.ID, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusRunning,
+	started, ok, err := s.states.Change(lctx, Change{SandboxID: id, TeamID: a.TeamID, From: []Status{StatusPending}, To: StatusRunning,
 		Actor: ActorOf(a), Reason: "created"})
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox running", err)
 	}
 	if !ok {
-		// Destroyed while booting: do not leave the VM behind.
-		if _, derr := client.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: row.ID})); derr != nil {
-			s.log.WarnContext(ctx, "destroy sandbox deleted while starting", "sandbox_id", row.ID, "err", derr)
+		now, err := s.q.GetSandbox(lctx, db.GetSandboxParams{ID: id, TeamID: a.TeamID})
+		if err == nil && Status(now.Status) == StatusRunning {
+			// This call outlived its lease and the reconciler recorded
+			// the VM it made as running: the create succeeded.
+			return toSandbox(now), nil
+		}
+		// Destroyed while booting, or settled as failed: do not leave the
+		// VM behind.
+		if _, derr := client.DestroySandbox(lctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id})); derr != nil {
+			s.log.WarnContext(ctx, "destroy sandbox deleted while starting", "sandbox_id", id, "err", derr)
 		}
 		return Sandbox{}, Conflict(CodeInvalidState, "the sandbox was destroyed while it was starting")
 	}
-	s.log.InfoContext(ctx, "sandbox created", "sandbox_id", row.ID, "team_id", a.TeamID, "host_id", host.ID, "actor", a.Actor())
+	s.log.InfoContext(ctx, "sandbox created", "sandbox_id", id, "team_id", a.TeamID, "host_id", host.ID, "actor", a.Actor())
 	return toSandbox(started.Sandbox), nil
+}
+
+// awaitCreated answers a create whose sandbox an earlier call already made
+// (an idempotent retry): at once when async, else once it left pending,
+// which its own call or the reconciler ensures within the lifecycle
+// timeout plus one operation lease.
+func (s *Service) awaitCreated(ctx context.Context, a auth.AuthContext, r db.Sandbox, async bool) (Sandbox, error) {
+	wctx, cancel := context.WithTimeout(ctx, s.limits.LifecycleTimeout+s.limits.OperationLease)
+	defer cancel()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for !async && Status(r.Status) == StatusPending {
+		select {
+		case <-wctx.Done():
+			return toSandbox(r), nil
+		case <-t.C:
+		}
+		var err error
+		if r, err = s.loadSandbox(wctx, a, r.ID); err != nil {
+			return Sandbox{}, err
+		}
+	}
+	return toSandbox(r), nil
 }
 
 // loadSandbox returns the team's sandbox or 404.
@@ -423,12 +504,24 @@ func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id str
 	if err != nil {
 		return Sandbox{}, err
 	}
-	status := Status(r.Status)
-	if status == StatusStopped {
+	if Status(r.Status) == StatusStopped {
 		return toSandbox(r), nil
 	}
+	notStopped := []Status{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing, StatusStopping}
 	lctx, cancel := s.lifecycleCtx(ctx)
 	defer cancel()
+	// A destroy takes the row over from any operation in flight: that
+	// operation's own change then fails, and a create destroys its VM.
+	r, op, err := s.claimOp(lctx, a, r, OpDestroy, notStopped, true)
+	if err != nil {
+		var se *Error
+		if errors.As(err, &se) && se.Code == CodeInvalidState { // stopped meanwhile
+			return s.GetSandbox(ctx, a, id)
+		}
+		return Sandbox{}, err
+	}
+	defer op.end(lctx)
+	status := Status(r.Status)
 	away, err := s.destroyOnHost(ctx, lctx, r)
 	if err != nil {
 		return Sandbox{}, err
@@ -440,7 +533,6 @@ func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id str
 		}
 		to, reason = StatusStopping, "destroyed while its host is away"
 	}
-	notStopped := []Status{StatusPending, StatusRunning, StatusPaused, StatusError, StatusMissing, StatusStopping}
 	t, ok, err := s.states.Change(lctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: notStopped, To: to,
 		Actor: ActorOf(a), Reason: reason})
 	if err != nil {
@@ -486,6 +578,11 @@ func (s *Service) PauseSandbox(ctx context.Context, a auth.AuthContext, id strin
 	}
 	lctx, cancel := s.lifecycleCtx(ctx)
 	defer cancel()
+	r, op, err := s.claimOp(lctx, a, r, OpPause, []Status{StatusRunning}, false)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	defer op.end(lctx)
 	if _, err := c.PauseSandbox(lctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: r.ID})); err != nil {
 		return Sandbox{}, FromAgent("pause the sandbox", err)
 	}
@@ -513,6 +610,13 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	if err != nil {
 		return Sandbox{}, err
 	}
+	lctx, cancel := s.lifecycleCtx(ctx)
+	defer cancel()
+	r, op, err := s.claimOp(lctx, a, r, OpResume, []Status{StatusPaused}, false)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	defer op.end(lctx)
 	release, err := s.reserveResume(ctx, r)
 	if err != nil {
 		return Sandbox{}, err
@@ -525,8 +629,6 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 		t := int32(*in.TimeoutSec)
 		newTimeout = &t
 	}
-	lctx, cancel := s.lifecycleCtx(ctx)
-	defer cancel()
 	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
 		return Sandbox{}, FromAgent("resume the sandbox", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
@@ -26,10 +28,14 @@ type Limits struct {
 	// they run detached from the HTTP request so a client hanging up cannot
 	// leave a half-made transition.
 	LifecycleTimeout time.Duration
+	// OperationLease is how long a lifecycle operation stays claimed
+	// after its replica last renewed it (every third of it); once it
+	// expires the reconciler settles the operation.
+	OperationLease time.Duration
 }
 
 // DefaultLimits are used for zero fields.
-var defaultLimits = Limits{MaxVCPUs: 8, MaxMemoryMB: 8192, MaxTimeoutSec: 86400, MaxRunningPerTeam: 20, LifecycleTimeout: 5 * time.Minute}
+var defaultLimits = Limits{MaxVCPUs: 8, MaxMemoryMB: 8192, MaxTimeoutSec: 86400, MaxRunningPerTeam: 20, LifecycleTimeout: 5 * time.Minute, OperationLease: 15 * time.Second}
 
 // Deps are the service's collaborators.
 type Deps struct {
@@ -42,6 +48,9 @@ type Deps struct {
 	Passwords auth.Passwords
 	Limits    Limits
 	Logger    *slog.Logger
+	// Replica names this process as the owner of the operations and
+	// idempotent requests it runs (empty: a new random id).
+	Replica string
 }
 
 // Service is the control plane's business layer.
@@ -56,6 +65,10 @@ type Service struct {
 	limits    Limits
 	log       *slog.Logger
 	dummyHash string
+	replica   string
+	// background counts creates answered at once (respond-async) whose
+	// boot still runs.
+	background sync.WaitGroup
 }
 
 // New builds the service. It does not touch the database.
@@ -82,6 +95,12 @@ func New(d Deps) (*Service, error) {
 	if l.LifecycleTimeout <= 0 {
 		l.LifecycleTimeout = defaultLimits.LifecycleTimeout
 	}
+	if l.OperationLease <= 0 {
+		l.OperationLease = defaultLimits.OperationLease
+	}
+	if d.Replica == "" {
+		d.Replica = lease.NewReplicaID()
+	}
 	var q *db.Queries
 	if d.Pool != nil {
 		q = db.New(d.Pool)
@@ -102,7 +121,21 @@ func New(d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{pool: d.Pool, q: q, states: st, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy}, nil
+	return &Service{pool: d.Pool, q: q, states: st, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy, replica: d.Replica}, nil
+}
+
+// WaitBackground waits until the boots of creates answered at once have
+// ended, or ctx ends (what is left is settled by the reconciler once its
+// lease expires).
+func (s *Service) WaitBackground(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.background.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("background sandbox boots still running: %w", ctx.Err())
+	}
 }
 
 // Limits reports the effective limits.

@@ -48,11 +48,23 @@ func CheckSnapshotName(name string) error {
 // CreateSnapshot saves a running or paused sandbox as a template that new
 // sandboxes can start from. The agent stores it under the template's ID.
 func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in SnapshotInput) (Snapshot, error) {
+	return s.CreateSnapshotAs(ctx, a, in, "")
+}
+
+// CreateSnapshotAs is CreateSnapshot under a template ID chosen before the
+// call began (an idempotent request's; empty: a new one). A snapshot of
+// the team with that ID already made is returned instead of a second one.
+func (s *Service) CreateSnapshotAs(ctx context.Context, a auth.AuthContext, in SnapshotInput, tplID string) (Snapshot, error) {
 	if in.SandboxID == "" {
 		return Snapshot{}, Invalid("sandbox_id", "sandbox_id is required")
 	}
 	if err := CheckSnapshotName(in.Name); err != nil {
 		return Snapshot{}, err
+	}
+	if tplID == "" {
+		tplID = ids.New(ids.Template)
+	} else if t, err := s.q.GetSnapshot(ctx, db.GetSnapshotParams{TeamID: &a.TeamID, Name: in.Name}); err == nil && t.ID == tplID {
+		return toSnapshot(t), nil
 	}
 	sb, err := s.loadSandbox(ctx, a, in.SandboxID)
 	if err != nil {
@@ -70,9 +82,13 @@ func (s *Service) CreateSnapshot(ctx context.Context, a auth.AuthContext, in Sna
 	if err != nil {
 		return Snapshot{}, err
 	}
-	tplID := ids.New(ids.Template)
 	lctx, cancel := s.lifecycleCtx(ctx)
 	defer cancel()
+	sb, op, err := s.claimOp(lctx, a, sb, OpSnapshot, []Status{StatusRunning, StatusPaused}, false)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	defer op.end(lctx)
 	resp, err := c.CreateSnapshot(lctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: sb.ID, Name: tplID}))
 	if err != nil {
 		return Snapshot{}, FromAgent("snapshot the sandbox", err)
@@ -111,7 +127,8 @@ func (s *Service) syncFromAgent(ctx context.Context, a auth.AuthContext, c inter
 	default:
 		view = Listed(resp.Msg.GetSandbox().GetState())
 	}
-	d := Reconcile(Status(sb.Status), view)
+	// The snapshot's own operation is ended by this change, not settled.
+	d := Reconcile(RowOf(Status(sb.Status)), view)
 	if d.To == "" {
 		return
 	}

@@ -25,22 +25,48 @@ func agentColumns() []AgentView {
 	return cols
 }
 
-func rowLines() []Status { return append([]Status{NoRow}, AllStatuses()...) }
+// rowLines are the table's lines: every state with no operation recorded,
+// an operation in flight (the same for every state and operation), and
+// each operation interrupted in the states it starts from (a destroy is
+// settled the same from every state).
+func rowLines() []Row {
+	lines := []Row{RowOf(NoRow)}
+	for _, st := range AllStatuses() {
+		lines = append(lines, RowOf(st))
+	}
+	return append(lines, inFlight,
+		Row{Status: StatusPending, Op: OpCreate}, Row{Status: StatusRunning, Op: OpPause}, Row{Status: StatusPaused, Op: OpResume},
+		Row{Status: StatusRunning, Op: OpSnapshot}, Row{Status: StatusPaused, Op: OpSnapshot}, Row{Status: StatusRunning, Op: OpDestroy})
+}
+
+var inFlight = Row{Status: StatusRunning, Op: OpPause, OpLive: true}
+
+// settledLikeAgent is an interrupted operation's line: the agent's state,
+// an error when it has no VM.
+var settledLikeAgent = []string{"error", "-", "-", "running", "paused", "paused/auto-pause", "error", "stopped"}
 
 // The mapping, written out: for each row state, one cell per agent column
 // (absent, UNSPECIFIED, STARTING, RUNNING, PAUSED, AUTO_PAUSED, DEAD,
 // STOPPED). "-" keeps the row, "destroy" destroys the VM ("destroy, then
 // stopped": the row changes once the destroy succeeded), otherwise the new
 // state and, after a slash, the actor when it is not the reconciler.
-var wantReconcile = map[Status][]string{
-	NoRow:         {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
-	StatusPending: {"-", "-", "-", "-", "-", "-", "-", "-"},
-	StatusRunning: {"stopped", "-", "-", "-", "paused", "paused/auto-pause", "error", "stopped"},
-	StatusPaused:  {"stopped", "-", "-", "running", "-", "-", "error", "stopped"},
-	StatusStopped: {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
-	StatusError:   {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
-	StatusMissing: {"stopped", "-", "-", "running", "paused", "paused/auto-pause", "error", "stopped"},
-	StatusStopping: {"stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped",
+var wantReconcile = map[Row][]string{
+	RowOf(NoRow):         {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
+	RowOf(StatusPending): {"-", "-", "-", "-", "-", "-", "-", "-"},
+	RowOf(StatusRunning): {"stopped", "-", "-", "-", "paused", "paused/auto-pause", "error", "stopped"},
+	RowOf(StatusPaused):  {"stopped", "-", "-", "running", "-", "-", "error", "stopped"},
+	RowOf(StatusStopped): {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
+	RowOf(StatusError):   {"-", "destroy", "destroy", "destroy", "destroy", "destroy", "destroy", "-"},
+	RowOf(StatusMissing): {"stopped", "-", "-", "running", "paused", "paused/auto-pause", "error", "stopped"},
+	RowOf(StatusStopping): {"stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped",
+		"destroy, then stopped", "destroy, then stopped", "destroy, then stopped"},
+	inFlight:                                {"-", "-", "-", "-", "-", "-", "-", "-"},
+	{Status: StatusPending, Op: OpCreate}:   settledLikeAgent,
+	{Status: StatusRunning, Op: OpPause}:    settledLikeAgent,
+	{Status: StatusPaused, Op: OpResume}:    settledLikeAgent,
+	{Status: StatusRunning, Op: OpSnapshot}: settledLikeAgent,
+	{Status: StatusPaused, Op: OpSnapshot}:  settledLikeAgent,
+	{Status: StatusRunning, Op: OpDestroy}: {"stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped", "destroy, then stopped",
 		"destroy, then stopped", "destroy, then stopped", "destroy, then stopped"},
 }
 
@@ -69,7 +95,7 @@ func TestReconcileEveryPair(t *testing.T) {
 	for _, row := range rowLines() {
 		want, ok := wantReconcile[row]
 		if !ok || len(want) != len(cols) {
-			t.Fatalf("row state %q: table has %d cells, want %d (one per agent column)", row, len(want), len(cols))
+			t.Fatalf("row %q: table has %d cells, want %d (one per agent column)", rowName(row), len(want), len(cols))
 		}
 		for i, col := range cols {
 			t.Run(fmt.Sprintf("%s/%s", rowName(row), colName(col)), func(t *testing.T) {
@@ -88,11 +114,18 @@ func TestReconcileEveryPair(t *testing.T) {
 	}
 }
 
-func rowName(s Status) string {
-	if s == NoRow {
+func rowName(r Row) string {
+	switch {
+	case r.Status == NoRow:
 		return "no live row"
+	case r.OpLive:
+		return "any, operation in flight"
+	case r.Op == OpDestroy:
+		return "any, destroy interrupted"
+	case r.Op != OpNone:
+		return fmt.Sprintf("%s, %s interrupted", r.Status, r.Op)
 	}
-	return string(s)
+	return string(r.Status)
 }
 
 func colName(v AgentView) string {
