@@ -41,6 +41,77 @@ func (a *e2eAgent) start(t *testing.T, args ...string) {
 	})
 }
 
+// register creates the agent's host through the API and starts the agent
+// with its registration token, pointed at the control planes cpURLs (in
+// order), with env added to its environment.
+func (a *e2eAgent) register(t *testing.T, admin client, cpURLs []string, env ...string) {
+	t.Helper()
+	a.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	var created struct {
+		Host  hostView `json:"host"`
+		Token string   `json:"registration_token"`
+	}
+	admin.must(t, http.MethodPost, "/v1/hosts", map[string]any{"name": "e2e-" + a.name, "shared": true}, &created, http.StatusCreated)
+	if created.Host.Status != "pending" || !strings.HasPrefix(created.Token, "wrnhr_") {
+		t.Fatalf("new host %+v token %.8q", created.Host, created.Token)
+	}
+	a.hostID = created.Host.ID
+	a.env = childEnv(append([]string{"WRENN_DIR=" + a.dir, "WRENN_AGENT_LISTEN_ADDR=" + a.addr, "WRENN_NET_PREFIX=" + a.prefix,
+		"WRENN_NET_RANGE=" + a.netRange, "WRENN_HEARTBEAT_INTERVAL=300ms", "WRENN_VMM=qemu", "WRENN_ACCEL=tcg"}, env...)...)
+	args := []string{"--register", created.Token, "--address", a.addr}
+	for _, u := range cpURLs {
+		args = append(args, "--cp-url", u)
+	}
+	a.start(t, args...)
+}
+
+// migratedDB is a fresh database, migrated by `wrenn migrate up`, and the
+// Redis URL.
+func migratedDB(t *testing.T) (dbURL, redisURL string) {
+	t.Helper()
+	dbURL, redisURL = testenv.PostgresURL(t), testenv.RedisURL(t)
+	migrate := exec.Command(wrennBin(t), "migrate", "up")
+	migrate.Env = childEnv("DATABASE_URL=" + dbURL)
+	if out, err := migrate.CombinedOutput(); err != nil {
+		t.Fatalf("wrenn migrate up: %v\n%s", err, out)
+	}
+	return dbURL, redisURL
+}
+
+// startServer runs `wrenn server` on a free loopback port with env added
+// and waits until it answers /health. At the end of the test it must stop
+// cleanly on SIGTERM, unless the test killed it.
+func startServer(t *testing.T, name, dbURL, redisURL, jwtSecret string, env ...string) (*proc, string) {
+	t.Helper()
+	port := freePort(t)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	cp := startProc(t, name, childEnv(append([]string{"DATABASE_URL=" + dbURL, "REDIS_URL=" + redisURL,
+		"WRENN_JWT_SECRET=" + jwtSecret, fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", port)}, env...)...), wrennBin(t), "server")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs of %s:\n%s", name, cp.logs())
+		}
+		if cp.killed {
+			return
+		}
+		if code, ok := cp.stop(syscall.SIGTERM, 30*time.Second); !ok || code != 0 {
+			t.Errorf("%s exit: code %d, in time %v", name, code, ok)
+		}
+	})
+	eventually(t, time.Minute, name+" answers /health", func() (bool, string) {
+		if !cp.running() {
+			t.Fatalf("%s exited\n%s", name, cp.logs())
+		}
+		resp, err := http.Get(base + "/health")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+	return cp, base
+}
+
 // qemuPIDs lists the VMM processes of this agent's sandboxes.
 func (a *e2eAgent) qemuPIDs() []int {
 	var pids []int
@@ -73,13 +144,7 @@ type hostView struct {
 // deletion without and with force.
 func TestTwoAgents(t *testing.T) {
 	src := requirePlatform(t)
-	bin := wrennBin(t)
-	dbURL, redisURL := testenv.PostgresURL(t), testenv.RedisURL(t)
-	migrate := exec.Command(bin, "migrate", "up")
-	migrate.Env = childEnv("DATABASE_URL=" + dbURL)
-	if out, err := migrate.CombinedOutput(); err != nil {
-		t.Fatalf("wrenn migrate up: %v\n%s", err, out)
-	}
+	dbURL, redisURL := migratedDB(t)
 
 	agents := []*e2eAgent{
 		{name: "a", prefix: fmt.Sprintf("wea%d-", testID), netRange: fmt.Sprintf("10.235.%d.0/24", testID)},
@@ -90,32 +155,9 @@ func TestTwoAgents(t *testing.T) {
 		t.Cleanup(func() { scrub(t, a.dir, a.prefix, a.netRange) })
 	}
 
-	cpPort := freePort(t)
-	base := fmt.Sprintf("http://127.0.0.1:%d", cpPort)
-	cp := startProc(t, "wrenn-server", childEnv("DATABASE_URL="+dbURL, "REDIS_URL="+redisURL,
-		"WRENN_JWT_SECRET="+randomHex(t, 32), fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", cpPort),
-		"WRENN_RECONCILE_INTERVAL=200ms", "WRENN_HOST_UNREACHABLE_AFTER=2s",
-		fmt.Sprintf("WRENN_MAX_UPLOAD_BYTES=%d", e2eMaxUpload)), bin, "server")
-	t.Cleanup(func() {
-		if code, ok := cp.stop(syscall.SIGTERM, 30*time.Second); !ok || code != 0 {
-			t.Errorf("wrenn server exit: code %d, in time %v", code, ok)
-		}
-		if t.Failed() {
-			t.Logf("logs of the control plane:\n%s", cp.logs())
-		}
-	})
+	_, base := startServer(t, "wrenn-server", dbURL, redisURL, randomHex(t, 32),
+		"WRENN_RECONCILE_INTERVAL=200ms", "WRENN_HOST_UNREACHABLE_AFTER=2s", fmt.Sprintf("WRENN_MAX_UPLOAD_BYTES=%d", e2eMaxUpload))
 	anon := newClient(base)
-	eventually(t, time.Minute, "the control plane answers /health", func() (bool, string) {
-		if !cp.running() {
-			t.Fatalf("wrenn server exited\n%s", cp.logs())
-		}
-		resp, err := http.Get(base + "/health")
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
 
 	// The first user of a fresh install is the platform admin.
 	admin := anon.withSession(anon.signup(t, "e2e-admin-"+randomHex(t, 4)+"@example.com"))
@@ -131,20 +173,7 @@ func TestTwoAgents(t *testing.T) {
 	}
 
 	for _, a := range agents {
-		port := freePort(t)
-		a.addr = fmt.Sprintf("127.0.0.1:%d", port)
-		var created struct {
-			Host  hostView `json:"host"`
-			Token string   `json:"registration_token"`
-		}
-		admin.must(t, http.MethodPost, "/v1/hosts", map[string]any{"name": "e2e-" + a.name, "shared": true}, &created, http.StatusCreated)
-		if created.Host.Status != "pending" || !strings.HasPrefix(created.Token, "wrnhr_") {
-			t.Fatalf("new host %+v token %.8q", created.Host, created.Token)
-		}
-		a.hostID = created.Host.ID
-		a.env = childEnv("WRENN_DIR="+a.dir, "WRENN_AGENT_LISTEN_ADDR="+a.addr, "WRENN_NET_PREFIX="+a.prefix,
-			"WRENN_NET_RANGE="+a.netRange, "WRENN_HEARTBEAT_INTERVAL=300ms", "WRENN_VMM=qemu", "WRENN_ACCEL=tcg")
-		a.start(t, "--register", created.Token, "--address", a.addr, "--cp-url", base)
+		a.register(t, admin, []string{base})
 	}
 	// Sandboxes left at the end are destroyed while agents and control
 	// plane still run (cleanups run last-registered first).

@@ -133,6 +133,8 @@ type proc struct {
 	errPath string
 	done    chan struct{}
 	waitErr error
+	// killed says the test sent SIGKILL itself (it died on purpose).
+	killed bool
 }
 
 // startProc runs bin args with env; stdout and stderr go to files under a
@@ -177,6 +179,9 @@ func (p *proc) running() bool {
 }
 
 func (p *proc) signal(sig syscall.Signal) {
+	if sig == syscall.SIGKILL {
+		p.killed = true
+	}
 	if p.running() {
 		_ = p.cmd.Process.Signal(sig)
 	}
@@ -253,6 +258,18 @@ func newClient(base string) client {
 
 func (c client) withSession(tok string) client {
 	c.hdr = http.Header{"Authorization": {"Bearer " + tok}}
+	return c
+}
+
+// withHeader is c sending one more header; at sends to another replica.
+func (c client) withHeader(k, v string) client {
+	c.hdr = c.hdr.Clone()
+	c.hdr.Set(k, v)
+	return c
+}
+
+func (c client) at(base string) client {
+	c.base = base
 	return c
 }
 

@@ -111,4 +111,3 @@ func TestOperationClaims(t *testing.T) {
 		t.Fatalf("after both ended: op %q", *op)
 	}
 }
-
