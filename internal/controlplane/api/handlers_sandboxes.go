@@ -125,6 +125,9 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sb, err := s.deps.Service.PauseSandbox(r.Context(), caller(r), sandboxID(r))
+	if takenOver(r) {
+		sb, err = s.deps.Service.AlreadyIn(r.Context(), caller(r), sandboxID(r), service.StatusPaused, sb, err)
+	}
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -139,6 +142,9 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sb, err := s.deps.Service.ResumeSandbox(r.Context(), caller(r), sandboxID(r), in)
+	if takenOver(r) {
+		sb, err = s.deps.Service.AlreadyIn(r.Context(), caller(r), sandboxID(r), service.StatusRunning, sb, err)
+	}
 	if err != nil {
 		s.writeErr(w, r, err)
 		return

@@ -10,14 +10,26 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
-// resourceIDKey carries the ID an idempotent request's first call chose
-// for what it makes (a sandbox, a snapshot).
-type resourceIDKey struct{}
+// attemptKey carries what the handler of an idempotent request learns:
+// the ID its first call chose for what it makes (a sandbox, a snapshot),
+// and whether this attempt takes over from a replica that died.
+type attemptKey struct{}
+
+type attempt struct {
+	resourceID string
+	takenOver  bool
+}
 
 // resourceID is that ID, or "" when the request has no Idempotency-Key.
 func resourceID(r *http.Request) string {
-	id, _ := r.Context().Value(resourceIDKey{}).(string)
-	return id
+	at, _ := r.Context().Value(attemptKey{}).(attempt)
+	return at.resourceID
+}
+
+// takenOver says the request takes over one a dead replica began.
+func takenOver(r *http.Request) bool {
+	at, _ := r.Context().Value(attemptKey{}).(attempt)
+	return at.takenOver
 }
 
 // idempotent makes a POST honour the Idempotency-Key header (the rules
@@ -55,9 +67,9 @@ func (s *Server) idempotent(route func(r *http.Request) string, newID func() str
 			}
 			var live http.Header
 			call := service.IdempotentCall{Route: route(r), Key: keys[0], Body: raw, NewResourceID: newID}
-			res, err := s.deps.Service.Idempotent(r.Context(), caller(r), call, func(ctx context.Context, id string) service.Response {
+			res, err := s.deps.Service.Idempotent(r.Context(), caller(r), call, func(ctx context.Context, id string, takenOver bool) service.Response {
 				c := &capture{header: http.Header{}, status: http.StatusOK}
-				rr := r.WithContext(context.WithValue(ctx, resourceIDKey{}, id))
+				rr := r.WithContext(context.WithValue(ctx, attemptKey{}, attempt{resourceID: id, takenOver: takenOver}))
 				rr.Body = io.NopCloser(bytes.NewReader(raw))
 				next.ServeHTTP(c, rr)
 				live = c.header

@@ -266,3 +266,27 @@ func TestIdempotencyKeyServerErrorNotKept(t *testing.T) {
 		t.Fatalf("retry once the agent is back = %d %s", resp.StatusCode, b)
 	}
 }
+
+// A pause whose replica died after the agent paused the sandbox: the
+// retry that takes it over answers the paused sandbox, as the first call
+// would have; a new key on the same paused sandbox is a 409.
+func TestIdempotencyKeyPauseTakenOver(t *testing.T) {
+	e := newEnv(t)
+	c := e.signup("pdead@example.com").cred()
+	sb := e.createSandbox(c, nil)
+	e.want("POST", sbPath(sb.ID, "/pause"), nil, c, 200, nil)
+	sum := sha256.Sum256(nil)
+	if _, err := e.q.BeginIdempotencyKey(context.Background(), db.BeginIdempotencyKeyParams{TeamID: sb.TeamID, Route: "sandboxes.pause:" + sb.ID,
+		Key: "k-pdead", RequestHash: hex.EncodeToString(sum[:]), Owner: "cp-dead", Attempt: ids.New(ids.Operation), TtlSeconds: 0, WindowSeconds: 86400}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key    string
+		status int
+	}{{"k-pdead", 200}, {"k-pnew", 409}} {
+		resp, b := e.keyed(sbPath(sb.ID, "/pause"), tc.key, "", c)
+		if resp.StatusCode != tc.status || (tc.status == 200 && !strings.Contains(string(b), `"status":"paused"`)) {
+			t.Fatalf("pause with %s = %d %s, want %d", tc.key, resp.StatusCode, b, tc.status)
+		}
+	}
+}

@@ -61,7 +61,10 @@ func CheckIdempotencyKey(key string) error {
 // expired takes the call over and runs it again with the same resource ID,
 // so it finds what the first attempt made. Answers of 500 and above are
 // not kept: a retry runs the call again.
-func (s *Service) Idempotent(ctx context.Context, a auth.AuthContext, call IdempotentCall, run func(ctx context.Context, resourceID string) Response) (Response, error) {
+//
+// run learns the resource ID and whether it takes over a call that a dead
+// replica began (which may have finished its work).
+func (s *Service) Idempotent(ctx context.Context, a auth.AuthContext, call IdempotentCall, run func(ctx context.Context, resourceID string, takenOver bool) Response) (Response, error) {
 	if err := CheckIdempotencyKey(call.Key); err != nil {
 		return Response{}, err
 	}
@@ -69,7 +72,10 @@ func (s *Service) Idempotent(ctx context.Context, a auth.AuthContext, call Idemp
 	hash := hex.EncodeToString(sum[:])
 	attempt := newOpID()
 	ttl := s.limits.OperationLease.Seconds()
-	var entry db.IdempotencyKey
+	var (
+		entry     db.IdempotencyKey
+		takenOver bool
+	)
 	// A few rounds: the entry may be removed or taken between two reads.
 	for round := 0; ; round++ {
 		if round == 3 {
@@ -105,7 +111,7 @@ func (s *Service) Idempotent(ctx context.Context, a auth.AuthContext, call Idemp
 		if err == nil {
 			s.log.InfoContext(ctx, "idempotent request taken over from a replica that stopped", "route", call.Route,
 				"resource_id", e.ResourceID, "previous_owner", cur.Owner)
-			entry = e
+			entry, takenOver = e, true
 			break
 		}
 		if !isNoRows(err) {
@@ -122,7 +128,7 @@ func (s *Service) Idempotent(ctx context.Context, a auth.AuthContext, call Idemp
 		n, err := s.q.RenewIdempotencyKey(ctx, p)
 		return n == 1, err
 	})
-	res := run(ctx, entry.ResourceID)
+	res := run(ctx, entry.ResourceID, takenOver)
 	stop()
 	fctx, cancel := context.WithTimeout(dctx, 5*time.Second)
 	defer cancel()
@@ -149,4 +155,20 @@ func (s *Service) DeleteOldIdempotencyKeys(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("delete old idempotency keys: %w", err)
 	}
 	return n, nil
+}
+
+// AlreadyIn answers a taken-over pause or resume (an idempotent retry whose
+// first call's replica died): if the call failed only because the sandbox
+// is already in the state the first call was to reach, that call did its
+// work, and the sandbox is the answer. Any other outcome stands.
+func (s *Service) AlreadyIn(ctx context.Context, a auth.AuthContext, id string, want Status, sb Sandbox, err error) (Sandbox, error) {
+	se, ok := AsError(err)
+	if !ok || se.Code != CodeInvalidState {
+		return sb, err
+	}
+	now, gerr := s.GetSandbox(ctx, a, id)
+	if gerr != nil || now.Status != want {
+		return sb, err
+	}
+	return now, nil
 }
