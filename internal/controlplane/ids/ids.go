@@ -16,6 +16,7 @@ const (
 	Sandbox  = "sb-"
 	Host     = "host-"
 	Template = "tpl-"
+	Channel  = "ch-"
 )
 
 var enc = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
