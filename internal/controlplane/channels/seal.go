@@ -5,7 +5,6 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 )
@@ -29,18 +28,6 @@ type Keyring struct {
 type sealKey struct {
 	id   [keyIDLen]byte
 	aead cipher.AEAD
-}
-
-// ParseKey reads a 64-hex-digit AES-256 key.
-func ParseKey(hexKey string) ([]byte, error) {
-	if len(hexKey) != 64 {
-		return nil, fmt.Errorf("must be 64 hex digits (32 bytes), got %d characters", len(hexKey))
-	}
-	k, err := hex.DecodeString(hexKey)
-	if err != nil {
-		return nil, errors.New("must be 64 hex digits (32 bytes); it holds a character that is not a hex digit")
-	}
-	return k, nil
 }
 
 // NewKeyring builds a keyring from raw 32-byte keys; previous may be nil.

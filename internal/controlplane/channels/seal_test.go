@@ -3,7 +3,6 @@ package channels
 import (
 	"bytes"
 	"crypto/rand"
-	"strings"
 	"testing"
 )
 
@@ -14,32 +13,6 @@ func randKey(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return k
-}
-
-func TestParseKey(t *testing.T) {
-	for _, tc := range []struct {
-		name, in string
-		ok       bool
-	}{
-		{"valid", strings.Repeat("ab", 32), true},
-		{"short", strings.Repeat("ab", 31), false},
-		{"long", strings.Repeat("ab", 33), false},
-		{"not hex", strings.Repeat("zz", 32), false},
-		{"empty", "", false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			k, err := ParseKey(tc.in)
-			if (err == nil) != tc.ok {
-				t.Fatalf("ParseKey(%q) err = %v, want ok=%v", tc.in, err, tc.ok)
-			}
-			if tc.ok && len(k) != 32 {
-				t.Fatalf("key is %d bytes", len(k))
-			}
-			if err != nil && strings.Contains(err.Error(), tc.in) && tc.in != "" {
-				t.Fatalf("error quotes the key: %v", err)
-			}
-		})
-	}
 }
 
 func TestSealOpen(t *testing.T) {
