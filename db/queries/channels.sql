@@ -33,19 +33,22 @@ UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WH
 DELETE FROM channels WHERE id = $1 AND team_id = $2;
 
 -- name: MatchingChannels :many
--- The enabled channels of a team that existed when the event occurred; the
--- filter is applied by the caller (wildcards).
-SELECT id, events FROM channels
-WHERE team_id = $1 AND enabled AND created_at <= sqlc.arg(occurred_at);
+-- The enabled channels of a team; the caller keeps those made before the
+-- event occurred whose filter matches (wildcards).
+SELECT id, events, created_at FROM channels
+WHERE team_id = $1 AND enabled;
 
 -- name: ChannelForDelivery :one
 SELECT * FROM channels WHERE id = $1;
 
 -- name: InsertDeliveries :many
--- Records the deliveries of one event, taken by this replica for its first
--- attempt at once; rows that exist (an entry read again) are left alone.
+-- Records the deliveries of a batch of events (one element per event and
+-- channel), taken by this replica for their first attempt at once; rows
+-- that exist (an entry read again) are left alone.
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, locked_until)
-SELECT sqlc.arg(event_id), sqlc.arg(event_type), unnest(sqlc.arg(channel_ids)::text[]), sqlc.arg(payload), sqlc.arg(stream_id),
+-- (set-returning functions in one select list advance together)
+SELECT unnest(sqlc.arg(event_ids)::text[]), unnest(sqlc.arg(event_types)::text[]), unnest(sqlc.arg(channel_ids)::text[]),
+       unnest(sqlc.arg(payloads)::text[]), unnest(sqlc.arg(stream_ids)::text[]),
        now() + make_interval(secs => sqlc.arg(lock_seconds)::float8)
 ON CONFLICT (event_id, channel_id) DO NOTHING
 RETURNING *;
@@ -62,18 +65,33 @@ WHERE id IN (
 )
 RETURNING *;
 
--- name: FinishAttempt :exec
--- Records one attempt's outcome: status stays pending with next_attempt_at
--- for a retry, or becomes final.
-UPDATE channel_deliveries SET
-    status = sqlc.arg(status),
-    attempts = sqlc.arg(attempts),
-    next_attempt_at = now() + make_interval(secs => sqlc.arg(retry_in_seconds)::float8),
+-- name: ReleaseDelivery :exec
+-- Hands a taken delivery back untried (shutting down): due at once.
+UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'pending';
+
+-- name: FinishAttempts :many
+-- Records attempts' outcomes (one element per delivery): status stays
+-- pending with next_attempt_at for a retry, or becomes final. A code of 0
+-- and an empty error are none.
+UPDATE channel_deliveries AS d SET
+    status = u.status,
+    attempts = u.attempts,
+    next_attempt_at = now() + make_interval(secs => u.retry_in),
     locked_until = NULL,
-    last_status_code = sqlc.narg(last_status_code),
-    last_error = sqlc.narg(last_error),
+    last_status_code = NULLIF(u.code, 0),
+    last_error = NULLIF(u.err, ''),
     updated_at = now()
-WHERE id = sqlc.arg(id);
+FROM (SELECT unnest(sqlc.arg(ids)::text[]) AS id, unnest(sqlc.arg(statuses)::text[]) AS status,
+             unnest(sqlc.arg(attempts)::int[]) AS attempts, unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in,
+             unnest(sqlc.arg(codes)::int[]) AS code, unnest(sqlc.arg(errors)::text[]) AS err) AS u
+WHERE d.id = u.id
+RETURNING d.event_id, d.stream_id, d.status;
+
+-- name: SettledEvents :many
+-- The events among these with no delivery still pending.
+SELECT e.id::text FROM unnest(sqlc.arg(event_ids)::text[]) AS e(id)
+WHERE NOT EXISTS (SELECT 1 FROM channel_deliveries d WHERE d.event_id = e.id AND d.status = 'pending');
 
 -- name: EventPending :one
 -- Whether any delivery of the event still waits for a final outcome.

@@ -168,39 +168,65 @@ func (q *Queries) EventPending(ctx context.Context, eventID string) (bool, error
 	return exists, err
 }
 
-const finishAttempt = `-- name: FinishAttempt :exec
-UPDATE channel_deliveries SET
-    status = $1,
-    attempts = $2,
-    next_attempt_at = now() + make_interval(secs => $3::float8),
+const finishAttempts = `-- name: FinishAttempts :many
+UPDATE channel_deliveries AS d SET
+    status = u.status,
+    attempts = u.attempts,
+    next_attempt_at = now() + make_interval(secs => u.retry_in),
     locked_until = NULL,
-    last_status_code = $4,
-    last_error = $5,
+    last_status_code = NULLIF(u.code, 0),
+    last_error = NULLIF(u.err, ''),
     updated_at = now()
-WHERE id = $6
+FROM (SELECT unnest($1::text[]) AS id, unnest($2::text[]) AS status,
+             unnest($3::int[]) AS attempts, unnest($4::float8[]) AS retry_in,
+             unnest($5::int[]) AS code, unnest($6::text[]) AS err) AS u
+WHERE d.id = u.id
+RETURNING d.event_id, d.stream_id, d.status
 `
 
-type FinishAttemptParams struct {
-	Status         string  `json:"status"`
-	Attempts       int32   `json:"attempts"`
-	RetryInSeconds float64 `json:"retry_in_seconds"`
-	LastStatusCode *int32  `json:"last_status_code"`
-	LastError      *string `json:"last_error"`
-	ID             string  `json:"id"`
+type FinishAttemptsParams struct {
+	Ids            []string  `json:"ids"`
+	Statuses       []string  `json:"statuses"`
+	Attempts       []int32   `json:"attempts"`
+	RetryInSeconds []float64 `json:"retry_in_seconds"`
+	Codes          []int32   `json:"codes"`
+	Errors         []string  `json:"errors"`
 }
 
-// Records one attempt's outcome: status stays pending with next_attempt_at
-// for a retry, or becomes final.
-func (q *Queries) FinishAttempt(ctx context.Context, arg FinishAttemptParams) error {
-	_, err := q.db.Exec(ctx, finishAttempt,
-		arg.Status,
+type FinishAttemptsRow struct {
+	EventID  string `json:"event_id"`
+	StreamID string `json:"stream_id"`
+	Status   string `json:"status"`
+}
+
+// Records attempts' outcomes (one element per delivery): status stays
+// pending with next_attempt_at for a retry, or becomes final. A code of 0
+// and an empty error are none.
+func (q *Queries) FinishAttempts(ctx context.Context, arg FinishAttemptsParams) ([]FinishAttemptsRow, error) {
+	rows, err := q.db.Query(ctx, finishAttempts,
+		arg.Ids,
+		arg.Statuses,
 		arg.Attempts,
 		arg.RetryInSeconds,
-		arg.LastStatusCode,
-		arg.LastError,
-		arg.ID,
+		arg.Codes,
+		arg.Errors,
 	)
-	return err
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []FinishAttemptsRow{}
+	for rows.Next() {
+		var i FinishAttemptsRow
+		if err := rows.Scan(&i.EventID, &i.StreamID, &i.Status); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const getChannel = `-- name: GetChannel :one
@@ -232,30 +258,33 @@ func (q *Queries) GetChannel(ctx context.Context, arg GetChannelParams) (Channel
 
 const insertDeliveries = `-- name: InsertDeliveries :many
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, locked_until)
-SELECT $1, $2, unnest($3::text[]), $4, $5,
+SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[]),
+       unnest($4::text[]), unnest($5::text[]),
        now() + make_interval(secs => $6::float8)
 ON CONFLICT (event_id, channel_id) DO NOTHING
 RETURNING id, event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at, locked_until, last_status_code, last_error, created_at, updated_at
 `
 
 type InsertDeliveriesParams struct {
-	EventID     string   `json:"event_id"`
-	EventType   string   `json:"event_type"`
+	EventIds    []string `json:"event_ids"`
+	EventTypes  []string `json:"event_types"`
 	ChannelIds  []string `json:"channel_ids"`
-	Payload     string   `json:"payload"`
-	StreamID    string   `json:"stream_id"`
+	Payloads    []string `json:"payloads"`
+	StreamIds   []string `json:"stream_ids"`
 	LockSeconds float64  `json:"lock_seconds"`
 }
 
-// Records the deliveries of one event, taken by this replica for its first
-// attempt at once; rows that exist (an entry read again) are left alone.
+// Records the deliveries of a batch of events (one element per event and
+// channel), taken by this replica for their first attempt at once; rows
+// that exist (an entry read again) are left alone.
+// (set-returning functions in one select list advance together)
 func (q *Queries) InsertDeliveries(ctx context.Context, arg InsertDeliveriesParams) ([]ChannelDelivery, error) {
 	rows, err := q.db.Query(ctx, insertDeliveries,
-		arg.EventID,
-		arg.EventType,
+		arg.EventIds,
+		arg.EventTypes,
 		arg.ChannelIds,
-		arg.Payload,
-		arg.StreamID,
+		arg.Payloads,
+		arg.StreamIds,
 		arg.LockSeconds,
 	)
 	if err != nil {
@@ -395,24 +424,20 @@ func (q *Queries) ListDeliveries(ctx context.Context, arg ListDeliveriesParams) 
 }
 
 const matchingChannels = `-- name: MatchingChannels :many
-SELECT id, events FROM channels
-WHERE team_id = $1 AND enabled AND created_at <= $2
+SELECT id, events, created_at FROM channels
+WHERE team_id = $1 AND enabled
 `
 
-type MatchingChannelsParams struct {
-	TeamID     string    `json:"team_id"`
-	OccurredAt time.Time `json:"occurred_at"`
-}
-
 type MatchingChannelsRow struct {
-	ID     string   `json:"id"`
-	Events []string `json:"events"`
+	ID        string    `json:"id"`
+	Events    []string  `json:"events"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
-// The enabled channels of a team that existed when the event occurred; the
-// filter is applied by the caller (wildcards).
-func (q *Queries) MatchingChannels(ctx context.Context, arg MatchingChannelsParams) ([]MatchingChannelsRow, error) {
-	rows, err := q.db.Query(ctx, matchingChannels, arg.TeamID, arg.OccurredAt)
+// The enabled channels of a team; the caller keeps those made before the
+// event occurred whose filter matches (wildcards).
+func (q *Queries) MatchingChannels(ctx context.Context, teamID string) ([]MatchingChannelsRow, error) {
+	rows, err := q.db.Query(ctx, matchingChannels, teamID)
 	if err != nil {
 		return nil, err
 	}
@@ -420,7 +445,7 @@ func (q *Queries) MatchingChannels(ctx context.Context, arg MatchingChannelsPara
 	items := []MatchingChannelsRow{}
 	for rows.Next() {
 		var i MatchingChannelsRow
-		if err := rows.Scan(&i.ID, &i.Events); err != nil {
+		if err := rows.Scan(&i.ID, &i.Events, &i.CreatedAt); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -429,6 +454,17 @@ func (q *Queries) MatchingChannels(ctx context.Context, arg MatchingChannelsPara
 		return nil, err
 	}
 	return items, nil
+}
+
+const releaseDelivery = `-- name: ReleaseDelivery :exec
+UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'pending'
+`
+
+// Hands a taken delivery back untried (shutting down): due at once.
+func (q *Queries) ReleaseDelivery(ctx context.Context, id string) error {
+	_, err := q.db.Exec(ctx, releaseDelivery, id)
+	return err
 }
 
 const setChannelConfig = `-- name: SetChannelConfig :one
@@ -459,6 +495,32 @@ func (q *Queries) SetChannelConfig(ctx context.Context, arg SetChannelConfigPara
 		&i.UpdatedAt,
 	)
 	return i, err
+}
+
+const settledEvents = `-- name: SettledEvents :many
+SELECT e.id::text FROM unnest($1::text[]) AS e(id)
+WHERE NOT EXISTS (SELECT 1 FROM channel_deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+`
+
+// The events among these with no delivery still pending.
+func (q *Queries) SettledEvents(ctx context.Context, eventIds []string) ([]string, error) {
+	rows, err := q.db.Query(ctx, settledEvents, eventIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var e_id string
+		if err := rows.Scan(&e_id); err != nil {
+			return nil, err
+		}
+		items = append(items, e_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const updateChannel = `-- name: UpdateChannel :one

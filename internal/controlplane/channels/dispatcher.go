@@ -92,7 +92,35 @@ type Dispatcher struct {
 	mu    sync.Mutex
 	perCh map[string]*channelSlots
 	wg    sync.WaitGroup
+	// outcomes feeds the one writer of attempt outcomes, which records
+	// them in batches (a statement per batch, not per attempt).
+	outcomes chan outcome
+
+	cacheMu sync.Mutex
+	cache   map[string]cachedChannel
 }
+
+// outcome is one attempt's result to record.
+type outcome struct {
+	id       string
+	status   string
+	attempts int32
+	retryIn  time.Duration
+	r        Result
+}
+
+// cachedChannel is a channel and its opened config, reused for channelTTL
+// so a burst of events costs one lookup per channel, not one per delivery.
+type cachedChannel struct {
+	ch  db.Channel
+	sc  sealed
+	err error
+	at  time.Time
+}
+
+// channelTTL bounds how stale a channel (its config, enabled, existence)
+// may be when an attempt is made.
+const channelTTL = time.Second
 
 type channelSlots struct {
 	sem   chan struct{}
@@ -109,15 +137,19 @@ func NewDispatcher(cfg DispatcherConfig, svc *Service, rdb *redis.Client, logger
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Dispatcher{cfg: cfg, q: svc.q, rdb: rdb, svc: svc, log: logger.With("component", "channels"),
-		wake: make(chan struct{}, 1), global: make(chan struct{}, cfg.Workers), perCh: map[string]*channelSlots{}}, nil
+		wake: make(chan struct{}, 1), global: make(chan struct{}, cfg.Workers), perCh: map[string]*channelSlots{},
+		outcomes: make(chan outcome, 4*cfg.Workers), cache: map[string]cachedChannel{}}, nil
 }
 
 // lockSeconds is how long a taken delivery stays ours: its queueing behind
 // its channel's slots and the attempt itself.
 func (d *Dispatcher) lockSeconds() float64 { return (6 * d.cfg.SendTimeout).Seconds() }
 
-// Run dispatches until ctx ends, then waits for attempts in flight.
+// Run dispatches until ctx ends, then waits for attempts in flight and
+// records their outcomes.
 func (d *Dispatcher) Run(ctx context.Context) {
+	recorded := make(chan struct{})
+	go func() { defer close(recorded); d.recordLoop() }()
 	var loops sync.WaitGroup
 	for _, loop := range []func(context.Context){d.readLoop, d.pollLoop, d.claimLoop} {
 		loops.Add(1)
@@ -125,6 +157,8 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	}
 	loops.Wait()
 	d.wg.Wait()
+	close(d.outcomes)
+	<-recorded
 }
 
 func (d *Dispatcher) ensureGroup(ctx context.Context) error {
@@ -168,9 +202,7 @@ func (d *Dispatcher) readLoop(ctx context.Context) {
 			failing = false
 		}
 		for _, s := range res {
-			for _, m := range s.Messages {
-				d.handle(ctx, m)
-			}
+			d.handle(ctx, s.Messages)
 		}
 	}
 }
@@ -186,52 +218,86 @@ func (d *Dispatcher) redisDown(ctx context.Context, failing bool, err error) boo
 	return true
 }
 
-// handle turns one entry into deliveries and starts their first attempts.
-// Reading an entry again (a claim after a crash) adds nothing that exists
-// and acks it when every delivery is final.
-func (d *Dispatcher) handle(ctx context.Context, m redis.XMessage) {
-	raw, _ := m.Values[events.Field].(string)
-	ev, err := events.Decode(raw)
-	if err != nil {
-		// Nothing can ever deliver it; keeping it would replay it forever.
-		d.log.ErrorContext(ctx, "dropping malformed event", "stream_id", m.ID, "err", err)
-		d.ack(ctx, m.ID)
-		return
+// handle turns a batch of entries into deliveries and starts their first
+// attempts: one channel lookup per team and one insert for the batch.
+// Reading an entry again (a claim after a crash) adds no row that exists
+// and acks the entry when every delivery of its event is final.
+func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
+	type entry struct {
+		streamID string
+		ev       events.Event
+		raw      string
 	}
-	rows, err := d.q.MatchingChannels(ctx, db.MatchingChannelsParams{TeamID: ev.TeamID, OccurredAt: ev.OccurredAt})
-	if err != nil {
-		// Left pending: the claim loop reads it again.
-		d.log.WarnContext(ctx, "find channels for event", "event_id", ev.ID, "err", err)
-		return
-	}
-	var matched []string
-	for _, r := range rows {
-		if events.Matches(r.Events, ev.Type) {
-			matched = append(matched, r.ID)
+	var (
+		done    []string // entries with nothing to deliver
+		matched []entry
+		p       = db.InsertDeliveriesParams{LockSeconds: d.lockSeconds()}
+		byTeam  = map[string][]db.MatchingChannelsRow{}
+	)
+	for _, m := range msgs {
+		raw, _ := m.Values[events.Field].(string)
+		ev, err := events.Decode(raw)
+		if err != nil {
+			// Nothing can ever deliver it; keeping it would replay it forever.
+			d.log.ErrorContext(ctx, "dropping malformed event", "stream_id", m.ID, "err", err)
+			done = append(done, m.ID)
+			continue
 		}
+		rows, ok := byTeam[ev.TeamID]
+		if !ok {
+			rows, err = d.q.MatchingChannels(ctx, ev.TeamID)
+			if err != nil {
+				// Left pending: the claim loop reads it again.
+				d.log.WarnContext(ctx, "find channels for event", "event_id", ev.ID, "err", err)
+				continue
+			}
+			byTeam[ev.TeamID] = rows
+		}
+		n := 0
+		for _, r := range rows {
+			if !r.CreatedAt.After(ev.OccurredAt) && events.Matches(r.Events, ev.Type) {
+				p.EventIds = append(p.EventIds, ev.ID)
+				p.EventTypes = append(p.EventTypes, ev.Type)
+				p.ChannelIds = append(p.ChannelIds, r.ID)
+				p.Payloads = append(p.Payloads, raw)
+				p.StreamIds = append(p.StreamIds, m.ID)
+				n++
+			}
+		}
+		if n == 0 {
+			done = append(done, m.ID)
+			continue
+		}
+		matched = append(matched, entry{streamID: m.ID, ev: ev, raw: raw})
 	}
+	d.ack(ctx, done...)
 	if len(matched) == 0 {
-		d.ack(ctx, m.ID)
 		return
 	}
-	taken, err := d.q.InsertDeliveries(ctx, db.InsertDeliveriesParams{EventID: ev.ID, EventType: ev.Type, ChannelIds: matched,
-		Payload: raw, StreamID: m.ID, LockSeconds: d.lockSeconds()})
+	taken, err := d.q.InsertDeliveries(ctx, p)
 	if err != nil {
-		d.log.WarnContext(ctx, "record deliveries", "event_id", ev.ID, "err", err)
+		d.log.WarnContext(ctx, "record deliveries", "events", len(matched), "err", err)
 		return
 	}
+	fresh := map[string]bool{}
 	for _, row := range taken {
+		fresh[row.EventID] = true
 		d.dispatch(ctx, row)
 	}
-	if len(taken) == 0 {
-		d.ackIfFinal(ctx, ev.ID, m.ID)
+	for _, e := range matched {
+		if !fresh[e.ev.ID] {
+			d.ackIfFinal(ctx, e.ev.ID, e.streamID)
+		}
 	}
 }
 
-func (d *Dispatcher) ack(ctx context.Context, streamID string) {
-	if err := d.rdb.XAck(ctx, events.StreamKey, ConsumerGroup, streamID).Err(); err != nil {
-		// The claim loop reads it again and acks it then.
-		d.log.WarnContext(ctx, "ack event", "stream_id", streamID, "err", err)
+func (d *Dispatcher) ack(ctx context.Context, streamIDs ...string) {
+	if len(streamIDs) == 0 {
+		return
+	}
+	if err := d.rdb.XAck(ctx, events.StreamKey, ConsumerGroup, streamIDs...).Err(); err != nil {
+		// The claim loop reads them again and acks them then.
+		d.log.WarnContext(ctx, "ack events", "stream_ids", streamIDs, "err", err)
 	}
 }
 
@@ -302,9 +368,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 				}
 				break
 			}
-			for _, m := range msgs {
-				d.handle(ctx, m)
-			}
+			d.handle(ctx, msgs)
 			if next == "0-0" || next == "" {
 				break
 			}
@@ -364,14 +428,13 @@ func (d *Dispatcher) dispatch(ctx context.Context, row db.ChannelDelivery) {
 func (d *Dispatcher) unlock(row db.ChannelDelivery) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := d.q.FinishAttempt(ctx, db.FinishAttemptParams{ID: row.ID, Status: StatusPending, Attempts: row.Attempts,
-		LastStatusCode: row.LastStatusCode, LastError: row.LastError}); err != nil {
+	if err := d.q.ReleaseDelivery(ctx, row.ID); err != nil {
 		d.log.Warn("release delivery", "delivery_id", row.ID, "err", err)
 	}
 }
 
 func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
-	ch, err := d.q.ChannelForDelivery(ctx, row.ChannelID)
+	c, err := d.channel(ctx, row.ChannelID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return // deleted with its deliveries
 	}
@@ -379,14 +442,13 @@ func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
 		d.log.WarnContext(ctx, "load channel for delivery", "delivery_id", row.ID, "err", err)
 		return // the lock expires and the poll loop takes it again
 	}
+	ch, sc := c.ch, c.sc
 	n := row.Attempts + 1
 	if !ch.Enabled {
 		d.finish(ctx, row, StatusFailed, row.Attempts, 0, Result{Err: errors.New("the channel is disabled")})
 		return
 	}
-	sc, _, err := d.svc.open(ch)
-	if err != nil {
-		d.log.ErrorContext(ctx, "open channel config", "channel_id", ch.ID, "err", err)
+	if c.err != nil {
 		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: errors.New("the channel's config cannot be opened with the configured keys")})
 		return
 	}
@@ -408,6 +470,7 @@ func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
 	case r.OK():
 		d.finish(ctx, row, StatusDelivered, n, 0, r)
 	case r.Disable != "":
+		d.forget(ch.ID)
 		if err := d.q.DisableChannel(ctx, db.DisableChannelParams{ID: ch.ID, DisabledReason: &r.Disable}); err != nil {
 			d.log.WarnContext(ctx, "disable channel", "channel_id", ch.ID, "err", err)
 		}
@@ -420,21 +483,106 @@ func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
 	}
 }
 
-func (d *Dispatcher) finish(ctx context.Context, row db.ChannelDelivery, status string, attempts int32, retryIn time.Duration, r Result) {
-	p := db.FinishAttemptParams{ID: row.ID, Status: status, Attempts: attempts, RetryInSeconds: retryIn.Seconds()}
-	if r.StatusCode != 0 {
-		code := int32(r.StatusCode)
-		p.LastStatusCode = &code
+// channel is the delivery's channel, from the cache while it is fresh.
+func (d *Dispatcher) channel(ctx context.Context, id string) (cachedChannel, error) {
+	d.cacheMu.Lock()
+	c, ok := d.cache[id]
+	d.cacheMu.Unlock()
+	if ok && time.Since(c.at) < channelTTL {
+		return c, nil
 	}
-	if r.Err != nil {
-		msg := describe(r.Err)
-		p.LastError = &msg
+	ch, err := d.q.ChannelForDelivery(ctx, id)
+	if err != nil {
+		return cachedChannel{}, err
 	}
-	if err := d.q.FinishAttempt(ctx, p); err != nil {
-		d.log.WarnContext(ctx, "record delivery attempt", "delivery_id", row.ID, "err", err)
+	sc, _, openErr := d.svc.open(ch)
+	if openErr != nil {
+		d.log.ErrorContext(ctx, "open channel config", "channel_id", ch.ID, "err", openErr)
+	}
+	c = cachedChannel{ch: ch, sc: sc, err: openErr, at: time.Now()}
+	d.cacheMu.Lock()
+	if len(d.cache) > 10000 {
+		clear(d.cache)
+	}
+	d.cache[id] = c
+	d.cacheMu.Unlock()
+	return c, nil
+}
+
+func (d *Dispatcher) forget(id string) {
+	d.cacheMu.Lock()
+	delete(d.cache, id)
+	d.cacheMu.Unlock()
+}
+
+func (d *Dispatcher) finish(_ context.Context, row db.ChannelDelivery, status string, attempts int32, retryIn time.Duration, r Result) {
+	d.outcomes <- outcome{id: row.ID, status: status, attempts: attempts, retryIn: retryIn, r: r}
+}
+
+// recordLoop writes outcomes in batches of what has arrived (up to
+// Batch), then acks the entries whose events are settled. It runs until
+// outcomes is closed, after every attempt ended, so none is lost on
+// shutdown.
+func (d *Dispatcher) recordLoop() {
+	for first := range d.outcomes {
+		batch := []outcome{first}
+	more:
+		for len(batch) < d.cfg.Batch {
+			select {
+			case o, ok := <-d.outcomes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, o)
+			default:
+				break more
+			}
+		}
+		d.record(batch)
+	}
+}
+
+func (d *Dispatcher) record(batch []outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var p db.FinishAttemptsParams
+	for _, o := range batch {
+		p.Ids = append(p.Ids, o.id)
+		p.Statuses = append(p.Statuses, o.status)
+		p.Attempts = append(p.Attempts, o.attempts)
+		p.RetryInSeconds = append(p.RetryInSeconds, o.retryIn.Seconds())
+		p.Codes = append(p.Codes, int32(o.r.StatusCode))
+		msg := ""
+		if o.r.Err != nil {
+			msg = describe(o.r.Err)
+		}
+		p.Errors = append(p.Errors, msg)
+	}
+	rows, err := d.q.FinishAttempts(ctx, p)
+	if err != nil {
+		// The rows stay locked until the lock expires; then they are tried again.
+		d.log.Warn("record delivery attempts", "deliveries", len(batch), "err", err)
 		return
 	}
-	if status != StatusPending {
-		d.ackIfFinal(ctx, row.EventID, row.StreamID)
+	streams := map[string]string{}
+	var final []string
+	for _, r := range rows {
+		if r.Status != StatusPending && streams[r.EventID] == "" {
+			streams[r.EventID] = r.StreamID
+			final = append(final, r.EventID)
+		}
 	}
+	if len(final) == 0 {
+		return
+	}
+	settled, err := d.q.SettledEvents(ctx, final)
+	if err != nil {
+		d.log.Warn("check settled events", "err", err)
+		return
+	}
+	ids := make([]string, 0, len(settled))
+	for _, e := range settled {
+		ids = append(ids, streams[e])
+	}
+	d.ack(ctx, ids...)
 }

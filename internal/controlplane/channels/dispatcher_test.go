@@ -74,7 +74,7 @@ func always(code int) func(int) int { return func(int) int { return code } }
 
 // world is a channels service and its dispatchers on real PostgreSQL and Redis.
 type world struct {
-	t    *testing.T
+	t    testing.TB
 	pool *pgxpool.Pool
 	rdb  *redis.Client
 	svc  *Service
@@ -82,8 +82,12 @@ type world struct {
 	who  auth.AuthContext
 }
 
-func newWorld(t *testing.T) *world {
-	pool, _ := testenv.MigratedPool(t)
+func newWorld(t testing.TB) *world {
+	return newWorldOn(t, testenv.MigratedURL(t))
+}
+
+func newWorldOn(t testing.TB, dbURL string) *world {
+	pool := openPool(t, dbURL)
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +106,15 @@ func newWorld(t *testing.T) *world {
 	w.team = w.newTeam()
 	w.who = auth.AuthContext{TeamID: w.team, Role: "owner", UserID: "usr-test"}
 	return w
+}
+
+func openPool(t testing.TB, url string) *pgxpool.Pool {
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 func (w *world) newTeam() string {

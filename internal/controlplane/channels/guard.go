@@ -144,7 +144,8 @@ func (n *Network) Client() *http.Client {
 	}
 	tr.Proxy = nil
 	tr.DialContext = n.DialContext
-	tr.MaxIdleConnsPerHost = 16
+	// Deliveries to one host run in parallel; keep their connections.
+	tr.MaxIdleConnsPerHost = 64
 	return &http.Client{
 		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
