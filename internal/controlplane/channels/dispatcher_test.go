@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/localsvc"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -87,8 +89,12 @@ func newWorld(t testing.TB) *world {
 }
 
 func newWorldOn(t testing.TB, dbURL string) *world {
+	return newWorldWith(t, dbURL, testenv.RedisURL(t))
+}
+
+func newWorldWith(t testing.TB, dbURL, redisURL string) *world {
 	pool := openPool(t, dbURL)
-	opts, err := redis.ParseURL(testenv.RedisURL(t))
+	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,4 +412,54 @@ func TestRoutingAndIsolation(t *testing.T) {
 		read, _ := w.rdb.XInfoGroups(context.Background(), events.StreamKey).Result()
 		return err == nil && len(p) == 0 && len(read) == 1 && read[0].LastDeliveredID >= id
 	})
+}
+
+// Redis restarts (its data kept, as in production): a retry that waits in
+// PostgreSQL still happens while Redis is down, reading resumes after, and
+// every entry ends acked.
+func TestRedisRestart(t *testing.T) {
+	_, lookErr := exec.LookPath("redis-server")
+	testenv.Require(t, lookErr == nil, "redis-server not installed")
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ropts := localsvc.RedisOptions{Port: port, Dir: t.TempDir(), Persist: true}
+	rs, err := localsvc.StartRedis(ropts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Stop() })
+	w := newWorldWith(t, testenv.MigratedURL(t), rs.URL(0))
+	rcv := newReceiver(t, func(n int) int {
+		if n == 1 {
+			return 500
+		}
+		return 204
+	})
+	ch := w.webhook(w.who, "ops", rcv.srv.URL, "*")
+	w.start("cp-a", DispatcherConfig{RetryDelays: []time.Duration{1500 * time.Millisecond}, ClaimIdle: time.Second})
+	first := w.publish(w.team, "sandbox.created")
+	eventually(t, 10*time.Second, "the first attempt", func() bool { return len(rcv.got()) == 1 })
+	rs.Stop()
+	eventually(t, 10*time.Second, "the retry while Redis is down", func() bool {
+		d := w.deliveries(ch.ID)
+		return len(d) == 1 && d[0].Status == StatusDelivered
+	})
+	if rs, err = localsvc.StartRedis(ropts); err != nil {
+		t.Fatalf("restart Redis: %v", err)
+	}
+	second := w.publish(w.team, "sandbox.paused")
+	eventually(t, 15*time.Second, "the event published after the restart", func() bool {
+		for _, h := range rcv.got() {
+			if h.eventID == second.ID {
+				return true
+			}
+		}
+		return false
+	})
+	eventually(t, 15*time.Second, "every entry acked", func() bool { return w.pendingEntries() == 0 })
+	if h := rcv.got(); h[1].eventID != first.ID {
+		t.Fatalf("second request was %s, want the retry of %s", h[1].eventID, first.ID)
+	}
 }

@@ -71,7 +71,7 @@ func (f *fakeProviders) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 	case r.Host == "chat.googleapis.com" && r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/v1/spaces/"):
 		if r.URL.Query().Get("key") == "" || r.URL.Query().Get("token") == "" {
-			http.Error(w, "missing key", 401)
+			http.Error(w, "missing key", http.StatusUnauthorized)
 			return
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"name": "spaces/AAA/messages/1", "text": m["text"]})
@@ -95,7 +95,7 @@ func (f *fakeProviders) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"event_id":"$abc"}`)
 	case r.Host == "hooks.example.com" && r.Method == http.MethodPost:
 		if !verifySignature(r.Header.Get("X-WRENN-SIGNATURE"), body, "whsec_0123456789abcdef", time.Now()) {
-			http.Error(w, "bad signature", 401)
+			http.Error(w, "bad signature", http.StatusUnauthorized)
 			return
 		}
 		w.WriteHeader(http.StatusOK)
