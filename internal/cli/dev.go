@@ -128,11 +128,21 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 	if err != nil {
 		return err
 	}
+	// So is the channels' encryption key: without it the sealed channel
+	// configs of the last run could not be opened.
+	encKey, err := localsvc.Secret(filepath.Join(dataDir, "encryption-key"), 64)
+	if err != nil {
+		return err
+	}
 	listen := opts.listen
 	if listen == "" {
 		listen = devListenAddr
 	}
-	defaults := map[string]string{"DATABASE_URL": databaseURL, "REDIS_URL": redisURL, "WRENN_JWT_SECRET": secret}
+	defaults := map[string]string{"DATABASE_URL": databaseURL, "REDIS_URL": redisURL, "WRENN_JWT_SECRET": secret,
+		"WRENN_ENCRYPTION_KEY": encKey, "WRENN_CHANNELS_ALLOW_PRIVATE": "true"}
+	if os.Getenv("WRENN_CHANNELS_ALLOW_PRIVATE") == "" {
+		say("notification channels may reach loopback and private addresses here (WRENN_CHANNELS_ALLOW_PRIVATE=true), so receivers on this machine work; a production control plane refuses them")
+	}
 	cfg, err := config.LoadControlPlane(func(name string) string {
 		if name == "WRENN_CP_LISTEN_ADDR" {
 			return listen // the flag, whose default is the variable

@@ -38,7 +38,7 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"DATABASE_URL", "REDIS_URL", "WRENN_JWT_SECRET", "WRENN_CP_LISTEN_ADDR"} {
+	for _, k := range []string{"DATABASE_URL", "REDIS_URL", "WRENN_JWT_SECRET", "WRENN_CP_LISTEN_ADDR", "WRENN_ENCRYPTION_KEY", "WRENN_CHANNELS_ALLOW_PRIVATE"} {
 		t.Setenv(k, "")
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
@@ -84,7 +84,12 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("login with the printed credentials = %v, %v", resp, err)
 	}
+	var sess struct {
+		Token string `json:"token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&sess)
 	resp.Body.Close()
+	t.Run("channels on", func(t *testing.T) { checkDevChannels(t, base, sess.Token, dataDir, stdout.String()) })
 	if strings.Contains(stderr.String(), m[2]) {
 		t.Fatal("the admin password appears in the log")
 	}
@@ -105,6 +110,29 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	if pids := processesUsing(t, dataDir, pgDir); len(pids) > 0 {
 		t.Fatalf("processes left running: %v", pids)
 	}
+}
+
+// checkDevChannels: dev keeps an encryption key (0600, 64 hex digits), so
+// channel routes work, and says that channels may reach private addresses.
+func checkDevChannels(t *testing.T, base, token, dataDir, out string) {
+	fi, err := os.Stat(filepath.Join(dataDir, "encryption-key"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("encryption key file: %v, %v", fi, err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dataDir, "encryption-key"))
+	if !regexp.MustCompile(`^[0-9a-f]{64}\n?$`).Match(raw) {
+		t.Fatalf("encryption key file holds %d bytes that are not 64 hex digits", len(raw))
+	}
+	if !strings.Contains(out, "WRENN_CHANNELS_ALLOW_PRIVATE=true") {
+		t.Fatalf("dev does not say that channels may reach private addresses:\n%s", out)
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/channels", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/channels = %v, %v", resp, err)
+	}
+	resp.Body.Close()
 }
 
 // checkDevLockedDown checks that everything dev runs listens on loopback

@@ -4,6 +4,7 @@
 package config
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -137,6 +138,52 @@ func (r *reader) duration(name string, def, lo time.Duration) time.Duration {
 		return def
 	}
 	return v
+}
+
+func (r *reader) boolean(name string, def bool) bool {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	v, err := strconv.ParseBool(raw)
+	if err != nil {
+		r.fail(name, "must be true or false, got %q", raw)
+		return def
+	}
+	return v
+}
+
+// durations reads a comma-separated list of durations, each at least lo.
+func (r *reader) durations(name string, def []time.Duration, lo time.Duration) []time.Duration {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	var out []time.Duration
+	for item := range strings.SplitSeq(raw, ",") {
+		v, err := time.ParseDuration(strings.TrimSpace(item))
+		if err != nil || v < lo {
+			r.fail(name, "must be comma-separated durations of at least %s such as 10s,30s; %q is not one", lo, strings.TrimSpace(item))
+			return def
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// hexKey reads a 32-byte key written as 64 hex digits; the value is never
+// quoted in the error.
+func (r *reader) hexKey(name string) []byte {
+	raw := r.str(name, "")
+	if raw == "" {
+		return nil
+	}
+	k, err := hex.DecodeString(raw)
+	if err != nil || len(k) != 32 {
+		r.fail(name, "must be 64 hex digits (32 bytes, e.g. from `openssl rand -hex 32`); got %d characters that are not that", len(raw))
+		return nil
+	}
+	return k
 }
 
 // urlWithScheme checks that a non-empty value parses as an absolute URL

@@ -27,6 +27,28 @@ func TestLoadControlPlaneDefaults(t *testing.T) {
 	}
 }
 
+func TestLoadControlPlaneChannels(t *testing.T) {
+	env := validCP()
+	c, err := LoadControlPlane(envOf(env))
+	if err != nil || c.Channels.EncryptionKey != nil || c.Channels.AllowPrivate || len(c.Channels.RetryDelays) != 2 ||
+		c.Channels.RetryDelays[0] != 10*time.Second || c.Channels.RetryDelays[1] != 30*time.Second {
+		t.Fatalf("channel defaults: %+v, %v", c.Channels, err)
+	}
+	env["WRENN_ENCRYPTION_KEY"] = strings.Repeat("0f", 32)
+	env["WRENN_CHANNELS_ALLOW_PRIVATE"] = "true"
+	env["WRENN_CHANNELS_RETRY_DELAYS"] = "100ms, 1s, 2s"
+	c, err = LoadControlPlane(envOf(env))
+	if err != nil || len(c.Channels.EncryptionKey) != 32 || c.Channels.EncryptionKey[0] != 0x0f || !c.Channels.AllowPrivate ||
+		len(c.Channels.RetryDelays) != 3 || c.Channels.RetryDelays[0] != 100*time.Millisecond {
+		t.Fatalf("channel settings: %+v, %v", c.Channels, err)
+	}
+	// A malformed key is never quoted back.
+	env["WRENN_ENCRYPTION_KEY"] = "secret-but-wrong"
+	if _, err := LoadControlPlane(envOf(env)); err == nil || strings.Contains(err.Error(), "secret-but-wrong") {
+		t.Fatalf("malformed key: %v", err)
+	}
+}
+
 func TestLoadControlPlaneProblems(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -53,6 +75,12 @@ func TestLoadControlPlaneProblems(t *testing.T) {
 		{"github url not http", map[string]string{"WRENN_GITHUB_URL": "ftp://github.example"}, "WRENN_GITHUB_URL", "http or https"},
 		{"github api url relative", map[string]string{"WRENN_GITHUB_API_URL": "/api/v3"}, "WRENN_GITHUB_API_URL", "http or https"},
 		{"dashboard url relative", map[string]string{"WRENN_DASHBOARD_URL": "/app"}, "WRENN_DASHBOARD_URL", "http or https"},
+		{"encryption key short", map[string]string{"WRENN_ENCRYPTION_KEY": strings.Repeat("ab", 31)}, "WRENN_ENCRYPTION_KEY", "64 hex digits"},
+		{"encryption key not hex", map[string]string{"WRENN_ENCRYPTION_KEY": strings.Repeat("zz", 32)}, "WRENN_ENCRYPTION_KEY", "64 hex digits"},
+		{"previous key malformed", map[string]string{"WRENN_ENCRYPTION_KEY": strings.Repeat("ab", 32), "WRENN_ENCRYPTION_KEY_PREVIOUS": "x"}, "WRENN_ENCRYPTION_KEY_PREVIOUS", "64 hex digits"},
+		{"previous key alone", map[string]string{"WRENN_ENCRYPTION_KEY_PREVIOUS": strings.Repeat("ab", 32)}, "WRENN_ENCRYPTION_KEY_PREVIOUS", "without WRENN_ENCRYPTION_KEY"},
+		{"allow private not bool", map[string]string{"WRENN_CHANNELS_ALLOW_PRIVATE": "maybe"}, "WRENN_CHANNELS_ALLOW_PRIVATE", "true or false"},
+		{"retry delays bad", map[string]string{"WRENN_CHANNELS_RETRY_DELAYS": "10s,later"}, "WRENN_CHANNELS_RETRY_DELAYS", "durations"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -38,6 +38,26 @@ type ControlPlane struct {
 	// none, so the TCP peer is the client.
 	TrustedProxies []netip.Prefix
 	OAuth          OAuth
+	Channels       Channels
+}
+
+// Channels configures notification channels.
+type Channels struct {
+	// EncryptionKey seals channel configs (AES-256); nil disables channels.
+	// PreviousKey still opens configs sealed before a key rotation.
+	EncryptionKey []byte
+	PreviousKey   []byte
+	// AllowPrivate lets channels reach loopback, private and link-local
+	// addresses (development: receivers on one's own machine).
+	AllowPrivate bool
+	// RetryDelays are the waits before each retry of a failed delivery.
+	RetryDelays []time.Duration
+	// SendTimeout bounds one delivery attempt.
+	SendTimeout time.Duration
+	// PerChannelConcurrency bounds attempts in flight to one channel.
+	PerChannelConcurrency int
+	// TestRateLimit is the number of test sends per team per minute.
+	TestRateLimit int
 }
 
 // OAuth configures sign-in through providers.
@@ -130,6 +150,18 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 	}
 	c.TrustedProxies = r.prefixes("WRENN_TRUSTED_PROXIES")
 	c.OAuth = loadOAuth(r, c.PublicURL)
+	c.Channels = Channels{
+		EncryptionKey:         r.hexKey("WRENN_ENCRYPTION_KEY"),
+		PreviousKey:           r.hexKey("WRENN_ENCRYPTION_KEY_PREVIOUS"),
+		AllowPrivate:          r.boolean("WRENN_CHANNELS_ALLOW_PRIVATE", false),
+		RetryDelays:           r.durations("WRENN_CHANNELS_RETRY_DELAYS", []time.Duration{10 * time.Second, 30 * time.Second}, 10*time.Millisecond),
+		SendTimeout:           r.duration("WRENN_CHANNELS_SEND_TIMEOUT", 10*time.Second, 100*time.Millisecond),
+		PerChannelConcurrency: r.integer("WRENN_CHANNELS_PER_CHANNEL_CONCURRENCY", 4, 1, 1000),
+		TestRateLimit:         r.integer("WRENN_CHANNELS_TEST_RATE_LIMIT", 10, 1, 100000),
+	}
+	if c.Channels.PreviousKey != nil && r.str("WRENN_ENCRYPTION_KEY", "") == "" {
+		r.fail("WRENN_ENCRYPTION_KEY_PREVIOUS", "is set without WRENN_ENCRYPTION_KEY (the previous key only opens configs; set the current one too)")
+	}
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),

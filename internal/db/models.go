@@ -9,6 +9,36 @@ import (
 	"time"
 )
 
+type Channel struct {
+	ID             string    `json:"id"`
+	TeamID         string    `json:"team_id"`
+	Name           string    `json:"name"`
+	Provider       string    `json:"provider"`
+	ConfigSealed   []byte    `json:"config_sealed"`
+	Events         []string  `json:"events"`
+	Enabled        bool      `json:"enabled"`
+	DisabledReason *string   `json:"disabled_reason"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+}
+
+type ChannelDelivery struct {
+	ID             string     `json:"id"`
+	EventID        string     `json:"event_id"`
+	EventType      string     `json:"event_type"`
+	ChannelID      string     `json:"channel_id"`
+	Payload        string     `json:"payload"`
+	StreamID       string     `json:"stream_id"`
+	Status         string     `json:"status"`
+	Attempts       int32      `json:"attempts"`
+	NextAttemptAt  time.Time  `json:"next_attempt_at"`
+	LockedUntil    *time.Time `json:"locked_until"`
+	LastStatusCode *int32     `json:"last_status_code"`
+	LastError      *string    `json:"last_error"`
+	CreatedAt      time.Time  `json:"created_at"`
+	UpdatedAt      time.Time  `json:"updated_at"`
+}
+
 type Host struct {
 	ID                string     `json:"id"`
 	TeamID            *string    `json:"team_id"`

@@ -23,6 +23,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth/githubtest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
@@ -73,6 +74,13 @@ type envOpts struct {
 	github        *githubtest.Server
 	oauthNow      func() time.Time
 	secureCookies bool
+	// channels, when set, turns notification channels on.
+	channels *channelOpts
+}
+
+type channelOpts struct {
+	allowPrivate bool
+	testLimiter  channels.Limiter
 }
 
 const testSecret = "test-secret-test-secret-test-secret!"
@@ -120,13 +128,17 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	// The server's address is known before it starts: OAuth redirects to it.
 	srv := httptest.NewUnstartedServer(nil)
 	t.Cleanup(srv.Close)
+	var chans *channels.Service
+	if o.channels != nil {
+		chans = newChannels(t, pool, *o.channels, logger)
+	}
 	var flows *service.OAuth
 	var rdb *redis.Client
 	if o.github != nil {
 		flows, rdb = testOAuth(t, svc, o, "http://"+srv.Listener.Addr().String())
 	}
 	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
-		OAuth: flows, SecureCookies: o.secureCookies})
+		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans})
 	if err != nil {
 		t.Fatal(err)
 	}

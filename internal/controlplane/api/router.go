@@ -14,6 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
@@ -55,6 +56,9 @@ type Deps struct {
 	OAuth *service.OAuth
 	// SecureCookies marks cookies Secure (CP_PUBLIC_URL is https).
 	SecureCookies bool
+	// Channels serves /v1/channels; without it (no WRENN_ENCRYPTION_KEY)
+	// those routes answer 503 channels_disabled.
+	Channels *channels.Service
 	// RateLimiter guards signup, login and OAuth callbacks; nil disables the limit.
 	RateLimiter RateLimiter
 	// TrustedProxies are the peers whose forwarding headers name the

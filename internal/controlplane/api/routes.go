@@ -24,6 +24,7 @@ func (s *Server) mountV1(root chi.Router) {
 		r.Route("/v1/sandboxes", s.sandboxRoutes)
 		r.Route("/v1/capsules", s.sandboxRoutes)
 		r.Route("/v1/snapshots", s.snapshotRoutes)
+		r.Route("/v1/channels", s.channelRoutes)
 	})
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
@@ -48,6 +49,10 @@ type Core struct {
 	ReconcileInterval time.Duration
 	TrustedProxies    []netip.Prefix
 	SecureCookies     bool
+	// Channels serves /v1/channels and Dispatcher delivers events to them;
+	// both nil without WRENN_ENCRYPTION_KEY (the routes answer 503).
+	Channels   *channels.Service
+	Dispatcher *channels.Dispatcher
 }
 
 // NewCore builds the core services. rdb may be nil (no rate limits).
@@ -99,6 +104,9 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err != nil {
 		return nil, fmt.Errorf("WRENN_RECONCILE_INTERVAL: %w", err)
 	}
+	if err := c.buildChannels(cfg, pool, rdb, logger); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -126,6 +134,39 @@ func newOAuth(cfg config.ControlPlane, svc *service.Service, rdb *redis.Client) 
 		Store: oauth.NewStore(rdb), DashboardURL: cfg.OAuth.DashboardURL})
 }
 
+func (c *Core) buildChannels(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, logger *slog.Logger) error {
+	cc := cfg.Channels
+	if cc.EncryptionKey == nil {
+		logger.Info("notification channels disabled: WRENN_ENCRYPTION_KEY is not set")
+		return nil
+	}
+	kr, err := channels.NewKeyring(cc.EncryptionKey, cc.PreviousKey)
+	if err != nil {
+		return fmt.Errorf("WRENN_ENCRYPTION_KEY: %w", err)
+	}
+	network := &channels.Network{AllowPrivate: cc.AllowPrivate}
+	if cc.AllowPrivate {
+		logger.Warn("notification channels may reach loopback and private addresses (WRENN_CHANNELS_ALLOW_PRIVATE=true)")
+	}
+	d := channels.Deps{Pool: pool, Keyring: kr, Network: network, Sender: channels.NewSender(network, cfg.PublicURL),
+		SendTimeout: cc.SendTimeout, Logger: logger}
+	if rdb != nil {
+		d.TestLimiter = api.NewRateLimiter(rdb, cc.TestRateLimit, time.Minute, logger)
+	}
+	if c.Channels, err = channels.New(d); err != nil {
+		return fmt.Errorf("build channels: %w", err)
+	}
+	if rdb == nil {
+		return nil
+	}
+	c.Dispatcher, err = channels.NewDispatcher(channels.DispatcherConfig{Consumer: c.Replica, RetryDelays: cc.RetryDelays,
+		SendTimeout: cc.SendTimeout, PerChannel: cc.PerChannelConcurrency}, c.Channels, rdb, logger)
+	if err != nil {
+		return fmt.Errorf("build channel dispatcher: %w", err)
+	}
+	return nil
+}
+
 // Fill sets the core's fields of api.Deps.
 func (c *Core) Fill(d *api.Deps) {
 	d.Service = c.Service
@@ -137,6 +178,7 @@ func (c *Core) Fill(d *api.Deps) {
 	d.TrustedProxies = c.TrustedProxies
 	d.Replica = c.Replica
 	d.Leases = c
+	d.Channels = c.Channels
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -156,8 +198,18 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 	return nil
 }
 
-// RunBackground runs the singleton loops until ctx ends: the reconciler
-// (the one poller of every host) runs while this replica holds its lease.
+// RunBackground runs the background loops until ctx ends: the reconciler
+// (the one poller of every host) runs while this replica holds its lease;
+// the channel dispatcher runs in every replica (the consumer group shares
+// the events between them).
 func (c *Core) RunBackground(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if c.Dispatcher != nil {
+			c.Dispatcher.Run(ctx)
+		}
+	}()
 	c.ReconcileLease.Run(ctx, c.Reconciler.Run)
+	<-done
 }

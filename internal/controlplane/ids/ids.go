@@ -19,6 +19,7 @@ const (
 	// Operation names one lifecycle operation recorded on a sandbox, and
 	// one attempt at an idempotent request.
 	Operation = "op-"
+	Channel   = "ch-"
 )
 
 var enc = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

@@ -50,6 +50,7 @@ const (
 
 	CodeInvalidRequest  Code = "invalid_request"
 	CodeUnknownTemplate Code = "unknown_template"
+	CodeURLNotAllowed   Code = "url_not_allowed"
 
 	CodeUnauthenticated          Code = "unauthenticated"
 	CodeInvalidToken             Code = "invalid_token"
@@ -81,6 +82,7 @@ const (
 	CodeUserNotFound     Code = "user_not_found"
 	CodeAPIKeyNotFound   Code = "api_key_not_found"
 	CodeHostNotFound     Code = "host_not_found"
+	CodeChannelNotFound  Code = "channel_not_found"
 
 	CodeProviderNotConfigured Code = "provider_not_configured"
 	CodeIdentityNotFound      Code = "identity_not_found"
@@ -123,6 +125,7 @@ const (
 	CodeServiceUnavailable  Code = "service_unavailable"
 	CodeHostsUnavailable    Code = "hosts_unavailable"
 	CodeDocsUnavailable     Code = "docs_unavailable"
+	CodeChannelsDisabled    Code = "channels_disabled"
 
 	CodeSandboxDiskFull Code = "sandbox_disk_full"
 )
@@ -140,6 +143,7 @@ var codes = map[Code]codeInfo{
 
 	CodeInvalidRequest:  {kind: KindInvalid},
 	CodeUnknownTemplate: {kind: KindInvalid},
+	CodeURLNotAllowed:   {kind: KindInvalid},
 
 	CodeUnauthenticated:          {kind: KindUnauthorized},
 	CodeInvalidToken:             {kind: KindUnauthorized},
@@ -171,6 +175,7 @@ var codes = map[Code]codeInfo{
 	CodeUserNotFound:     {kind: KindNotFound},
 	CodeAPIKeyNotFound:   {kind: KindNotFound},
 	CodeHostNotFound:     {kind: KindNotFound},
+	CodeChannelNotFound:  {kind: KindNotFound},
 
 	CodeProviderNotConfigured: {kind: KindNotFound},
 	CodeIdentityNotFound:      {kind: KindNotFound},
@@ -214,6 +219,7 @@ var codes = map[Code]codeInfo{
 	CodeServiceUnavailable:  {kind: KindUnavailable},
 	CodeHostsUnavailable:    {kind: KindUnavailable},
 	CodeDocsUnavailable:     {kind: KindUnavailable},
+	CodeChannelsDisabled:    {kind: KindUnavailable},
 
 	CodeSandboxDiskFull: {kind: KindStorageFull},
 }

@@ -148,6 +148,9 @@ func (s *Service) inTx(ctx context.Context, fn func(q *db.Queries) error) error 
 
 func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
 
+// IsUniqueViolation reports a unique constraint violation (a name taken).
+func IsUniqueViolation(err error) bool { return isUniqueViolation(err) }
+
 func isUniqueViolation(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505"

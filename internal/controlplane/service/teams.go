@@ -20,6 +20,10 @@ func validRole(r string) bool { return r == RoleOwner || r == RoleAdmin || r == 
 
 func canManage(role string) bool { return role == RoleOwner || role == RoleAdmin }
 
+// CanManage reports whether a team role may change the team's settings
+// (members, channels): owners and admins.
+func CanManage(role string) bool { return canManage(role) }
+
 // Team is a team seen by a member.
 type Team struct {
 	ID        string    `json:"id"`

@@ -1,0 +1,107 @@
+-- name: CreateChannel :one
+INSERT INTO channels (id, team_id, name, provider, config_sealed, events)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING *;
+
+-- name: GetChannel :one
+SELECT * FROM channels WHERE id = $1 AND team_id = $2;
+
+-- name: ListChannels :many
+SELECT * FROM channels WHERE team_id = $1 ORDER BY created_at, id;
+
+-- name: UpdateChannel :one
+-- Name, filter and enabled state; re-enabling clears the reason it was disabled.
+UPDATE channels SET
+    name = sqlc.arg(name),
+    events = sqlc.arg(events),
+    enabled = sqlc.arg(enabled),
+    disabled_reason = CASE WHEN sqlc.arg(enabled)::boolean THEN NULL ELSE disabled_reason END,
+    config_sealed = sqlc.arg(config_sealed),
+    updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id)
+RETURNING *;
+
+-- name: SetChannelConfig :one
+UPDATE channels SET config_sealed = $3, updated_at = now()
+WHERE id = $1 AND team_id = $2
+RETURNING *;
+
+-- name: DisableChannel :exec
+UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1;
+
+-- name: DeleteChannel :execrows
+DELETE FROM channels WHERE id = $1 AND team_id = $2;
+
+-- name: MatchingChannels :many
+-- The enabled channels of a team; the caller keeps those made before the
+-- event occurred whose filter matches (wildcards).
+SELECT id, events, created_at FROM channels
+WHERE team_id = $1 AND enabled;
+
+-- name: ChannelForDelivery :one
+SELECT * FROM channels WHERE id = $1;
+
+-- name: InsertDeliveries :many
+-- Records the deliveries of a batch of events (one element per event and
+-- channel), taken by this replica for their first attempt at once; rows
+-- that exist (an entry read again) are left alone.
+INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, locked_until)
+-- (set-returning functions in one select list advance together)
+SELECT unnest(sqlc.arg(event_ids)::text[]), unnest(sqlc.arg(event_types)::text[]), unnest(sqlc.arg(channel_ids)::text[]),
+       unnest(sqlc.arg(payloads)::text[]), unnest(sqlc.arg(stream_ids)::text[]),
+       now() + make_interval(secs => sqlc.arg(lock_seconds)::float8)
+ON CONFLICT (event_id, channel_id) DO NOTHING
+RETURNING *;
+
+-- name: ClaimDueDeliveries :many
+-- Takes pending deliveries that are due and that no live replica holds.
+UPDATE channel_deliveries SET locked_until = now() + make_interval(secs => sqlc.arg(lock_seconds)::float8), updated_at = now()
+WHERE id IN (
+    SELECT id FROM channel_deliveries
+    WHERE status = 'pending' AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())
+    ORDER BY next_attempt_at
+    LIMIT sqlc.arg(max_rows)
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: ReleaseDelivery :exec
+-- Hands a taken delivery back untried (shutting down): due at once.
+UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'pending';
+
+-- name: FinishAttempts :many
+-- Records attempts' outcomes (one element per delivery): status stays
+-- pending with next_attempt_at for a retry, or becomes final. A code of 0
+-- and an empty error are none.
+UPDATE channel_deliveries AS d SET
+    status = u.status,
+    attempts = u.attempts,
+    next_attempt_at = now() + make_interval(secs => u.retry_in),
+    locked_until = NULL,
+    last_status_code = NULLIF(u.code, 0),
+    last_error = NULLIF(u.err, ''),
+    updated_at = now()
+FROM (SELECT unnest(sqlc.arg(ids)::text[]) AS id, unnest(sqlc.arg(statuses)::text[]) AS status,
+             unnest(sqlc.arg(attempts)::int[]) AS attempts, unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in,
+             unnest(sqlc.arg(codes)::int[]) AS code, unnest(sqlc.arg(errors)::text[]) AS err) AS u
+WHERE d.id = u.id
+RETURNING d.event_id, d.stream_id, d.status;
+
+-- name: SettledEvents :many
+-- The events among these with no delivery still pending.
+SELECT e.id::text FROM unnest(sqlc.arg(event_ids)::text[]) AS e(id)
+WHERE NOT EXISTS (SELECT 1 FROM channel_deliveries d WHERE d.event_id = e.id AND d.status = 'pending');
+
+-- name: EventPending :one
+-- Whether any delivery of the event still waits for a final outcome.
+SELECT EXISTS (SELECT 1 FROM channel_deliveries WHERE event_id = $1 AND status = 'pending');
+
+-- name: ListDeliveries :many
+-- A channel's deliveries, newest first, after the (created_at, id) cursor.
+SELECT id, event_id, event_type, channel_id, status, attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at
+FROM channel_deliveries
+WHERE channel_id = sqlc.arg(channel_id)
+  AND (sqlc.narg(before_created)::timestamptz IS NULL OR (created_at, id) < (sqlc.narg(before_created)::timestamptz, sqlc.arg(before_id)::text))
+ORDER BY created_at DESC, id DESC
+LIMIT sqlc.arg(max_rows);

@@ -1,0 +1,163 @@
+package channels
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
+)
+
+// benchWorld is a world with n webhook channels on one team, all to one
+// loopback receiver that records when each event's last delivery arrived.
+type benchWorld struct {
+	*world
+	n       int
+	mu      sync.Mutex
+	arrived map[string]time.Time // event id: last of its n deliveries
+	count   map[string]int
+	total   atomic.Int64
+}
+
+// benchChannelCounts: 1 channel is the baseline the 10-channel goal is
+// compared with in the same run.
+var benchChannelCounts = []int{1, 10}
+
+func newBenchWorld(b *testing.B, benchChannels int) *benchWorld {
+	// A pool as large as the dispatcher's concurrency (pgxpool's default
+	// is 4 connections on this 2-core machine); set pool_max_conns in
+	// DATABASE_URL likewise in production.
+	u, err := url.Parse(testenv.MigratedURL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("pool_max_conns", "32")
+	u.RawQuery = q.Encode()
+	w := newWorldOn(b, u.String())
+	bw := &benchWorld{world: w, n: benchChannels, arrived: map[string]time.Time{}, count: map[string]int{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Wrenn-Event-Id")
+		now := time.Now()
+		bw.mu.Lock()
+		bw.count[id]++
+		if bw.count[id] == bw.n {
+			bw.arrived[id] = now
+		}
+		bw.mu.Unlock()
+		bw.total.Add(1)
+		rw.WriteHeader(http.StatusNoContent)
+	}))
+	b.Cleanup(srv.Close)
+	for i := range benchChannels {
+		if _, err := w.svc.Create(context.Background(), w.who, CreateInput{Name: fmt.Sprintf("bench-%d", i), Provider: Webhook,
+			Config: Config{"url": srv.URL, "secret": "whsec_0123456789abcdef"}, Events: []string{"sandbox.*"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return bw
+}
+
+func (bw *benchWorld) publishAt(ctx context.Context, pipe redis.Pipeliner, n int) []string {
+	out := make([]string, n)
+	for i := range n {
+		ev := events.Event{ID: ids.New("evt-"), Type: "sandbox.created", OccurredAt: time.Now().UTC(), TeamID: bw.team,
+			Actor: events.Actor{Type: "system"}, Resource: events.Resource{Type: "sandbox", ID: "sb-bench"}, Status: "success"}
+		raw, _ := json.Marshal(ev)
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: events.StreamKey, Values: map[string]any{events.Field: string(raw)}})
+		out[i] = ev.ID
+	}
+	return out
+}
+
+// BenchmarkDeliveryThroughput: events per second delivered to every
+// channel (with 10, each event is 10 signed webhook POSTs).
+func BenchmarkDeliveryThroughput(b *testing.B) {
+	for _, n := range benchChannelCounts {
+		b.Run(fmt.Sprintf("channels=%d", n), func(b *testing.B) { benchThroughput(b, n) })
+	}
+}
+
+func benchThroughput(b *testing.B, benchChannels int) {
+	bw := newBenchWorld(b, benchChannels)
+	bw.start("cp-bench", DispatcherConfig{PollInterval: 200 * time.Millisecond})
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i += 500 {
+		pipe := bw.rdb.Pipeline()
+		bw.publishAt(ctx, pipe, min(500, b.N-i))
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	want := int64(b.N * benchChannels)
+	deadline := time.Now().Add(10 * time.Minute)
+	for bw.total.Load() < want {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d deliveries", bw.total.Load(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/took.Seconds(), "events/s")
+	b.ReportMetric(float64(want)/took.Seconds(), "deliveries/s")
+}
+
+// BenchmarkDeliveryLatency: events published at 100 a second, the time
+// from XADD to the last of the event's deliveries arriving.
+func BenchmarkDeliveryLatency(b *testing.B) {
+	for _, n := range benchChannelCounts {
+		b.Run(fmt.Sprintf("channels=%d", n), func(b *testing.B) { benchLatency(b, n) })
+	}
+}
+
+func benchLatency(b *testing.B, benchChannels int) {
+	bw := newBenchWorld(b, benchChannels)
+	bw.start("cp-bench", DispatcherConfig{PollInterval: 200 * time.Millisecond})
+	ctx := context.Background()
+	sent := make(map[string]time.Time, b.N)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	b.ResetTimer()
+	for range b.N {
+		<-tick.C
+		pipe := bw.rdb.Pipeline()
+		id := bw.publishAt(ctx, pipe, 1)[0]
+		sent[id] = time.Now()
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for bw.total.Load() < int64(b.N*benchChannels) {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d deliveries", bw.total.Load(), b.N*benchChannels)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.StopTimer()
+	bw.mu.Lock()
+	lat := make([]time.Duration, 0, b.N)
+	for id, at := range sent {
+		lat = append(lat, bw.arrived[id].Sub(at))
+	}
+	bw.mu.Unlock()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+}

@@ -1,0 +1,588 @@
+package channels
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
+	"github.com/wrenn-dev/wrenn/internal/db"
+)
+
+// ConsumerGroup is the channels' consumer group on events.StreamKey.
+const ConsumerGroup = "wrenn-channels"
+
+// Delivery statuses.
+const (
+	StatusPending   = "pending"
+	StatusDelivered = "delivered"
+	StatusFailed    = "failed"
+)
+
+// DispatcherConfig tunes the dispatcher; zero fields take the defaults.
+type DispatcherConfig struct {
+	// Consumer is this process's consumer name in the group (its replica id).
+	Consumer string
+	// RetryDelays are the waits before the second, third... attempt
+	// (default 10 s, 30 s); after the last the delivery is failed.
+	RetryDelays []time.Duration
+	// SendTimeout bounds one attempt (default 10 s).
+	SendTimeout time.Duration
+	// PerChannel bounds concurrent attempts to one channel (default 4), so
+	// a slow endpoint holds only its own slots; Workers bounds them all
+	// (default 64).
+	PerChannel int
+	Workers    int
+	// ClaimIdle is how long an entry may sit unacked in a consumer before
+	// another one claims it (XAUTOCLAIM) and reads it again (default 60 s).
+	ClaimIdle time.Duration
+	// PollInterval paces the scan for due retries (default 1 s).
+	PollInterval time.Duration
+	// Batch is the most entries read or deliveries claimed at once (default 100).
+	Batch int
+}
+
+func (c *DispatcherConfig) defaults() {
+	if c.RetryDelays == nil {
+		c.RetryDelays = []time.Duration{10 * time.Second, 30 * time.Second}
+	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = 10 * time.Second
+	}
+	if c.PerChannel <= 0 {
+		c.PerChannel = 4
+	}
+	if c.Workers <= 0 {
+		c.Workers = 64
+	}
+	if c.ClaimIdle <= 0 {
+		c.ClaimIdle = time.Minute
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.Batch <= 0 {
+		c.Batch = 100
+	}
+}
+
+// Dispatcher reads events.StreamKey in the consumer group and delivers
+// each event to its team's matching channels. Every (event, channel) pair
+// is a row of channel_deliveries, which holds the retry schedule, so a
+// retry survives the restart of every control plane; an entry is acked
+// only once every delivery of its event is final. Every replica runs one:
+// the group shares entries between them and rows are taken with SKIP
+// LOCKED and a lock that expires.
+type Dispatcher struct {
+	cfg    DispatcherConfig
+	q      *db.Queries
+	rdb    *redis.Client
+	svc    *Service
+	log    *slog.Logger
+	wake   chan struct{}
+	global chan struct{}
+
+	mu    sync.Mutex
+	perCh map[string]*channelSlots
+	wg    sync.WaitGroup
+	// outcomes feeds the one writer of attempt outcomes, which records
+	// them in batches (a statement per batch, not per attempt).
+	outcomes chan outcome
+
+	cacheMu sync.Mutex
+	cache   map[string]cachedChannel
+}
+
+// outcome is one attempt's result to record.
+type outcome struct {
+	id       string
+	status   string
+	attempts int32
+	retryIn  time.Duration
+	r        Result
+}
+
+// cachedChannel is a channel and its opened config, reused for channelTTL
+// so a burst of events costs one lookup per channel, not one per delivery.
+type cachedChannel struct {
+	ch  db.Channel
+	sc  sealed
+	err error
+	at  time.Time
+}
+
+// channelTTL bounds how stale a channel (its config, enabled, existence)
+// may be when an attempt is made.
+const channelTTL = time.Second
+
+type channelSlots struct {
+	sem   chan struct{}
+	users int
+}
+
+// NewDispatcher builds a dispatcher over the service's channels.
+func NewDispatcher(cfg DispatcherConfig, svc *Service, rdb *redis.Client, logger *slog.Logger) (*Dispatcher, error) {
+	if cfg.Consumer == "" {
+		return nil, errors.New("channels dispatcher: Consumer is required")
+	}
+	cfg.defaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Dispatcher{cfg: cfg, q: svc.q, rdb: rdb, svc: svc, log: logger.With("component", "channels"),
+		wake: make(chan struct{}, 1), global: make(chan struct{}, cfg.Workers), perCh: map[string]*channelSlots{},
+		outcomes: make(chan outcome, 4*cfg.Workers), cache: map[string]cachedChannel{}}, nil
+}
+
+// lockSeconds is how long a taken delivery stays ours: its queueing behind
+// its channel's slots and the attempt itself.
+func (d *Dispatcher) lockSeconds() float64 { return (6 * d.cfg.SendTimeout).Seconds() }
+
+// Run dispatches until ctx ends, then waits for attempts in flight and
+// records their outcomes.
+func (d *Dispatcher) Run(ctx context.Context) {
+	recorded := make(chan struct{})
+	go func() { defer close(recorded); d.recordLoop() }()
+	var loops sync.WaitGroup
+	for _, loop := range []func(context.Context){d.readLoop, d.pollLoop, d.claimLoop} {
+		loops.Add(1)
+		go func() { defer loops.Done(); loop(ctx) }()
+	}
+	loops.Wait()
+	d.wg.Wait()
+	close(d.outcomes)
+	<-recorded
+}
+
+func (d *Dispatcher) ensureGroup(ctx context.Context) error {
+	// From the stream's start: a channel only takes events that occurred
+	// after it was made, so old entries find nothing to deliver.
+	err := d.rdb.XGroupCreateMkStream(ctx, events.StreamKey, ConsumerGroup, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("create consumer group %s: %w", ConsumerGroup, err)
+	}
+	return nil
+}
+
+// readLoop reads new entries. While Redis fails it retries each second,
+// saying so once; the group is made again when Redis lost it.
+func (d *Dispatcher) readLoop(ctx context.Context) {
+	failing := false
+	needGroup := true
+	for ctx.Err() == nil {
+		if needGroup {
+			if err := d.ensureGroup(ctx); err != nil {
+				failing = d.redisDown(ctx, failing, err)
+				continue
+			}
+			needGroup = false
+		}
+		res, err := d.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: ConsumerGroup, Consumer: d.cfg.Consumer,
+			Streams: []string{events.StreamKey, ">"}, Count: int64(d.cfg.Batch), Block: 2 * time.Second}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			needGroup = strings.HasPrefix(err.Error(), "NOGROUP")
+			failing = d.redisDown(ctx, failing, err)
+			continue
+		}
+		if failing {
+			d.log.InfoContext(ctx, "event stream readable again")
+			failing = false
+		}
+		for _, s := range res {
+			d.handle(ctx, s.Messages)
+		}
+	}
+}
+
+func (d *Dispatcher) redisDown(ctx context.Context, failing bool, err error) bool {
+	if !failing {
+		d.log.WarnContext(ctx, "event stream unavailable; retrying", "err", err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Second):
+	}
+	return true
+}
+
+// handle turns a batch of entries into deliveries and starts their first
+// attempts: one channel lookup per team and one insert for the batch.
+// Reading an entry again (a claim after a crash) adds no row that exists
+// and acks the entry when every delivery of its event is final.
+func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
+	type entry struct {
+		streamID string
+		ev       events.Event
+		raw      string
+	}
+	var (
+		done    []string // entries with nothing to deliver
+		matched []entry
+		p       = db.InsertDeliveriesParams{LockSeconds: d.lockSeconds()}
+		byTeam  = map[string][]db.MatchingChannelsRow{}
+	)
+	for _, m := range msgs {
+		raw, _ := m.Values[events.Field].(string)
+		ev, err := events.Decode(raw)
+		if err != nil {
+			// Nothing can ever deliver it; keeping it would replay it forever.
+			d.log.ErrorContext(ctx, "dropping malformed event", "stream_id", m.ID, "err", err)
+			done = append(done, m.ID)
+			continue
+		}
+		rows, ok := byTeam[ev.TeamID]
+		if !ok {
+			rows, err = d.q.MatchingChannels(ctx, ev.TeamID)
+			if err != nil {
+				// Left pending: the claim loop reads it again.
+				d.log.WarnContext(ctx, "find channels for event", "event_id", ev.ID, "err", err)
+				continue
+			}
+			byTeam[ev.TeamID] = rows
+		}
+		n := 0
+		for _, r := range rows {
+			if !r.CreatedAt.After(ev.OccurredAt) && events.Matches(r.Events, ev.Type) {
+				p.EventIds = append(p.EventIds, ev.ID)
+				p.EventTypes = append(p.EventTypes, ev.Type)
+				p.ChannelIds = append(p.ChannelIds, r.ID)
+				p.Payloads = append(p.Payloads, raw)
+				p.StreamIds = append(p.StreamIds, m.ID)
+				n++
+			}
+		}
+		if n == 0 {
+			done = append(done, m.ID)
+			continue
+		}
+		matched = append(matched, entry{streamID: m.ID, ev: ev, raw: raw})
+	}
+	d.ack(ctx, done...)
+	if len(matched) == 0 {
+		return
+	}
+	taken, err := d.q.InsertDeliveries(ctx, p)
+	if err != nil {
+		d.log.WarnContext(ctx, "record deliveries", "events", len(matched), "err", err)
+		return
+	}
+	fresh := map[string]bool{}
+	for _, row := range taken {
+		fresh[row.EventID] = true
+		d.dispatch(ctx, row)
+	}
+	for _, e := range matched {
+		if !fresh[e.ev.ID] {
+			d.ackIfFinal(ctx, e.ev.ID, e.streamID)
+		}
+	}
+}
+
+func (d *Dispatcher) ack(ctx context.Context, streamIDs ...string) {
+	if len(streamIDs) == 0 {
+		return
+	}
+	if err := d.rdb.XAck(ctx, events.StreamKey, ConsumerGroup, streamIDs...).Err(); err != nil {
+		// The claim loop reads them again and acks them then.
+		d.log.WarnContext(ctx, "ack events", "stream_ids", streamIDs, "err", err)
+	}
+}
+
+func (d *Dispatcher) ackIfFinal(ctx context.Context, eventID, streamID string) {
+	pending, err := d.q.EventPending(ctx, eventID)
+	if err != nil {
+		d.log.WarnContext(ctx, "check event deliveries", "event_id", eventID, "err", err)
+		return
+	}
+	if !pending {
+		d.ack(ctx, streamID)
+	}
+}
+
+// pollLoop takes due retries (and deliveries a dead replica held).
+func (d *Dispatcher) pollLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-d.wake:
+		}
+		rows, err := d.q.ClaimDueDeliveries(ctx, db.ClaimDueDeliveriesParams{LockSeconds: d.lockSeconds(), MaxRows: int32(d.cfg.Batch)})
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.WarnContext(ctx, "claim due deliveries", "err", err)
+			}
+			continue
+		}
+		for _, row := range rows {
+			d.dispatch(ctx, row)
+		}
+		if len(rows) == d.cfg.Batch {
+			d.poke()
+		}
+	}
+}
+
+func (d *Dispatcher) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// claimLoop takes entries left unacked past ClaimIdle by any consumer
+// (a dead replica's, or ours waiting on retries or on a failed ack) and
+// reads them again.
+func (d *Dispatcher) claimLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.ClaimIdle / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := "0-0"
+		for ctx.Err() == nil {
+			msgs, next, err := d.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: events.StreamKey, Group: ConsumerGroup,
+				Consumer: d.cfg.Consumer, MinIdle: d.cfg.ClaimIdle, Start: start, Count: int64(d.cfg.Batch)}).Result()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, redis.Nil) {
+					d.log.WarnContext(ctx, "claim idle events", "err", err)
+				}
+				break
+			}
+			d.handle(ctx, msgs)
+			if next == "0-0" || next == "" {
+				break
+			}
+			start = next
+		}
+	}
+}
+
+func (d *Dispatcher) slots(channelID string) *channelSlots {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.perCh[channelID]
+	if s == nil {
+		s = &channelSlots{sem: make(chan struct{}, d.cfg.PerChannel)}
+		d.perCh[channelID] = s
+	}
+	s.users++
+	return s
+}
+
+func (d *Dispatcher) release(channelID string, s *channelSlots) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s.users--; s.users == 0 {
+		delete(d.perCh, channelID)
+	}
+}
+
+// dispatch runs one attempt in the background: first a slot of its
+// channel, then one of the global pool, so a slow channel waits on its
+// own slots and never holds the others'.
+func (d *Dispatcher) dispatch(ctx context.Context, row db.ChannelDelivery) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		s := d.slots(row.ChannelID)
+		defer d.release(row.ChannelID, s)
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			d.unlock(row)
+			return
+		}
+		defer func() { <-s.sem }()
+		select {
+		case d.global <- struct{}{}:
+		case <-ctx.Done():
+			d.unlock(row)
+			return
+		}
+		defer func() { <-d.global }()
+		d.attempt(ctx, row)
+	}()
+}
+
+// unlock hands a delivery we will not attempt back at once.
+func (d *Dispatcher) unlock(row db.ChannelDelivery) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.q.ReleaseDelivery(ctx, row.ID); err != nil {
+		d.log.Warn("release delivery", "delivery_id", row.ID, "err", err)
+	}
+}
+
+func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
+	c, err := d.channel(ctx, row.ChannelID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return // deleted with its deliveries
+	}
+	if err != nil {
+		d.log.WarnContext(ctx, "load channel for delivery", "delivery_id", row.ID, "err", err)
+		return // the lock expires and the poll loop takes it again
+	}
+	ch, sc := c.ch, c.sc
+	n := row.Attempts + 1
+	if !ch.Enabled {
+		d.finish(ctx, row, StatusFailed, row.Attempts, 0, Result{Err: errors.New("the channel is disabled")})
+		return
+	}
+	if c.err != nil {
+		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: errors.New("the channel's config cannot be opened with the configured keys")})
+		return
+	}
+	ev, err := events.Decode(row.Payload)
+	if err != nil {
+		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: err})
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
+	r := d.svc.d.Sender.Send(sctx, ch.Provider, sc.Config, Message{Event: ev, Payload: []byte(row.Payload), Attempt: int(n),
+		ChannelID: ch.ID, Previous: sc.previous(time.Now())})
+	cancel()
+	if ctx.Err() != nil {
+		// Shutting down: this attempt does not count.
+		d.unlock(row)
+		return
+	}
+	switch {
+	case r.OK():
+		d.finish(ctx, row, StatusDelivered, n, 0, r)
+	case r.Disable != "":
+		d.forget(ch.ID)
+		if err := d.q.DisableChannel(ctx, db.DisableChannelParams{ID: ch.ID, DisabledReason: &r.Disable}); err != nil {
+			d.log.WarnContext(ctx, "disable channel", "channel_id", ch.ID, "err", err)
+		}
+		d.log.InfoContext(ctx, "channel disabled", "channel_id", ch.ID, "reason", r.Disable)
+		d.finish(ctx, row, StatusFailed, n, 0, r)
+	case int(n) <= len(d.cfg.RetryDelays):
+		d.finish(ctx, row, StatusPending, n, d.cfg.RetryDelays[n-1], r)
+	default:
+		d.finish(ctx, row, StatusFailed, n, 0, r)
+	}
+}
+
+// channel is the delivery's channel, from the cache while it is fresh.
+func (d *Dispatcher) channel(ctx context.Context, id string) (cachedChannel, error) {
+	d.cacheMu.Lock()
+	c, ok := d.cache[id]
+	d.cacheMu.Unlock()
+	if ok && time.Since(c.at) < channelTTL {
+		return c, nil
+	}
+	ch, err := d.q.ChannelForDelivery(ctx, id)
+	if err != nil {
+		return cachedChannel{}, err
+	}
+	sc, _, openErr := d.svc.open(ch)
+	if openErr != nil {
+		d.log.ErrorContext(ctx, "open channel config", "channel_id", ch.ID, "err", openErr)
+	}
+	c = cachedChannel{ch: ch, sc: sc, err: openErr, at: time.Now()}
+	d.cacheMu.Lock()
+	if len(d.cache) > 10000 {
+		clear(d.cache)
+	}
+	d.cache[id] = c
+	d.cacheMu.Unlock()
+	return c, nil
+}
+
+func (d *Dispatcher) forget(id string) {
+	d.cacheMu.Lock()
+	delete(d.cache, id)
+	d.cacheMu.Unlock()
+}
+
+func (d *Dispatcher) finish(_ context.Context, row db.ChannelDelivery, status string, attempts int32, retryIn time.Duration, r Result) {
+	d.outcomes <- outcome{id: row.ID, status: status, attempts: attempts, retryIn: retryIn, r: r}
+}
+
+// recordLoop writes outcomes in batches of what has arrived (up to
+// Batch), then acks the entries whose events are settled. It runs until
+// outcomes is closed, after every attempt ended, so none is lost on
+// shutdown.
+func (d *Dispatcher) recordLoop() {
+	for first := range d.outcomes {
+		batch := []outcome{first}
+	more:
+		for len(batch) < d.cfg.Batch {
+			select {
+			case o, ok := <-d.outcomes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, o)
+			default:
+				break more
+			}
+		}
+		d.record(batch)
+	}
+}
+
+func (d *Dispatcher) record(batch []outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var p db.FinishAttemptsParams
+	for _, o := range batch {
+		p.Ids = append(p.Ids, o.id)
+		p.Statuses = append(p.Statuses, o.status)
+		p.Attempts = append(p.Attempts, o.attempts)
+		p.RetryInSeconds = append(p.RetryInSeconds, o.retryIn.Seconds())
+		p.Codes = append(p.Codes, int32(o.r.StatusCode))
+		msg := ""
+		if o.r.Err != nil {
+			msg = describe(o.r.Err)
+		}
+		p.Errors = append(p.Errors, msg)
+	}
+	rows, err := d.q.FinishAttempts(ctx, p)
+	if err != nil {
+		// The rows stay locked until the lock expires; then they are tried again.
+		d.log.Warn("record delivery attempts", "deliveries", len(batch), "err", err)
+		return
+	}
+	streams := map[string]string{}
+	var final []string
+	for _, r := range rows {
+		if r.Status != StatusPending && streams[r.EventID] == "" {
+			streams[r.EventID] = r.StreamID
+			final = append(final, r.EventID)
+		}
+	}
+	if len(final) == 0 {
+		return
+	}
+	settled, err := d.q.SettledEvents(ctx, final)
+	if err != nil {
+		d.log.Warn("check settled events", "err", err)
+		return
+	}
+	ids := make([]string, 0, len(settled))
+	for _, e := range settled {
+		ids = append(ids, streams[e])
+	}
+	d.ack(ctx, ids...)
+}

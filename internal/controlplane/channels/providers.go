@@ -1,0 +1,341 @@
+package channels
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
+)
+
+// The chat providers speak their wire formats directly over Network's one
+// HTTP client instead of going through shoutrrr
+// (github.com/nicholas-fedor/shoutrrr v0.13.2): its services build their
+// own clients (Google Chat posts with http.DefaultClient, Discord keeps a
+// client of its own with transport-level retries, Matrix another), so the
+// dial-time address check could not be applied to every send, the tests
+// could not reach fakes under the production host names, and Discord's
+// hidden retries would run beside the durable schedule. Each request here
+// is one attempt, bounded by the caller's context.
+
+// Provider names.
+const (
+	Discord    = "discord"
+	Slack      = "slack"
+	Teams      = "teams"
+	GoogleChat = "googlechat"
+	Telegram   = "telegram"
+	Matrix     = "matrix"
+	Webhook    = "webhook"
+)
+
+// Config is a provider's configuration: field name to value. Every value
+// is treated as a secret (webhook URLs carry tokens).
+type Config map[string]string
+
+// Result is the outcome of one attempt.
+type Result struct {
+	StatusCode int
+	Err        error
+	// Disable, when set, disables the channel with this reason (a webhook
+	// answering 410 Gone).
+	Disable string
+}
+
+// OK reports a successful attempt.
+func (r Result) OK() bool { return r.Err == nil }
+
+// Message is what one attempt sends.
+type Message struct {
+	Event   events.Event
+	Payload []byte // the event as JSON, the webhook body
+	Attempt int
+	// Channel keys idempotent sends (Matrix transaction ids).
+	ChannelID string
+	// Previous is a webhook secret that also signs during its grace period.
+	Previous string
+}
+
+type provider struct {
+	fields   []string // accepted fields; required unless in optional
+	optional map[string]bool
+	validate func(n *Network, c Config) error
+	send     func(ctx context.Context, s *Sender, c Config, m Message) Result
+}
+
+// providers is the one table of providers.
+var providers = map[string]provider{
+	Discord: {fields: []string{"webhook_url"}, validate: hostedWebhook("webhook_url", "/api/webhooks/", "discord.com", "discordapp.com"),
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result {
+			return s.postJSON(ctx, http.MethodPost, c["webhook_url"], nil, map[string]string{"content": s.text(m.Event)})
+		}},
+	Slack: {fields: []string{"webhook_url"}, validate: hostedWebhook("webhook_url", "/services/", "hooks.slack.com"),
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result {
+			return s.postJSON(ctx, http.MethodPost, c["webhook_url"], nil, map[string]string{"text": s.text(m.Event)})
+		}},
+	Teams: {fields: []string{"webhook_url"}, validate: teamsWorkflow,
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result {
+			return s.postJSON(ctx, http.MethodPost, c["webhook_url"], nil, adaptiveCard(s.text(m.Event)))
+		}},
+	GoogleChat: {fields: []string{"webhook_url"}, validate: hostedWebhook("webhook_url", "/v1/spaces/", "chat.googleapis.com"),
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result {
+			return s.postJSON(ctx, http.MethodPost, c["webhook_url"], nil, map[string]string{"text": s.text(m.Event)})
+		}},
+	Telegram: {fields: []string{"bot_token", "chat_id"}, validate: validateTelegram,
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result {
+			u := telegramAPI + "/bot" + c["bot_token"] + "/sendMessage"
+			return s.postJSON(ctx, http.MethodPost, u, nil, map[string]string{"chat_id": c["chat_id"], "text": s.text(m.Event)})
+		}},
+	Matrix: {fields: []string{"homeserver_url", "access_token", "room_id"}, validate: validateMatrix,
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result {
+			// The transaction id is the same on every attempt, so the
+			// homeserver drops a repeat of a send that did arrive.
+			txn := url.PathEscape(m.ChannelID + "." + m.Event.ID)
+			u := strings.TrimRight(c["homeserver_url"], "/") + "/_matrix/client/v3/rooms/" + url.PathEscape(c["room_id"]) + "/send/m.room.message/" + txn
+			hdr := http.Header{"Authorization": {"Bearer " + c["access_token"]}}
+			return s.postJSON(ctx, http.MethodPut, u, hdr, map[string]string{"msgtype": "m.text", "body": s.text(m.Event)})
+		}},
+	Webhook: {fields: []string{"url", "secret"}, optional: map[string]bool{"secret": true}, validate: validateWebhook,
+		send: func(ctx context.Context, s *Sender, c Config, m Message) Result { return s.sendWebhook(ctx, c, m) }},
+}
+
+// Providers lists the provider names.
+func Providers() []string {
+	return []string{Discord, Slack, Teams, GoogleChat, Telegram, Matrix, Webhook}
+}
+
+// validateConfig checks a config for a provider: known provider, no
+// unknown field, every required field present, the provider's own rules.
+func validateConfig(n *Network, providerName string, c Config) error {
+	p, ok := providers[providerName]
+	if !ok {
+		return invalidField("provider", "unknown provider %q; one of %s", providerName, strings.Join(Providers(), ", "))
+	}
+	for k := range c {
+		if !containsStr(p.fields, k) {
+			return invalidField("config."+k, "%s takes no field %q (fields: %s)", providerName, k, strings.Join(p.fields, ", "))
+		}
+	}
+	for _, f := range p.fields {
+		if strings.TrimSpace(c[f]) == "" && !p.optional[f] {
+			return invalidField("config."+f, "%s needs config.%s", providerName, f)
+		}
+	}
+	return p.validate(n, c)
+}
+
+func containsStr(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// hostedWebhook accepts an https URL on one of hosts under pathPrefix.
+func hostedWebhook(field, pathPrefix string, hosts ...string) func(*Network, Config) error {
+	return func(_ *Network, c Config) error {
+		u, err := url.Parse(c[field])
+		if err != nil || u.Scheme != "https" || !containsStr(hosts, strings.ToLower(u.Host)) || !strings.HasPrefix(u.Path, pathPrefix) {
+			return invalidField("config."+field, "config.%s must be an https://%s%s... URL", field, hosts[0], pathPrefix)
+		}
+		return nil
+	}
+}
+
+// teamsWorkflow accepts a Power Automate workflow URL (the Office 365
+// connectors are retired): hosted on a Logic Apps region host or a Power
+// Platform environment host.
+func teamsWorkflow(_ *Network, c Config) error {
+	u, err := url.Parse(c["webhook_url"])
+	host := ""
+	if err == nil {
+		host = strings.ToLower(u.Hostname())
+	}
+	if err != nil || u.Scheme != "https" || u.Port() != "" ||
+		!(strings.HasSuffix(host, ".logic.azure.com") || strings.HasSuffix(host, ".api.powerplatform.com")) {
+		return invalidField("config.webhook_url", "config.webhook_url must be a Power Automate workflow URL (https://….logic.azure.com/… or https://….api.powerplatform.com/…)")
+	}
+	return nil
+}
+
+const telegramAPI = "https://api.telegram.org"
+
+var telegramToken = regexp.MustCompile(`^[0-9]+:[A-Za-z0-9_-]{20,}$`)
+var telegramChat = regexp.MustCompile(`^(-?[0-9]+|@[A-Za-z][A-Za-z0-9_]{4,})$`)
+
+func validateTelegram(_ *Network, c Config) error {
+	if !telegramToken.MatchString(c["bot_token"]) {
+		return invalidField("config.bot_token", "config.bot_token must be a bot token from BotFather (<digits>:<token>)")
+	}
+	if !telegramChat.MatchString(c["chat_id"]) {
+		return invalidField("config.chat_id", "config.chat_id must be a numeric chat id or an @channelname")
+	}
+	return nil
+}
+
+var matrixRoom = regexp.MustCompile(`^![^:\s]+:[^\s]+$`)
+
+func validateMatrix(n *Network, c Config) error {
+	if err := n.CheckURL("config.homeserver_url", c["homeserver_url"]); err != nil {
+		return err
+	}
+	if !matrixRoom.MatchString(c["room_id"]) {
+		return invalidField("config.room_id", "config.room_id must be a room id such as !abc123:example.org (not an alias)")
+	}
+	return nil
+}
+
+func validateWebhook(n *Network, c Config) error {
+	if err := n.CheckURL("config.url", c["url"]); err != nil {
+		return err
+	}
+	if s := c["secret"]; s != "" && len(s) < 16 {
+		return invalidField("config.secret", "config.secret must be at least 16 characters (or absent, to have one generated)")
+	}
+	return nil
+}
+
+func adaptiveCard(text string) any {
+	return map[string]any{
+		"type": "message",
+		"attachments": []any{map[string]any{
+			"contentType": "application/vnd.microsoft.card.adaptive",
+			"content": map[string]any{
+				"$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+				"type":    "AdaptiveCard",
+				"version": "1.4",
+				"body":    []any{map[string]any{"type": "TextBlock", "text": text, "wrap": true}},
+			},
+		}},
+	}
+}
+
+// Sender performs attempts over Network's client.
+type Sender struct {
+	client *http.Client
+	// PublicURL, when set, links messages to the dashboard.
+	PublicURL string
+	now       func() time.Time
+}
+
+// NewSender builds a sender on n.
+func NewSender(n *Network, publicURL string) *Sender {
+	return &Sender{client: n.Client(), PublicURL: strings.TrimRight(publicURL, "/"), now: time.Now}
+}
+
+// Send makes one attempt.
+func (s *Sender) Send(ctx context.Context, providerName string, c Config, m Message) Result {
+	p, ok := providers[providerName]
+	if !ok {
+		return Result{Err: fmt.Errorf("unknown provider %q", providerName)}
+	}
+	return p.send(ctx, s, c, m)
+}
+
+// text is the short message chat providers show: what happened, to what,
+// by whom, when, and a link.
+func (s *Sender) text(e events.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Wrenn: %s", e.Type)
+	if e.Resource.ID != "" {
+		fmt.Fprintf(&b, " %s %s", e.Resource.Type, e.Resource.ID)
+	}
+	who := e.Actor.Name
+	if who == "" {
+		who = e.Actor.ID
+	}
+	if who != "" {
+		fmt.Fprintf(&b, " by %s", who)
+	} else if e.Actor.Type != "" {
+		fmt.Fprintf(&b, " by %s", e.Actor.Type)
+	}
+	fmt.Fprintf(&b, " at %s", e.OccurredAt.UTC().Format(time.RFC3339))
+	if s.PublicURL != "" {
+		fmt.Fprintf(&b, " %s", s.PublicURL)
+	}
+	return b.String()
+}
+
+func (s *Sender) postJSON(ctx context.Context, method, u string, hdr http.Header, body any) Result {
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return Result{Err: fmt.Errorf("encode message: %w", err)}
+	}
+	if hdr == nil {
+		hdr = http.Header{}
+	}
+	return s.do(ctx, method, u, hdr, raw)
+}
+
+// do sends one request. Errors never quote the URL: it holds tokens.
+func (s *Sender) do(ctx context.Context, method, u string, hdr http.Header, body []byte) Result {
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return Result{Err: fmt.Errorf("build request: invalid URL")}
+	}
+	req.Header = hdr
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Wrenn-Channels/1")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return Result{Err: scrubURLError(err)}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	r := Result{StatusCode: resp.StatusCode}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		r.Err = fmt.Errorf("answered %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+	}
+	return r
+}
+
+// scrubURLError drops the URL from a client error (it may carry a token).
+func scrubURLError(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return fmt.Errorf("%s: %w", strings.ToLower(ue.Op), ue.Err)
+	}
+	return err
+}
+
+// Signature is the X-WRENN-SIGNATURE value for body at t: one v1= per
+// secret (the current one first; a rotated-out one during its grace).
+func Signature(t time.Time, body []byte, secrets ...string) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	parts := []string{"t=" + ts}
+	for _, sec := range secrets {
+		if sec == "" {
+			continue
+		}
+		mac := hmac.New(sha256.New, []byte(sec))
+		mac.Write([]byte(ts + "."))
+		mac.Write(body)
+		parts = append(parts, "v1="+hex.EncodeToString(mac.Sum(nil)))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (s *Sender) sendWebhook(ctx context.Context, c Config, m Message) Result {
+	hdr := http.Header{}
+	hdr.Set("X-WRENN-SIGNATURE", Signature(s.now(), m.Payload, c["secret"], m.Previous))
+	hdr.Set("X-Wrenn-Event-Id", m.Event.ID)
+	hdr.Set("X-Wrenn-Event-Type", m.Event.Type)
+	hdr.Set("X-Wrenn-Delivery-Attempt", strconv.Itoa(m.Attempt))
+	r := s.do(ctx, http.MethodPost, c["url"], hdr, m.Payload)
+	if r.StatusCode == http.StatusGone {
+		r.Disable = "the webhook answered 410 Gone"
+	}
+	return r
+}
