@@ -75,6 +75,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newDevCmd(),
 		newMigrateCmd(),
 		newImagesCmd(),
+		newCACmd(),
 		newVersionCmd(),
 	)
 	return root
