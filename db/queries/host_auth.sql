@@ -73,3 +73,12 @@ UPDATE host_refresh_tokens SET revoked_at = now() WHERE host_id = $1 AND revoked
 
 -- name: ListHostRefreshTokens :many
 SELECT * FROM host_refresh_tokens WHERE host_id = $1 ORDER BY created_at, id;
+
+-- name: SetHostCert :one
+-- A leaf was issued to the host: at a refresh the one it replaces stays
+-- accepted (keep_previous), at a registration it does not.
+UPDATE hosts SET
+    cert_fingerprint_prev = CASE WHEN sqlc.arg(keep_previous)::bool THEN cert_fingerprint END,
+    cert_fingerprint = sqlc.arg(fingerprint), cert_expires_at = sqlc.arg(expires_at), updated_at = now()
+WHERE id = sqlc.arg(id)
+RETURNING *;

@@ -64,7 +64,7 @@ UPDATE hosts SET status = 'online', last_heartbeat_at = now(),
     committed_vcpus     = COALESCE($6::integer, committed_vcpus),
     committed_memory_mb = COALESCE($7::bigint, committed_memory_mb)
 WHERE id = $8 AND status <> 'pending'
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at
 `
 
 type HeartbeatHostParams struct {
@@ -117,6 +117,9 @@ func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (H
 		&i.CapacityMemoryMb,
 		&i.CommittedVcpus,
 		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
 	)
 	return i, err
 }
@@ -161,7 +164,7 @@ const insertPendingHost = `-- name: InsertPendingHost :one
 
 INSERT INTO hosts (id, team_id, name, status, created_by)
 VALUES ($1, $2, $3, 'pending', $4)
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at
 `
 
 type InsertPendingHostParams struct {
@@ -204,6 +207,9 @@ func (q *Queries) InsertPendingHost(ctx context.Context, arg InsertPendingHostPa
 		&i.CapacityMemoryMb,
 		&i.CommittedVcpus,
 		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
 	)
 	return i, err
 }
@@ -242,7 +248,7 @@ func (q *Queries) ListHostRefreshTokens(ctx context.Context, hostID string) ([]H
 }
 
 const listTeamHosts = `-- name: ListTeamHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE team_id = $1 ORDER BY created_at, id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts WHERE team_id = $1 ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeamHosts(ctx context.Context, teamID *string) ([]Host, error) {
@@ -278,6 +284,9 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID *string) ([]Host, er
 			&i.CapacityMemoryMb,
 			&i.CommittedVcpus,
 			&i.CommittedMemoryMb,
+			&i.CertFingerprint,
+			&i.CertFingerprintPrev,
+			&i.CertExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -320,7 +329,7 @@ UPDATE hosts SET
     committed_vcpus = $14, committed_memory_mb = $15,
     last_heartbeat_at = now(), updated_at = now()
 WHERE id = $16
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at
 `
 
 type RegisterHostSpecsParams struct {
@@ -387,6 +396,9 @@ func (q *Queries) RegisterHostSpecs(ctx context.Context, arg RegisterHostSpecsPa
 		&i.CapacityMemoryMb,
 		&i.CommittedVcpus,
 		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
 	)
 	return i, err
 }
@@ -431,6 +443,62 @@ func (q *Queries) RevokeHostRefreshTokens(ctx context.Context, hostID string) (i
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const setHostCert = `-- name: SetHostCert :one
+UPDATE hosts SET
+    cert_fingerprint_prev = CASE WHEN $1::bool THEN cert_fingerprint END,
+    cert_fingerprint = $2, cert_expires_at = $3, updated_at = now()
+WHERE id = $4
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at
+`
+
+type SetHostCertParams struct {
+	KeepPrevious bool       `json:"keep_previous"`
+	Fingerprint  *string    `json:"fingerprint"`
+	ExpiresAt    *time.Time `json:"expires_at"`
+	ID           string     `json:"id"`
+}
+
+// A leaf was issued to the host: at a refresh the one it replaces stays
+// accepted (keep_previous), at a registration it does not.
+func (q *Queries) SetHostCert(ctx context.Context, arg SetHostCertParams) (Host, error) {
+	row := q.db.QueryRow(ctx, setHostCert,
+		arg.KeepPrevious,
+		arg.Fingerprint,
+		arg.ExpiresAt,
+		arg.ID,
+	)
+	var i Host
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Address,
+		&i.Status,
+		&i.Vmm,
+		&i.Accel,
+		&i.Arch,
+		&i.Version,
+		&i.CpuCount,
+		&i.MemoryMb,
+		&i.DiskGb,
+		&i.LastHeartbeatAt,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.MaxVcpus,
+		&i.MaxMemoryMb,
+		&i.MaxDiskMb,
+		&i.CapacityVcpus,
+		&i.CapacityMemoryMb,
+		&i.CommittedVcpus,
+		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
+	)
+	return i, err
 }
 
 const setTeamBYOC = `-- name: SetTeamBYOC :exec

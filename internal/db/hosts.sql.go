@@ -11,7 +11,7 @@ import (
 )
 
 const getHost = `-- name: GetHost :one
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE id = $1
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -41,6 +41,9 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.CapacityMemoryMb,
 		&i.CommittedVcpus,
 		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
 	)
 	return i, err
 }
@@ -98,7 +101,7 @@ func (q *Queries) HostsCommitted(ctx context.Context, arg HostsCommittedParams) 
 }
 
 const listAllOnlineHosts = `-- name: ListAllOnlineHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE status = 'online' ORDER BY id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts WHERE status = 'online' ORDER BY id
 `
 
 func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
@@ -134,6 +137,9 @@ func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
 			&i.CapacityMemoryMb,
 			&i.CommittedVcpus,
 			&i.CommittedMemoryMb,
+			&i.CertFingerprint,
+			&i.CertFingerprintPrev,
+			&i.CertExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -146,7 +152,7 @@ func (q *Queries) ListAllOnlineHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listHosts = `-- name: ListHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts ORDER BY created_at, id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts ORDER BY created_at, id
 `
 
 func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
@@ -182,6 +188,9 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 			&i.CapacityMemoryMb,
 			&i.CommittedVcpus,
 			&i.CommittedMemoryMb,
+			&i.CertFingerprint,
+			&i.CertFingerprintPrev,
+			&i.CertExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -194,7 +203,7 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listReconciledHosts = `-- name: ListReconciledHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE status IN ('online', 'unreachable') ORDER BY id
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts WHERE status IN ('online', 'unreachable') ORDER BY id
 `
 
 // The hosts the reconciler asks each pass: online ones, and unreachable
@@ -232,6 +241,9 @@ func (q *Queries) ListReconciledHosts(ctx context.Context) ([]Host, error) {
 			&i.CapacityMemoryMb,
 			&i.CommittedVcpus,
 			&i.CommittedMemoryMb,
+			&i.CertFingerprint,
+			&i.CertFingerprintPrev,
+			&i.CertExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -244,7 +256,7 @@ func (q *Queries) ListReconciledHosts(ctx context.Context) ([]Host, error) {
 }
 
 const lockOnlineHost = `-- name: LockOnlineHost :one
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UPDATE
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UPDATE
 `
 
 // One online host, locked for a placement on it (snapshot template, resume).
@@ -275,12 +287,15 @@ func (q *Queries) LockOnlineHost(ctx context.Context, id string) (Host, error) {
 		&i.CapacityMemoryMb,
 		&i.CommittedVcpus,
 		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
 	)
 	return i, err
 }
 
 const lockSchedulableHosts = `-- name: LockSchedulableHosts :many
-SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb FROM hosts
+SELECT id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at FROM hosts
 WHERE status = 'online' AND address <> ''
   AND (($1::text IS NULL AND team_id IS NULL) OR team_id = $1::text)
 ORDER BY id
@@ -323,6 +338,9 @@ func (q *Queries) LockSchedulableHosts(ctx context.Context, teamID *string) ([]H
 			&i.CapacityMemoryMb,
 			&i.CommittedVcpus,
 			&i.CommittedMemoryMb,
+			&i.CertFingerprint,
+			&i.CertFingerprintPrev,
+			&i.CertExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -383,7 +401,7 @@ ON CONFLICT (id) DO UPDATE SET
     team_id = EXCLUDED.team_id, name = EXCLUDED.name, address = EXCLUDED.address, status = EXCLUDED.status,
     vmm = EXCLUDED.vmm, accel = EXCLUDED.accel, arch = EXCLUDED.arch, version = EXCLUDED.version,
     cpu_count = EXCLUDED.cpu_count, memory_mb = EXCLUDED.memory_mb, updated_at = now()
-RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb
+RETURNING id, team_id, name, address, status, vmm, accel, arch, version, cpu_count, memory_mb, disk_gb, last_heartbeat_at, created_by, created_at, updated_at, max_vcpus, max_memory_mb, max_disk_mb, capacity_vcpus, capacity_memory_mb, committed_vcpus, committed_memory_mb, cert_fingerprint, cert_fingerprint_prev, cert_expires_at
 `
 
 type UpsertHostParams struct {
@@ -440,6 +458,9 @@ func (q *Queries) UpsertHost(ctx context.Context, arg UpsertHostParams) (Host, e
 		&i.CapacityMemoryMb,
 		&i.CommittedVcpus,
 		&i.CommittedMemoryMb,
+		&i.CertFingerprint,
+		&i.CertFingerprintPrev,
+		&i.CertExpiresAt,
 	)
 	return i, err
 }

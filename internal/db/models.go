@@ -40,29 +40,32 @@ type ChannelDelivery struct {
 }
 
 type Host struct {
-	ID                string     `json:"id"`
-	TeamID            *string    `json:"team_id"`
-	Name              string     `json:"name"`
-	Address           string     `json:"address"`
-	Status            string     `json:"status"`
-	Vmm               string     `json:"vmm"`
-	Accel             string     `json:"accel"`
-	Arch              string     `json:"arch"`
-	Version           string     `json:"version"`
-	CpuCount          int32      `json:"cpu_count"`
-	MemoryMb          int64      `json:"memory_mb"`
-	DiskGb            int64      `json:"disk_gb"`
-	LastHeartbeatAt   *time.Time `json:"last_heartbeat_at"`
-	CreatedBy         *string    `json:"created_by"`
-	CreatedAt         time.Time  `json:"created_at"`
-	UpdatedAt         time.Time  `json:"updated_at"`
-	MaxVcpus          int32      `json:"max_vcpus"`
-	MaxMemoryMb       int32      `json:"max_memory_mb"`
-	MaxDiskMb         int32      `json:"max_disk_mb"`
-	CapacityVcpus     int32      `json:"capacity_vcpus"`
-	CapacityMemoryMb  int64      `json:"capacity_memory_mb"`
-	CommittedVcpus    int32      `json:"committed_vcpus"`
-	CommittedMemoryMb int64      `json:"committed_memory_mb"`
+	ID                  string     `json:"id"`
+	TeamID              *string    `json:"team_id"`
+	Name                string     `json:"name"`
+	Address             string     `json:"address"`
+	Status              string     `json:"status"`
+	Vmm                 string     `json:"vmm"`
+	Accel               string     `json:"accel"`
+	Arch                string     `json:"arch"`
+	Version             string     `json:"version"`
+	CpuCount            int32      `json:"cpu_count"`
+	MemoryMb            int64      `json:"memory_mb"`
+	DiskGb              int64      `json:"disk_gb"`
+	LastHeartbeatAt     *time.Time `json:"last_heartbeat_at"`
+	CreatedBy           *string    `json:"created_by"`
+	CreatedAt           time.Time  `json:"created_at"`
+	UpdatedAt           time.Time  `json:"updated_at"`
+	MaxVcpus            int32      `json:"max_vcpus"`
+	MaxMemoryMb         int32      `json:"max_memory_mb"`
+	MaxDiskMb           int32      `json:"max_disk_mb"`
+	CapacityVcpus       int32      `json:"capacity_vcpus"`
+	CapacityMemoryMb    int64      `json:"capacity_memory_mb"`
+	CommittedVcpus      int32      `json:"committed_vcpus"`
+	CommittedMemoryMb   int64      `json:"committed_memory_mb"`
+	CertFingerprint     *string    `json:"cert_fingerprint"`
+	CertFingerprintPrev *string    `json:"cert_fingerprint_prev"`
+	CertExpiresAt       *time.Time `json:"cert_expires_at"`
 }
 
 type HostRefreshToken struct {

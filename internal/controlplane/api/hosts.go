@@ -215,16 +215,14 @@ func (s *Server) hostRefresh(w http.ResponseWriter, r *http.Request) {
 	if !s.hostsReady(w) {
 		return
 	}
-	var in struct {
-		RefreshToken string `json:"refresh_token"`
-	}
+	var in hostauth.RefreshInput
 	// A malformed body is an auth failure too: the agent is not let in.
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxHostBody))
 	if err := dec.Decode(&in); err != nil || in.RefreshToken == "" {
 		WriteError(w, service.CodeInvalidRefreshToken, "a refresh_token is required")
 		return
 	}
-	out, err := s.deps.Hosts.Refresh(r.Context(), in.RefreshToken)
+	out, err := s.deps.Hosts.Refresh(r.Context(), in)
 	if err != nil {
 		s.writeHostError(w, r, err)
 		return

@@ -22,6 +22,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/hostreport"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 	hostagentv1 "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -39,6 +40,11 @@ type Config struct {
 	RefreshTTL time.Duration
 	// DestroyTimeout bounds each agent call of a forced delete (30 s).
 	DestroyTimeout time.Duration
+	// CA, when set, signs each host's leaf at registration and refresh
+	// (mTLS mode); nil is plain HTTP mode and CSRs are ignored.
+	CA *pki.CA
+	// CertTTL is a host leaf's lifetime (pki.HostCertTTL).
+	CertTTL time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -50,6 +56,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DestroyTimeout <= 0 {
 		c.DestroyTimeout = 30 * time.Second
+	}
+	if c.CertTTL <= 0 {
+		c.CertTTL = pki.HostCertTTL
 	}
 	return c
 }
@@ -91,7 +100,9 @@ type Host struct {
 	Status  string  `json:"status"`
 	hostreport.Specs
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
-	CreatedAt       time.Time  `json:"created_at"`
+	// CertExpiresAt is when the host's mTLS leaf expires (null: none).
+	CertExpiresAt *time.Time `json:"cert_expires_at"`
+	CreatedAt     time.Time  `json:"created_at"`
 }
 
 func toHost(h db.Host) Host {
@@ -104,7 +115,7 @@ func toHost(h db.Host) Host {
 				Capacity: hostreport.Capacity{VCPUs: h.CapacityVcpus, MemoryMB: h.CapacityMemoryMb,
 					CommittedVCPUs: h.CommittedVcpus, CommittedMemoryMB: h.CommittedMemoryMb},
 			}},
-		LastHeartbeatAt: h.LastHeartbeatAt, CreatedAt: h.CreatedAt}
+		LastHeartbeatAt: h.LastHeartbeatAt, CertExpiresAt: h.CertExpiresAt, CreatedAt: h.CreatedAt}
 }
 
 // RegistrationToken is shown once, to the user who created the host.
@@ -310,6 +321,15 @@ type RegisterInput struct {
 	Token   string `json:"token"`
 	Address string `json:"address"`
 	Specs   Specs  `json:"specs"`
+	// CSR is the agent's certificate request (PEM), needed in mTLS mode.
+	CSR string `json:"csr"`
+}
+
+// RefreshInput is the body of POST /v1/hosts/auth/refresh.
+type RefreshInput struct {
+	RefreshToken string `json:"refresh_token"`
+	// CSR renews the host's leaf (needed in mTLS mode).
+	CSR string `json:"csr"`
 }
 
 // Credentials are what an agent keeps: its JWT and its refresh token.
@@ -319,6 +339,7 @@ type Credentials struct {
 	TokenExpiresAt        time.Time `json:"token_expires_at"`
 	RefreshToken          string    `json:"refresh_token"`
 	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at"`
+	CertGrant
 }
 
 var (
@@ -376,6 +397,10 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (Credentials, 
 	if err := checkSpecs(in.Specs); err != nil {
 		return Credentials{}, err
 	}
+	csr, err := s.checkCSR(in.CSR)
+	if err != nil {
+		return Credentials{}, err
+	}
 	// GETDEL makes the token single-use even under concurrent registrations;
 	// if the transaction below does not commit, the token is put back so the
 	// agent can retry with it.
@@ -417,7 +442,11 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (Credentials, 
 		if err != nil {
 			return err
 		}
-		creds = Credentials{HostID: hostID, RefreshToken: rt, RefreshTokenExpiresAt: rtExp}
+		grant, err := s.grantCert(ctx, q, csr, hostID, in.Address, false)
+		if err != nil {
+			return err
+		}
+		creds = Credentials{HostID: hostID, RefreshToken: rt, RefreshTokenExpiresAt: rtExp, CertGrant: grant}
 		return nil
 	})
 	if err != nil {
@@ -480,14 +509,21 @@ func (s *Service) insertRefresh(ctx context.Context, q *db.Queries, hostID, fami
 
 // Refresh rotates a refresh token: the new one is issued, then the old one
 // revoked. A token presented after it was revoked is a sign of theft (or of
-// a replay), so its whole family is revoked and the host must register again.
-func (s *Service) Refresh(ctx context.Context, refreshToken string) (Credentials, error) {
+// a replay), so its whole family is revoked and the host must register
+// again. With a CA the host's leaf is renewed from the CSR in the same
+// transaction.
+func (s *Service) Refresh(ctx context.Context, in RefreshInput) (Credentials, error) {
+	refreshToken := in.RefreshToken
 	if !wellFormed(RefreshTokenPrefix, refreshToken) {
 		return Credentials{}, errBadRefresh
 	}
+	csr, err := s.checkCSR(in.CSR)
+	if err != nil {
+		return Credentials{}, err
+	}
 	var creds Credentials
 	reused := false
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
 		old, err := q.GetHostRefreshTokenForUpdate(ctx, hashToken(refreshToken))
 		if isNoRows(err) {
@@ -517,7 +553,17 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (Credentials
 		if _, err := q.RevokeHostRefreshToken(ctx, db.RevokeHostRefreshTokenParams{ID: old.ID, ReplacedBy: newRow.ID}); err != nil {
 			return service.Internal("revoke old refresh token", err)
 		}
-		creds = Credentials{HostID: old.HostID, RefreshToken: rt, RefreshTokenExpiresAt: rtExp}
+		var grant CertGrant
+		if csr != nil {
+			h, err := q.GetHost(ctx, old.HostID)
+			if err != nil {
+				return service.Internal("load host", err)
+			}
+			if grant, err = s.grantCert(ctx, q, csr, h.ID, h.Address, true); err != nil {
+				return err
+			}
+		}
+		creds = Credentials{HostID: old.HostID, RefreshToken: rt, RefreshTokenExpiresAt: rtExp, CertGrant: grant}
 		return nil
 	})
 	if err != nil {

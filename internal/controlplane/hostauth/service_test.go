@@ -192,7 +192,7 @@ func TestRefreshRotationAndReuseDetection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, err := e.svc.Refresh(ctx, c1.RefreshToken)
+	c2, err := e.svc.Refresh(ctx, RefreshInput{RefreshToken: c1.RefreshToken})
 	if err != nil {
 		t.Fatalf("first refresh: %v", err)
 	}
@@ -202,15 +202,15 @@ func TestRefreshRotationAndReuseDetection(t *testing.T) {
 	if id, err := e.svc.AuthenticateHost(c2.Token); err != nil || id != h.Host.ID {
 		t.Fatalf("new host jwt: id %q err %v", id, err)
 	}
-	c3, err := e.svc.Refresh(ctx, c2.RefreshToken)
+	c3, err := e.svc.Refresh(ctx, RefreshInput{RefreshToken: c2.RefreshToken})
 	if err != nil {
 		t.Fatalf("second refresh: %v", err)
 	}
 	// The first token was rotated away; presenting it again is reuse.
-	_, err = e.svc.Refresh(ctx, c1.RefreshToken)
+	_, err = e.svc.Refresh(ctx, RefreshInput{RefreshToken: c1.RefreshToken})
 	wantKind(t, err, service.KindUnauthorized, "refresh_token_reused")
 	// The whole family is revoked, including the newest token.
-	_, err = e.svc.Refresh(ctx, c3.RefreshToken)
+	_, err = e.svc.Refresh(ctx, RefreshInput{RefreshToken: c3.RefreshToken})
 	wantKind(t, err, service.KindUnauthorized, "refresh_token_reused")
 	rows, _ := e.q.ListHostRefreshTokens(ctx, h.Host.ID)
 	for _, r := range rows {
@@ -233,11 +233,11 @@ func TestRefreshRejections(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tok := range []string{"", "garbage", RefreshTokenPrefix + strings.Repeat("B", 43), c1.Token} {
-		_, err := e.svc.Refresh(ctx, tok)
+		_, err := e.svc.Refresh(ctx, RefreshInput{RefreshToken: tok})
 		wantKind(t, err, service.KindUnauthorized, "invalid_refresh_token")
 	}
 	time.Sleep(600 * time.Millisecond)
-	_, err = e.svc.Refresh(ctx, c1.RefreshToken)
+	_, err = e.svc.Refresh(ctx, RefreshInput{RefreshToken: c1.RefreshToken})
 	wantKind(t, err, service.KindUnauthorized, "invalid_refresh_token")
 }
 
@@ -253,7 +253,7 @@ func TestReRegistrationRevokesOldCredentials(t *testing.T) {
 	if _, err := e.svc.Register(ctx, RegisterInput{Token: h2.Token, Address: "127.0.0.1:9998", Specs: specs}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.svc.Refresh(ctx, c1.RefreshToken)
+	_, err = e.svc.Refresh(ctx, RefreshInput{RefreshToken: c1.RefreshToken})
 	wantKind(t, err, service.KindUnauthorized, "")
 }
 
@@ -316,7 +316,7 @@ func TestHeartbeat(t *testing.T) {
 	_, err = e.svc.Heartbeat(ctx, c.HostID, c.HostID, nil)
 	wantKind(t, err, service.KindNotFound, "host_not_found")
 	// Deleting the host removed its refresh tokens with it.
-	_, err = e.svc.Refresh(ctx, c.RefreshToken)
+	_, err = e.svc.Refresh(ctx, RefreshInput{RefreshToken: c.RefreshToken})
 	wantKind(t, err, service.KindUnauthorized, "")
 }
 
