@@ -12,6 +12,10 @@ import (
 type Agent struct {
 	// ListenAddr is where the agent's Connect RPC server listens.
 	ListenAddr string
+	// InsecureListen lets an agent without mTLS (its control plane has no
+	// CA) listen beyond loopback; without it such an agent binds loopback
+	// only.
+	InsecureListen bool
 	// Dir holds images, templates, sandboxes' disks, snapshots and state.
 	Dir string
 	// VMM is auto, firecracker or qemu.
@@ -61,6 +65,7 @@ func LoadAgent(get Getenv) (Agent, error) {
 	r := &reader{get: get}
 	a := Agent{
 		ListenAddr:       r.listenAddr("WRENN_AGENT_LISTEN_ADDR", ":9090"),
+		InsecureListen:   r.boolean("WRENN_AGENT_INSECURE_LISTEN", false),
 		Dir:              r.str("WRENN_DIR", "/var/lib/wrenn"),
 		VMM:              r.oneOf("WRENN_VMM", "auto", "auto", "firecracker", "qemu"),
 		Accel:            r.oneOf("WRENN_ACCEL", "auto", "auto", "kvm", "tcg"),

@@ -3,6 +3,8 @@ package config
 import (
 	"net/netip"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/pki"
 )
 
 // ControlPlane configures `wrenn server`.
@@ -39,6 +41,9 @@ type ControlPlane struct {
 	TrustedProxies []netip.Prefix
 	OAuth          OAuth
 	Channels       Channels
+	// CA, when set (WRENN_CA_CERT and WRENN_CA_KEY), makes every call to
+	// an agent mutual TLS; nil is plain HTTP mode (development).
+	CA *pki.CA
 }
 
 // Channels configures notification channels.
@@ -162,6 +167,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 	if c.Channels.PreviousKey != nil && r.str("WRENN_ENCRYPTION_KEY", "") == "" {
 		r.fail("WRENN_ENCRYPTION_KEY_PREVIOUS", "is set without WRENN_ENCRYPTION_KEY (the previous key only opens configs; set the current one too)")
 	}
+	c.CA = r.ca("WRENN_CA_CERT", "WRENN_CA_KEY")
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),
@@ -211,6 +217,30 @@ func loadOAuth(r *reader, publicURL string) OAuth {
 	r.urlWithScheme("WRENN_GITHUB_API_URL", g.APIURL, "http", "https")
 	r.urlWithScheme("WRENN_DASHBOARD_URL", o.DashboardURL, "http", "https")
 	return o
+}
+
+// ca loads the CA named by two variables (PEM text or file paths): both
+// or neither; each problem names the variable at fault.
+func (r *reader) ca(certVar, keyVar string) *pki.CA {
+	certSrc, keySrc := r.str(certVar, ""), r.str(keyVar, "")
+	switch {
+	case certSrc == "" && keySrc == "":
+		return nil
+	case certSrc == "":
+		r.fail(certVar, "is required when %s is set", keyVar)
+		return nil
+	case keySrc == "":
+		r.fail(keyVar, "is required when %s is set", certVar)
+		return nil
+	}
+	ca, certErr, keyErr := pki.LoadCA(certSrc, keySrc, time.Now())
+	if certErr != nil {
+		r.fail(certVar, "%v", certErr)
+	}
+	if keyErr != nil {
+		r.fail(keyVar, "%v", keyErr)
+	}
+	return ca
 }
 
 func loadLog(r *reader) Log {

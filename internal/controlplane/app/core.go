@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -22,6 +23,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 )
 
 // Core is the control plane core (accounts, teams, keys, sandboxes, the
@@ -53,7 +55,14 @@ type Core struct {
 	// both nil without WRENN_ENCRYPTION_KEY (the routes answer 503).
 	Channels   *channels.Service
 	Dispatcher *channels.Dispatcher
+	// CPCerts is the control plane's client certificate for mTLS to the
+	// agents (nil without a CA: plain HTTP).
+	CPCerts *pki.CPCertStore
+	log     *slog.Logger
 }
+
+// cpCertRenewEvery renews the 24 h client certificate at half its life.
+const cpCertRenewEvery = 12 * time.Hour
 
 // NewCore builds the core services. rdb may be nil (no rate limits).
 func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, logger *slog.Logger) (*Core, error) {
@@ -66,7 +75,16 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("WRENN_JWT_SECRET: %w", err)
 	}
 	q := db.New(pool)
-	hp := hosts.NewPool(q, nil)
+	var certs *pki.CPCertStore
+	if cfg.CA != nil {
+		if certs, err = pki.NewCPCertStore(cfg.CA, nil, pki.ClientCertTTL); err != nil {
+			return nil, fmt.Errorf("WRENN_CA_KEY: %w", err)
+		}
+		logger.Info("mTLS to host agents", "ca_expires_at", cfg.CA.Cert.NotAfter, "client_cert_expires_at", certs.Current().NotAfter)
+	} else {
+		logger.Warn("no CA configured (WRENN_CA_CERT, WRENN_CA_KEY): calls to host agents are plain HTTP, for development on one machine only")
+	}
+	hp := hosts.NewPool(q, certs)
 	oc := hosts.Overcommit{Memory: cfg.Hosts.MemoryOvercommit, VCPUs: cfg.Hosts.VCPUOvercommit}
 	var sch hosts.Scheduler = hosts.NewRoundRobin(oc)
 	if cfg.Hosts.Scheduler == "least-loaded" {
@@ -87,7 +105,8 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	}
 	c := &Core{pool: pool, Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies,
-		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://")}
+		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://"),
+		CPCerts:       certs, log: logger}
 	if c.OAuth, err = newOAuth(cfg, svc, rdb); err != nil {
 		return nil, err
 	}
@@ -198,18 +217,18 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 	return nil
 }
 
-// RunBackground runs the background loops until ctx ends: the reconciler
-// (the one poller of every host) runs while this replica holds its lease;
-// the channel dispatcher runs in every replica (the consumer group shares
-// the events between them).
+// RunBackground runs the background loops until ctx ends: in every replica
+// the renewal of its client certificate and the channel dispatcher (the
+// consumer group shares the events between replicas); the reconciler (the
+// one poller of every host) while this replica holds its lease.
 func (c *Core) RunBackground(ctx context.Context) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if c.Dispatcher != nil {
-			c.Dispatcher.Run(ctx)
-		}
-	}()
+	var wg sync.WaitGroup
+	if c.Dispatcher != nil {
+		wg.Go(func() { c.Dispatcher.Run(ctx) })
+	}
+	if c.CPCerts != nil {
+		wg.Go(func() { c.CPCerts.Run(ctx, cpCertRenewEvery, c.log) })
+	}
 	c.ReconcileLease.Run(ctx, c.Reconciler.Run)
-	<-done
+	wg.Wait()
 }

@@ -28,5 +28,5 @@ func NewHostParts(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client
 	if err != nil {
 		return nil, fmt.Errorf("WRENN_HOST_JWT_SECRET: %w", err)
 	}
-	return hostauth.New(pool, rdb, tokens, agents, hostauth.Config{}, logger), nil
+	return hostauth.New(pool, rdb, tokens, agents, hostauth.Config{CA: cfg.CA}, logger), nil
 }
