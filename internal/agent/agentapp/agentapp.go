@@ -23,6 +23,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm/firecracker"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm/qemu"
 	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 )
 
 // Parts are the assembled pieces of an agent, for Run and for tests.
@@ -34,6 +35,8 @@ type Parts struct {
 	Accel   vmm.Accel
 	// Contact is touched by every RPC a control plane makes to the agent.
 	Contact *registration.Contact
+	// Certs holds the host certificate in mTLS mode (empty otherwise).
+	Certs *pki.HostCertStore
 }
 
 // Options tune Build beyond the configuration (tests use them).
@@ -120,12 +123,13 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 		log.Warn("network cleanup", "err", err)
 	}
 	contact := &registration.Contact{}
+	certs := &pki.HostCertStore{}
 	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log, OnCall: contact.Touch,
-		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB})
+		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB, Certs: certs})
 	if err != nil {
 		return nil, err
 	}
-	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact}, nil
+	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact, Certs: certs}, nil
 }
 
 // chooseDriver picks the VMM: firecracker needs KVM and its binary; auto
@@ -177,13 +181,11 @@ func Run(ctx context.Context, cfg config.Agent, log *slog.Logger) error {
 	return RunWith(ctx, cfg, log, RunOptions{})
 }
 
-// RunWith is Run with options.
+// RunWith is Run with options. The agent learns its mode from its
+// credentials before it listens: registered with a control plane that has
+// a CA, it serves mutual TLS only; otherwise plain HTTP, on loopback unless
+// WRENN_AGENT_INSECURE_LISTEN is set.
 func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOptions) error {
-	ln, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
-	}
-	defer ln.Close()
 	p, err := Build(ctx, cfg, log, Options{})
 	if err != nil {
 		return err
@@ -208,11 +210,23 @@ func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOp
 			}
 		}
 	}()
-	log.Info("host agent listening", "addr", ln.Addr().String(), "dir", cfg.Dir)
+	hb, err := prepareRegistration(ctx, cfg, p, log)
+	if err != nil {
+		return fmt.Errorf("control plane registration: %w", err)
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	ln, err := listen(cfg, p.Certs, log)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	log.Info("host agent listening", "addr", ln.Addr().String(), "dir", cfg.Dir, "mtls", p.Certs.Loaded())
 	if opts.Listening != nil {
 		opts.Listening(ln.Addr())
 	}
-	return serveRegistered(ctx, cfg, p, ln, log)
+	return serveRegistered(ctx, p, ln, hb, log)
 }
 
 // pauseOnExit pauses every running sandbox on a fresh context: the agent's

@@ -2,6 +2,7 @@ package agentapp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,40 +14,93 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/hostreport"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
-// serveRegistered serves the agent and, when it belongs to a control plane
-// (a registration token, a control plane URL, or saved credentials), runs
-// registration and heartbeats beside it. The agent stops cleanly when the
-// control plane deletes its host, and with an error when its credentials
-// are refused (after pausing every sandbox) or registration fails.
-func serveRegistered(ctx context.Context, cfg config.Agent, p *Parts, ln net.Listener, log *slog.Logger) error {
+// prepareRegistration readies the agent's part with a control plane when
+// it belongs to one (a registration token, a control plane URL, or saved
+// credentials): registered or loaded credentials, and in mTLS mode the
+// host certificate checked and installed in p.Certs. Nil: standalone.
+func prepareRegistration(ctx context.Context, cfg config.Agent, p *Parts, log *slog.Logger) (*registration.Heartbeater, error) {
 	reg := cfg.Registration
 	if reg.Token == "" && len(reg.CPURLs) == 0 {
 		if _, err := os.Stat(registration.CredentialsPath(cfg.Dir)); err != nil {
-			return p.Server.Serve(ctx, ln) // standalone
+			return nil, nil // standalone
 		}
+	}
+	return registration.Prepare(ctx, registration.Options{
+		Dir: cfg.Dir, CPURLs: reg.CPURLs, RegisterToken: reg.Token, Address: reg.Address,
+		Specs:    hostSpecs(ctx, p),
+		Report:   func(ctx context.Context) registration.Resources { return hostSpecs(ctx, p).Resources },
+		Interval: reg.HeartbeatInterval, UnreachableAfter: reg.PauseAfter, Contact: p.Contact,
+		PauseAll: func(ctx context.Context) error {
+			res := p.Manager.PauseAll(ctx, 2)
+			if n := len(res.GetFailed()); n > 0 {
+				return fmt.Errorf("%d sandboxes did not pause", n)
+			}
+			return nil
+		},
+		Logger: log,
+		Certs:  p.Certs,
+	})
+}
+
+// listen opens the agent's port: mutual TLS 1.3 when it holds a host
+// certificate (tls.Listen, so every handshake reads the store and a renewed
+// certificate needs no restart), else plain HTTP.
+func listen(cfg config.Agent, certs *pki.HostCertStore, log *slog.Logger) (net.Listener, error) {
+	if certs.Loaded() {
+		ln, err := tls.Listen("tcp", cfg.ListenAddr, certs.ServerConfig(nil))
+		if err != nil {
+			return nil, fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: listen on %s: %w", cfg.ListenAddr, err)
+		}
+		log.Info("serving mutual TLS: only the control plane's client certificate is accepted", "cert_expires_at", certs.Leaf().NotAfter)
+		return ln, nil
+	}
+	addr, err := plainListenAddr(cfg.ListenAddr, cfg.InsecureListen)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: listen on %s: %w", addr, err)
+	}
+	log.Warn("no mTLS (standalone, or the control plane has no CA): plain HTTP without authentication, for development only", "addr", ln.Addr().String())
+	return ln, nil
+}
+
+// plainListenAddr keeps an agent without mTLS to loopback: a wildcard
+// address becomes loopback, another address is refused, unless insecure.
+func plainListenAddr(addr string, insecure bool) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || insecure {
+		return addr, err
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case host == "" || (ip != nil && ip.IsUnspecified() && ip.To4() != nil):
+		return net.JoinHostPort("127.0.0.1", port), nil
+	case ip != nil && ip.IsUnspecified():
+		return net.JoinHostPort("::1", port), nil
+	case host == "localhost" || (ip != nil && ip.IsLoopback()):
+		return addr, nil
+	}
+	return "", fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: %s is not a loopback address, and without mTLS the agent listens on loopback only (give the control plane a CA, or set WRENN_AGENT_INSECURE_LISTEN=true)", addr)
+}
+
+// serveRegistered serves the agent and, when it belongs to a control plane
+// (hb not nil), runs heartbeats beside it. The agent stops cleanly when
+// the control plane deletes its host, and with an error when its
+// credentials are refused (after pausing every sandbox).
+func serveRegistered(ctx context.Context, p *Parts, ln net.Listener, hb *registration.Heartbeater, log *slog.Logger) error {
+	if hb == nil {
+		return p.Server.Serve(ctx, ln)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	regErr := make(chan error, 1)
-	go func() {
-		regErr <- registration.Run(ctx, registration.Options{
-			Dir: cfg.Dir, CPURLs: reg.CPURLs, RegisterToken: reg.Token, Address: reg.Address,
-			Specs:    hostSpecs(ctx, p),
-			Report:   func(ctx context.Context) registration.Resources { return hostSpecs(ctx, p).Resources },
-			Interval: reg.HeartbeatInterval, UnreachableAfter: reg.PauseAfter, Contact: p.Contact,
-			PauseAll: func(ctx context.Context) error {
-				res := p.Manager.PauseAll(ctx, 2)
-				if n := len(res.GetFailed()); n > 0 {
-					return fmt.Errorf("%d sandboxes did not pause", n)
-				}
-				return nil
-			},
-			Logger: log,
-		})
-	}()
+	go func() { regErr <- hb.Run(ctx) }()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- p.Server.Serve(ctx, ln) }()
 	select {

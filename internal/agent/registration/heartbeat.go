@@ -9,6 +9,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/pki"
 )
 
 // Options configure Run.
@@ -47,6 +49,11 @@ type Options struct {
 	// Backoff spaces out retries of registration and token refresh after a
 	// 5xx answer or a network error.
 	Backoff Backoff
+	// Certs, when set, is given the host's certificate at start and after
+	// every renewal (mTLS mode); the agent's listener serves from it.
+	Certs *pki.HostCertStore
+	// Now is the clock certificates are judged by (nil: time.Now).
+	Now func() time.Time
 }
 
 // Run registers when a token is given (else loads saved credentials), then
@@ -54,9 +61,50 @@ type Options struct {
 // (ErrHostDeleted) or the credentials are refused (ErrCredentialsRejected,
 // after PauseAll).
 func Run(ctx context.Context, o Options) error {
+	hb, err := Prepare(ctx, o)
+	if err != nil || hb == nil {
+		return err
+	}
+	return hb.Run(ctx)
+}
+
+// Prepare registers or loads the credentials (nil, nil when ctx ended
+// first), renews a host certificate that is due (one that expired must be
+// renewed, or the agent cannot start), checks it and installs it in
+// o.Certs, and returns the heartbeat loop to run.
+func Prepare(ctx context.Context, o Options) (*Heartbeater, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	creds, err := credentials(ctx, o)
+	if err != nil || ctx.Err() != nil {
+		return nil, err
+	}
+	if o.OnRegistered != nil {
+		o.OnRegistered(creds)
+	}
+	hb := &Heartbeater{Dir: o.Dir, Creds: creds, Interval: o.Interval, UnreachableAfter: o.UnreachableAfter,
+		Contact: o.Contact, PauseAll: o.PauseAll, Report: o.Report, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff,
+		Certs: o.Certs, Now: o.Now}
+	hb.defaults()
+	if !creds.MTLS() {
+		return hb, nil
+	}
+	if leaf, err := pki.ParseCert([]byte(creds.CertPEM)); err == nil && !hb.Now().Before(leaf.NotAfter) {
+		if err := hb.refresh(ctx); err != nil {
+			return nil, fmt.Errorf("%s: cert_pem expired at %s and could not be renewed: %w", CredentialsFile, leaf.NotAfter.UTC().Format(time.RFC3339), err)
+		}
+	} else if err := hb.renewIfDue(ctx); err != nil {
+		o.Logger.Warn("renew the host certificate", "err", err)
+	}
+	if err := hb.install(); err != nil {
+		return nil, err
+	}
+	return hb, nil
+}
+
+// credentials registers when a token is given, else loads the saved ones.
+func credentials(ctx context.Context, o Options) (Credentials, error) {
 	var creds Credentials
 	registered := false
 	if o.RegisterToken != "" {
@@ -69,13 +117,13 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		})
 		if ctx.Err() != nil {
-			return nil
+			return Credentials{}, nil
 		}
 		var ae *APIError
 		switch {
 		case err == nil:
 			if err := Save(o.Dir, c); err != nil {
-				return err
+				return Credentials{}, err
 			}
 			o.Logger.Info("registered with the control plane", "host_id", c.HostID, "cp_urls", c.URLs())
 			creds, registered = c, true
@@ -83,35 +131,30 @@ func Run(ctx context.Context, o Options) error {
 			// A restart that still passes the (now used) token keeps the
 			// credentials it already has.
 			if _, lerr := Load(o.Dir); lerr != nil {
-				return err
+				return Credentials{}, err
 			}
 			o.Logger.Warn("registration token refused; using the saved credentials", "err", err)
 		default:
 			o.Logger.Error("the control plane refused this agent's registration; not retrying", "err", err)
-			return err
+			return Credentials{}, err
 		}
 	}
 	if !registered {
 		c, err := Load(o.Dir)
 		if err != nil {
-			return err
+			return Credentials{}, err
 		}
 		if len(o.CPURLs) > 0 && !slices.Equal(o.CPURLs, c.URLs()) {
 			for _, u := range o.CPURLs {
 				if err := checkCPURL(u); err != nil {
-					return err
+					return Credentials{}, err
 				}
 			}
 			c = c.withURLs(o.CPURLs)
 		}
 		creds = c
 	}
-	if o.OnRegistered != nil {
-		o.OnRegistered(creds)
-	}
-	hb := &Heartbeater{Dir: o.Dir, Creds: creds, Interval: o.Interval, UnreachableAfter: o.UnreachableAfter,
-		Contact: o.Contact, PauseAll: o.PauseAll, Report: o.Report, HTTPClient: o.HTTPClient, Logger: o.Logger, Backoff: o.Backoff}
-	return hb.Run(ctx)
+	return creds, nil
 }
 
 // Heartbeater is the heartbeat loop.
@@ -129,6 +172,10 @@ type Heartbeater struct {
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 	Backoff    Backoff
+	// Certs receives each renewed host certificate (may be nil).
+	Certs *pki.HostCertStore
+	// Now judges certificates' lifetimes (nil: time.Now).
+	Now func() time.Time
 
 	cps *controlPlanes
 }
@@ -146,7 +193,12 @@ func (h *Heartbeater) defaults() {
 	if h.Contact == nil {
 		h.Contact = &Contact{}
 	}
-	h.cps = newControlPlanes(h.HTTPClient, h.Creds.URLs())
+	if h.Now == nil {
+		h.Now = time.Now
+	}
+	if h.cps == nil {
+		h.cps = newControlPlanes(h.HTTPClient, h.Creds.URLs())
+	}
 }
 
 // Run beats until ctx ends or the control plane ends the relationship.
@@ -220,6 +272,8 @@ func (h *Heartbeater) beatOnce(ctx context.Context) error {
 		if err := h.refresh(ctx); err != nil {
 			return err
 		}
+	} else if err := h.renewIfDue(ctx); err != nil {
+		return err
 	}
 	err := h.post(ctx)
 	var ae *APIError
@@ -256,7 +310,7 @@ func (h *Heartbeater) refresh(ctx context.Context) error {
 	var c Credentials
 	err := retry(cctx, h.Backoff, h.Logger, "host token refresh", func(ctx context.Context) error {
 		var err error
-		c, err = refresh(ctx, h.cps, h.Creds)
+		c, err = refresh(ctx, h.cps, h.Creds, h.Logger)
 		return err
 	})
 	var ae *APIError
@@ -271,5 +325,40 @@ func (h *Heartbeater) refresh(ctx context.Context) error {
 	}
 	h.Creds = c
 	h.Logger.Info("host token refreshed", "expires_at", c.TokenExpiresAt)
+	if h.Certs != nil && h.Certs.Loaded() {
+		if err := h.install(); err != nil {
+			h.Logger.Error("the renewed host certificate is unusable; keeping the current one", "err", err)
+		}
+	}
+	return nil
+}
+
+// renewIfDue refreshes (renewing the host certificate) once a third of
+// the certificate's lifetime is left, whatever the JWT's.
+func (h *Heartbeater) renewIfDue(ctx context.Context) error {
+	if !h.Creds.MTLS() {
+		return nil
+	}
+	leaf, err := pki.ParseCert([]byte(h.Creds.CertPEM))
+	if err != nil {
+		return fmt.Errorf("%s: cert_pem: %w", CredentialsFile, err)
+	}
+	if leaf.NotAfter.Sub(h.Now()) >= leaf.NotAfter.Sub(leaf.NotBefore)/3 {
+		return nil
+	}
+	h.Logger.Info("renewing the host certificate", "expires_at", leaf.NotAfter)
+	return h.refresh(ctx)
+}
+
+// install checks the credentials' certificate material and swaps it into
+// Certs.
+func (h *Heartbeater) install() error {
+	c := h.Creds
+	if !c.MTLS() || h.Certs == nil {
+		return nil
+	}
+	if err := h.Certs.Set([]byte(c.CertPEM), []byte(c.KeyPEM), []byte(c.CACertPEM), h.Now()); err != nil {
+		return fmt.Errorf("%s: %w", CredentialsFile, err)
+	}
 	return nil
 }

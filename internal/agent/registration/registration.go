@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -34,6 +35,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/hostreport"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 )
 
 // CredentialsFile is the name of the credentials file inside WRENN_DIR.
@@ -57,7 +59,17 @@ type Credentials struct {
 	TokenExpiresAt        time.Time `json:"token_expires_at"`
 	RefreshToken          string    `json:"refresh_token"`
 	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at"`
+	// CertPEM is the host's mTLS leaf, KeyPEM its private key (made here,
+	// never sent) and CACertPEM the CA the control plane's client
+	// certificate must come from; all empty when the control plane has no
+	// CA (plain HTTP mode).
+	CertPEM   string `json:"cert_pem,omitempty"`
+	KeyPEM    string `json:"key_pem,omitempty"`
+	CACertPEM string `json:"ca_cert_pem,omitempty"`
 }
+
+// MTLS says whether these credentials carry a host certificate.
+func (c Credentials) MTLS() bool { return c.CertPEM != "" }
 
 var (
 	// ErrNotRegistered: no credentials file; run with --register first.
@@ -269,31 +281,83 @@ func register(ctx context.Context, hc *http.Client, cpURLs []string, token, addr
 	if strings.TrimSpace(address) == "" {
 		return Credentials{}, errors.New("agent address (host:port the control plane dials) is empty")
 	}
+	key, err := newCSR(address)
+	if err != nil {
+		return Credentials{}, err
+	}
 	var c Credentials
-	err := newControlPlanes(hc, cpURLs).post(ctx, "/v1/hosts/register", "", map[string]any{
-		"token": token, "address": address, "specs": specs}, &c)
+	err = newControlPlanes(hc, cpURLs).post(ctx, "/v1/hosts/register", "", map[string]any{
+		"token": token, "address": address, "specs": specs, "csr": key.csr}, &c)
 	if err != nil {
 		return Credentials{}, fmt.Errorf("register host: %w", err)
 	}
 	if c.HostID == "" || c.Token == "" || c.RefreshToken == "" {
 		return Credentials{}, errors.New("register host: the control plane's answer lacks credentials")
 	}
+	if c.MTLS() {
+		c.KeyPEM = key.keyPEM
+	}
 	return c.withURLs(cpURLs), nil
 }
 
 // Refresh rotates the refresh token; the new credentials replace c.
 func Refresh(ctx context.Context, hc *http.Client, c Credentials) (Credentials, error) {
-	return refresh(ctx, newControlPlanes(hc, c.URLs()), c)
+	return refresh(ctx, newControlPlanes(hc, c.URLs()), c, slog.New(slog.DiscardHandler))
 }
 
-func refresh(ctx context.Context, cps *controlPlanes, c Credentials) (Credentials, error) {
+// refresh also renews the host's certificate from a CSR of a new key. A
+// control plane that now answers without a certificate, or with one of
+// another CA, does not change which CA this agent trusts: the agent keeps
+// its certificate, which the control plane will refuse (and the agent its
+// calls), and says so; an operator re-registers the host to trust a new CA.
+func refresh(ctx context.Context, cps *controlPlanes, c Credentials, log *slog.Logger) (Credentials, error) {
+	// The control plane names the SANs from the host's registered address.
+	key, err := newCSR("")
+	if err != nil {
+		return Credentials{}, err
+	}
 	var out Credentials
-	err := cps.post(ctx, "/v1/hosts/auth/refresh", "", map[string]string{"refresh_token": c.RefreshToken}, &out)
+	err = cps.post(ctx, "/v1/hosts/auth/refresh", "", map[string]string{"refresh_token": c.RefreshToken, "csr": key.csr}, &out)
 	if err != nil {
 		return Credentials{}, fmt.Errorf("refresh host token: %w", err)
 	}
 	if out.Token == "" || out.RefreshToken == "" {
 		return Credentials{}, errors.New("refresh host token: the control plane's answer lacks credentials")
 	}
+	out.HostID = c.HostID
+	switch {
+	case c.MTLS() && !out.MTLS():
+		log.Error("the control plane issued no host certificate (it runs without a CA now); keeping mTLS with the current certificate, never falling back to plain HTTP")
+		out.CertPEM, out.KeyPEM, out.CACertPEM = c.CertPEM, c.KeyPEM, c.CACertPEM
+	case c.MTLS() && !pki.SameCert([]byte(c.CACertPEM), []byte(out.CACertPEM)):
+		log.Error("the control plane's CA changed; this agent keeps trusting the CA it registered with. Register the host again (new registration token) to trust the new CA")
+		out.CertPEM, out.KeyPEM, out.CACertPEM = c.CertPEM, c.KeyPEM, c.CACertPEM
+	case out.MTLS():
+		if !c.MTLS() {
+			log.Warn("the control plane now issues host certificates; restart the agent to serve mTLS")
+		}
+		out.KeyPEM = key.keyPEM
+	}
 	return out.withURLs(c.URLs()), nil
+}
+
+// csrKey is a new key and its certificate request.
+type csrKey struct{ keyPEM, csr string }
+
+// newCSR makes a key for the host's next certificate and its request; the
+// key stays in this process and the credentials file.
+func newCSR(address string) (csrKey, error) {
+	key, err := pki.GenerateKey()
+	if err != nil {
+		return csrKey{}, err
+	}
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		return csrKey{}, err
+	}
+	csr, err := pki.NewCSR(key, address)
+	if err != nil {
+		return csrKey{}, err
+	}
+	return csrKey{keyPEM: string(keyPEM), csr: string(csr)}, nil
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/hostreport"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -45,11 +46,17 @@ type cp struct {
 	q     *db.Queries
 	hosts *hostauth.Service
 	srv   *httptest.Server
+	// agents is the client pool the host service evicts from.
+	agents *hosts.Pool
 }
 
 var admin = auth.AuthContext{Method: auth.MethodJWT, TeamID: "team-aaaaaaaaaaaaaaaaaaaa", Role: "owner", IsAdmin: true}
 
-func newCP(t *testing.T) *cp {
+func newCP(t *testing.T) *cp { t.Helper(); return newCPWith(t, hostauth.Config{}, nil) }
+
+// newCPWith is a control plane with host settings (a CA for mTLS) and the
+// client certificate its pool dials agents with.
+func newCPWith(t *testing.T, cfg hostauth.Config, certs *pki.CPCertStore) *cp {
 	t.Helper()
 	pool, _ := testenv.MigratedPool(t)
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
@@ -58,16 +65,16 @@ func newCP(t *testing.T) *cp {
 	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	return serveCP(t, pool, rdb)
+	return serveCP(t, pool, rdb, cfg, certs)
 }
 
 // replica is another control plane HTTP server on c's database and Redis.
 func (c *cp) replica(t *testing.T) *cp {
 	t.Helper()
-	return serveCP(t, c.pool, c.rdb)
+	return serveCP(t, c.pool, c.rdb, hostauth.Config{}, nil)
 }
 
-func serveCP(t *testing.T, pool *pgxpool.Pool, rdb *redis.Client) *cp {
+func serveCP(t *testing.T, pool *pgxpool.Pool, rdb *redis.Client, cfg hostauth.Config, certs *pki.CPCertStore) *cp {
 	t.Helper()
 	q := db.New(pool)
 	ht, err := hostauth.NewHostTokens(hostauth.DeriveHostKey(secret), 7*24*time.Hour, nil)
@@ -75,14 +82,15 @@ func serveCP(t *testing.T, pool *pgxpool.Pool, rdb *redis.Client) *cp {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc := hostauth.New(pool, rdb, ht, hosts.NewPool(q, nil), hostauth.Config{}, logger)
+	agents := hosts.NewPool(q, certs)
+	svc := hostauth.New(pool, rdb, ht, agents, cfg, logger)
 	h, err := api.New(api.Deps{Logger: logger, Hosts: svc})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &cp{pool: pool, rdb: rdb, url: srv.URL, q: q, hosts: svc, srv: srv}
+	return &cp{pool: pool, rdb: rdb, url: srv.URL, q: q, hosts: svc, srv: srv, agents: agents}
 }
 
 func (c *cp) newHost(t *testing.T) hostauth.HostWithToken {

@@ -5,6 +5,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -41,6 +43,9 @@ type Config struct {
 	// OnCall, when set, runs at the start of every RPC (not /health): the
 	// control plane reached this agent.
 	OnCall func()
+	// Certs, in mTLS mode, holds the host certificate whose expiry /health
+	// reports.
+	Certs *pki.HostCertStore
 }
 
 // Server implements hostagentv1connect.HostAgentServiceHandler.
@@ -50,6 +55,7 @@ type Server struct {
 	log                 *slog.Logger
 	capVCPUs, capMemory int
 	onCall              func()
+	certs               *pki.HostCertStore
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Server)(nil)
@@ -63,7 +69,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB,
-		onCall: cfg.OnCall}, nil
+		onCall: cfg.OnCall, certs: cfg.Certs}, nil
 }
 
 // Handler serves the Connect service and GET /health.
@@ -78,14 +84,36 @@ func (s *Server) Handler() http.Handler {
 		})
 	}
 	mux.Handle(path, h)
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusNoContent)
-	})
+	mux.HandleFunc("GET /health", s.health)
 	return mux
 }
 
-// Serve serves on ln (HTTP/1.1 and unencrypted HTTP/2) until ctx ends, then
-// shuts down gracefully within 10 s.
+// Health is the answer of GET /health.
+type Health struct {
+	Status string `json:"status"`
+	// MTLS says whether the agent serves mutual TLS.
+	MTLS bool `json:"mtls"`
+	// CertExpiresAt is when the host certificate expires (mTLS only).
+	CertExpiresAt *time.Time `json:"cert_expires_at,omitempty"`
+}
+
+func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
+	out := Health{Status: "ok"}
+	if s.certs != nil {
+		if leaf := s.certs.Leaf(); leaf != nil {
+			exp := leaf.NotAfter.UTC()
+			out.MTLS, out.CertExpiresAt = true, &exp
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+// Serve serves on ln until ctx ends, then shuts down gracefully within
+// 10 s. On a TLS listener (tls.Listen with the host certificate store's
+// configuration, so each handshake takes the current certificate) it speaks
+// HTTP/1.1 over TLS and logs each refused handshake on one line; on a plain
+// one HTTP/1.1 and unencrypted HTTP/2.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -95,6 +123,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

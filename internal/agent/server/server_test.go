@@ -5,9 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -281,10 +281,11 @@ func TestPlainHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, resp.Body)
+	var health server.Health
+	derr := json.NewDecoder(resp.Body).Decode(&health)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		t.Fatalf("status %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || derr != nil || health.Status != "ok" || health.MTLS || health.CertExpiresAt != nil {
+		t.Fatalf("health: status %d, %+v, %v", resp.StatusCode, health, derr)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -13,6 +13,7 @@ package agenttest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -90,8 +91,12 @@ type Agent struct {
 	// down: see SetReachable.
 	down atomic.Bool
 	stop chan struct{}
-	// URL is the agent's base URL (http://127.0.0.1:port).
+	// URL is the agent's base URL (http://127.0.0.1:port, or https://
+	// with TLS).
 	URL string
+	// TLS, when set before Start, serves the agent over TLS with it (the
+	// real agent's mTLS configuration, pki.HostCertStore.ServerConfig).
+	TLS *tls.Config
 
 	// Limits, when set before Start, bound CreateSandbox.
 	Limits Limits
@@ -133,6 +138,10 @@ func (a *Agent) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	scheme := "http://"
+	if a.TLS != nil {
+		ln, scheme = tls.NewListener(ln, a.TLS), "https://"
+	}
 	a.Limits.setDefaults()
 	if a.ReapInterval <= 0 {
 		a.ReapInterval = 100 * time.Millisecond
@@ -141,7 +150,7 @@ func (a *Agent) Start() error {
 	mux.Handle(hostagentv1connect.NewHostAgentServiceHandler(a))
 	a.ln = ln
 	a.srv = &http.Server{Handler: a.unlessDown(mux), ReadHeaderTimeout: 10 * time.Second}
-	a.URL = "http://" + ln.Addr().String()
+	a.URL = scheme + ln.Addr().String()
 	a.stop = make(chan struct{})
 	go func() { _ = a.srv.Serve(ln) }()
 	go a.reap()
