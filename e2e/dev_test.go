@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"mime/multipart"
 	"net/http"
 	"os/exec"
@@ -111,6 +113,7 @@ func TestDevEndToEnd(t *testing.T) {
 	t.Logf("wrenn dev ready in %s", time.Since(t0).Round(time.Millisecond))
 	anon := newClient(dev.base)
 	t.Run("listens on loopback only", func(t *testing.T) { checkLoopbackOnly(t, dev, port, dataDir, wrennDir) })
+	t.Run("agent refuses callers without the control plane's certificate", func(t *testing.T) { checkAgentMTLS(t, dev) })
 
 	// A new user, its API key, and a sandbox made with the key.
 	email := "e2e-" + randomHex(t, 4) + "@example.com"
@@ -459,5 +462,34 @@ func checkLoopbackOnly(t *testing.T, d devRun, cpPort int, dirs ...string) {
 	}
 	if !sawCP || len(ls) < 4 {
 		t.Errorf("listeners %v: want the control plane on %d, the agent, PostgreSQL and Redis", ls, cpPort)
+	}
+}
+
+var agentListening = regexp.MustCompile(`host agent listening.* addr=(\S+).* mtls=true`)
+
+// checkAgentMTLS: dev's agent serves mutual TLS only: plain HTTP and TLS
+// without a client certificate are both refused.
+func checkAgentMTLS(t *testing.T, d devRun) {
+	t.Helper()
+	m := agentListening.FindStringSubmatch(d.p.logs())
+	if m == nil {
+		t.Fatalf("no log of the agent listening with mTLS:\n%s", d.p.logs())
+	}
+	addr := m[1]
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + addr + "/health")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTPS") {
+			t.Fatalf("plain HTTP to the agent answered %d %q", resp.StatusCode, body)
+		}
+	}
+	insecure := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // like curl -k: no client certificate
+	if resp, err := insecure.Get("https://" + addr + "/health"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("TLS without a client certificate answered %d", resp.StatusCode)
+	} else if !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("TLS without a client certificate: %v, want certificate required", err)
 	}
 }

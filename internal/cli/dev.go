@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/devboot"
 	"github.com/wrenn-dev/wrenn/internal/localsvc"
 	"github.com/wrenn-dev/wrenn/internal/migrate"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 )
 
 func newDevCmd() *cobra.Command {
@@ -143,6 +144,15 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 	if os.Getenv("WRENN_CHANNELS_ALLOW_PRIVATE") == "" {
 		say("notification channels may reach loopback and private addresses here (WRENN_CHANNELS_ALLOW_PRIVATE=true), so receivers on this machine work; a production control plane refuses them")
 	}
+	// dev runs the production path: mTLS to its agent, with its own CA
+	// unless WRENN_CA_CERT/WRENN_CA_KEY name one.
+	if os.Getenv("WRENN_CA_CERT") == "" && os.Getenv("WRENN_CA_KEY") == "" {
+		certPath, keyPath, err := devCA(dataDir)
+		if err != nil {
+			return err
+		}
+		defaults["WRENN_CA_CERT"], defaults["WRENN_CA_KEY"] = certPath, keyPath
+	}
 	cfg, err := config.LoadControlPlane(func(name string) string {
 		if name == "WRENN_CP_LISTEN_ADDR" {
 			return listen // the flag, whose default is the variable
@@ -231,6 +241,19 @@ func runDev(ctx context.Context, opts devOptions, stdout, stderr io.Writer) (err
 		cpDone <- err
 	}
 	return errors.Join(agentErr, waitCP())
+}
+
+// devCA is dev's CA under its data dir, made on the first run.
+func devCA(dataDir string) (certPath, keyPath string, err error) {
+	dir := filepath.Join(dataDir, "ca")
+	certPath, keyPath = filepath.Join(dir, pki.CACertFile), filepath.Join(dir, pki.CAKeyFile)
+	if _, err := os.Stat(certPath); err == nil {
+		return certPath, keyPath, nil // checked with its key when the configuration loads
+	}
+	if certPath, keyPath, err = pki.WriteCA(dir, time.Now()); err != nil {
+		return "", "", fmt.Errorf("make dev's CA: %w", err)
+	}
+	return certPath, keyPath, nil
 }
 
 // agentDir is where the dev agent keeps images and state: the same

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/localsvc"
+	"github.com/wrenn-dev/wrenn/internal/pki"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -38,7 +39,7 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"DATABASE_URL", "REDIS_URL", "WRENN_JWT_SECRET", "WRENN_CP_LISTEN_ADDR", "WRENN_ENCRYPTION_KEY", "WRENN_CHANNELS_ALLOW_PRIVATE"} {
+	for _, k := range []string{"DATABASE_URL", "REDIS_URL", "WRENN_JWT_SECRET", "WRENN_CP_LISTEN_ADDR", "WRENN_ENCRYPTION_KEY", "WRENN_CHANNELS_ALLOW_PRIVATE", "WRENN_CA_CERT", "WRENN_CA_KEY"} {
 		t.Setenv(k, "")
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
@@ -74,6 +75,17 @@ func TestDevWithoutAgentRunsUntilStopped(t *testing.T) {
 		t.Fatalf("GET /health = %v, %v", resp, err)
 	}
 	resp.Body.Close()
+	// dev made its own CA and runs with mTLS.
+	caDir := filepath.Join(dataDir, "ca")
+	if _, cerr, kerr := pki.LoadCA(filepath.Join(caDir, pki.CACertFile), filepath.Join(caDir, pki.CAKeyFile), time.Now()); cerr != nil || kerr != nil {
+		t.Fatalf("dev's CA: %v %v", cerr, kerr)
+	}
+	if st, err := os.Stat(filepath.Join(caDir, pki.CAKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("dev's CA key: %v %v", st, err)
+	}
+	if !strings.Contains(stderr.String(), "mTLS to host agents") || strings.Contains(stderr.String(), "no CA configured") {
+		t.Fatalf("dev does not run with mTLS:\n%s", stderr.String())
+	}
 
 	m := regexp.MustCompile(`Admin login:\s+(\S+) / (\S+)`).FindStringSubmatch(stdout.String())
 	if m == nil {
