@@ -22,6 +22,11 @@ func TestExitCodes(t *testing.T) {
 		{"images build without envd", []string{"images", "build"}, nil, ExitUsage, "--envd is required"},
 		{"server without config", []string{"server"}, map[string]string{"DATABASE_URL": "", "REDIS_URL": "", "WRENN_JWT_SECRET": ""}, 1, "DATABASE_URL: is required"},
 		{"server with bad config", []string{"server"}, map[string]string{"DATABASE_URL": "mysql://x", "REDIS_URL": "redis://localhost:1/0", "WRENN_JWT_SECRET": strings.Repeat("x", 40)}, 1, "DATABASE_URL: must be a postgres"},
+		{"server with an unreadable CA", []string{"server"}, map[string]string{"DATABASE_URL": "postgres://x/y", "REDIS_URL": "redis://localhost:1/0", "WRENN_JWT_SECRET": strings.Repeat("x", 40),
+			"WRENN_CA_CERT": "/nonexistent/ca.crt", "WRENN_CA_KEY": "/nonexistent/ca.key"}, 1, "WRENN_CA_CERT: is neither PEM text nor a readable file"},
+		{"server with a CA but no key", []string{"server"}, map[string]string{"DATABASE_URL": "postgres://x/y", "REDIS_URL": "redis://localhost:1/0", "WRENN_JWT_SECRET": strings.Repeat("x", 40),
+			"WRENN_CA_CERT": "/nonexistent/ca.crt", "WRENN_CA_KEY": ""}, 1, "WRENN_CA_KEY: is required when WRENN_CA_CERT is set"},
+		{"agent with a bad insecure flag", []string{"agent"}, map[string]string{"WRENN_AGENT_INSECURE_LISTEN": "maybe"}, 1, "WRENN_AGENT_INSECURE_LISTEN: must be true or false"},
 		{"migrate without database", []string{"migrate", "status"}, map[string]string{"DATABASE_URL": ""}, 1, "DATABASE_URL: is required"},
 		{"version", []string{"version"}, nil, 0, ""},
 	}

@@ -252,3 +252,62 @@ func TestControlPlaneWithCA(t *testing.T) {
 		t.Fatalf("cert_expires_at %v (%v), want %v", got["cert_expires_at"], err, store.Leaf().NotAfter)
 	}
 }
+
+// An agent whose credentials file holds unusable certificate material does
+// not start, and says which file and field are at fault on one line.
+func TestAgentRefusesBadCertificateMaterial(t *testing.T) {
+	c, _ := mtlsCP(t, hostauth.Config{})
+	dir := t.TempDir()
+	c.registered(t, registration.Options{Dir: dir})
+	good, err := registration.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey, _ := pki.GenerateKey()
+	otherKeyPEM, _ := pki.EncodeKey(otherKey)
+	foreign, _, _ := pki.NewCA(time.Now())
+	dead := "http://" + closedAddr(t)
+	tests := []struct {
+		name string
+		edit func(*registration.Credentials)
+		now  time.Duration // the agent's clock ahead of real time
+		urls []string
+		want string
+	}{
+		{name: "key of another certificate", edit: func(c *registration.Credentials) { c.KeyPEM = string(otherKeyPEM) }, want: "do not form a pair"},
+		{name: "garbage certificate", edit: func(c *registration.Credentials) { c.CertPEM = "garbage" }, want: "cert_pem"},
+		{name: "garbage key", edit: func(c *registration.Credentials) { c.KeyPEM = "garbage" }, want: "key_pem"},
+		{name: "another CA", edit: func(c *registration.Credentials) { c.CACertPEM = string(foreign.CertPEM) }, want: "unknown authority"},
+		{name: "expired and the control plane unreachable", edit: func(*registration.Credentials) {}, now: 8 * 24 * time.Hour,
+			urls: []string{dead}, want: "cert_pem expired at"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := t.TempDir()
+			creds := good
+			tt.edit(&creds)
+			if err := registration.Save(d, creds); err != nil {
+				t.Fatal(err)
+			}
+			clk := &clock{}
+			clk.Set(tt.now)
+			_, err := registration.Prepare(t.Context(), registration.Options{Dir: d, CPURLs: tt.urls, Certs: &pki.HostCertStore{},
+				Interval: 200 * time.Millisecond, Now: clk.Now, Backoff: registration.Backoff{Initial: 10 * time.Millisecond, Max: 20 * time.Millisecond}})
+			if err == nil || !strings.Contains(err.Error(), registration.CredentialsFile) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("err = %v, want one line naming %s and %q", err, registration.CredentialsFile, tt.want)
+			}
+		})
+	}
+}
+
+// closedAddr is a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
