@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,6 +30,12 @@ import (
 // certificate.
 func mtlsCP(t *testing.T, cfg hostauth.Config) (*cp, *pki.CA) {
 	t.Helper()
+	c, ca, _ := mtlsCPWithCerts(t, cfg)
+	return c, ca
+}
+
+func mtlsCPWithCerts(t *testing.T, cfg hostauth.Config) (*cp, *pki.CA, *pki.CPCertStore) {
+	t.Helper()
 	ca, _, err := pki.NewCA(time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +45,7 @@ func mtlsCP(t *testing.T, cfg hostauth.Config) (*cp, *pki.CA) {
 		t.Fatal(err)
 	}
 	cfg.CA = ca
-	return newCPWith(t, cfg, certs), ca
+	return newCPWith(t, cfg, certs), ca, certs
 }
 
 // mtlsAgent is the fake agent behind the real agent's listener
@@ -310,4 +317,55 @@ func closedAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// 50 callers keep calling an agent through the pool while the control
+// plane's client certificate is renewed and connections are redialled:
+// no call fails, and the renewed certificate is the one in use.
+func TestPoolCallsDuringCPCertRenewal(t *testing.T) {
+	c, _, certs := mtlsCPWithCerts(t, hostauth.Config{})
+	h, _, _ := c.registered(t, registration.Options{})
+	row, err := c.q.GetHost(context.Background(), h.Host.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls, failures atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := c.agents.ForHost(row).ListSandboxes(context.Background(), connect.NewRequest(&pb.ListSandboxesRequest{}))
+				calls.Add(1)
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("call during renewal: %v", err)
+					return
+				}
+			}
+		})
+	}
+	first := certs.Current().SerialNumber
+	for range 5 {
+		time.Sleep(100 * time.Millisecond)
+		if err := certs.Renew(); err != nil {
+			t.Fatal(err)
+		}
+		c.agents.Evict(h.Host.ID) // idle connections go: new handshakes with the new certificate
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failures.Load() > 0 || calls.Load() < 50 {
+		t.Fatalf("%d of %d calls failed", failures.Load(), calls.Load())
+	}
+	if certs.Current().SerialNumber.Cmp(first) == 0 {
+		t.Fatal("the certificate was not renewed")
+	}
+	t.Logf("%d calls during 5 renewals, none failed", calls.Load())
 }

@@ -65,6 +65,10 @@ const agentDomain = ".agents.wrenn.internal"
 // overall timeout, as streams are long.
 func NewPool(q *db.Queries, certs *pki.CPCertStore) *Pool {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	// Calls to one agent run in parallel (streams, the reconciler, users'
+	// execs): keep their connections rather than redial (and, with mTLS,
+	// handshake again) beyond the default two.
+	t.MaxIdleConnsPerHost = 64
 	p := &Pool{q: q, certs: certs, transport: t, clients: map[string]cached{}}
 	if certs != nil {
 		t.DialTLSContext = p.dialHost
