@@ -2,20 +2,15 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
-	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
@@ -37,21 +32,10 @@ func TestNewCoreServesTheAPI(t *testing.T) {
 	t.Cleanup(pool.Close)
 	rdb := testRedis(t, cfg)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	core, err := NewCore(cfg, pool, rdb, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+	core, srv := serveCore(t, cfg, pool, rdb, logger)
 	if core.RateLimiter == nil || core.ReconcileInterval != time.Second {
 		t.Fatalf("core not configured from cfg: %+v", core)
 	}
-	deps := api.Deps{Logger: logger}
-	core.Fill(&deps)
-	h, err := api.New(deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
 	go core.RunBackground(ctx)
 
 	agent := agenttest.New()
@@ -65,22 +49,7 @@ func TestNewCoreServesTheAPI(t *testing.T) {
 
 	post := func(path, auth, body string, want int, out any) {
 		t.Helper()
-		req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
-		if auth != "" {
-			req.Header.Set("Authorization", "Bearer "+auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != want {
-			t.Fatalf("POST %s = %d %s", path, resp.StatusCode, b)
-		}
-		if out != nil {
-			_ = json.Unmarshal(b, out)
-		}
+		postJSON(t, srv.URL+path, auth, body, want, out)
 	}
 	var s struct{ Token string }
 	post("/v1/auth/signup", "", `{"email":"admin@example.com","password":"a long passphrase"}`, 201, &s)
