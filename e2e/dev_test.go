@@ -399,12 +399,15 @@ func TestDevEndToEnd(t *testing.T) {
 	if r := api.sh(t, survivor.ID, "cat /tmp/survive"); r.Stdout != "across-restarts\n" {
 		t.Errorf("file after restart and resume: %q", r.Stdout)
 	}
-	first := api.sh(t, survivor.ID, "cat /tmp/counter").Stdout
+	// The loop's echo truncates the file before writing, so one read may
+	// find it empty: the first non-empty read is the reference.
+	first := 0
 	eventually(t, 10*time.Second, "the survivor's counter goes on after the restart", func() (bool, string) {
-		now := api.sh(t, survivor.ID, "cat /tmp/counter").Stdout
-		a, _ := strconv.Atoi(strings.TrimSpace(first))
-		b, _ := strconv.Atoi(strings.TrimSpace(now))
-		return a > 0 && b > a, fmt.Sprintf("%q then %q", first, now)
+		now, _ := strconv.Atoi(strings.TrimSpace(api.sh(t, survivor.ID, "cat /tmp/counter").Stdout))
+		if first == 0 {
+			first = now
+		}
+		return first > 0 && now > first, fmt.Sprintf("%d then %d", first, now)
 	})
 	api.must(t, http.MethodDelete, "/v1/sandboxes/"+survivor.ID, nil, nil, http.StatusNoContent, http.StatusOK)
 
