@@ -27,10 +27,8 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			base, apiKey, sandboxID := execBenchSetup(b, mode == "mtls")
 			client := &http.Client{Timeout: 30 * time.Second}
-			body := `{"cmd":"echo","args":["hello"]}`
-			b.ResetTimer()
-			for b.Loop() {
-				req, _ := http.NewRequest(http.MethodPost, base+"/v1/sandboxes/"+sandboxID+"/exec", strings.NewReader(body))
+			exec := func() {
+				req, _ := http.NewRequest(http.MethodPost, base+"/v1/sandboxes/"+sandboxID+"/exec", strings.NewReader(`{"cmd":"echo","args":["hello"]}`))
 				req.Header.Set("X-API-Key", apiKey)
 				req.Header.Set("Content-Type", "application/json")
 				resp, err := client.Do(req)
@@ -42,6 +40,15 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 				if resp.StatusCode != http.StatusOK {
 					b.Fatalf("exec answered %d", resp.StatusCode)
 				}
+			}
+			// Warm the new database's caches and the connections first, or
+			// whichever mode runs first pays for them.
+			for range 500 {
+				exec()
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				exec()
 			}
 		})
 	}
