@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
-	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // e2eAgent is one `wrenn agent` process with its own WRENN_DIR, port,
@@ -67,7 +65,7 @@ func (a *e2eAgent) register(t *testing.T, admin client, cpURLs []string, env ...
 
 // migratedDB is a fresh database, migrated by `wrenn migrate up`, and the
 // Redis URL.
-func migratedDB(t *testing.T) (dbURL, redisURL string) {
+func migratedDB(t testing.TB) (dbURL, redisURL string) {
 	t.Helper()
 	dbURL, redisURL = testenv.PostgresURL(t), testenv.RedisURL(t)
 	migrate := exec.Command(wrennBin(t), "migrate", "up")

@@ -39,6 +39,7 @@ type ControlPlane struct {
 	TrustedProxies []netip.Prefix
 	OAuth          OAuth
 	Channels       Channels
+	Builds         Builds
 }
 
 // Channels configures notification channels.
@@ -58,6 +59,16 @@ type Channels struct {
 	PerChannelConcurrency int
 	// TestRateLimit is the number of test sends per team per minute.
 	TestRateLimit int
+}
+
+// Builds configures template builds.
+type Builds struct {
+	// Workers is the number of build workers per control plane (0: none).
+	Workers int
+	// PerHost is the most builds one host runs at once.
+	PerHost int
+	// MaxArchiveBytes bounds an uploaded build archive.
+	MaxArchiveBytes int64
 }
 
 // OAuth configures sign-in through providers.
@@ -161,6 +172,11 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 	}
 	if c.Channels.PreviousKey != nil && r.str("WRENN_ENCRYPTION_KEY", "") == "" {
 		r.fail("WRENN_ENCRYPTION_KEY_PREVIOUS", "is set without WRENN_ENCRYPTION_KEY (the previous key only opens configs; set the current one too)")
+	}
+	c.Builds = Builds{
+		Workers:         r.integer("WRENN_BUILD_WORKERS", 2, 0, 64),
+		PerHost:         r.integer("WRENN_BUILDS_PER_HOST", 1, 1, 64),
+		MaxArchiveBytes: int64(r.integer("WRENN_BUILD_MAX_ARCHIVE_BYTES", 64<<20, 1<<10, 1<<30)),
 	}
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
