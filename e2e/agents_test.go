@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // e2eAgent is one `wrenn agent` process with its own WRENN_DIR, port,
@@ -26,7 +28,7 @@ type e2eAgent struct {
 	p        *proc
 }
 
-func (a *e2eAgent) start(t *testing.T, args ...string) {
+func (a *e2eAgent) start(t testing.TB, args ...string) {
 	t.Helper()
 	a.p = startProc(t, "agent-"+a.name, a.env, wrennBin(t), append([]string{"agent"}, args...)...)
 	p := a.p

@@ -28,6 +28,9 @@ type buildView struct {
 		Stdout   string `json:"stdout"`
 		Stderr   string `json:"stderr"`
 		Error    string `json:"error"`
+		// For the benchmark's phases.
+		StartedAt  *time.Time `json:"started_at"`
+		DurationMS int64      `json:"duration_ms"`
 	} `json:"steps"`
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
@@ -35,7 +38,7 @@ type buildView struct {
 
 // buildPlatform is one control plane (restartable) and one agent.
 type buildPlatform struct {
-	t        *testing.T
+	t        testing.TB
 	bin      string
 	env      []string
 	base     string
@@ -52,6 +55,7 @@ func (p *buildPlatform) startCP() {
 	p.cp = cp
 	p.t.Cleanup(func() {
 		if cp.running() {
+			p.destroyAll()
 			cp.stop(syscall.SIGTERM, 30*time.Second)
 		}
 		if p.t.Failed() {
@@ -71,7 +75,34 @@ func (p *buildPlatform) startCP() {
 	})
 }
 
-func startBuildPlatform(t *testing.T) *buildPlatform {
+// destroyAll destroys the sandboxes left at the end while the control
+// plane and the agent still run; it only logs what fails.
+func (p *buildPlatform) destroyAll() {
+	list := func() []sandbox {
+		req, _ := http.NewRequest(http.MethodGet, p.base+"/v1/sandboxes?status=running,paused,missing,pending", nil)
+		req.Header = p.admin.hdr.Clone()
+		resp, err := p.admin.hc.Do(req)
+		if err != nil {
+			p.t.Logf("cleanup: list sandboxes: %v", err)
+			return nil
+		}
+		defer resp.Body.Close()
+		var l struct {
+			Sandboxes []sandbox `json:"sandboxes"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&l)
+		return l.Sandboxes
+	}
+	for _, sb := range list() {
+		req, _ := http.NewRequest(http.MethodDelete, p.base+"/v1/sandboxes/"+sb.ID, nil)
+		req.Header = p.admin.hdr.Clone()
+		if resp, err := p.admin.hc.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+}
+
+func startBuildPlatform(t testing.TB) *buildPlatform {
 	src := requirePlatform(t)
 	bin := wrennBin(t)
 	dbURL, redisURL := migratedDB(t)
@@ -102,17 +133,6 @@ func startBuildPlatform(t *testing.T) *buildPlatform {
 		status, b := p.admin.do(t, http.MethodGet, "/v1/hosts/"+a.hostID, nil)
 		_ = json.Unmarshal(b, &h)
 		return status == http.StatusOK && h.Status == "online", string(b)
-	})
-	// Sandboxes left at the end are destroyed while everything still runs.
-	t.Cleanup(func() {
-		var list struct {
-			Sandboxes []sandbox `json:"sandboxes"`
-		}
-		if status, b := p.admin.do(t, http.MethodGet, "/v1/sandboxes?status=running,paused,missing,pending", nil); status == http.StatusOK && json.Unmarshal(b, &list) == nil {
-			for _, sb := range list.Sandboxes {
-				p.admin.do(t, http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil)
-			}
-		}
 	})
 	return p
 }
@@ -152,13 +172,6 @@ func (p *buildPlatform) ended(id string, timeout time.Duration) buildView {
 	return p.wait(id, timeout, "build "+id+" ends", func(b buildView) bool {
 		return b.Status == "succeeded" || b.Status == "failed" || b.Status == "cancelled"
 	})
-}
-
-func (p *buildPlatform) exec(sbID, cmd string) execResult {
-	p.t.Helper()
-	var r execResult
-	p.admin.must(p.t, http.MethodPost, "/v1/sandboxes/"+sbID+"/exec", map[string]any{"cmd": "/bin/sh", "args": []string{"-c", cmd}}, &r, http.StatusOK)
-	return r
 }
 
 // sandboxGone: the build sandbox was destroyed, in the database and on the host.
@@ -260,11 +273,11 @@ func TestTemplateBuilds(t *testing.T) {
 	// answers without anything being started.
 	var fromImage, fromWeb sandbox
 	p.admin.must(t, http.MethodPost, "/v1/sandboxes", map[string]any{"template": "app-image"}, &fromImage, http.StatusCreated)
-	if r := p.exec(fromImage.ID, `cat /opt/app/marker; pwd; id -un; echo "$GREETING"`); r.ExitCode != 0 || r.Stdout != "built\n/opt/app\nuser\nhello\n" {
+	if r := p.admin.sh(t, fromImage.ID, `cat /opt/app/marker; pwd; id -un; echo "$GREETING"`); r.ExitCode != 0 || r.Stdout != "built\n/opt/app\nuser\nhello\n" {
 		t.Fatalf("sandbox from the image template: %+v", r)
 	}
 	p.admin.must(t, http.MethodPost, "/v1/sandboxes", map[string]any{"template": "web"}, &fromWeb, http.StatusCreated)
-	if r := p.exec(fromWeb.ID, "wget -qO- 127.0.0.1:8080"); r.ExitCode != 0 || r.Stdout != "hi-from-httpd\n" {
+	if r := p.admin.sh(t, fromWeb.ID, "wget -qO- 127.0.0.1:8080"); r.ExitCode != 0 || r.Stdout != "hi-from-httpd\n" {
 		t.Fatalf("sandbox from the snapshot template: %+v", r)
 	}
 	// A template in use is not deleted; once its sandbox is gone it is.
@@ -322,4 +335,65 @@ func TestTemplateBuilds(t *testing.T) {
 		t.Fatalf("first attempt's sandbox %s is %s", *first.SandboxID, orphan.Status)
 	}
 	p.sandboxGone(killed)
+}
+
+// BenchmarkTemplateBuild compares a snapshot-template build with the same
+// steps run by hand through the API (exec, a background process, the
+// healthcheck polled, POST /v1/snapshots, destroy), in the same run on the
+// same agent, one after the other. Run with -benchtime=1x (each iteration
+// boots two VMs under TCG).
+func BenchmarkTemplateBuild(b *testing.B) {
+	p := startBuildPlatform(b)
+	steps := []string{"mkdir -p /srv", "echo hi-from-httpd > /srv/index.html"}
+	start := "busybox httpd -p 8080 -h /srv"
+	health := "wget -qO- 127.0.0.1:8080"
+	var (
+		built, manual         time.Duration
+		boot, stepsT, finishT time.Duration
+		n                     int
+	)
+	for i := 0; b.Loop(); i++ {
+		n++
+		t0 := time.Now()
+		bv := p.submit(map[string]any{"name": fmt.Sprintf("bench-built-%d", i), "recipe": append(append([]string{}, steps...), "START "+start),
+			"healthcheck": map[string]any{"cmd": health, "interval": "200ms", "retries": 50}})
+		bv = p.ended(bv.ID, 4*time.Minute)
+		if bv.Status != "succeeded" {
+			b.Fatalf("build = %+v", bv)
+		}
+		built += time.Since(t0)
+		first, last := bv.Steps[0], bv.Steps[len(bv.Steps)-1]
+		lastEnd := last.StartedAt.Add(time.Duration(last.DurationMS) * time.Millisecond)
+		boot += first.StartedAt.Sub(*bv.StartedAt)
+		stepsT += lastEnd.Sub(*first.StartedAt)
+		finishT += bv.FinishedAt.Sub(lastEnd)
+		p.sandboxGone(bv)
+
+		t0 = time.Now()
+		var sb sandbox
+		p.admin.must(b, http.MethodPost, "/v1/sandboxes", map[string]any{"template": "minimal"}, &sb, http.StatusCreated)
+		for _, st := range steps {
+			if r := p.admin.sh(b, sb.ID, st); r.ExitCode != 0 {
+				b.Fatalf("%s: %+v", st, r)
+			}
+		}
+		p.admin.must(b, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "/bin/sh", "args": []string{"-c", start}, "background": true}, nil, http.StatusOK)
+		for try := 0; p.admin.sh(b, sb.ID, health).ExitCode != 0; try++ {
+			if try == 50 {
+				b.Fatal("the server never answered")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		p.admin.must(b, http.MethodPost, "/v1/snapshots", map[string]any{"sandbox_id": sb.ID, "name": fmt.Sprintf("bench-manual-%d", i)}, nil, http.StatusCreated)
+		p.admin.must(b, http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil, nil, http.StatusNoContent)
+		manual += time.Since(t0)
+	}
+	b.ReportMetric(float64(built.Milliseconds())/float64(n), "build-ms/op")
+	b.ReportMetric(float64(manual.Milliseconds())/float64(n), "manual-ms/op")
+	b.ReportMetric(float64(built)/float64(manual), "build/manual")
+	// Where a build's time goes: its sandbox's start, the steps, and the
+	// healthcheck, snapshot and sandbox destroy after them.
+	b.ReportMetric(float64(boot.Milliseconds())/float64(n), "build-boot-ms/op")
+	b.ReportMetric(float64(stepsT.Milliseconds())/float64(n), "build-steps-ms/op")
+	b.ReportMetric(float64(finishT.Milliseconds())/float64(n), "build-finish-ms/op")
 }
