@@ -270,8 +270,12 @@ func (s *Service) Submit(ctx context.Context, a auth.AuthContext, in SubmitInput
 	if in.BaseTemplate == "" {
 		in.BaseTemplate = "minimal"
 	}
-	base, err := s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.BaseTemplate, TeamID: &a.TeamID})
-	if errors.Is(err, pgx.ErrNoRows) || !isName(in.BaseTemplate) {
+	var base db.Template
+	err = pgx.ErrNoRows
+	if isName(in.BaseTemplate) {
+		base, err = s.q.GetTemplateByName(ctx, db.GetTemplateByNameParams{Name: in.BaseTemplate, TeamID: &a.TeamID})
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
 		return Build{}, &service.Error{Kind: service.CodeUnknownTemplate.Kind(), Code: service.CodeUnknownTemplate, Field: "base_template",
 			Message: fmt.Sprintf("no template named %q", in.BaseTemplate)}
 	}
