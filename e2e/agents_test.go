@@ -28,7 +28,7 @@ type e2eAgent struct {
 	p        *proc
 }
 
-func (a *e2eAgent) start(t *testing.T, args ...string) {
+func (a *e2eAgent) start(t testing.TB, args ...string) {
 	t.Helper()
 	a.p = startProc(t, "agent-"+a.name, a.env, wrennBin(t), append([]string{"agent"}, args...)...)
 	p := a.p
@@ -67,7 +67,7 @@ func (a *e2eAgent) register(t *testing.T, admin client, cpURLs []string, env ...
 
 // migratedDB is a fresh database, migrated by `wrenn migrate up`, and the
 // Redis URL.
-func migratedDB(t *testing.T) (dbURL, redisURL string) {
+func migratedDB(t testing.TB) (dbURL, redisURL string) {
 	t.Helper()
 	dbURL, redisURL = testenv.PostgresURL(t), testenv.RedisURL(t)
 	migrate := exec.Command(wrennBin(t), "migrate", "up")

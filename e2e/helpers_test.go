@@ -279,7 +279,7 @@ func (c client) withKey(key string) client {
 }
 
 // raw sends a request and returns the status and body.
-func (c client) raw(t *testing.T, method, path, contentType string, body io.Reader) (int, []byte) {
+func (c client) raw(t testing.TB, method, path, contentType string, body io.Reader) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, c.base+path, body)
 	if err != nil {
@@ -304,7 +304,7 @@ func (c client) raw(t *testing.T, method, path, contentType string, body io.Read
 }
 
 // do sends body as JSON (nil: no body) and returns status and answer.
-func (c client) do(t *testing.T, method, path string, body any) (int, []byte) {
+func (c client) do(t testing.TB, method, path string, body any) (int, []byte) {
 	t.Helper()
 	if body == nil {
 		return c.raw(t, method, path, "", nil)
@@ -318,7 +318,7 @@ func (c client) do(t *testing.T, method, path string, body any) (int, []byte) {
 
 // must sends a JSON request, fails unless the status is one of want, and
 // decodes the answer into out (when not nil).
-func (c client) must(t *testing.T, method, path string, body, out any, want ...int) {
+func (c client) must(t testing.TB, method, path string, body, out any, want ...int) {
 	t.Helper()
 	status, b := c.do(t, method, path, body)
 	if !slices.Contains(want, status) {
@@ -345,14 +345,14 @@ type execResult struct {
 	Encoding string `json:"encoding"`
 }
 
-func (c client) getSandbox(t *testing.T, id string) sandbox {
+func (c client) getSandbox(t testing.TB, id string) sandbox {
 	t.Helper()
 	var sb sandbox
 	c.must(t, http.MethodGet, "/v1/sandboxes/"+id, nil, &sb, http.StatusOK)
 	return sb
 }
 
-func (c client) createSandbox(t *testing.T) sandbox {
+func (c client) createSandbox(t testing.TB) sandbox {
 	t.Helper()
 	var sb sandbox
 	c.must(t, http.MethodPost, "/v1/sandboxes", map[string]any{"template": "minimal", "memory_mb": 256, "vcpus": 1}, &sb, http.StatusCreated)
@@ -362,7 +362,7 @@ func (c client) createSandbox(t *testing.T) sandbox {
 	return sb
 }
 
-func (c client) sh(t *testing.T, id, script string) execResult {
+func (c client) sh(t testing.TB, id, script string) execResult {
 	t.Helper()
 	var r execResult
 	c.must(t, http.MethodPost, "/v1/sandboxes/"+id+"/exec", map[string]any{"cmd": "/bin/sh", "args": []string{"-c", script}, "timeout_sec": 60}, &r, http.StatusOK)
@@ -370,7 +370,7 @@ func (c client) sh(t *testing.T, id, script string) execResult {
 }
 
 // signup creates a user with its own team and returns its session token.
-func (c client) signup(t *testing.T, email string) string {
+func (c client) signup(t testing.TB, email string) string {
 	t.Helper()
 	var s struct {
 		Token string `json:"token"`

@@ -43,7 +43,7 @@ func runMain(m *testing.M) int {
 
 // wrennBin returns the built binary, failing the test when the build failed
 // (a build failure is never a reason to skip).
-func wrennBin(t *testing.T) string {
+func wrennBin(t testing.TB) string {
 	t.Helper()
 	if binaries.err != nil {
 		t.Fatal(binaries.err)

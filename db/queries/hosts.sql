@@ -43,11 +43,13 @@ SELECT * FROM hosts WHERE id = $1 AND status = 'online' AND address <> '' FOR UP
 -- What the sandboxes placed on each host hold: pending, running, missing and
 -- stopping ones (their VM may still run there) and paused ones while a
 -- resume reserves their room; other paused and stopped ones hold nothing.
--- excluding_id is a sandbox not to count (the one being resumed).
+-- excluding_id is a sandbox not to count (the one being resumed); builds
+-- counts the template builds' own sandboxes.
 SELECT host_id::text AS host_id,
        count(*)::bigint AS active,
        coalesce(sum(vcpus), 0)::bigint AS vcpus,
-       coalesce(sum(memory_mb), 0)::bigint AS memory_mb
+       coalesce(sum(memory_mb), 0)::bigint AS memory_mb,
+       count(*) FILTER (WHERE build_id IS NOT NULL)::bigint AS builds
 FROM sandboxes
 WHERE host_id = ANY(sqlc.arg(host_ids)::text[]) AND id <> sqlc.arg(excluding_id)::text
   AND (status IN ('pending', 'running', 'missing', 'stopping') OR (status = 'paused' AND resume_reserved_until > now()))

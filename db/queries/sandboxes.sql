@@ -6,12 +6,14 @@ SELECT pg_advisory_xact_lock(4242002, hashtext(sqlc.arg(team_id)::text));
 SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running');
 
 -- name: InsertSandbox :one
--- A new sandbox is pending under the create operation's lease.
+-- A new sandbox is pending under the create operation's lease; build_id
+-- marks a template build's own sandbox.
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
-                       op, op_id, op_owner, op_expires_at)
+                       op, op_id, op_owner, op_expires_at, build_id)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(host_id), sqlc.arg(template), 'pending', sqlc.arg(vcpus),
         sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(timeout_sec), sqlc.arg(metadata), sqlc.arg(created_by),
-        'create', sqlc.arg(op_id)::text, sqlc.arg(op_owner)::text, now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8))
+        'create', sqlc.arg(op_id)::text, sqlc.arg(op_owner)::text, now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8),
+        sqlc.narg(build_id))
 RETURNING *;
 
 -- name: GetSandbox :one

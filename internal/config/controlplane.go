@@ -43,7 +43,8 @@ type ControlPlane struct {
 	Channels       Channels
 	// CA, when set (WRENN_CA_CERT and WRENN_CA_KEY), makes every call to
 	// an agent mutual TLS; nil is plain HTTP mode (development).
-	CA *pki.CA
+	CA     *pki.CA
+	Builds Builds
 }
 
 // Channels configures notification channels.
@@ -63,6 +64,16 @@ type Channels struct {
 	PerChannelConcurrency int
 	// TestRateLimit is the number of test sends per team per minute.
 	TestRateLimit int
+}
+
+// Builds configures template builds.
+type Builds struct {
+	// Workers is the number of build workers per control plane (0: none).
+	Workers int
+	// PerHost is the most builds one host runs at once.
+	PerHost int
+	// MaxArchiveBytes bounds an uploaded build archive.
+	MaxArchiveBytes int64
 }
 
 // OAuth configures sign-in through providers.
@@ -168,6 +179,11 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		r.fail("WRENN_ENCRYPTION_KEY_PREVIOUS", "is set without WRENN_ENCRYPTION_KEY (the previous key only opens configs; set the current one too)")
 	}
 	c.CA = r.ca("WRENN_CA_CERT", "WRENN_CA_KEY")
+	c.Builds = Builds{
+		Workers:         r.integer("WRENN_BUILD_WORKERS", 2, 0, 64),
+		PerHost:         r.integer("WRENN_BUILDS_PER_HOST", 1, 1, 64),
+		MaxArchiveBytes: int64(r.integer("WRENN_BUILD_MAX_ARCHIVE_BYTES", 64<<20, 1<<10, 1<<30)),
+	}
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),

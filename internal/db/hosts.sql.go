@@ -52,7 +52,8 @@ const hostsCommitted = `-- name: HostsCommitted :many
 SELECT host_id::text AS host_id,
        count(*)::bigint AS active,
        coalesce(sum(vcpus), 0)::bigint AS vcpus,
-       coalesce(sum(memory_mb), 0)::bigint AS memory_mb
+       coalesce(sum(memory_mb), 0)::bigint AS memory_mb,
+       count(*) FILTER (WHERE build_id IS NOT NULL)::bigint AS builds
 FROM sandboxes
 WHERE host_id = ANY($1::text[]) AND id <> $2::text
   AND (status IN ('pending', 'running', 'missing', 'stopping') OR (status = 'paused' AND resume_reserved_until > now()))
@@ -69,12 +70,14 @@ type HostsCommittedRow struct {
 	Active   int64  `json:"active"`
 	Vcpus    int64  `json:"vcpus"`
 	MemoryMb int64  `json:"memory_mb"`
+	Builds   int64  `json:"builds"`
 }
 
 // What the sandboxes placed on each host hold: pending, running, missing and
 // stopping ones (their VM may still run there) and paused ones while a
 // resume reserves their room; other paused and stopped ones hold nothing.
-// excluding_id is a sandbox not to count (the one being resumed).
+// excluding_id is a sandbox not to count (the one being resumed); builds
+// counts the template builds' own sandboxes.
 func (q *Queries) HostsCommitted(ctx context.Context, arg HostsCommittedParams) ([]HostsCommittedRow, error) {
 	rows, err := q.db.Query(ctx, hostsCommitted, arg.HostIds, arg.ExcludingID)
 	if err != nil {
@@ -89,6 +92,7 @@ func (q *Queries) HostsCommitted(ctx context.Context, arg HostsCommittedParams) 
 			&i.Active,
 			&i.Vcpus,
 			&i.MemoryMb,
+			&i.Builds,
 		); err != nil {
 			return nil, err
 		}

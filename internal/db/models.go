@@ -125,6 +125,7 @@ type Sandbox struct {
 	OpID                *string         `json:"op_id"`
 	OpOwner             *string         `json:"op_owner"`
 	OpExpiresAt         *time.Time      `json:"op_expires_at"`
+	BuildID             *string         `json:"build_id"`
 }
 
 type Team struct {
@@ -147,16 +148,54 @@ type TeamApiKey struct {
 }
 
 type Template struct {
-	ID        string    `json:"id"`
-	TeamID    *string   `json:"team_id"`
-	Name      string    `json:"name"`
-	Kind      string    `json:"kind"`
-	Vcpus     int32     `json:"vcpus"`
-	MemoryMb  int32     `json:"memory_mb"`
-	DiskMb    int32     `json:"disk_mb"`
-	SizeBytes int64     `json:"size_bytes"`
-	CreatedAt time.Time `json:"created_at"`
-	HostID    *string   `json:"host_id"`
+	ID          string          `json:"id"`
+	TeamID      *string         `json:"team_id"`
+	Name        string          `json:"name"`
+	Kind        string          `json:"kind"`
+	Vcpus       int32           `json:"vcpus"`
+	MemoryMb    int32           `json:"memory_mb"`
+	DiskMb      int32           `json:"disk_mb"`
+	SizeBytes   int64           `json:"size_bytes"`
+	CreatedAt   time.Time       `json:"created_at"`
+	HostID      *string         `json:"host_id"`
+	BuildID     *string         `json:"build_id"`
+	Env         json.RawMessage `json:"env"`
+	Workdir     string          `json:"workdir"`
+	DefaultUser string          `json:"default_user"`
+}
+
+type TemplateBuild struct {
+	ID              string          `json:"id"`
+	Name            string          `json:"name"`
+	BaseTemplate    string          `json:"base_template"`
+	Status          string          `json:"status"`
+	Recipe          json.RawMessage `json:"recipe"`
+	Healthcheck     []byte          `json:"healthcheck"`
+	Vcpus           int32           `json:"vcpus"`
+	MemoryMb        int32           `json:"memory_mb"`
+	DiskMb          int32           `json:"disk_mb"`
+	Steps           json.RawMessage `json:"steps"`
+	CurrentStep     int32           `json:"current_step"`
+	ErrorMessage    string          `json:"error_message"`
+	TeamID          string          `json:"team_id"`
+	CreatedBy       string          `json:"created_by"`
+	SandboxID       *string         `json:"sandbox_id"`
+	TemplateID      *string         `json:"template_id"`
+	Attempts        int32           `json:"attempts"`
+	CancelRequested bool            `json:"cancel_requested"`
+	Worker          string          `json:"worker"`
+	LeaseExpiresAt  *time.Time      `json:"lease_expires_at"`
+	HasArchive      bool            `json:"has_archive"`
+	CreatedAt       time.Time       `json:"created_at"`
+	UpdatedAt       time.Time       `json:"updated_at"`
+	StartedAt       *time.Time      `json:"started_at"`
+	FinishedAt      *time.Time      `json:"finished_at"`
+}
+
+type TemplateBuildArchive struct {
+	BuildID string `json:"build_id"`
+	Format  string `json:"format"`
+	Data    []byte `json:"data"`
 }
 
 type User struct {

@@ -16,7 +16,7 @@ UPDATE sandboxes SET op = $1::text, op_id = $2::text, op_owner = $3::text,
     op_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
 WHERE id = $5 AND team_id = $6 AND status = ANY($7::text[])
   AND (op IS NULL OR op_expires_at <= now() OR $8::boolean)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id
 `
 
 type ClaimSandboxOpParams struct {
@@ -71,6 +71,7 @@ func (q *Queries) ClaimSandboxOp(ctx context.Context, arg ClaimSandboxOpParams) 
 		&i.OpID,
 		&i.OpOwner,
 		&i.OpExpiresAt,
+		&i.BuildID,
 	)
 	return i, err
 }
@@ -121,7 +122,7 @@ func (q *Queries) EndSandboxOp(ctx context.Context, arg EndSandboxOpParams) erro
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -156,17 +157,19 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.OpID,
 		&i.OpOwner,
 		&i.OpExpiresAt,
+		&i.BuildID,
 	)
 	return i, err
 }
 
 const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
-                       op, op_id, op_owner, op_expires_at)
+                       op, op_id, op_owner, op_expires_at, build_id)
 VALUES ($1, $2, $3, $4, 'pending', $5,
         $6, $7, $8, $9, $10,
-        'create', $11::text, $12::text, now() + make_interval(secs => $13::float8))
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at
+        'create', $11::text, $12::text, now() + make_interval(secs => $13::float8),
+        $14)
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id
 `
 
 type InsertSandboxParams struct {
@@ -183,9 +186,11 @@ type InsertSandboxParams struct {
 	OpID         string          `json:"op_id"`
 	OpOwner      string          `json:"op_owner"`
 	OpTtlSeconds float64         `json:"op_ttl_seconds"`
+	BuildID      *string         `json:"build_id"`
 }
 
-// A new sandbox is pending under the create operation's lease.
+// A new sandbox is pending under the create operation's lease; build_id
+// marks a template build's own sandbox.
 func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, insertSandbox,
 		arg.ID,
@@ -201,6 +206,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.OpID,
 		arg.OpOwner,
 		arg.OpTtlSeconds,
+		arg.BuildID,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -227,12 +233,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.OpID,
 		&i.OpOwner,
 		&i.OpExpiresAt,
+		&i.BuildID,
 	)
 	return i, err
 }
 
 const listHostSandboxes = `-- name: ListHostSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
 `
@@ -276,6 +283,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 			&i.OpID,
 			&i.OpOwner,
 			&i.OpExpiresAt,
+			&i.BuildID,
 		); err != nil {
 			return nil, err
 		}
@@ -288,7 +296,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id FROM sandboxes
 WHERE team_id = $1
   AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
   AND metadata @> $3::jsonb
@@ -348,6 +356,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.OpID,
 			&i.OpOwner,
 			&i.OpExpiresAt,
+			&i.BuildID,
 		); err != nil {
 			return nil, err
 		}
@@ -360,7 +369,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSyncedSandboxes = `-- name: ListSyncedSandboxes :many
-SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
+SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, sandboxes.build_id, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
 FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
@@ -412,6 +421,7 @@ func (q *Queries) ListSyncedSandboxes(ctx context.Context, arg ListSyncedSandbox
 			&i.Sandbox.OpID,
 			&i.Sandbox.OpOwner,
 			&i.Sandbox.OpExpiresAt,
+			&i.Sandbox.BuildID,
 			&i.OpLive,
 		); err != nil {
 			return nil, err
@@ -476,7 +486,7 @@ UPDATE sandboxes s SET
     op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
 FROM cur
 WHERE s.id = cur.id
-RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at
+RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at, s.build_id
 `
 
 type SetSandboxStatusParams struct {
@@ -536,6 +546,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 		&i.Sandbox.OpID,
 		&i.Sandbox.OpOwner,
 		&i.Sandbox.OpExpiresAt,
+		&i.Sandbox.BuildID,
 	)
 	return i, err
 }
@@ -543,7 +554,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id
 `
 
 type SetSandboxTimeoutParams struct {
@@ -586,6 +597,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.OpID,
 		&i.OpOwner,
 		&i.OpExpiresAt,
+		&i.BuildID,
 	)
 	return i, err
 }

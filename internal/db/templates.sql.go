@@ -7,7 +7,35 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 )
+
+const countPlatformTemplateUsers = `-- name: CountPlatformTemplateUsers :one
+SELECT count(*) FROM sandboxes s
+WHERE s.template = $1 AND s.status <> 'stopped'
+  AND NOT EXISTS (SELECT 1 FROM templates t WHERE t.team_id = s.team_id AND t.name = s.template)
+`
+
+// Live sandboxes of any team started from a platform template (a team's own
+// template of the same name shadows it, so those do not count).
+func (q *Queries) CountPlatformTemplateUsers(ctx context.Context, name string) (int64, error) {
+	row := q.db.QueryRow(ctx, countPlatformTemplateUsers, name)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
+const deletePlatformTemplate = `-- name: DeletePlatformTemplate :execrows
+DELETE FROM templates WHERE team_id IS NULL AND name = $1
+`
+
+func (q *Queries) DeletePlatformTemplate(ctx context.Context, name string) (int64, error) {
+	result, err := q.db.Exec(ctx, deletePlatformTemplate, name)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
 
 const deleteSnapshot = `-- name: DeleteSnapshot :execrows
 DELETE FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
@@ -26,8 +54,34 @@ func (q *Queries) DeleteSnapshot(ctx context.Context, arg DeleteSnapshotParams) 
 	return result.RowsAffected(), nil
 }
 
+const getPlatformTemplate = `-- name: GetPlatformTemplate :one
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user FROM templates WHERE team_id IS NULL AND name = $1
+`
+
+func (q *Queries) GetPlatformTemplate(ctx context.Context, name string) (Template, error) {
+	row := q.db.QueryRow(ctx, getPlatformTemplate, name)
+	var i Template
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Kind,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.SizeBytes,
+		&i.CreatedAt,
+		&i.HostID,
+		&i.BuildID,
+		&i.Env,
+		&i.Workdir,
+		&i.DefaultUser,
+	)
+	return i, err
+}
+
 const getSnapshot = `-- name: GetSnapshot :one
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user FROM templates WHERE team_id = $1 AND name = $2 AND kind = 'snapshot'
 `
 
 type GetSnapshotParams struct {
@@ -49,12 +103,16 @@ func (q *Queries) GetSnapshot(ctx context.Context, arg GetSnapshotParams) (Templ
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.HostID,
+		&i.BuildID,
+		&i.Env,
+		&i.Workdir,
+		&i.DefaultUser,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user FROM templates
 WHERE name = $1 AND (team_id = $2 OR team_id IS NULL)
 ORDER BY team_id NULLS LAST
 LIMIT 1
@@ -80,6 +138,68 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.HostID,
+		&i.BuildID,
+		&i.Env,
+		&i.Workdir,
+		&i.DefaultUser,
+	)
+	return i, err
+}
+
+const insertBuiltTemplate = `-- name: InsertBuiltTemplate :one
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, build_id, env, workdir, default_user)
+VALUES ($1, NULL, $2, $3, $4, $5, $6,
+        $7, $8, $9, $10, $11, $12)
+RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user
+`
+
+type InsertBuiltTemplateParams struct {
+	ID          string          `json:"id"`
+	Name        string          `json:"name"`
+	Kind        string          `json:"kind"`
+	Vcpus       int32           `json:"vcpus"`
+	MemoryMb    int32           `json:"memory_mb"`
+	DiskMb      int32           `json:"disk_mb"`
+	SizeBytes   int64           `json:"size_bytes"`
+	HostID      *string         `json:"host_id"`
+	BuildID     *string         `json:"build_id"`
+	Env         json.RawMessage `json:"env"`
+	Workdir     string          `json:"workdir"`
+	DefaultUser string          `json:"default_user"`
+}
+
+// A platform template (every team may start it) made by a build on one host.
+func (q *Queries) InsertBuiltTemplate(ctx context.Context, arg InsertBuiltTemplateParams) (Template, error) {
+	row := q.db.QueryRow(ctx, insertBuiltTemplate,
+		arg.ID,
+		arg.Name,
+		arg.Kind,
+		arg.Vcpus,
+		arg.MemoryMb,
+		arg.DiskMb,
+		arg.SizeBytes,
+		arg.HostID,
+		arg.BuildID,
+		arg.Env,
+		arg.Workdir,
+		arg.DefaultUser,
+	)
+	var i Template
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Kind,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.SizeBytes,
+		&i.CreatedAt,
+		&i.HostID,
+		&i.BuildID,
+		&i.Env,
+		&i.Workdir,
+		&i.DefaultUser,
 	)
 	return i, err
 }
@@ -87,7 +207,7 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 const insertSnapshotTemplate = `-- name: InsertSnapshotTemplate :one
 INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id)
 VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7, $8)
-RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id
+RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user
 `
 
 type InsertSnapshotTemplateParams struct {
@@ -124,12 +244,16 @@ func (q *Queries) InsertSnapshotTemplate(ctx context.Context, arg InsertSnapshot
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.HostID,
+		&i.BuildID,
+		&i.Env,
+		&i.Workdir,
+		&i.DefaultUser,
 	)
 	return i, err
 }
 
 const listSnapshots = `-- name: ListSnapshots :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates WHERE team_id = $1 AND kind = 'snapshot' ORDER BY created_at DESC, id
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user FROM templates WHERE team_id = $1 AND kind = 'snapshot' ORDER BY created_at DESC, id
 `
 
 func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template, error) {
@@ -152,6 +276,10 @@ func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template
 			&i.SizeBytes,
 			&i.CreatedAt,
 			&i.HostID,
+			&i.BuildID,
+			&i.Env,
+			&i.Workdir,
+			&i.DefaultUser,
 		); err != nil {
 			return nil, err
 		}
@@ -164,7 +292,7 @@ func (q *Queries) ListSnapshots(ctx context.Context, teamID *string) ([]Template
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id FROM templates
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, created_at, host_id, build_id, env, workdir, default_user FROM templates
 WHERE team_id = $1 OR team_id IS NULL
 ORDER BY name
 `
@@ -189,6 +317,10 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID *string) ([]Template
 			&i.SizeBytes,
 			&i.CreatedAt,
 			&i.HostID,
+			&i.BuildID,
+			&i.Env,
+			&i.Workdir,
+			&i.DefaultUser,
 		); err != nil {
 			return nil, err
 		}

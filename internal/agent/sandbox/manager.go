@@ -353,6 +353,7 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 	s := &Sandbox{rec: record{
 		ID: id, Template: tmpl, VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB,
 		TimeoutSec: req.GetTimeoutSec(), EnvVars: copyMap(req.GetEnvVars()), Metadata: copyMap(req.GetMetadata()),
+		DefaultUser: req.GetDefaultUser(), DefaultWorkdir: req.GetDefaultWorkdir(),
 		InternetAccess: internet, Driver: m.cfg.Driver.Name(),
 		State: pb.SandboxState_SANDBOX_STATE_STARTING, StateSeq: m.nextSeq(),
 		StartedAt: now, LastActive: now,
@@ -509,7 +510,8 @@ func (m *Manager) vmConfig(r *record) vmm.Config {
 }
 
 // initEnvd waits for envd and initialises it with a fresh access token,
-// the env vars and the host's clock (stale after a restore).
+// the env vars, the default user and directory, and the host's clock
+// (stale after a restore).
 func (m *Manager) initEnvd(ctx context.Context, s *Sandbox, mref *machineRef, client *envdclient.Client) error {
 	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
@@ -531,7 +533,8 @@ func (m *Manager) initEnvd(ctx context.Context, s *Sandbox, mref *machineRef, cl
 	}
 	tok := randomHex(24)
 	now := m.cfg.Now()
-	if err := client.Init(bctx, envdclient.InitRequest{EnvVars: s.rec.EnvVars, AccessToken: &tok, Timestamp: &now}); err != nil {
+	if err := client.Init(bctx, envdclient.InitRequest{EnvVars: s.rec.EnvVars, AccessToken: &tok, Timestamp: &now,
+		DefaultUser: s.rec.DefaultUser, DefaultWorkdir: s.rec.DefaultWorkdir}); err != nil {
 		return wrapErr(agenterr.ErrUnavailable, err, "init envd")
 	}
 	s.rec.AccessToken = tok

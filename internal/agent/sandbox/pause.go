@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -522,13 +523,14 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-// DeleteSnapshot removes a snapshot template.
+// DeleteSnapshot removes a template made on this host: a snapshot template
+// or an image flattened from a sandbox (FlattenRootfs). Built images stay.
 func (m *Manager) DeleteSnapshot(ctx context.Context, name string) error {
 	if err := names.CheckTemplate(name); err != nil {
 		return agenterr.Invalid("name", "%v", err)
 	}
 	dir := m.paths.TemplateDir(name)
-	if _, err := os.Stat(filepath.Join(dir, "snapshot", "meta.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "snapshot", "meta.json")); err != nil && !flattened(dir) {
 		if _, derr := os.Stat(dir); derr == nil {
 			return errorf(agenterr.ErrInvalidState, "template %q is not a snapshot template", name)
 		}
@@ -610,10 +612,23 @@ func (m *Manager) flattenInto(ctx context.Context, s *Sandbox, id, name, tmp str
 	if err != nil {
 		return nil, wrapErr(nil, err, "flatten disk")
 	}
-	meta := images.Metadata{Template: name, RootfsKey: "flat-" + randomHex(6), RootfsFile: "rootfs.ext4", Format: "raw", SizeBytes: size, BuiltAt: m.cfg.Now()}
+	meta := images.Metadata{Template: name, RootfsKey: flatKeyPrefix + randomHex(6), RootfsFile: "rootfs.ext4", Format: "raw", SizeBytes: size, BuiltAt: m.cfg.Now()}
 	b, _ := json.MarshalIndent(meta, "", "  ")
 	if err := atomicfile.WriteFile(filepath.Join(tmp, "metadata.json"), b, 0o644); err != nil {
 		return nil, fmt.Errorf("write template metadata: %w", err)
 	}
 	return &pb.FlattenRootfsResponse{Name: name, SizeBytes: size}, nil
+}
+
+// flatKeyPrefix starts the rootfs key of images FlattenRootfs writes.
+const flatKeyPrefix = "flat-"
+
+// flattened reports whether dir holds an image FlattenRootfs wrote.
+func flattened(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "metadata.json"))
+	if err != nil {
+		return false
+	}
+	var md images.Metadata
+	return json.Unmarshal(b, &md) == nil && strings.HasPrefix(md.RootfsKey, flatKeyPrefix)
 }

@@ -30,6 +30,8 @@ type record struct {
 	DiskMB         int               `json:"disk_mb"`
 	TimeoutSec     int64             `json:"timeout_sec"`
 	EnvVars        map[string]string `json:"env_vars,omitempty"`
+	DefaultUser    string            `json:"default_user,omitempty"`
+	DefaultWorkdir string            `json:"default_workdir,omitempty"`
 	Metadata       map[string]string `json:"metadata,omitempty"`
 	InternetAccess bool              `json:"internet_access"`
 	Driver         string            `json:"driver"`

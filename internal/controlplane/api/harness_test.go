@@ -23,6 +23,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth/githubtest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
@@ -40,14 +41,15 @@ type exchange struct {
 // env is a control plane on real PostgreSQL talking to an in-process agent
 // over real Connect RPC.
 type env struct {
-	t     testing.TB
-	srv   *httptest.Server
-	svc   *service.Service
-	rec   *reconciler.Reconciler
-	pool  *pgxpool.Pool
-	q     *db.Queries
-	agent *agenttest.Agent
-	logs  *testenv.SyncBuffer
+	t      testing.TB
+	srv    *httptest.Server
+	svc    *service.Service
+	rec    *reconciler.Reconciler
+	pool   *pgxpool.Pool
+	q      *db.Queries
+	agent  *agenttest.Agent
+	logs   *testenv.SyncBuffer
+	builds *builds.Service
 	// rdb is the Redis of the OAuth flows (envOpts.github).
 	rdb *redis.Client
 
@@ -76,6 +78,9 @@ type envOpts struct {
 	secureCookies bool
 	// channels, when set, turns notification channels on.
 	channels *channelOpts
+	// builds, when set, serves template builds with this config on a
+	// Redis database of its own; the workers are not started.
+	builds *builds.Config
 }
 
 type channelOpts struct {
@@ -137,15 +142,25 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if o.github != nil {
 		flows, rdb = testOAuth(t, svc, o, "http://"+srv.Listener.Addr().String())
 	}
+	var bs *builds.Service
+	if o.builds != nil {
+		ropts, err := redis.ParseURL(testenv.RedisURL(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		brdb := redis.NewClient(ropts)
+		t.Cleanup(func() { brdb.Close() })
+		bs = builds.New(pool, brdb, svc, *o.builds, logger)
+	}
 	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
-		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans})
+		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans, Builds: bs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Config.Handler = specCheckedUnlessBench(t, s)
 	srv.Start()
 	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{}, logger)
-	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs, rdb: rdb}
+	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs, rdb: rdb, builds: bs}
 }
 
 // testOAuth is sign-in with GitHub against o.github for a control plane at

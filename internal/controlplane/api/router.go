@@ -14,6 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
@@ -51,6 +52,8 @@ type Deps struct {
 	// Service serves accounts, teams, API keys, sandboxes and snapshots;
 	// without it those routes answer 503.
 	Service *service.Service
+	// Builds serves /v1/admin/builds; without it those routes answer 503.
+	Builds *builds.Service
 	// OAuth serves sign-in and linking through providers; nil: every
 	// provider answers provider_not_configured.
 	OAuth *service.OAuth

@@ -25,6 +25,9 @@ func (s *Server) mountV1(root chi.Router) {
 		r.Route("/v1/capsules", s.sandboxRoutes)
 		r.Route("/v1/snapshots", s.snapshotRoutes)
 		r.Route("/v1/channels", s.channelRoutes)
+		r.Route("/v1/templates", s.templateRoutes)
+		r.Route("/v1/admin/builds", s.buildRoutes)
+		r.Route("/v1/admin/templates", s.adminTemplateRoutes)
 	})
 }
 

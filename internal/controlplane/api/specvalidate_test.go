@@ -33,6 +33,7 @@ var specOnce = sync.OnceValues(func() (*openapiSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge spec: %w", err)
 	}
+	openapi3filter.RegisterBodyDecoder("text/event-stream", decodeEventStream)
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(raw)
 	if err != nil {
@@ -53,6 +54,23 @@ var specOnce = sync.OnceValues(func() (*openapiSpec, error) {
 	}
 	return &openapiSpec{doc: doc, router: router, errSchema: errSchema.Value}, nil
 })
+
+// decodeEventStream checks a server-sent event stream: blocks of "event:"
+// and "data:" lines, each data a JSON value; the stream is its text.
+func decodeEventStream(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+	raw, err := io.ReadAll(body)
+	if err != nil {
+		return nil, err
+	}
+	for _, block := range strings.Split(strings.TrimSuffix(string(raw), "\n\n"), "\n\n") {
+		lines := strings.Split(block, "\n")
+		if len(lines) != 2 || !strings.HasPrefix(lines[0], "event: ") || !strings.HasPrefix(lines[1], "data: ") ||
+			!json.Valid([]byte(strings.TrimPrefix(lines[1], "data: "))) {
+			return nil, fmt.Errorf("bad server-sent event %q", block)
+		}
+	}
+	return string(raw), nil
+}
 
 type openapiSpec struct {
 	doc       *openapi3.T

@@ -17,6 +17,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
@@ -44,6 +45,10 @@ type Core struct {
 	// OAuth is sign-in through providers; nil when none is configured.
 	OAuth *service.OAuth
 	pool  *pgxpool.Pool
+	// Builds runs template builds: its workers, and its reaper as a
+	// singleton loop under BuildReaperLease. Nil without Redis.
+	Builds           *builds.Service
+	BuildReaperLease *lease.Lease
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -126,6 +131,14 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err := c.buildChannels(cfg, pool, rdb, logger); err != nil {
 		return nil, err
 	}
+	if rdb != nil {
+		c.Builds = builds.New(pool, rdb, svc, builds.Config{Workers: cfg.Builds.Workers, PerHost: cfg.Builds.PerHost,
+			MaxArchiveBytes: cfg.Builds.MaxArchiveBytes, Replica: c.Replica}, logger)
+		c.BuildReaperLease, err = lease.New(pool, lease.Config{Name: "build-reaper", Replica: c.Replica, Interval: builds.ReapInterval}, logger)
+		if err != nil {
+			return nil, fmt.Errorf("build reaper lease: %w", err)
+		}
+	}
 	return c, nil
 }
 
@@ -198,6 +211,7 @@ func (c *Core) Fill(d *api.Deps) {
 	d.Replica = c.Replica
 	d.Leases = c
 	d.Channels = c.Channels
+	d.Builds = c.Builds
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -217,10 +231,12 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 	return nil
 }
 
-// RunBackground runs the background loops until ctx ends: in every replica
-// the renewal of its client certificate and the channel dispatcher (the
-// consumer group shares the events between replicas); the reconciler (the
-// one poller of every host) while this replica holds its lease.
+// RunBackground runs the background work until ctx ends: in every replica
+// the renewal of its client certificate, the channel dispatcher (the
+// consumer group shares the events between replicas) and the build workers
+// (WRENN_BUILD_WORKERS); the singleton loops (the reconciler, the one
+// poller of every host, and the build reaper) while this replica holds
+// their leases.
 func (c *Core) RunBackground(ctx context.Context) {
 	var wg sync.WaitGroup
 	if c.Dispatcher != nil {
@@ -228,6 +244,12 @@ func (c *Core) RunBackground(ctx context.Context) {
 	}
 	if c.CPCerts != nil {
 		wg.Go(func() { c.CPCerts.Run(ctx, cpCertRenewEvery, c.log) })
+	}
+	if c.Builds != nil {
+		wg.Go(func() { c.BuildReaperLease.Run(ctx, c.Builds.Reap) })
+		if c.Builds.Workers() > 0 {
+			wg.Go(func() { c.Builds.Run(ctx) })
+		}
 	}
 	c.ReconcileLease.Run(ctx, c.Reconciler.Run)
 	wg.Wait()

@@ -20,6 +20,10 @@ type Need struct {
 	// Excluding is a sandbox whose own row is not counted as committed (a
 	// resuming sandbox's earlier reservation).
 	Excluding string
+	// BuildsPerHost, when above zero, marks a template build's sandbox:
+	// hosts already running that many builds are passed over, so builds
+	// cannot take a host's room from user sandboxes.
+	BuildsPerHost int
 }
 
 // Overcommit multiplies a host's reported capacity: 1.0 admits exactly
@@ -78,6 +82,8 @@ func (e *NoCapacityError) Error() string {
 			parts = append(parts, fmt.Sprintf("memory (%d MiB asked, at most %d MiB free on a host)", e.Need.MemoryMB, max(e.FreeMemoryMB, 0)))
 		case "vcpus":
 			parts = append(parts, fmt.Sprintf("vCPUs (%d asked, at most %d free on a host)", e.Need.VCPUs, max(e.FreeVCPUs, 0)))
+		case "builds":
+			parts = append(parts, fmt.Sprintf("build slots (every host runs %d builds already)", e.Need.BuildsPerHost))
 		}
 	}
 	return "no host has room for the sandbox: short of " + strings.Join(parts, " and ")
@@ -190,6 +196,12 @@ func (p *Placer) choose(ctx context.Context, q *db.Queries, hs []db.Host, need N
 	var room []Candidate
 	for _, h := range hs {
 		c := Candidate{Host: h, Active: held[h.ID].Active, CommittedVCPUs: held[h.ID].Vcpus, CommittedMemoryMB: held[h.ID].MemoryMb}
+		if need.BuildsPerHost > 0 && held[h.ID].Builds >= int64(need.BuildsPerHost) {
+			if !slices.Contains(full.Short, "builds") {
+				full.Short = append(full.Short, "builds")
+			}
+			continue
+		}
 		freeMem, memOK := free(h.CapacityMemoryMb, p.oc.Memory, c.CommittedMemoryMB, need.MemoryMB)
 		freeCPU, cpuOK := free(int64(h.CapacityVcpus), p.oc.VCPUs, c.CommittedVCPUs, need.VCPUs)
 		if memOK && cpuOK {
@@ -205,7 +217,7 @@ func (p *Placer) choose(ctx context.Context, q *db.Queries, hs []db.Host, need N
 		}
 	}
 	if len(room) == 0 {
-		slices.Sort(full.Short) // memory before vcpus, whatever the host order
+		slices.Sort(full.Short) // builds, memory, vcpus, whatever the host order
 		return db.Host{}, full
 	}
 	return p.policy(room)[0].Host, nil

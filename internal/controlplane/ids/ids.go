@@ -16,6 +16,7 @@ const (
 	Sandbox  = "sb-"
 	Host     = "host-"
 	Template = "tpl-"
+	Build    = "bld-"
 	// Operation names one lifecycle operation recorded on a sandbox, and
 	// one attempt at an idempotent request.
 	Operation = "op-"

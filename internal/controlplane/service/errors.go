@@ -83,6 +83,8 @@ const (
 	CodeAPIKeyNotFound   Code = "api_key_not_found"
 	CodeHostNotFound     Code = "host_not_found"
 	CodeChannelNotFound  Code = "channel_not_found"
+	CodeTemplateNotFound Code = "template_not_found"
+	CodeBuildNotFound    Code = "build_not_found"
 
 	CodeProviderNotConfigured Code = "provider_not_configured"
 	CodeIdentityNotFound      Code = "identity_not_found"
@@ -108,6 +110,9 @@ const (
 
 	CodeIdempotencyKeyInProgress Code = "idempotency_key_in_progress"
 	CodeIdempotencyKeyReused     Code = "idempotency_key_reused"
+	CodeTemplateInUse            Code = "template_in_use"
+	CodeTemplateBuiltin          Code = "template_builtin"
+	CodeBuildFinished            Code = "build_finished"
 
 	CodeTooLarge Code = "too_large"
 
@@ -176,6 +181,8 @@ var codes = map[Code]codeInfo{
 	CodeAPIKeyNotFound:   {kind: KindNotFound},
 	CodeHostNotFound:     {kind: KindNotFound},
 	CodeChannelNotFound:  {kind: KindNotFound},
+	CodeTemplateNotFound: {kind: KindNotFound},
+	CodeBuildNotFound:    {kind: KindNotFound},
 
 	CodeProviderNotConfigured: {kind: KindNotFound},
 	CodeIdentityNotFound:      {kind: KindNotFound},
@@ -201,6 +208,9 @@ var codes = map[Code]codeInfo{
 	// The first request still runs; it ends within the lifecycle timeout.
 	CodeIdempotencyKeyInProgress: {kind: KindConflict, retryAfter: time.Second},
 	CodeIdempotencyKeyReused:     {kind: KindUnprocessable},
+	CodeTemplateInUse:            {kind: KindConflict},
+	CodeTemplateBuiltin:          {kind: KindConflict},
+	CodeBuildFinished:            {kind: KindConflict},
 
 	CodeTooLarge: {kind: KindTooLarge},
 

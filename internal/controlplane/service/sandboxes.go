@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -62,6 +63,16 @@ type CreateSandboxInput struct {
 	Metadata       map[string]string `json:"metadata"`
 	EnvVars        map[string]string `json:"env_vars"`
 	InternetAccess *bool             `json:"internet_access"`
+	// Build is set by the template build worker for its own sandbox, never
+	// from a request body.
+	Build *BuildPlacement `json:"-"`
+}
+
+// BuildPlacement marks a template build's sandbox: its build, and how many
+// builds one host may run at once.
+type BuildPlacement struct {
+	BuildID string
+	PerHost int
 }
 
 const (
@@ -115,13 +126,29 @@ func (s *Service) CheckCreate(in CreateSandboxInput) error {
 	return s.checkTimeout("timeout_sec", in.TimeoutSec)
 }
 
-// agentTemplate is the name the agent knows a template by: platform images
-// by name, snapshots by their ID (names are only unique within a team).
+// onOneHost: snapshots and built templates exist only on the host that
+// made them; built-in images are on every host.
+func onOneHost(t db.Template) bool { return t.Kind == "snapshot" || t.BuildID != nil }
+
+// agentTemplate is the name the agent knows a template by: built-in images
+// by name, templates made on a host by their ID (names are only unique
+// within a team, and a deleted name may be reused).
 func agentTemplate(t db.Template) string {
-	if t.Kind == "snapshot" {
+	if onOneHost(t) {
 		return t.ID
 	}
 	return t.Name
+}
+
+// templateEnv is the template's ENV defaults overridden by the request's.
+func templateEnv(t db.Template, req map[string]string) map[string]string {
+	env := map[string]string{}
+	_ = json.Unmarshal(t.Env, &env)
+	if len(env) == 0 {
+		return req
+	}
+	maps.Copy(env, req)
+	return env
 }
 
 // CreateOptions say how a create runs.
@@ -198,7 +225,12 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		// Placement locks the hosts it considers until this transaction
 		// commits the pending row, which then counts against the host.
 		var err error
-		host, err = s.placeSandbox(ctx, q, a, tpl, hosts.Need{VCPUs: vcpus, MemoryMB: mem, DiskMB: int(tpl.DiskMb)})
+		need := hosts.Need{VCPUs: vcpus, MemoryMB: mem, DiskMB: int(tpl.DiskMb)}
+		var buildID *string
+		if in.Build != nil {
+			need.BuildsPerHost, buildID = max(in.Build.PerHost, 1), &in.Build.BuildID
+		}
+		host, err = s.placeSandbox(ctx, q, a, tpl, need)
 		if err != nil {
 			return err
 		}
@@ -211,7 +243,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
-			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds()})
+			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID})
 		return err
 	})
 	if isUniqueViolation(err) && opts.ID != "" {
@@ -226,7 +258,8 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 	op := s.track(lctx, row.ID, opID)
 	req := &pb.CreateSandboxRequest{
 		SandboxId: row.ID, Template: agentTemplate(tpl), Vcpus: uint32(vcpus), MemoryMb: uint32(mem),
-		DiskMb: uint32(tpl.DiskMb), TimeoutSec: int64(timeout), EnvVars: in.EnvVars, Metadata: md, InternetAccess: in.InternetAccess,
+		DiskMb: uint32(tpl.DiskMb), TimeoutSec: int64(timeout), EnvVars: templateEnv(tpl, in.EnvVars), Metadata: md, InternetAccess: in.InternetAccess,
+		DefaultUser: tpl.DefaultUser, DefaultWorkdir: tpl.Workdir,
 	}
 	boot := func() (Sandbox, error) {
 		defer cancel()
@@ -328,19 +361,19 @@ func wrongState(r db.Sandbox, want ...Status) *Error {
 }
 
 // placeSandbox picks the host for a new sandbox inside the create's
-// transaction: a snapshot template's own host (its memory and disk files
-// live there), else the scheduler's choice; either must accept the size and
+// transaction: a snapshot's or built template's own host (its files live
+// there), else the scheduler's choice; either must accept the size and
 // have room for it.
 func (s *Service) placeSandbox(ctx context.Context, q *db.Queries, a auth.AuthContext, tpl db.Template, need hosts.Need) (db.Host, error) {
-	if tpl.Kind == "snapshot" {
+	if onOneHost(tpl) {
 		if tpl.HostID == nil {
 			return db.Host{}, &Error{Kind: CodeSnapshotUnavailable.Kind(), Code: CodeSnapshotUnavailable, Field: "template",
-				Message: fmt.Sprintf("the host that held snapshot %q was deleted; the snapshot cannot start sandboxes", tpl.Name)}
+				Message: fmt.Sprintf("the host that held template %q was deleted; the template cannot start sandboxes", tpl.Name)}
 		}
 		h, err := s.scheduler.PlaceOn(ctx, q, *tpl.HostID, need, true)
 		if errors.Is(err, hosts.ErrHostUnavailable) {
 			return db.Host{}, &Error{Kind: CodeAgentUnavailable.Kind(), Code: CodeAgentUnavailable,
-				Message: fmt.Sprintf("the host holding snapshot %q is not online", tpl.Name), Err: err}
+				Message: fmt.Sprintf("the host holding template %q is not online", tpl.Name), Err: err}
 		}
 		return h, placementError(err, tpl)
 	}
@@ -428,17 +461,20 @@ type SandboxPage struct {
 // MaxPageSize bounds list pages.
 const MaxPageSize = 200
 
-func encodeCursor(t time.Time, id string) string {
+// EncodeCursor is the page cursor after the row (created_at, id); list
+// pages of every kind use it.
+func EncodeCursor(t time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
 }
 
-func decodeCursor(c string) (time.Time, string, error) {
+// DecodeCursor reads a cursor EncodeCursor made for an ID with prefix.
+func DecodeCursor(c, prefix string) (time.Time, string, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(c)
 	if err != nil {
 		return time.Time{}, "", err
 	}
 	ts, id, ok := strings.Cut(string(raw), "|")
-	if !ok || !ids.Valid(ids.Sandbox, id) {
+	if !ok || !ids.Valid(prefix, id) {
 		return time.Time{}, "", errors.New("bad cursor")
 	}
 	us, err := strconv.ParseInt(ts, 10, 64)
@@ -471,7 +507,7 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 	mdJSON, _ := json.Marshal(md)
 	p := db.ListSandboxesParams{TeamID: a.TeamID, Statuses: StatusStrings(in.Statuses), Metadata: mdJSON, Lim: int32(in.Limit + 1)}
 	if in.Cursor != "" {
-		t, id, err := decodeCursor(in.Cursor)
+		t, id, err := DecodeCursor(in.Cursor, ids.Sandbox)
 		if err != nil {
 			return SandboxPage{}, Invalid("cursor", "cursor is not one this API returned")
 		}
@@ -485,7 +521,7 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 	if len(rows) > in.Limit {
 		rows = rows[:in.Limit]
 		last := rows[len(rows)-1]
-		page.NextCursor = encodeCursor(last.CreatedAt, last.ID)
+		page.NextCursor = EncodeCursor(last.CreatedAt, last.ID)
 	}
 	for _, r := range rows {
 		page.Sandboxes = append(page.Sandboxes, toSandbox(r))

@@ -12,18 +12,19 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wrenn-dev/wrenn/internal/agentwire"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
 func TestCursorRoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 30, 12, 0, 0, 123456000, time.UTC)
-	c := encodeCursor(at, "sb-abcdefghijklmnopqrst")
-	got, id, err := decodeCursor(c)
+	c := EncodeCursor(at, "sb-abcdefghijklmnopqrst")
+	got, id, err := DecodeCursor(c, ids.Sandbox)
 	if err != nil || !got.Equal(at) || id != "sb-abcdefghijklmnopqrst" {
 		t.Fatalf("round trip: %v %s %v", got, id, err)
 	}
-	for _, bad := range []string{"", "!!", "bm9waXBl", encodeCursor(at, "usr-abc")[:10]} {
-		if _, _, err := decodeCursor(bad); err == nil {
+	for _, bad := range []string{"", "!!", "bm9waXBl", EncodeCursor(at, "usr-abc")[:10]} {
+		if _, _, err := DecodeCursor(bad, ids.Sandbox); err == nil {
 			t.Errorf("cursor %q accepted", bad)
 		}
 	}

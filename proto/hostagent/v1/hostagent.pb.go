@@ -247,6 +247,10 @@ type CreateSandboxRequest struct {
 	Metadata   map[string]string `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Allow traffic to the public internet (private ranges are always denied).
 	InternetAccess *bool `protobuf:"varint,9,opt,name=internet_access,json=internetAccess,proto3,oneof" json:"internet_access,omitempty"`
+	// Defaults envd applies to processes that name no user or directory (a
+	// built template's USER and WORKDIR); empty: envd's own.
+	DefaultUser    string `protobuf:"bytes,10,opt,name=default_user,json=defaultUser,proto3" json:"default_user,omitempty"`
+	DefaultWorkdir string `protobuf:"bytes,11,opt,name=default_workdir,json=defaultWorkdir,proto3" json:"default_workdir,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -342,6 +346,20 @@ func (x *CreateSandboxRequest) GetInternetAccess() bool {
 		return *x.InternetAccess
 	}
 	return false
+}
+
+func (x *CreateSandboxRequest) GetDefaultUser() string {
+	if x != nil {
+		return x.DefaultUser
+	}
+	return ""
+}
+
+func (x *CreateSandboxRequest) GetDefaultWorkdir() string {
+	if x != nil {
+		return x.DefaultWorkdir
+	}
+	return ""
 }
 
 type CreateSandboxResponse struct {
@@ -4448,7 +4466,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fenvd_address\x18\r \x01(\tR\venvdAddress\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xeb\x04\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -4460,7 +4478,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"timeoutSec\x12P\n" +
 	"\benv_vars\x18\a \x03(\v25.wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntryR\aenvVars\x12R\n" +
 	"\bmetadata\x18\b \x03(\v26.wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntryR\bmetadata\x12,\n" +
-	"\x0finternet_access\x18\t \x01(\bH\x00R\x0einternetAccess\x88\x01\x01\x1a:\n" +
+	"\x0finternet_access\x18\t \x01(\bH\x00R\x0einternetAccess\x88\x01\x01\x12!\n" +
+	"\fdefault_user\x18\n" +
+	" \x01(\tR\vdefaultUser\x12'\n" +
+	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x1a:\n" +
 	"\fEnvVarsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
