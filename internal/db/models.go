@@ -124,6 +124,16 @@ type Sandbox struct {
 	OpExpiresAt         *time.Time      `json:"op_expires_at"`
 }
 
+type SandboxMetricsSnapshot struct {
+	TeamID           string    `json:"team_id"`
+	ResolutionSec    int32     `json:"resolution_sec"`
+	SampledAt        time.Time `json:"sampled_at"`
+	Running          int32     `json:"running"`
+	Paused           int32     `json:"paused"`
+	ReservedVcpus    int32     `json:"reserved_vcpus"`
+	ReservedMemoryMb int64     `json:"reserved_memory_mb"`
+}
+
 type Team struct {
 	ID          string    `json:"id"`
 	Name        string    `json:"name"`
@@ -141,6 +151,14 @@ type TeamApiKey struct {
 	CreatedBy  *string    `json:"created_by"`
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+type TeamUsage struct {
+	TeamID           string `json:"team_id"`
+	Running          int32  `json:"running"`
+	Paused           int32  `json:"paused"`
+	ReservedVcpus    int32  `json:"reserved_vcpus"`
+	ReservedMemoryMb int64  `json:"reserved_memory_mb"`
 }
 
 type Template struct {

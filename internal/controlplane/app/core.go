@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -19,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -42,6 +44,11 @@ type Core struct {
 	// OAuth is sign-in through providers; nil when none is configured.
 	OAuth *service.OAuth
 	pool  *pgxpool.Pool
+	// Sampler snapshots every team's usage; SamplerLease makes it a
+	// singleton loop. Stats reads the snapshots for the API.
+	Sampler      *metrics.Sampler
+	SamplerLease *lease.Lease
+	Stats        *metrics.StatsReader
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -107,6 +114,17 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err := c.buildChannels(cfg, pool, rdb, logger); err != nil {
 		return nil, err
 	}
+	retention := cfg.MetricsRetention
+	if retention == 0 {
+		retention = 60 * 24 * time.Hour
+	}
+	if c.Sampler, err = metrics.NewSampler(pool, metrics.SamplerConfig{Retention: retention}, logger); err != nil {
+		return nil, fmt.Errorf("WRENN_METRICS_RETENTION: %w", err)
+	}
+	if c.SamplerLease, err = lease.New(pool, lease.Config{Name: metrics.LeaseName, Replica: c.Replica, Interval: metrics.SampleInterval}, logger); err != nil {
+		return nil, fmt.Errorf("metrics sampler lease: %w", err)
+	}
+	c.Stats = metrics.NewStatsReader(pool, nil)
 	return c, nil
 }
 
@@ -179,6 +197,7 @@ func (c *Core) Fill(d *api.Deps) {
 	d.Replica = c.Replica
 	d.Leases = c
 	d.Channels = c.Channels
+	d.Stats = c.Stats
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -198,18 +217,16 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 	return nil
 }
 
-// RunBackground runs the background loops until ctx ends: the reconciler
-// (the one poller of every host) runs while this replica holds its lease;
-// the channel dispatcher runs in every replica (the consumer group shares
-// the events between them).
+// RunBackground runs the background loops until ctx ends: the singleton
+// loops, each while this replica holds its lease (the reconciler, the one
+// poller of every host, and the usage sampler), and the channel dispatcher
+// in every replica (the consumer group shares the events between them).
 func (c *Core) RunBackground(ctx context.Context) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if c.Dispatcher != nil {
-			c.Dispatcher.Run(ctx)
-		}
-	}()
-	c.ReconcileLease.Run(ctx, c.Reconciler.Run)
-	<-done
+	var wg sync.WaitGroup
+	if c.Dispatcher != nil {
+		wg.Go(func() { c.Dispatcher.Run(ctx) })
+	}
+	wg.Go(func() { c.ReconcileLease.Run(ctx, c.Reconciler.Run) })
+	wg.Go(func() { c.SamplerLease.Run(ctx, c.Sampler.Run) })
+	wg.Wait()
 }
