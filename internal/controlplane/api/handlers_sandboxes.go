@@ -161,6 +161,19 @@ func (s *Server) pingSandbox(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusOK, res)
 }
 
+func (s *Server) sandboxStats(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Stats == nil {
+		WriteError(w, service.CodeServiceUnavailable, "usage metrics are not configured")
+		return
+	}
+	st, err := s.deps.Stats.TeamStats(r.Context(), caller(r).TeamID, r.URL.Query().Get("range"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, st)
+}
+
 func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
 	m, err := s.deps.Service.SandboxMetrics(r.Context(), caller(r), sandboxID(r))
 	if err != nil {

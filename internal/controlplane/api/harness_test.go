@@ -25,6 +25,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth/githubtest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -137,7 +138,7 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if o.github != nil {
 		flows, rdb = testOAuth(t, svc, o, "http://"+srv.Listener.Addr().String())
 	}
-	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
+	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, Stats: metrics.NewStatsReader(pool, nil), RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
 		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans})
 	if err != nil {
 		t.Fatal(err)

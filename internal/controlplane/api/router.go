@@ -18,6 +18,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
@@ -59,6 +60,8 @@ type Deps struct {
 	// Channels serves /v1/channels; without it (no WRENN_ENCRYPTION_KEY)
 	// those routes answer 503 channels_disabled.
 	Channels *channels.Service
+	// Stats serves GET /v1/sandboxes/stats; without it that route answers 503.
+	Stats *metrics.StatsReader
 	// RateLimiter guards signup, login and OAuth callbacks; nil disables the limit.
 	RateLimiter RateLimiter
 	// TrustedProxies are the peers whose forwarding headers name the
