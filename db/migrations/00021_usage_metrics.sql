@@ -12,6 +12,9 @@ SELECT team_id,
 FROM sandboxes
 WHERE status IN ('running', 'paused')
 GROUP BY team_id;
+-- The sampler reads team_usage every 10 s: it must not scan the stopped
+-- sandboxes that pile up over the years.
+CREATE INDEX sandboxes_active_team_idx ON sandboxes (team_id) WHERE status IN ('running', 'paused');
 
 -- Usage snapshots of each team with a running or paused sandbox, at three
 -- resolutions in one table: resolution_sec 10 is the sampler's tick, 60 and
@@ -34,6 +37,24 @@ CREATE TABLE sandbox_metrics_snapshots (
 -- BRIN index finds old ones at almost no cost to inserts.
 CREATE INDEX sandbox_metrics_snapshots_age_idx ON sandbox_metrics_snapshots USING brin (sampled_at);
 
+-- Resource samples of each sandbox as its agent reports them in the
+-- reconciler's list (every few seconds while it runs), kept after it
+-- pauses or stops for the same retention as the snapshots.
+CREATE TABLE sandbox_metric_samples (
+    sandbox_id         text        NOT NULL REFERENCES sandboxes (id) ON DELETE CASCADE,
+    sampled_at         timestamptz NOT NULL,
+    cpu_percent        real        NOT NULL,
+    host_cpu_percent   real        NOT NULL,
+    memory_used_bytes  bigint      NOT NULL,
+    memory_total_bytes bigint      NOT NULL,
+    disk_used_bytes    bigint      NOT NULL,
+    disk_total_bytes   bigint      NOT NULL,
+    PRIMARY KEY (sandbox_id, sampled_at)
+);
+CREATE INDEX sandbox_metric_samples_age_idx ON sandbox_metric_samples USING brin (sampled_at);
+
 -- +goose Down
+DROP TABLE sandbox_metric_samples;
 DROP TABLE sandbox_metrics_snapshots;
+DROP INDEX sandboxes_active_team_idx;
 DROP VIEW team_usage;

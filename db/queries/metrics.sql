@@ -36,3 +36,38 @@ WHERE (team_id, resolution_sec, sampled_at) IN (
     SELECT s.team_id, s.resolution_sec, s.sampled_at FROM sandbox_metrics_snapshots s
     WHERE s.sampled_at < sqlc.arg(before) LIMIT sqlc.arg(batch_size)
 );
+
+-- name: CountSandboxesByStatus :many
+-- The wrenn_sandboxes gauge, read at each Prometheus scrape.
+SELECT status, count(*)::bigint AS sandboxes FROM sandboxes GROUP BY status;
+
+-- name: InsertSandboxSamples :execrows
+-- Stores the samples a host's agent listed (a JSON array of rows named as
+-- the columns), only for sandboxes on that host; a sample already stored
+-- (listed again) is skipped.
+INSERT INTO sandbox_metric_samples (sandbox_id, sampled_at, cpu_percent, host_cpu_percent, memory_used_bytes, memory_total_bytes, disk_used_bytes, disk_total_bytes)
+SELECT x.sandbox_id, x.sampled_at, x.cpu_percent, x.host_cpu_percent, x.memory_used_bytes, x.memory_total_bytes, x.disk_used_bytes, x.disk_total_bytes
+FROM jsonb_to_recordset(sqlc.arg(samples)::jsonb) AS x (sandbox_id text, sampled_at timestamptz, cpu_percent real, host_cpu_percent real,
+     memory_used_bytes bigint, memory_total_bytes bigint, disk_used_bytes bigint, disk_total_bytes bigint)
+JOIN sandboxes s ON s.id = x.sandbox_id AND s.host_id = sqlc.arg(host_id)::text
+ON CONFLICT (sandbox_id, sampled_at) DO NOTHING;
+
+-- name: SandboxSampleSeries :many
+-- One sandbox's samples in buckets of bucket_sec seconds (aligned to the
+-- epoch) in [from_at, to_at): mean CPU (guest and host), peak memory and disk.
+SELECT date_bin(make_interval(secs => sqlc.arg(bucket_sec)::integer), sampled_at, timestamptz 'epoch')::timestamptz AS bucket,
+       avg(cpu_percent)::float8 AS cpu_percent, avg(host_cpu_percent)::float8 AS host_cpu_percent,
+       max(memory_used_bytes)::bigint AS memory_used_bytes, max(memory_total_bytes)::bigint AS memory_total_bytes,
+       max(disk_used_bytes)::bigint AS disk_used_bytes, max(disk_total_bytes)::bigint AS disk_total_bytes
+FROM sandbox_metric_samples
+WHERE sandbox_id = sqlc.arg(sandbox_id) AND sampled_at >= sqlc.arg(from_at) AND sampled_at < sqlc.arg(to_at)
+GROUP BY 1
+ORDER BY 1;
+
+-- name: DeleteSandboxSamplesBefore :execrows
+-- One retention batch of sandbox samples.
+DELETE FROM sandbox_metric_samples
+WHERE (sandbox_id, sampled_at) IN (
+    SELECT s.sandbox_id, s.sampled_at FROM sandbox_metric_samples s
+    WHERE s.sampled_at < sqlc.arg(before) LIMIT sqlc.arg(batch_size)
+);

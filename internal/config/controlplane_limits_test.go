@@ -58,7 +58,9 @@ func TestControlPlaneLimitsFromEnv(t *testing.T) {
 		{"metrics retention garbage", map[string]string{"WRENN_METRICS_RETENTION": "xd"}, nil, "WRENN_METRICS_RETENTION"},
 		{"metrics off by default", map[string]string{}, func(c ControlPlane) bool { return c.Metrics == (Metrics{}) }, ""},
 		{"metrics listener", map[string]string{"WRENN_METRICS_LISTEN_ADDR": "127.0.0.1:9100", "WRENN_METRICS_TOKEN": "0123456789abcdef"},
-			func(c ControlPlane) bool { return c.Metrics == Metrics{ListenAddr: "127.0.0.1:9100", Token: "0123456789abcdef"} }, ""},
+			func(c ControlPlane) bool {
+				return c.Metrics == Metrics{ListenAddr: "127.0.0.1:9100", Token: "0123456789abcdef"}
+			}, ""},
 		{"metrics listener garbage", map[string]string{"WRENN_METRICS_LISTEN_ADDR": "nine-thousand"}, nil, "WRENN_METRICS_LISTEN_ADDR"},
 		{"metrics token short", map[string]string{"WRENN_METRICS_TOKEN": "short"}, nil, "WRENN_METRICS_TOKEN"},
 		{"lifecycle too short", map[string]string{"WRENN_AGENT_LIFECYCLE_TIMEOUT": "1s"}, nil, "WRENN_AGENT_LIFECYCLE_TIMEOUT"},

@@ -7,8 +7,61 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
+
+const countSandboxesByStatus = `-- name: CountSandboxesByStatus :many
+SELECT status, count(*)::bigint AS sandboxes FROM sandboxes GROUP BY status
+`
+
+type CountSandboxesByStatusRow struct {
+	Status    string `json:"status"`
+	Sandboxes int64  `json:"sandboxes"`
+}
+
+// The wrenn_sandboxes gauge, read at each Prometheus scrape.
+func (q *Queries) CountSandboxesByStatus(ctx context.Context) ([]CountSandboxesByStatusRow, error) {
+	rows, err := q.db.Query(ctx, countSandboxesByStatus)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []CountSandboxesByStatusRow{}
+	for rows.Next() {
+		var i CountSandboxesByStatusRow
+		if err := rows.Scan(&i.Status, &i.Sandboxes); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const deleteSandboxSamplesBefore = `-- name: DeleteSandboxSamplesBefore :execrows
+DELETE FROM sandbox_metric_samples
+WHERE (sandbox_id, sampled_at) IN (
+    SELECT s.sandbox_id, s.sampled_at FROM sandbox_metric_samples s
+    WHERE s.sampled_at < $1 LIMIT $2
+)
+`
+
+type DeleteSandboxSamplesBeforeParams struct {
+	Before    time.Time `json:"before"`
+	BatchSize int32     `json:"batch_size"`
+}
+
+// One retention batch of sandbox samples.
+func (q *Queries) DeleteSandboxSamplesBefore(ctx context.Context, arg DeleteSandboxSamplesBeforeParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteSandboxSamplesBefore, arg.Before, arg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
 
 const deleteSnapshotsBefore = `-- name: DeleteSnapshotsBefore :execrows
 DELETE FROM sandbox_metrics_snapshots
@@ -55,6 +108,31 @@ func (q *Queries) GetTeamUsage(ctx context.Context, teamID string) (GetTeamUsage
 	return i, err
 }
 
+const insertSandboxSamples = `-- name: InsertSandboxSamples :execrows
+INSERT INTO sandbox_metric_samples (sandbox_id, sampled_at, cpu_percent, host_cpu_percent, memory_used_bytes, memory_total_bytes, disk_used_bytes, disk_total_bytes)
+SELECT x.sandbox_id, x.sampled_at, x.cpu_percent, x.host_cpu_percent, x.memory_used_bytes, x.memory_total_bytes, x.disk_used_bytes, x.disk_total_bytes
+FROM jsonb_to_recordset($1::jsonb) AS x (sandbox_id text, sampled_at timestamptz, cpu_percent real, host_cpu_percent real,
+     memory_used_bytes bigint, memory_total_bytes bigint, disk_used_bytes bigint, disk_total_bytes bigint)
+JOIN sandboxes s ON s.id = x.sandbox_id AND s.host_id = $2::text
+ON CONFLICT (sandbox_id, sampled_at) DO NOTHING
+`
+
+type InsertSandboxSamplesParams struct {
+	Samples json.RawMessage `json:"samples"`
+	HostID  string          `json:"host_id"`
+}
+
+// Stores the samples a host's agent listed (a JSON array of rows named as
+// the columns), only for sandboxes on that host; a sample already stored
+// (listed again) is skipped.
+func (q *Queries) InsertSandboxSamples(ctx context.Context, arg InsertSandboxSamplesParams) (int64, error) {
+	result, err := q.db.Exec(ctx, insertSandboxSamples, arg.Samples, arg.HostID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const sampleTeamUsage = `-- name: SampleTeamUsage :execrows
 INSERT INTO sandbox_metrics_snapshots (team_id, resolution_sec, sampled_at, running, paused, reserved_vcpus, reserved_memory_mb)
 SELECT u.team_id, r.sec, date_bin(make_interval(secs => r.sec), $1::timestamptz, timestamptz 'epoch'),
@@ -77,6 +155,69 @@ func (q *Queries) SampleTeamUsage(ctx context.Context, at time.Time) (int64, err
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const sandboxSampleSeries = `-- name: SandboxSampleSeries :many
+SELECT date_bin(make_interval(secs => $1::integer), sampled_at, timestamptz 'epoch')::timestamptz AS bucket,
+       avg(cpu_percent)::float8 AS cpu_percent, avg(host_cpu_percent)::float8 AS host_cpu_percent,
+       max(memory_used_bytes)::bigint AS memory_used_bytes, max(memory_total_bytes)::bigint AS memory_total_bytes,
+       max(disk_used_bytes)::bigint AS disk_used_bytes, max(disk_total_bytes)::bigint AS disk_total_bytes
+FROM sandbox_metric_samples
+WHERE sandbox_id = $2 AND sampled_at >= $3 AND sampled_at < $4
+GROUP BY 1
+ORDER BY 1
+`
+
+type SandboxSampleSeriesParams struct {
+	BucketSec int32     `json:"bucket_sec"`
+	SandboxID string    `json:"sandbox_id"`
+	FromAt    time.Time `json:"from_at"`
+	ToAt      time.Time `json:"to_at"`
+}
+
+type SandboxSampleSeriesRow struct {
+	Bucket           time.Time `json:"bucket"`
+	CpuPercent       float64   `json:"cpu_percent"`
+	HostCpuPercent   float64   `json:"host_cpu_percent"`
+	MemoryUsedBytes  int64     `json:"memory_used_bytes"`
+	MemoryTotalBytes int64     `json:"memory_total_bytes"`
+	DiskUsedBytes    int64     `json:"disk_used_bytes"`
+	DiskTotalBytes   int64     `json:"disk_total_bytes"`
+}
+
+// One sandbox's samples in buckets of bucket_sec seconds (aligned to the
+// epoch) in [from_at, to_at): mean CPU (guest and host), peak memory and disk.
+func (q *Queries) SandboxSampleSeries(ctx context.Context, arg SandboxSampleSeriesParams) ([]SandboxSampleSeriesRow, error) {
+	rows, err := q.db.Query(ctx, sandboxSampleSeries,
+		arg.BucketSec,
+		arg.SandboxID,
+		arg.FromAt,
+		arg.ToAt,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SandboxSampleSeriesRow{}
+	for rows.Next() {
+		var i SandboxSampleSeriesRow
+		if err := rows.Scan(
+			&i.Bucket,
+			&i.CpuPercent,
+			&i.HostCpuPercent,
+			&i.MemoryUsedBytes,
+			&i.MemoryTotalBytes,
+			&i.DiskUsedBytes,
+			&i.DiskTotalBytes,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const teamUsageSeries = `-- name: TeamUsageSeries :many

@@ -124,6 +124,17 @@ type Sandbox struct {
 	OpExpiresAt         *time.Time      `json:"op_expires_at"`
 }
 
+type SandboxMetricSample struct {
+	SandboxID        string    `json:"sandbox_id"`
+	SampledAt        time.Time `json:"sampled_at"`
+	CpuPercent       float32   `json:"cpu_percent"`
+	HostCpuPercent   float32   `json:"host_cpu_percent"`
+	MemoryUsedBytes  int64     `json:"memory_used_bytes"`
+	MemoryTotalBytes int64     `json:"memory_total_bytes"`
+	DiskUsedBytes    int64     `json:"disk_used_bytes"`
+	DiskTotalBytes   int64     `json:"disk_total_bytes"`
+}
+
 type SandboxMetricsSnapshot struct {
 	TeamID           string    `json:"team_id"`
 	ResolutionSec    int32     `json:"resolution_sec"`

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/network"
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
@@ -23,6 +25,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm/firecracker"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm/qemu"
 	"github.com/wrenn-dev/wrenn/internal/config"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
 // Parts are the assembled pieces of an agent, for Run and for tests.
@@ -34,6 +37,8 @@ type Parts struct {
 	Accel   vmm.Accel
 	// Contact is touched by every RPC a control plane makes to the agent.
 	Contact *registration.Contact
+	// Telemetry holds the agent's Prometheus series.
+	Telemetry *telemetry.Agent
 }
 
 // Options tune Build beyond the configuration (tests use them).
@@ -89,7 +94,9 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 		return nil, err
 	}
 	acc := res.Accel
-	mcfg := sandbox.Config{
+	var mgr *sandbox.Manager // read by scrapes, which start after Build
+	tel := telemetry.NewAgent(func(context.Context) (map[string]float64, error) { return mgr.StateCounts(), nil }, log)
+	mcfg := sandbox.Config{Observe: tel.ObserveOperation,
 		Dir: cfg.Dir, Driver: drv, Accel: acc, Net: NetAdapter{M: nm}, Disks: DiskAdapter{S: store, Raw: raw}, Logger: log,
 		MaxVCPUs: cfg.MaxVCPUs, MaxMemoryMB: cfg.MaxMemoryMB, MaxDiskMB: cfg.MaxDiskMB,
 		KernelArgs: func(slot sandbox.NetSlot) string {
@@ -105,7 +112,7 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 	if opts.Manager != nil {
 		opts.Manager(&mcfg)
 	}
-	mgr, err := sandbox.New(mcfg)
+	mgr, err = sandbox.New(mcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -120,12 +127,17 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 		log.Warn("network cleanup", "err", err)
 	}
 	contact := &registration.Contact{}
-	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log, OnCall: contact.Touch,
-		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB})
+	scfg := server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log, OnCall: contact.Touch,
+		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB,
+		HandlerOptions: []connect.HandlerOption{connect.WithInterceptors(tel.ServerInterceptor())}}
+	if telemetry.OnMainPort(cfg.Metrics) {
+		scfg.Metrics = telemetry.Handler(tel.Registry, cfg.Metrics.Token)
+	}
+	srv, err := server.New(scfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact}, nil
+	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact, Telemetry: tel}, nil
 }
 
 // chooseDriver picks the VMM: firecracker needs KVM and its binary; auto
@@ -206,6 +218,11 @@ func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOp
 			if err := p.Network.Shutdown(shutCtx); err != nil {
 				log.Warn("network shutdown", "err", err)
 			}
+		}
+	}()
+	go func() {
+		if err := telemetry.Serve(rctx, cfg.Metrics, p.Telemetry.Registry, log, nil); err != nil {
+			log.Error("metrics listener", "err", err)
 		}
 	}()
 	log.Info("host agent listening", "addr", ln.Addr().String(), "dir", cfg.Dir)

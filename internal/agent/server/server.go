@@ -41,6 +41,10 @@ type Config struct {
 	// OnCall, when set, runs at the start of every RPC (not /health): the
 	// control plane reached this agent.
 	OnCall func()
+	// HandlerOptions apply to the Connect service (the metrics interceptor).
+	HandlerOptions []connect.HandlerOption
+	// Metrics, when set, is served at GET /metrics.
+	Metrics http.Handler
 }
 
 // Server implements hostagentv1connect.HostAgentServiceHandler.
@@ -50,6 +54,8 @@ type Server struct {
 	log                 *slog.Logger
 	capVCPUs, capMemory int
 	onCall              func()
+	handlerOpts         []connect.HandlerOption
+	metrics             http.Handler
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Server)(nil)
@@ -63,13 +69,13 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB,
-		onCall: cfg.OnCall}, nil
+		onCall: cfg.OnCall, handlerOpts: cfg.HandlerOptions, metrics: cfg.Metrics}, nil
 }
 
 // Handler serves the Connect service and GET /health.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	path, h := hostagentv1connect.NewHostAgentServiceHandler(s)
+	path, h := hostagentv1connect.NewHostAgentServiceHandler(s, s.handlerOpts...)
 	if s.onCall != nil {
 		rpc := h
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -81,6 +87,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	})
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics)
+	}
 	return mux
 }
 

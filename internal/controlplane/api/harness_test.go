@@ -138,14 +138,14 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if o.github != nil {
 		flows, rdb = testOAuth(t, svc, o, "http://"+srv.Listener.Addr().String())
 	}
-	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, Stats: metrics.NewStatsReader(pool, nil), RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
+	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, Stats: metrics.NewReader(pool, nil), RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
 		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Config.Handler = specCheckedUnlessBench(t, s)
 	srv.Start()
-	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{}, logger)
+	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{Samples: metrics.NewSampleStore(pool)}, logger)
 	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs, rdb: rdb}
 }
 

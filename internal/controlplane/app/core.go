@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
 // Core is the control plane core (accounts, teams, keys, sandboxes, the
@@ -48,7 +50,11 @@ type Core struct {
 	// singleton loop. Stats reads the snapshots for the API.
 	Sampler      *metrics.Sampler
 	SamplerLease *lease.Lease
-	Stats        *metrics.StatsReader
+	Stats        *metrics.Reader
+	// Telemetry holds the Prometheus series (HTTP, sandboxes by state,
+	// agent calls); MetricsConfig says where /metrics is served.
+	Telemetry     *telemetry.ControlPlane
+	MetricsConfig config.Metrics
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -73,7 +79,8 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("WRENN_JWT_SECRET: %w", err)
 	}
 	q := db.New(pool)
-	hp := hosts.NewPool(q, nil)
+	tel := telemetry.NewControlPlane(sandboxCounts(q), logger)
+	hp := hosts.NewPool(q, nil, connect.WithInterceptors(tel.AgentInterceptor()))
 	oc := hosts.Overcommit{Memory: cfg.Hosts.MemoryOvercommit, VCPUs: cfg.Hosts.VCPUOvercommit}
 	var sch hosts.Scheduler = hosts.NewRoundRobin(oc)
 	if cfg.Hosts.Scheduler == "least-loaded" {
@@ -92,7 +99,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err != nil {
 		return nil, fmt.Errorf("build service: %w", err)
 	}
-	c := &Core{pool: pool, Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+	c := &Core{pool: pool, Service: svc, HostPool: hp, Telemetry: tel, MetricsConfig: cfg.Metrics, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies,
 		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://")}
 	if c.OAuth, err = newOAuth(cfg, svc, rdb); err != nil {
@@ -105,7 +112,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		c.ReconcileInterval = 5 * time.Second
 	}
 	c.Reconciler = reconciler.New(pool, states, hp, reconciler.Config{
-		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter}, logger)
+		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter, Samples: metrics.NewSampleStore(pool)}, logger)
 	c.Replica = replica
 	c.ReconcileLease, err = lease.New(pool, lease.Config{Name: "reconciler", Replica: c.Replica, Interval: c.ReconcileInterval}, logger)
 	if err != nil {
@@ -124,7 +131,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if c.SamplerLease, err = lease.New(pool, lease.Config{Name: metrics.LeaseName, Replica: c.Replica, Interval: metrics.SampleInterval}, logger); err != nil {
 		return nil, fmt.Errorf("metrics sampler lease: %w", err)
 	}
-	c.Stats = metrics.NewStatsReader(pool, nil)
+	c.Stats = metrics.NewReader(pool, nil)
 	return c, nil
 }
 
@@ -198,6 +205,10 @@ func (c *Core) Fill(d *api.Deps) {
 	d.Leases = c
 	d.Channels = c.Channels
 	d.Stats = c.Stats
+	d.HTTPMetrics = c.Telemetry.HTTP
+	if telemetry.OnMainPort(c.MetricsConfig) {
+		d.Metrics = telemetry.Handler(c.Telemetry.Registry, c.MetricsConfig.Token)
+	}
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -206,6 +217,25 @@ func (c *Core) Fill(d *api.Deps) {
 // Holders lists who holds each singleton loop's lease (api.LeaseReader).
 func (c *Core) Holders(ctx context.Context) ([]lease.Holder, error) {
 	return lease.Holders(ctx, c.pool)
+}
+
+// sandboxCounts reads the wrenn_sandboxes gauge: every status, zero
+// included, so a state that empties shows 0 rather than vanishing.
+func sandboxCounts(q *db.Queries) telemetry.Counts {
+	return func(ctx context.Context) (map[string]float64, error) {
+		rows, err := q.CountSandboxesByStatus(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("count sandboxes by status: %w", err)
+		}
+		out := make(map[string]float64, len(service.AllStatuses()))
+		for _, st := range service.AllStatuses() {
+			out[string(st)] = 0
+		}
+		for _, r := range rows {
+			out[r.Status] = float64(r.Sandboxes)
+		}
+		return out, nil
+	}
 }
 
 // ReconcileNow runs one reconcile pass beside the background loop (every

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -37,6 +38,8 @@ var ErrHostUnavailable = errors.New("host unavailable")
 type Pool struct {
 	q          *db.Queries
 	httpClient *http.Client
+	// opts apply to every agent client (the metrics interceptor).
+	opts []connect.ClientOption
 
 	mu      sync.Mutex
 	clients map[string]cached
@@ -49,11 +52,11 @@ type cached struct {
 
 // NewPool builds a pool. httpClient carries the transport (mTLS later); nil
 // uses a default client without an overall timeout, as streams are long.
-func NewPool(q *db.Queries, httpClient *http.Client) *Pool {
+func NewPool(q *db.Queries, httpClient *http.Client, opts ...connect.ClientOption) *Pool {
 	if httpClient == nil {
 		httpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
-	return &Pool{q: q, httpClient: httpClient, clients: map[string]cached{}}
+	return &Pool{q: q, httpClient: httpClient, opts: opts, clients: map[string]cached{}}
 }
 
 // Get returns the client of an online host.
@@ -78,7 +81,7 @@ func (p *Pool) ForHost(h db.Host) Client {
 	if c, ok := p.clients[h.ID]; ok && c.address == h.Address {
 		return c.client
 	}
-	c := hostagentv1connect.NewHostAgentServiceClient(p.httpClient, BaseURL(h.Address))
+	c := hostagentv1connect.NewHostAgentServiceClient(p.httpClient, BaseURL(h.Address), p.opts...)
 	p.clients[h.ID] = cached{address: h.Address, client: c}
 	return c
 }

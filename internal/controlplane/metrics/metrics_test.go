@@ -113,7 +113,7 @@ func TestReservedFormula(t *testing.T) {
 				}
 			}
 			// The live numbers of the stats API use the same formula.
-			st, err := NewStatsReader(pool, func() time.Time { return tick }).TeamStats(ctx, team, "5m")
+			st, err := NewReader(pool, func() time.Time { return tick }).TeamStats(ctx, team, "5m")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -293,7 +293,7 @@ func TestStatsBucketsCompleteAndAligned(t *testing.T) {
 		i, _ := slices.BinarySearchFunc(sampled, from, time.Time.Compare)
 		return i < len(sampled) && sampled[i].Before(to)
 	}
-	r := NewStatsReader(pool, func() time.Time { return now })
+	r := NewReader(pool, func() time.Time { return now })
 	want := Usage{Running: 1, Paused: 1, ReservedVCPUs: 3, ReservedMemoryMB: 640}
 	for _, name := range RangeNames() {
 		t.Run(name, func(t *testing.T) {

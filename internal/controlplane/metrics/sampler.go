@@ -79,21 +79,34 @@ func (s *Sampler) Sample(ctx context.Context, at time.Time) (int, error) {
 	return int(n / 3), nil
 }
 
-// Prune deletes the snapshots older than now minus the retention, batch
-// by batch, and returns how many it removed.
+// Prune deletes the team snapshots and sandbox samples older than now
+// minus the retention, batch by batch, and returns how many it removed.
 func (s *Sampler) Prune(ctx context.Context, now time.Time) (int64, error) {
 	before := now.Add(-s.cfg.Retention)
 	var total int64
-	for {
-		n, err := s.q.DeleteSnapshotsBefore(ctx, db.DeleteSnapshotsBeforeParams{Before: before, BatchSize: s.cfg.PruneBatch})
-		total += n
-		if err != nil {
-			return total, fmt.Errorf("delete snapshots before %s: %w", before.Format(time.RFC3339), err)
-		}
-		if n < int64(s.cfg.PruneBatch) {
-			return total, nil
+	for _, del := range []struct {
+		what string
+		run  func() (int64, error)
+	}{
+		{"team snapshots", func() (int64, error) {
+			return s.q.DeleteSnapshotsBefore(ctx, db.DeleteSnapshotsBeforeParams{Before: before, BatchSize: s.cfg.PruneBatch})
+		}},
+		{"sandbox samples", func() (int64, error) {
+			return s.q.DeleteSandboxSamplesBefore(ctx, db.DeleteSandboxSamplesBeforeParams{Before: before, BatchSize: s.cfg.PruneBatch})
+		}},
+	} {
+		for {
+			n, err := del.run()
+			total += n
+			if err != nil {
+				return total, fmt.Errorf("delete %s before %s: %w", del.what, before.Format(time.RFC3339), err)
+			}
+			if n < int64(s.cfg.PruneBatch) {
+				break
+			}
 		}
 	}
+	return total, nil
 }
 
 // Run samples on every SampleInterval boundary until ctx ends, and prunes

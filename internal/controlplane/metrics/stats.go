@@ -74,18 +74,19 @@ type Stats struct {
 	Series       []Point `json:"series"`
 }
 
-// StatsReader answers stats from the snapshots and the live sandbox rows.
-type StatsReader struct {
+// Reader answers the metrics routes: team stats from the snapshots and the
+// live sandbox rows, sandbox history from the stored samples.
+type Reader struct {
 	q   *db.Queries
 	now func() time.Time
 }
 
-// NewStatsReader builds a reader on conn; now may be nil (time.Now).
-func NewStatsReader(conn db.DBTX, now func() time.Time) *StatsReader {
+// NewReader builds a reader on conn; now may be nil (time.Now).
+func NewReader(conn db.DBTX, now func() time.Time) *Reader {
 	if now == nil {
 		now = time.Now
 	}
-	return &StatsReader{q: db.New(conn), now: now}
+	return &Reader{q: db.New(conn), now: now}
 }
 
 // TeamStats is the usage of teamID over the named range: the complete
@@ -94,7 +95,7 @@ func NewStatsReader(conn db.DBTX, now func() time.Time) *StatsReader {
 // only for teams with a running or paused sandbox, so no row means none
 // (or, while no control plane ran, no sample). Current is live; peaks are
 // the maxima over the series and current.
-func (r *StatsReader) TeamStats(ctx context.Context, teamID, rangeName string) (Stats, error) {
+func (r *Reader) TeamStats(ctx context.Context, teamID, rangeName string) (Stats, error) {
 	spec, ok := ranges[rangeName]
 	if rangeName == "" {
 		return Stats{}, service.Invalid("range", "range is required: use one of %s", strings.Join(RangeNames(), ", "))
@@ -102,8 +103,7 @@ func (r *StatsReader) TeamStats(ctx context.Context, teamID, rangeName string) (
 	if !ok {
 		return Stats{}, service.Invalid("range", "unknown range %q: use one of %s", rangeName, strings.Join(RangeNames(), ", "))
 	}
-	end := r.now().Truncate(spec.bucket)
-	start := end.Add(-spec.span)
+	start, end := spec.window(r.now())
 	rows, err := r.q.TeamUsageSeries(ctx, db.TeamUsageSeriesParams{TeamID: teamID, ResolutionSec: spec.resolution,
 		BucketSec: int32(spec.bucket / time.Second), FromAt: start, ToAt: end})
 	if err != nil {
@@ -114,18 +114,42 @@ func (r *StatsReader) TeamStats(ctx context.Context, teamID, rangeName string) (
 		return Stats{}, service.Internal("read current usage", err)
 	}
 	out := Stats{Range: rangeName, BucketSec: int(spec.bucket / time.Second), PollAfterSec: int(spec.pollAfter / time.Second),
-		Current: Usage{Running: cur.Running, Paused: cur.Paused, ReservedVCPUs: cur.ReservedVcpus, ReservedMemoryMB: cur.ReservedMemoryMb},
-		Series:  make([]Point, 0, int(spec.span/spec.bucket))}
+		Current: Usage{Running: cur.Running, Paused: cur.Paused, ReservedVCPUs: cur.ReservedVcpus, ReservedMemoryMB: cur.ReservedMemoryMb}}
+	out.Series = fill(spec, start, end, rows, func(r db.TeamUsageSeriesRow) time.Time { return r.Bucket },
+		func(t time.Time, r *db.TeamUsageSeriesRow) Point {
+			p := Point{T: t}
+			if r != nil {
+				p.Usage = Usage{Running: r.Running, Paused: r.Paused, ReservedVCPUs: r.ReservedVcpus, ReservedMemoryMB: r.ReservedMemoryMb}
+			}
+			return p
+		})
 	out.Peaks = out.Current
-	i := 0
-	for t := start; t.Before(end); t = t.Add(spec.bucket) {
-		p := Point{T: t.UTC()}
-		if i < len(rows) && rows[i].Bucket.Equal(t) {
-			p.Usage = Usage{Running: rows[i].Running, Paused: rows[i].Paused, ReservedVCPUs: rows[i].ReservedVcpus, ReservedMemoryMB: rows[i].ReservedMemoryMb}
-			i++
-		}
+	for _, p := range out.Series {
 		out.Peaks = out.Peaks.max(p.Usage)
-		out.Series = append(out.Series, p)
 	}
 	return out, nil
+}
+
+// window is the range's complete buckets at now: [start, end), end the
+// start of the bucket in progress.
+func (s rangeSpec) window(now time.Time) (start, end time.Time) {
+	end = now.Truncate(s.bucket)
+	return end.Add(-s.span), end
+}
+
+// fill makes one point per bucket of [start, end): from the row whose
+// bucket it is (rows sorted by bucket, each aligned), or from nil when no
+// row has it. The one gap-filling rule of every series.
+func fill[R, P any](s rangeSpec, start, end time.Time, rows []R, bucket func(R) time.Time, point func(time.Time, *R) P) []P {
+	out := make([]P, 0, int(s.span/s.bucket))
+	i := 0
+	for t := start; t.Before(end); t = t.Add(s.bucket) {
+		var row *R
+		if i < len(rows) && bucket(rows[i]).Equal(t) {
+			row = &rows[i]
+			i++
+		}
+		out = append(out, point(t.UTC(), row))
+	}
+	return out
 }

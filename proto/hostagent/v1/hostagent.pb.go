@@ -870,8 +870,12 @@ type ListSandboxesResponse struct {
 	Sandboxes []*SandboxInfo         `protobuf:"bytes,1,rep,name=sandboxes,proto3" json:"sandboxes,omitempty"`
 	// IDs whose state is AUTO_PAUSED; a convenience view of sandboxes[].
 	AutoPausedSandboxIds []string `protobuf:"bytes,2,rep,name=auto_paused_sandbox_ids,json=autoPausedSandboxIds,proto3" json:"auto_paused_sandbox_ids,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The latest resource samples of each running sandbox, oldest first
+	// (a few, so one missed list loses none); the control plane stores them
+	// as the sandbox's metric history. Sandboxes with no sample are absent.
+	Metrics       []*SandboxMetricsSeries `protobuf:"bytes,3,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSandboxesResponse) Reset() {
@@ -918,6 +922,65 @@ func (x *ListSandboxesResponse) GetAutoPausedSandboxIds() []string {
 	return nil
 }
 
+func (x *ListSandboxesResponse) GetMetrics() []*SandboxMetricsSeries {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+type SandboxMetricsSeries struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Samples       []*SandboxMetrics      `protobuf:"bytes,2,rep,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxMetricsSeries) Reset() {
+	*x = SandboxMetricsSeries{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxMetricsSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxMetricsSeries) ProtoMessage() {}
+
+func (x *SandboxMetricsSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxMetricsSeries.ProtoReflect.Descriptor instead.
+func (*SandboxMetricsSeries) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SandboxMetricsSeries) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SandboxMetricsSeries) GetSamples() []*SandboxMetrics {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
 type PauseAllRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Upper bound on pauses running at once; 0 picks a default.
@@ -928,7 +991,7 @@ type PauseAllRequest struct {
 
 func (x *PauseAllRequest) Reset() {
 	*x = PauseAllRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1003,7 @@ func (x *PauseAllRequest) String() string {
 func (*PauseAllRequest) ProtoMessage() {}
 
 func (x *PauseAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1016,7 @@ func (x *PauseAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseAllRequest.ProtoReflect.Descriptor instead.
 func (*PauseAllRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PauseAllRequest) GetParallelism() uint32 {
@@ -974,7 +1037,7 @@ type PauseAllResponse struct {
 
 func (x *PauseAllResponse) Reset() {
 	*x = PauseAllResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1049,7 @@ func (x *PauseAllResponse) String() string {
 func (*PauseAllResponse) ProtoMessage() {}
 
 func (x *PauseAllResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1062,7 @@ func (x *PauseAllResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseAllResponse.ProtoReflect.Descriptor instead.
 func (*PauseAllResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseAllResponse) GetPausedSandboxIds() []string {
@@ -1033,7 +1096,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1108,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1121,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -1132,7 +1195,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1207,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1220,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecResponse) GetStdout() []byte {
@@ -1219,7 +1282,7 @@ type ExecStreamRequest struct {
 
 func (x *ExecStreamRequest) Reset() {
 	*x = ExecStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1294,7 @@ func (x *ExecStreamRequest) String() string {
 func (*ExecStreamRequest) ProtoMessage() {}
 
 func (x *ExecStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1307,7 @@ func (x *ExecStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamRequest.ProtoReflect.Descriptor instead.
 func (*ExecStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecStreamRequest) GetSandboxId() string {
@@ -1319,7 +1382,7 @@ type ExecStreamResponse struct {
 
 func (x *ExecStreamResponse) Reset() {
 	*x = ExecStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1394,7 @@ func (x *ExecStreamResponse) String() string {
 func (*ExecStreamResponse) ProtoMessage() {}
 
 func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1407,7 @@ func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExecStreamResponse) GetEvent() isExecStreamResponse_Event {
@@ -1448,7 +1511,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1523,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1536,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -1533,7 +1596,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1608,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1621,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartProcessRequest) GetSandboxId() string {
@@ -1620,7 +1683,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1695,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1708,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartProcessResponse) GetPid() uint32 {
@@ -1671,7 +1734,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1746,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1759,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProcessesRequest) GetSandboxId() string {
@@ -1715,7 +1778,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1790,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1803,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -1763,7 +1826,7 @@ type ProcessSelector struct {
 
 func (x *ProcessSelector) Reset() {
 	*x = ProcessSelector{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1838,7 @@ func (x *ProcessSelector) String() string {
 func (*ProcessSelector) ProtoMessage() {}
 
 func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1851,7 @@ func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSelector.ProtoReflect.Descriptor instead.
 func (*ProcessSelector) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProcessSelector) GetSelector() isProcessSelector_Selector {
@@ -1844,7 +1907,7 @@ type KillProcessRequest struct {
 
 func (x *KillProcessRequest) Reset() {
 	*x = KillProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +1919,7 @@ func (x *KillProcessRequest) String() string {
 func (*KillProcessRequest) ProtoMessage() {}
 
 func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +1932,7 @@ func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessRequest.ProtoReflect.Descriptor instead.
 func (*KillProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KillProcessRequest) GetSandboxId() string {
@@ -1901,7 +1964,7 @@ type KillProcessResponse struct {
 
 func (x *KillProcessResponse) Reset() {
 	*x = KillProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +1976,7 @@ func (x *KillProcessResponse) String() string {
 func (*KillProcessResponse) ProtoMessage() {}
 
 func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +1989,7 @@ func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessResponse.ProtoReflect.Descriptor instead.
 func (*KillProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 type ConnectProcessRequest struct {
@@ -1939,7 +2002,7 @@ type ConnectProcessRequest struct {
 
 func (x *ConnectProcessRequest) Reset() {
 	*x = ConnectProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2014,7 @@ func (x *ConnectProcessRequest) String() string {
 func (*ConnectProcessRequest) ProtoMessage() {}
 
 func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2027,7 @@ func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectProcessRequest.ProtoReflect.Descriptor instead.
 func (*ConnectProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConnectProcessRequest) GetSandboxId() string {
@@ -2000,7 +2063,7 @@ type PtyAttachRequest struct {
 
 func (x *PtyAttachRequest) Reset() {
 	*x = PtyAttachRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2012,7 +2075,7 @@ func (x *PtyAttachRequest) String() string {
 func (*PtyAttachRequest) ProtoMessage() {}
 
 func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2025,7 +2088,7 @@ func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachRequest.ProtoReflect.Descriptor instead.
 func (*PtyAttachRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PtyAttachRequest) GetSandboxId() string {
@@ -2106,7 +2169,7 @@ type PtyAttachResponse struct {
 
 func (x *PtyAttachResponse) Reset() {
 	*x = PtyAttachResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2181,7 @@ func (x *PtyAttachResponse) String() string {
 func (*PtyAttachResponse) ProtoMessage() {}
 
 func (x *PtyAttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2194,7 @@ func (x *PtyAttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachResponse.ProtoReflect.Descriptor instead.
 func (*PtyAttachResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PtyAttachResponse) GetEvent() isPtyAttachResponse_Event {
@@ -2216,7 +2279,7 @@ type PtyInputRequest struct {
 
 func (x *PtyInputRequest) Reset() {
 	*x = PtyInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2291,7 @@ func (x *PtyInputRequest) String() string {
 func (*PtyInputRequest) ProtoMessage() {}
 
 func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2304,7 @@ func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputRequest.ProtoReflect.Descriptor instead.
 func (*PtyInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PtyInputRequest) GetSandboxId() string {
@@ -2273,7 +2336,7 @@ type PtyInputResponse struct {
 
 func (x *PtyInputResponse) Reset() {
 	*x = PtyInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2348,7 @@ func (x *PtyInputResponse) String() string {
 func (*PtyInputResponse) ProtoMessage() {}
 
 func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2361,7 @@ func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputResponse.ProtoReflect.Descriptor instead.
 func (*PtyInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 type PtyResizeRequest struct {
@@ -2313,7 +2376,7 @@ type PtyResizeRequest struct {
 
 func (x *PtyResizeRequest) Reset() {
 	*x = PtyResizeRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2325,7 +2388,7 @@ func (x *PtyResizeRequest) String() string {
 func (*PtyResizeRequest) ProtoMessage() {}
 
 func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2338,7 +2401,7 @@ func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeRequest.ProtoReflect.Descriptor instead.
 func (*PtyResizeRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PtyResizeRequest) GetSandboxId() string {
@@ -2377,7 +2440,7 @@ type PtyResizeResponse struct {
 
 func (x *PtyResizeResponse) Reset() {
 	*x = PtyResizeResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2452,7 @@ func (x *PtyResizeResponse) String() string {
 func (*PtyResizeResponse) ProtoMessage() {}
 
 func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2465,7 @@ func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeResponse.ProtoReflect.Descriptor instead.
 func (*PtyResizeResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 type PtyKillRequest struct {
@@ -2415,7 +2478,7 @@ type PtyKillRequest struct {
 
 func (x *PtyKillRequest) Reset() {
 	*x = PtyKillRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2490,7 @@ func (x *PtyKillRequest) String() string {
 func (*PtyKillRequest) ProtoMessage() {}
 
 func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2503,7 @@ func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillRequest.ProtoReflect.Descriptor instead.
 func (*PtyKillRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PtyKillRequest) GetSandboxId() string {
@@ -2465,7 +2528,7 @@ type PtyKillResponse struct {
 
 func (x *PtyKillResponse) Reset() {
 	*x = PtyKillResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2540,7 @@ func (x *PtyKillResponse) String() string {
 func (*PtyKillResponse) ProtoMessage() {}
 
 func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2553,7 @@ func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillResponse.ProtoReflect.Descriptor instead.
 func (*PtyKillResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 type WriteFileRequest struct {
@@ -2507,7 +2570,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2582,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2595,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WriteFileRequest) GetSandboxId() string {
@@ -2580,7 +2643,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2655,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2668,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -2633,7 +2696,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2645,7 +2708,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2658,7 +2721,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -2691,7 +2754,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2766,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2779,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReadFileResponse) GetContent() []byte {
@@ -2739,7 +2802,7 @@ type WriteFileStreamRequest struct {
 
 func (x *WriteFileStreamRequest) Reset() {
 	*x = WriteFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2814,7 @@ func (x *WriteFileStreamRequest) String() string {
 func (*WriteFileStreamRequest) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2827,7 @@ func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WriteFileStreamRequest) GetPart() isWriteFileStreamRequest_Part {
@@ -2821,7 +2884,7 @@ type ReadFileStreamRequest struct {
 
 func (x *ReadFileStreamRequest) Reset() {
 	*x = ReadFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +2896,7 @@ func (x *ReadFileStreamRequest) String() string {
 func (*ReadFileStreamRequest) ProtoMessage() {}
 
 func (x *ReadFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +2909,7 @@ func (x *ReadFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReadFileStreamRequest) GetSandboxId() string {
@@ -2890,7 +2953,7 @@ type ReadFileStreamResponse struct {
 
 func (x *ReadFileStreamResponse) Reset() {
 	*x = ReadFileStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +2965,7 @@ func (x *ReadFileStreamResponse) String() string {
 func (*ReadFileStreamResponse) ProtoMessage() {}
 
 func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +2978,7 @@ func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReadFileStreamResponse) GetPart() isReadFileStreamResponse_Part {
@@ -2976,7 +3039,7 @@ type EntryInfo struct {
 
 func (x *EntryInfo) Reset() {
 	*x = EntryInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2988,7 +3051,7 @@ func (x *EntryInfo) String() string {
 func (*EntryInfo) ProtoMessage() {}
 
 func (x *EntryInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3001,7 +3064,7 @@ func (x *EntryInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryInfo.ProtoReflect.Descriptor instead.
 func (*EntryInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *EntryInfo) GetName() string {
@@ -3064,7 +3127,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3076,7 +3139,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3089,7 +3152,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -3122,7 +3185,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3134,7 +3197,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3147,7 +3210,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListDirResponse) GetEntries() []*EntryInfo {
@@ -3167,7 +3230,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3242,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3255,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -3218,7 +3281,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3230,7 +3293,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3243,7 +3306,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MakeDirResponse) GetEntry() *EntryInfo {
@@ -3263,7 +3326,7 @@ type RemovePathRequest struct {
 
 func (x *RemovePathRequest) Reset() {
 	*x = RemovePathRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3275,7 +3338,7 @@ func (x *RemovePathRequest) String() string {
 func (*RemovePathRequest) ProtoMessage() {}
 
 func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3288,7 +3351,7 @@ func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
 func (*RemovePathRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RemovePathRequest) GetSandboxId() string {
@@ -3313,7 +3376,7 @@ type RemovePathResponse struct {
 
 func (x *RemovePathResponse) Reset() {
 	*x = RemovePathResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3388,7 @@ func (x *RemovePathResponse) String() string {
 func (*RemovePathResponse) ProtoMessage() {}
 
 func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3401,7 @@ func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
 func (*RemovePathResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 type CreateSnapshotRequest struct {
@@ -3352,7 +3415,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3364,7 +3427,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3377,7 +3440,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateSnapshotRequest) GetSandboxId() string {
@@ -3406,7 +3469,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3418,7 +3481,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3431,7 +3494,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CreateSnapshotResponse) GetName() string {
@@ -3471,7 +3534,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3483,7 +3546,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3496,7 +3559,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteSnapshotRequest) GetName() string {
@@ -3514,7 +3577,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3526,7 +3589,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3539,7 +3602,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 type FlattenRootfsRequest struct {
@@ -3553,7 +3616,7 @@ type FlattenRootfsRequest struct {
 
 func (x *FlattenRootfsRequest) Reset() {
 	*x = FlattenRootfsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3565,7 +3628,7 @@ func (x *FlattenRootfsRequest) String() string {
 func (*FlattenRootfsRequest) ProtoMessage() {}
 
 func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3578,7 +3641,7 @@ func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsRequest.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FlattenRootfsRequest) GetSandboxId() string {
@@ -3605,7 +3668,7 @@ type FlattenRootfsResponse struct {
 
 func (x *FlattenRootfsResponse) Reset() {
 	*x = FlattenRootfsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3617,7 +3680,7 @@ func (x *FlattenRootfsResponse) String() string {
 func (*FlattenRootfsResponse) ProtoMessage() {}
 
 func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3630,7 +3693,7 @@ func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsResponse.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FlattenRootfsResponse) GetName() string {
@@ -3648,20 +3711,26 @@ func (x *FlattenRootfsResponse) GetSizeBytes() int64 {
 }
 
 type SandboxMetrics struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	SampledAt        *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
-	CpuPercent       float64                `protobuf:"fixed64,2,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
-	MemoryUsedBytes  uint64                 `protobuf:"varint,3,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
-	MemoryTotalBytes uint64                 `protobuf:"varint,4,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
-	DiskUsedBytes    uint64                 `protobuf:"varint,5,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
-	DiskTotalBytes   uint64                 `protobuf:"varint,6,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SampledAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
+	// The guest's own view: percent of its vCPUs busy since the previous
+	// sample (0-100), whatever share of the host it was given.
+	CpuPercent       float64 `protobuf:"fixed64,2,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	MemoryUsedBytes  uint64  `protobuf:"varint,3,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
+	MemoryTotalBytes uint64  `protobuf:"varint,4,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	DiskUsedBytes    uint64  `protobuf:"varint,5,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
+	DiskTotalBytes   uint64  `protobuf:"varint,6,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
+	// The host's view: the VMM process's CPU time since the previous sample,
+	// as percent of one host core (up to 100 per vCPU, more with VMM
+	// threads); 0 on a sandbox's first sample.
+	HostCpuPercent float64 `protobuf:"fixed64,7,opt,name=host_cpu_percent,json=hostCpuPercent,proto3" json:"host_cpu_percent,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SandboxMetrics) Reset() {
 	*x = SandboxMetrics{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +3742,7 @@ func (x *SandboxMetrics) String() string {
 func (*SandboxMetrics) ProtoMessage() {}
 
 func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3755,7 @@ func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxMetrics.ProtoReflect.Descriptor instead.
 func (*SandboxMetrics) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SandboxMetrics) GetSampledAt() *timestamppb.Timestamp {
@@ -3731,6 +3800,13 @@ func (x *SandboxMetrics) GetDiskTotalBytes() uint64 {
 	return 0
 }
 
+func (x *SandboxMetrics) GetHostCpuPercent() float64 {
+	if x != nil {
+		return x.HostCpuPercent
+	}
+	return 0
+}
+
 type GetSandboxMetricsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -3740,7 +3816,7 @@ type GetSandboxMetricsRequest struct {
 
 func (x *GetSandboxMetricsRequest) Reset() {
 	*x = GetSandboxMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3752,7 +3828,7 @@ func (x *GetSandboxMetricsRequest) String() string {
 func (*GetSandboxMetricsRequest) ProtoMessage() {}
 
 func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3765,7 +3841,7 @@ func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetSandboxMetricsRequest) GetSandboxId() string {
@@ -3786,7 +3862,7 @@ type GetSandboxMetricsResponse struct {
 
 func (x *GetSandboxMetricsResponse) Reset() {
 	*x = GetSandboxMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3798,7 +3874,7 @@ func (x *GetSandboxMetricsResponse) String() string {
 func (*GetSandboxMetricsResponse) ProtoMessage() {}
 
 func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3811,7 +3887,7 @@ func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetSandboxMetricsResponse) GetCurrent() *SandboxMetrics {
@@ -3836,7 +3912,7 @@ type GetHostInfoRequest struct {
 
 func (x *GetHostInfoRequest) Reset() {
 	*x = GetHostInfoRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3848,7 +3924,7 @@ func (x *GetHostInfoRequest) String() string {
 func (*GetHostInfoRequest) ProtoMessage() {}
 
 func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3861,7 +3937,7 @@ func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetHostInfoRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 type GetHostInfoResponse struct {
@@ -3888,7 +3964,7 @@ type GetHostInfoResponse struct {
 
 func (x *GetHostInfoResponse) Reset() {
 	*x = GetHostInfoResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3900,7 +3976,7 @@ func (x *GetHostInfoResponse) String() string {
 func (*GetHostInfoResponse) ProtoMessage() {}
 
 func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3913,7 +3989,7 @@ func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetHostInfoResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetHostInfoResponse) GetVersion() string {
@@ -4019,7 +4095,7 @@ type SandboxLimits struct {
 
 func (x *SandboxLimits) Reset() {
 	*x = SandboxLimits{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4031,7 +4107,7 @@ func (x *SandboxLimits) String() string {
 func (*SandboxLimits) ProtoMessage() {}
 
 func (x *SandboxLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4044,7 +4120,7 @@ func (x *SandboxLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxLimits.ProtoReflect.Descriptor instead.
 func (*SandboxLimits) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SandboxLimits) GetMaxVcpus() uint32 {
@@ -4083,7 +4159,7 @@ type HostCapacity struct {
 
 func (x *HostCapacity) Reset() {
 	*x = HostCapacity{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4095,7 +4171,7 @@ func (x *HostCapacity) String() string {
 func (*HostCapacity) ProtoMessage() {}
 
 func (x *HostCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4108,7 +4184,7 @@ func (x *HostCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostCapacity.ProtoReflect.Descriptor instead.
 func (*HostCapacity) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *HostCapacity) GetVcpus() uint32 {
@@ -4148,7 +4224,7 @@ type ExecStreamResponse_Start struct {
 
 func (x *ExecStreamResponse_Start) Reset() {
 	*x = ExecStreamResponse_Start{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4160,7 +4236,7 @@ func (x *ExecStreamResponse_Start) String() string {
 func (*ExecStreamResponse_Start) ProtoMessage() {}
 
 func (x *ExecStreamResponse_Start) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4173,7 +4249,7 @@ func (x *ExecStreamResponse_Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse_Start.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse_Start) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21, 0}
 }
 
 func (x *ExecStreamResponse_Start) GetPid() uint32 {
@@ -4195,7 +4271,7 @@ type ExecStreamResponse_End struct {
 
 func (x *ExecStreamResponse_End) Reset() {
 	*x = ExecStreamResponse_End{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4207,7 +4283,7 @@ func (x *ExecStreamResponse_End) String() string {
 func (*ExecStreamResponse_End) ProtoMessage() {}
 
 func (x *ExecStreamResponse_End) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4220,7 +4296,7 @@ func (x *ExecStreamResponse_End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse_End.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse_End) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21, 1}
 }
 
 func (x *ExecStreamResponse_End) GetExitCode() int32 {
@@ -4261,7 +4337,7 @@ type PtyAttachResponse_Started struct {
 
 func (x *PtyAttachResponse_Started) Reset() {
 	*x = PtyAttachResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4273,7 +4349,7 @@ func (x *PtyAttachResponse_Started) String() string {
 func (*PtyAttachResponse_Started) ProtoMessage() {}
 
 func (x *PtyAttachResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4286,7 +4362,7 @@ func (x *PtyAttachResponse_Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachResponse_Started.ProtoReflect.Descriptor instead.
 func (*PtyAttachResponse_Started) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32, 0}
 }
 
 func (x *PtyAttachResponse_Started) GetPid() uint32 {
@@ -4313,7 +4389,7 @@ type PtyAttachResponse_Exit struct {
 
 func (x *PtyAttachResponse_Exit) Reset() {
 	*x = PtyAttachResponse_Exit{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4325,7 +4401,7 @@ func (x *PtyAttachResponse_Exit) String() string {
 func (*PtyAttachResponse_Exit) ProtoMessage() {}
 
 func (x *PtyAttachResponse_Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4338,7 +4414,7 @@ func (x *PtyAttachResponse_Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachResponse_Exit.ProtoReflect.Descriptor instead.
 func (*PtyAttachResponse_Exit) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32, 1}
 }
 
 func (x *PtyAttachResponse_Exit) GetExitCode() int32 {
@@ -4367,7 +4443,7 @@ type WriteFileStreamRequest_Header struct {
 
 func (x *WriteFileStreamRequest_Header) Reset() {
 	*x = WriteFileStreamRequest_Header{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4379,7 +4455,7 @@ func (x *WriteFileStreamRequest_Header) String() string {
 func (*WriteFileStreamRequest_Header) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4392,7 +4468,7 @@ func (x *WriteFileStreamRequest_Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest_Header.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest_Header) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43, 0}
 }
 
 func (x *WriteFileStreamRequest_Header) GetSandboxId() string {
@@ -4497,10 +4573,15 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"O\n" +
 	"\x12GetSandboxResponse\x129\n" +
 	"\asandbox\x18\x01 \x01(\v2\x1f.wrenn.hostagent.v1.SandboxInfoR\asandbox\"\x16\n" +
-	"\x14ListSandboxesRequest\"\x8d\x01\n" +
+	"\x14ListSandboxesRequest\"\xd1\x01\n" +
 	"\x15ListSandboxesResponse\x12=\n" +
 	"\tsandboxes\x18\x01 \x03(\v2\x1f.wrenn.hostagent.v1.SandboxInfoR\tsandboxes\x125\n" +
-	"\x17auto_paused_sandbox_ids\x18\x02 \x03(\tR\x14autoPausedSandboxIds\"3\n" +
+	"\x17auto_paused_sandbox_ids\x18\x02 \x03(\tR\x14autoPausedSandboxIds\x12B\n" +
+	"\ametrics\x18\x03 \x03(\v2(.wrenn.hostagent.v1.SandboxMetricsSeriesR\ametrics\"s\n" +
+	"\x14SandboxMetricsSeries\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n" +
+	"\asamples\x18\x02 \x03(\v2\".wrenn.hostagent.v1.SandboxMetricsR\asamples\"3\n" +
 	"\x0fPauseAllRequest\x12 \n" +
 	"\vparallelism\x18\x01 \x01(\rR\vparallelism\"\xc5\x01\n" +
 	"\x10PauseAllResponse\x12,\n" +
@@ -4733,7 +4814,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15FlattenRootfsResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\x98\x02\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\xc2\x02\n" +
 	"\x0eSandboxMetrics\x129\n" +
 	"\n" +
 	"sampled_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tsampledAt\x12\x1f\n" +
@@ -4742,7 +4823,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x11memory_used_bytes\x18\x03 \x01(\x04R\x0fmemoryUsedBytes\x12,\n" +
 	"\x12memory_total_bytes\x18\x04 \x01(\x04R\x10memoryTotalBytes\x12&\n" +
 	"\x0fdisk_used_bytes\x18\x05 \x01(\x04R\rdiskUsedBytes\x12(\n" +
-	"\x10disk_total_bytes\x18\x06 \x01(\x04R\x0ediskTotalBytes\"9\n" +
+	"\x10disk_total_bytes\x18\x06 \x01(\x04R\x0ediskTotalBytes\x12(\n" +
+	"\x10host_cpu_percent\x18\a \x01(\x01R\x0ehostCpuPercent\"9\n" +
 	"\x18GetSandboxMetricsRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x97\x01\n" +
@@ -4830,7 +4912,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                     // 0: wrenn.hostagent.v1.SandboxState
 	(*SandboxInfo)(nil),                   // 1: wrenn.hostagent.v1.SandboxInfo
@@ -4848,172 +4930,175 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*GetSandboxResponse)(nil),            // 13: wrenn.hostagent.v1.GetSandboxResponse
 	(*ListSandboxesRequest)(nil),          // 14: wrenn.hostagent.v1.ListSandboxesRequest
 	(*ListSandboxesResponse)(nil),         // 15: wrenn.hostagent.v1.ListSandboxesResponse
-	(*PauseAllRequest)(nil),               // 16: wrenn.hostagent.v1.PauseAllRequest
-	(*PauseAllResponse)(nil),              // 17: wrenn.hostagent.v1.PauseAllResponse
-	(*ExecRequest)(nil),                   // 18: wrenn.hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),                  // 19: wrenn.hostagent.v1.ExecResponse
-	(*ExecStreamRequest)(nil),             // 20: wrenn.hostagent.v1.ExecStreamRequest
-	(*ExecStreamResponse)(nil),            // 21: wrenn.hostagent.v1.ExecStreamResponse
-	(*ProcessInfo)(nil),                   // 22: wrenn.hostagent.v1.ProcessInfo
-	(*StartProcessRequest)(nil),           // 23: wrenn.hostagent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),          // 24: wrenn.hostagent.v1.StartProcessResponse
-	(*ListProcessesRequest)(nil),          // 25: wrenn.hostagent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),         // 26: wrenn.hostagent.v1.ListProcessesResponse
-	(*ProcessSelector)(nil),               // 27: wrenn.hostagent.v1.ProcessSelector
-	(*KillProcessRequest)(nil),            // 28: wrenn.hostagent.v1.KillProcessRequest
-	(*KillProcessResponse)(nil),           // 29: wrenn.hostagent.v1.KillProcessResponse
-	(*ConnectProcessRequest)(nil),         // 30: wrenn.hostagent.v1.ConnectProcessRequest
-	(*PtyAttachRequest)(nil),              // 31: wrenn.hostagent.v1.PtyAttachRequest
-	(*PtyAttachResponse)(nil),             // 32: wrenn.hostagent.v1.PtyAttachResponse
-	(*PtyInputRequest)(nil),               // 33: wrenn.hostagent.v1.PtyInputRequest
-	(*PtyInputResponse)(nil),              // 34: wrenn.hostagent.v1.PtyInputResponse
-	(*PtyResizeRequest)(nil),              // 35: wrenn.hostagent.v1.PtyResizeRequest
-	(*PtyResizeResponse)(nil),             // 36: wrenn.hostagent.v1.PtyResizeResponse
-	(*PtyKillRequest)(nil),                // 37: wrenn.hostagent.v1.PtyKillRequest
-	(*PtyKillResponse)(nil),               // 38: wrenn.hostagent.v1.PtyKillResponse
-	(*WriteFileRequest)(nil),              // 39: wrenn.hostagent.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),             // 40: wrenn.hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),               // 41: wrenn.hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),              // 42: wrenn.hostagent.v1.ReadFileResponse
-	(*WriteFileStreamRequest)(nil),        // 43: wrenn.hostagent.v1.WriteFileStreamRequest
-	(*ReadFileStreamRequest)(nil),         // 44: wrenn.hostagent.v1.ReadFileStreamRequest
-	(*ReadFileStreamResponse)(nil),        // 45: wrenn.hostagent.v1.ReadFileStreamResponse
-	(*EntryInfo)(nil),                     // 46: wrenn.hostagent.v1.EntryInfo
-	(*ListDirRequest)(nil),                // 47: wrenn.hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),               // 48: wrenn.hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),                // 49: wrenn.hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),               // 50: wrenn.hostagent.v1.MakeDirResponse
-	(*RemovePathRequest)(nil),             // 51: wrenn.hostagent.v1.RemovePathRequest
-	(*RemovePathResponse)(nil),            // 52: wrenn.hostagent.v1.RemovePathResponse
-	(*CreateSnapshotRequest)(nil),         // 53: wrenn.hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),        // 54: wrenn.hostagent.v1.CreateSnapshotResponse
-	(*DeleteSnapshotRequest)(nil),         // 55: wrenn.hostagent.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),        // 56: wrenn.hostagent.v1.DeleteSnapshotResponse
-	(*FlattenRootfsRequest)(nil),          // 57: wrenn.hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),         // 58: wrenn.hostagent.v1.FlattenRootfsResponse
-	(*SandboxMetrics)(nil),                // 59: wrenn.hostagent.v1.SandboxMetrics
-	(*GetSandboxMetricsRequest)(nil),      // 60: wrenn.hostagent.v1.GetSandboxMetricsRequest
-	(*GetSandboxMetricsResponse)(nil),     // 61: wrenn.hostagent.v1.GetSandboxMetricsResponse
-	(*GetHostInfoRequest)(nil),            // 62: wrenn.hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),           // 63: wrenn.hostagent.v1.GetHostInfoResponse
-	(*SandboxLimits)(nil),                 // 64: wrenn.hostagent.v1.SandboxLimits
-	(*HostCapacity)(nil),                  // 65: wrenn.hostagent.v1.HostCapacity
-	nil,                                   // 66: wrenn.hostagent.v1.SandboxInfo.MetadataEntry
-	nil,                                   // 67: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                                   // 68: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                                   // 69: wrenn.hostagent.v1.PauseAllResponse.FailedEntry
-	nil,                                   // 70: wrenn.hostagent.v1.ExecRequest.EnvEntry
-	nil,                                   // 71: wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
-	(*ExecStreamResponse_Start)(nil),      // 72: wrenn.hostagent.v1.ExecStreamResponse.Start
-	(*ExecStreamResponse_End)(nil),        // 73: wrenn.hostagent.v1.ExecStreamResponse.End
-	nil,                                   // 74: wrenn.hostagent.v1.ProcessInfo.EnvEntry
-	nil,                                   // 75: wrenn.hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                   // 76: wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
-	(*PtyAttachResponse_Started)(nil),     // 77: wrenn.hostagent.v1.PtyAttachResponse.Started
-	(*PtyAttachResponse_Exit)(nil),        // 78: wrenn.hostagent.v1.PtyAttachResponse.Exit
-	(*WriteFileStreamRequest_Header)(nil), // 79: wrenn.hostagent.v1.WriteFileStreamRequest.Header
-	(*timestamppb.Timestamp)(nil),         // 80: google.protobuf.Timestamp
+	(*SandboxMetricsSeries)(nil),          // 16: wrenn.hostagent.v1.SandboxMetricsSeries
+	(*PauseAllRequest)(nil),               // 17: wrenn.hostagent.v1.PauseAllRequest
+	(*PauseAllResponse)(nil),              // 18: wrenn.hostagent.v1.PauseAllResponse
+	(*ExecRequest)(nil),                   // 19: wrenn.hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),                  // 20: wrenn.hostagent.v1.ExecResponse
+	(*ExecStreamRequest)(nil),             // 21: wrenn.hostagent.v1.ExecStreamRequest
+	(*ExecStreamResponse)(nil),            // 22: wrenn.hostagent.v1.ExecStreamResponse
+	(*ProcessInfo)(nil),                   // 23: wrenn.hostagent.v1.ProcessInfo
+	(*StartProcessRequest)(nil),           // 24: wrenn.hostagent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),          // 25: wrenn.hostagent.v1.StartProcessResponse
+	(*ListProcessesRequest)(nil),          // 26: wrenn.hostagent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),         // 27: wrenn.hostagent.v1.ListProcessesResponse
+	(*ProcessSelector)(nil),               // 28: wrenn.hostagent.v1.ProcessSelector
+	(*KillProcessRequest)(nil),            // 29: wrenn.hostagent.v1.KillProcessRequest
+	(*KillProcessResponse)(nil),           // 30: wrenn.hostagent.v1.KillProcessResponse
+	(*ConnectProcessRequest)(nil),         // 31: wrenn.hostagent.v1.ConnectProcessRequest
+	(*PtyAttachRequest)(nil),              // 32: wrenn.hostagent.v1.PtyAttachRequest
+	(*PtyAttachResponse)(nil),             // 33: wrenn.hostagent.v1.PtyAttachResponse
+	(*PtyInputRequest)(nil),               // 34: wrenn.hostagent.v1.PtyInputRequest
+	(*PtyInputResponse)(nil),              // 35: wrenn.hostagent.v1.PtyInputResponse
+	(*PtyResizeRequest)(nil),              // 36: wrenn.hostagent.v1.PtyResizeRequest
+	(*PtyResizeResponse)(nil),             // 37: wrenn.hostagent.v1.PtyResizeResponse
+	(*PtyKillRequest)(nil),                // 38: wrenn.hostagent.v1.PtyKillRequest
+	(*PtyKillResponse)(nil),               // 39: wrenn.hostagent.v1.PtyKillResponse
+	(*WriteFileRequest)(nil),              // 40: wrenn.hostagent.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),             // 41: wrenn.hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),               // 42: wrenn.hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),              // 43: wrenn.hostagent.v1.ReadFileResponse
+	(*WriteFileStreamRequest)(nil),        // 44: wrenn.hostagent.v1.WriteFileStreamRequest
+	(*ReadFileStreamRequest)(nil),         // 45: wrenn.hostagent.v1.ReadFileStreamRequest
+	(*ReadFileStreamResponse)(nil),        // 46: wrenn.hostagent.v1.ReadFileStreamResponse
+	(*EntryInfo)(nil),                     // 47: wrenn.hostagent.v1.EntryInfo
+	(*ListDirRequest)(nil),                // 48: wrenn.hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),               // 49: wrenn.hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),                // 50: wrenn.hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),               // 51: wrenn.hostagent.v1.MakeDirResponse
+	(*RemovePathRequest)(nil),             // 52: wrenn.hostagent.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),            // 53: wrenn.hostagent.v1.RemovePathResponse
+	(*CreateSnapshotRequest)(nil),         // 54: wrenn.hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),        // 55: wrenn.hostagent.v1.CreateSnapshotResponse
+	(*DeleteSnapshotRequest)(nil),         // 56: wrenn.hostagent.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),        // 57: wrenn.hostagent.v1.DeleteSnapshotResponse
+	(*FlattenRootfsRequest)(nil),          // 58: wrenn.hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),         // 59: wrenn.hostagent.v1.FlattenRootfsResponse
+	(*SandboxMetrics)(nil),                // 60: wrenn.hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsRequest)(nil),      // 61: wrenn.hostagent.v1.GetSandboxMetricsRequest
+	(*GetSandboxMetricsResponse)(nil),     // 62: wrenn.hostagent.v1.GetSandboxMetricsResponse
+	(*GetHostInfoRequest)(nil),            // 63: wrenn.hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),           // 64: wrenn.hostagent.v1.GetHostInfoResponse
+	(*SandboxLimits)(nil),                 // 65: wrenn.hostagent.v1.SandboxLimits
+	(*HostCapacity)(nil),                  // 66: wrenn.hostagent.v1.HostCapacity
+	nil,                                   // 67: wrenn.hostagent.v1.SandboxInfo.MetadataEntry
+	nil,                                   // 68: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                                   // 69: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                   // 70: wrenn.hostagent.v1.PauseAllResponse.FailedEntry
+	nil,                                   // 71: wrenn.hostagent.v1.ExecRequest.EnvEntry
+	nil,                                   // 72: wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
+	(*ExecStreamResponse_Start)(nil),      // 73: wrenn.hostagent.v1.ExecStreamResponse.Start
+	(*ExecStreamResponse_End)(nil),        // 74: wrenn.hostagent.v1.ExecStreamResponse.End
+	nil,                                   // 75: wrenn.hostagent.v1.ProcessInfo.EnvEntry
+	nil,                                   // 76: wrenn.hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                   // 77: wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
+	(*PtyAttachResponse_Started)(nil),     // 78: wrenn.hostagent.v1.PtyAttachResponse.Started
+	(*PtyAttachResponse_Exit)(nil),        // 79: wrenn.hostagent.v1.PtyAttachResponse.Exit
+	(*WriteFileStreamRequest_Header)(nil), // 80: wrenn.hostagent.v1.WriteFileStreamRequest.Header
+	(*timestamppb.Timestamp)(nil),         // 81: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.SandboxInfo.state:type_name -> wrenn.hostagent.v1.SandboxState
-	80, // 1: wrenn.hostagent.v1.SandboxInfo.started_at:type_name -> google.protobuf.Timestamp
-	80, // 2: wrenn.hostagent.v1.SandboxInfo.last_active_at:type_name -> google.protobuf.Timestamp
-	66, // 3: wrenn.hostagent.v1.SandboxInfo.metadata:type_name -> wrenn.hostagent.v1.SandboxInfo.MetadataEntry
-	67, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	68, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	81, // 1: wrenn.hostagent.v1.SandboxInfo.started_at:type_name -> google.protobuf.Timestamp
+	81, // 2: wrenn.hostagent.v1.SandboxInfo.last_active_at:type_name -> google.protobuf.Timestamp
+	67, // 3: wrenn.hostagent.v1.SandboxInfo.metadata:type_name -> wrenn.hostagent.v1.SandboxInfo.MetadataEntry
+	68, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	69, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
 	1,  // 6: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 7: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 8: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
-	80, // 9: wrenn.hostagent.v1.PingSandboxResponse.last_active_at:type_name -> google.protobuf.Timestamp
+	81, // 9: wrenn.hostagent.v1.PingSandboxResponse.last_active_at:type_name -> google.protobuf.Timestamp
 	1,  // 10: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 11: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.SandboxInfo
-	69, // 12: wrenn.hostagent.v1.PauseAllResponse.failed:type_name -> wrenn.hostagent.v1.PauseAllResponse.FailedEntry
-	70, // 13: wrenn.hostagent.v1.ExecRequest.env:type_name -> wrenn.hostagent.v1.ExecRequest.EnvEntry
-	71, // 14: wrenn.hostagent.v1.ExecStreamRequest.env:type_name -> wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
-	72, // 15: wrenn.hostagent.v1.ExecStreamResponse.start:type_name -> wrenn.hostagent.v1.ExecStreamResponse.Start
-	73, // 16: wrenn.hostagent.v1.ExecStreamResponse.end:type_name -> wrenn.hostagent.v1.ExecStreamResponse.End
-	74, // 17: wrenn.hostagent.v1.ProcessInfo.env:type_name -> wrenn.hostagent.v1.ProcessInfo.EnvEntry
-	75, // 18: wrenn.hostagent.v1.StartProcessRequest.env:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvEntry
-	22, // 19: wrenn.hostagent.v1.ListProcessesResponse.processes:type_name -> wrenn.hostagent.v1.ProcessInfo
-	27, // 20: wrenn.hostagent.v1.KillProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
-	27, // 21: wrenn.hostagent.v1.ConnectProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
-	76, // 22: wrenn.hostagent.v1.PtyAttachRequest.env:type_name -> wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
-	77, // 23: wrenn.hostagent.v1.PtyAttachResponse.started:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Started
-	78, // 24: wrenn.hostagent.v1.PtyAttachResponse.exit:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Exit
-	79, // 25: wrenn.hostagent.v1.WriteFileStreamRequest.header:type_name -> wrenn.hostagent.v1.WriteFileStreamRequest.Header
-	80, // 26: wrenn.hostagent.v1.EntryInfo.modified_at:type_name -> google.protobuf.Timestamp
-	46, // 27: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.EntryInfo
-	46, // 28: wrenn.hostagent.v1.MakeDirResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
-	80, // 29: wrenn.hostagent.v1.SandboxMetrics.sampled_at:type_name -> google.protobuf.Timestamp
-	59, // 30: wrenn.hostagent.v1.GetSandboxMetricsResponse.current:type_name -> wrenn.hostagent.v1.SandboxMetrics
-	59, // 31: wrenn.hostagent.v1.GetSandboxMetricsResponse.history:type_name -> wrenn.hostagent.v1.SandboxMetrics
-	64, // 32: wrenn.hostagent.v1.GetHostInfoResponse.limits:type_name -> wrenn.hostagent.v1.SandboxLimits
-	65, // 33: wrenn.hostagent.v1.GetHostInfoResponse.capacity:type_name -> wrenn.hostagent.v1.HostCapacity
-	2,  // 34: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	4,  // 35: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	6,  // 36: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
-	8,  // 37: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
-	10, // 38: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
-	12, // 39: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	14, // 40: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	16, // 41: wrenn.hostagent.v1.HostAgentService.PauseAll:input_type -> wrenn.hostagent.v1.PauseAllRequest
-	18, // 42: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	20, // 43: wrenn.hostagent.v1.HostAgentService.ExecStream:input_type -> wrenn.hostagent.v1.ExecStreamRequest
-	23, // 44: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
-	25, // 45: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
-	28, // 46: wrenn.hostagent.v1.HostAgentService.KillProcess:input_type -> wrenn.hostagent.v1.KillProcessRequest
-	30, // 47: wrenn.hostagent.v1.HostAgentService.ConnectProcess:input_type -> wrenn.hostagent.v1.ConnectProcessRequest
-	31, // 48: wrenn.hostagent.v1.HostAgentService.PtyAttach:input_type -> wrenn.hostagent.v1.PtyAttachRequest
-	33, // 49: wrenn.hostagent.v1.HostAgentService.PtyInput:input_type -> wrenn.hostagent.v1.PtyInputRequest
-	35, // 50: wrenn.hostagent.v1.HostAgentService.PtyResize:input_type -> wrenn.hostagent.v1.PtyResizeRequest
-	37, // 51: wrenn.hostagent.v1.HostAgentService.PtyKill:input_type -> wrenn.hostagent.v1.PtyKillRequest
-	39, // 52: wrenn.hostagent.v1.HostAgentService.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
-	41, // 53: wrenn.hostagent.v1.HostAgentService.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
-	43, // 54: wrenn.hostagent.v1.HostAgentService.WriteFileStream:input_type -> wrenn.hostagent.v1.WriteFileStreamRequest
-	44, // 55: wrenn.hostagent.v1.HostAgentService.ReadFileStream:input_type -> wrenn.hostagent.v1.ReadFileStreamRequest
-	47, // 56: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
-	49, // 57: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
-	51, // 58: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
-	53, // 59: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
-	55, // 60: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
-	57, // 61: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:input_type -> wrenn.hostagent.v1.FlattenRootfsRequest
-	60, // 62: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
-	62, // 63: wrenn.hostagent.v1.HostAgentService.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
-	3,  // 64: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	5,  // 65: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	7,  // 66: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
-	9,  // 67: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
-	11, // 68: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
-	13, // 69: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	15, // 70: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	17, // 71: wrenn.hostagent.v1.HostAgentService.PauseAll:output_type -> wrenn.hostagent.v1.PauseAllResponse
-	19, // 72: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	21, // 73: wrenn.hostagent.v1.HostAgentService.ExecStream:output_type -> wrenn.hostagent.v1.ExecStreamResponse
-	24, // 74: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.StartProcessResponse
-	26, // 75: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
-	29, // 76: wrenn.hostagent.v1.HostAgentService.KillProcess:output_type -> wrenn.hostagent.v1.KillProcessResponse
-	21, // 77: wrenn.hostagent.v1.HostAgentService.ConnectProcess:output_type -> wrenn.hostagent.v1.ExecStreamResponse
-	32, // 78: wrenn.hostagent.v1.HostAgentService.PtyAttach:output_type -> wrenn.hostagent.v1.PtyAttachResponse
-	34, // 79: wrenn.hostagent.v1.HostAgentService.PtyInput:output_type -> wrenn.hostagent.v1.PtyInputResponse
-	36, // 80: wrenn.hostagent.v1.HostAgentService.PtyResize:output_type -> wrenn.hostagent.v1.PtyResizeResponse
-	38, // 81: wrenn.hostagent.v1.HostAgentService.PtyKill:output_type -> wrenn.hostagent.v1.PtyKillResponse
-	40, // 82: wrenn.hostagent.v1.HostAgentService.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	42, // 83: wrenn.hostagent.v1.HostAgentService.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
-	40, // 84: wrenn.hostagent.v1.HostAgentService.WriteFileStream:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	45, // 85: wrenn.hostagent.v1.HostAgentService.ReadFileStream:output_type -> wrenn.hostagent.v1.ReadFileStreamResponse
-	48, // 86: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
-	50, // 87: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
-	52, // 88: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
-	54, // 89: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
-	56, // 90: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
-	58, // 91: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:output_type -> wrenn.hostagent.v1.FlattenRootfsResponse
-	61, // 92: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
-	63, // 93: wrenn.hostagent.v1.HostAgentService.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
-	64, // [64:94] is the sub-list for method output_type
-	34, // [34:64] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	16, // 12: wrenn.hostagent.v1.ListSandboxesResponse.metrics:type_name -> wrenn.hostagent.v1.SandboxMetricsSeries
+	60, // 13: wrenn.hostagent.v1.SandboxMetricsSeries.samples:type_name -> wrenn.hostagent.v1.SandboxMetrics
+	70, // 14: wrenn.hostagent.v1.PauseAllResponse.failed:type_name -> wrenn.hostagent.v1.PauseAllResponse.FailedEntry
+	71, // 15: wrenn.hostagent.v1.ExecRequest.env:type_name -> wrenn.hostagent.v1.ExecRequest.EnvEntry
+	72, // 16: wrenn.hostagent.v1.ExecStreamRequest.env:type_name -> wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
+	73, // 17: wrenn.hostagent.v1.ExecStreamResponse.start:type_name -> wrenn.hostagent.v1.ExecStreamResponse.Start
+	74, // 18: wrenn.hostagent.v1.ExecStreamResponse.end:type_name -> wrenn.hostagent.v1.ExecStreamResponse.End
+	75, // 19: wrenn.hostagent.v1.ProcessInfo.env:type_name -> wrenn.hostagent.v1.ProcessInfo.EnvEntry
+	76, // 20: wrenn.hostagent.v1.StartProcessRequest.env:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvEntry
+	23, // 21: wrenn.hostagent.v1.ListProcessesResponse.processes:type_name -> wrenn.hostagent.v1.ProcessInfo
+	28, // 22: wrenn.hostagent.v1.KillProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	28, // 23: wrenn.hostagent.v1.ConnectProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	77, // 24: wrenn.hostagent.v1.PtyAttachRequest.env:type_name -> wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
+	78, // 25: wrenn.hostagent.v1.PtyAttachResponse.started:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Started
+	79, // 26: wrenn.hostagent.v1.PtyAttachResponse.exit:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Exit
+	80, // 27: wrenn.hostagent.v1.WriteFileStreamRequest.header:type_name -> wrenn.hostagent.v1.WriteFileStreamRequest.Header
+	81, // 28: wrenn.hostagent.v1.EntryInfo.modified_at:type_name -> google.protobuf.Timestamp
+	47, // 29: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.EntryInfo
+	47, // 30: wrenn.hostagent.v1.MakeDirResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
+	81, // 31: wrenn.hostagent.v1.SandboxMetrics.sampled_at:type_name -> google.protobuf.Timestamp
+	60, // 32: wrenn.hostagent.v1.GetSandboxMetricsResponse.current:type_name -> wrenn.hostagent.v1.SandboxMetrics
+	60, // 33: wrenn.hostagent.v1.GetSandboxMetricsResponse.history:type_name -> wrenn.hostagent.v1.SandboxMetrics
+	65, // 34: wrenn.hostagent.v1.GetHostInfoResponse.limits:type_name -> wrenn.hostagent.v1.SandboxLimits
+	66, // 35: wrenn.hostagent.v1.GetHostInfoResponse.capacity:type_name -> wrenn.hostagent.v1.HostCapacity
+	2,  // 36: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	4,  // 37: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	6,  // 38: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	8,  // 39: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	10, // 40: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
+	12, // 41: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	14, // 42: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	17, // 43: wrenn.hostagent.v1.HostAgentService.PauseAll:input_type -> wrenn.hostagent.v1.PauseAllRequest
+	19, // 44: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	21, // 45: wrenn.hostagent.v1.HostAgentService.ExecStream:input_type -> wrenn.hostagent.v1.ExecStreamRequest
+	24, // 46: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
+	26, // 47: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
+	29, // 48: wrenn.hostagent.v1.HostAgentService.KillProcess:input_type -> wrenn.hostagent.v1.KillProcessRequest
+	31, // 49: wrenn.hostagent.v1.HostAgentService.ConnectProcess:input_type -> wrenn.hostagent.v1.ConnectProcessRequest
+	32, // 50: wrenn.hostagent.v1.HostAgentService.PtyAttach:input_type -> wrenn.hostagent.v1.PtyAttachRequest
+	34, // 51: wrenn.hostagent.v1.HostAgentService.PtyInput:input_type -> wrenn.hostagent.v1.PtyInputRequest
+	36, // 52: wrenn.hostagent.v1.HostAgentService.PtyResize:input_type -> wrenn.hostagent.v1.PtyResizeRequest
+	38, // 53: wrenn.hostagent.v1.HostAgentService.PtyKill:input_type -> wrenn.hostagent.v1.PtyKillRequest
+	40, // 54: wrenn.hostagent.v1.HostAgentService.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
+	42, // 55: wrenn.hostagent.v1.HostAgentService.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
+	44, // 56: wrenn.hostagent.v1.HostAgentService.WriteFileStream:input_type -> wrenn.hostagent.v1.WriteFileStreamRequest
+	45, // 57: wrenn.hostagent.v1.HostAgentService.ReadFileStream:input_type -> wrenn.hostagent.v1.ReadFileStreamRequest
+	48, // 58: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
+	50, // 59: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
+	52, // 60: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
+	54, // 61: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
+	56, // 62: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
+	58, // 63: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:input_type -> wrenn.hostagent.v1.FlattenRootfsRequest
+	61, // 64: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
+	63, // 65: wrenn.hostagent.v1.HostAgentService.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
+	3,  // 66: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	5,  // 67: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	7,  // 68: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	9,  // 69: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	11, // 70: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
+	13, // 71: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	15, // 72: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	18, // 73: wrenn.hostagent.v1.HostAgentService.PauseAll:output_type -> wrenn.hostagent.v1.PauseAllResponse
+	20, // 74: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	22, // 75: wrenn.hostagent.v1.HostAgentService.ExecStream:output_type -> wrenn.hostagent.v1.ExecStreamResponse
+	25, // 76: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.StartProcessResponse
+	27, // 77: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
+	30, // 78: wrenn.hostagent.v1.HostAgentService.KillProcess:output_type -> wrenn.hostagent.v1.KillProcessResponse
+	22, // 79: wrenn.hostagent.v1.HostAgentService.ConnectProcess:output_type -> wrenn.hostagent.v1.ExecStreamResponse
+	33, // 80: wrenn.hostagent.v1.HostAgentService.PtyAttach:output_type -> wrenn.hostagent.v1.PtyAttachResponse
+	35, // 81: wrenn.hostagent.v1.HostAgentService.PtyInput:output_type -> wrenn.hostagent.v1.PtyInputResponse
+	37, // 82: wrenn.hostagent.v1.HostAgentService.PtyResize:output_type -> wrenn.hostagent.v1.PtyResizeResponse
+	39, // 83: wrenn.hostagent.v1.HostAgentService.PtyKill:output_type -> wrenn.hostagent.v1.PtyKillResponse
+	41, // 84: wrenn.hostagent.v1.HostAgentService.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	43, // 85: wrenn.hostagent.v1.HostAgentService.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
+	41, // 86: wrenn.hostagent.v1.HostAgentService.WriteFileStream:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	46, // 87: wrenn.hostagent.v1.HostAgentService.ReadFileStream:output_type -> wrenn.hostagent.v1.ReadFileStreamResponse
+	49, // 88: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
+	51, // 89: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
+	53, // 90: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
+	55, // 91: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
+	57, // 92: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
+	59, // 93: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:output_type -> wrenn.hostagent.v1.FlattenRootfsResponse
+	62, // 94: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
+	64, // 95: wrenn.hostagent.v1.HostAgentService.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
+	66, // [66:96] is the sub-list for method output_type
+	36, // [36:66] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5023,28 +5108,28 @@ func file_hostagent_v1_hostagent_proto_init() {
 	}
 	file_hostagent_v1_hostagent_proto_msgTypes[1].OneofWrappers = []any{}
 	file_hostagent_v1_hostagent_proto_msgTypes[7].OneofWrappers = []any{}
-	file_hostagent_v1_hostagent_proto_msgTypes[20].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[21].OneofWrappers = []any{
 		(*ExecStreamResponse_Start_)(nil),
 		(*ExecStreamResponse_Stdout)(nil),
 		(*ExecStreamResponse_Stderr)(nil),
 		(*ExecStreamResponse_End_)(nil),
 		(*ExecStreamResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[26].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[27].OneofWrappers = []any{
 		(*ProcessSelector_Pid)(nil),
 		(*ProcessSelector_Tag)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[31].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[32].OneofWrappers = []any{
 		(*PtyAttachResponse_Started_)(nil),
 		(*PtyAttachResponse_Output)(nil),
 		(*PtyAttachResponse_Exit_)(nil),
 		(*PtyAttachResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[42].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[43].OneofWrappers = []any{
 		(*WriteFileStreamRequest_Header_)(nil),
 		(*WriteFileStreamRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[44].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[45].OneofWrappers = []any{
 		(*ReadFileStreamResponse_Size)(nil),
 		(*ReadFileStreamResponse_Chunk)(nil),
 	}
@@ -5054,7 +5139,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   79,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
