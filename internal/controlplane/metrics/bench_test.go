@@ -44,7 +44,7 @@ func seedTeamHistory(b *testing.B, pool *pgxpool.Pool, team string, end time.Tim
 			b.Fatal(err)
 		}
 	}
-	if _, err := pool.Exec(ctx, `ANALYZE sandbox_metrics_snapshots`); err != nil {
+	if _, err := pool.Exec(ctx, `VACUUM ANALYZE sandbox_metrics_snapshots`); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -105,7 +105,7 @@ func BenchmarkSamplerTick(b *testing.B) {
 				SELECT 'sb-old-' || i, 'team-1', 'base', 'stopped', 1, 256, 1024 FROM generate_series(1, 10000) i`); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := pool.Exec(ctx, `ANALYZE`); err != nil {
+			if _, err := pool.Exec(ctx, `VACUUM ANALYZE`); err != nil {
 				b.Fatal(err)
 			}
 			s := newSampler(b, pool, 60*24*time.Hour)
