@@ -38,6 +38,9 @@ type Agent struct {
 	NetPrefix string
 	NetRange  string
 	Log       Log
+	// Metrics is the agent's Prometheus endpoint
+	// (WRENN_AGENT_METRICS_LISTEN_ADDR, WRENN_METRICS_TOKEN).
+	Metrics Metrics
 	// Registration with a control plane; no CPURLs runs standalone.
 	Registration AgentRegistration
 }
@@ -77,6 +80,7 @@ func LoadAgent(get Getenv) (Agent, error) {
 		NetPrefix:        r.str("WRENN_NET_PREFIX", "wrn-"),
 		NetRange:         r.str("WRENN_NET_RANGE", "10.200.0.0/16"),
 		Log:              loadLog(r),
+		Metrics:          loadMetrics(r, "WRENN_AGENT_METRICS_LISTEN_ADDR"),
 	}
 	if !validNetPrefix(a.NetPrefix) {
 		r.fail("WRENN_NET_PREFIX", "must be 1-8 of a-z, 0-9 and '-', got %q", a.NetPrefix)

@@ -128,9 +128,9 @@ func (r *reader) duration(name string, def, lo time.Duration) time.Duration {
 	if raw == "" {
 		return def
 	}
-	v, err := time.ParseDuration(raw)
+	v, err := parseDuration(raw)
 	if err != nil {
-		r.fail(name, "must be a duration such as 30s or 5m, got %q", raw)
+		r.fail(name, "must be a duration such as 30s, 5m or 60d, got %q", raw)
 		return def
 	}
 	if v < lo {
@@ -184,6 +184,19 @@ func (r *reader) hexKey(name string) []byte {
 		return nil
 	}
 	return k
+}
+
+// parseDuration is time.ParseDuration plus whole days ("60d"), the unit
+// retention periods are thought in.
+func parseDuration(raw string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(raw, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100000 {
+			return 0, fmt.Errorf("bad number of days %q", days)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(raw)
 }
 
 // urlWithScheme checks that a non-empty value parses as an absolute URL

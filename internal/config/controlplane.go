@@ -45,6 +45,29 @@ type ControlPlane struct {
 	// an agent mutual TLS; nil is plain HTTP mode (development).
 	CA     *pki.CA
 	Builds Builds
+	// MetricsRetention is how long usage snapshots are kept.
+	MetricsRetention time.Duration
+	Metrics          Metrics
+}
+
+// Metrics configures a process's Prometheus endpoint, /metrics: served on
+// ListenAddr when set, otherwise on the main port only when Token is set;
+// with neither it is not served. When Token is set every scrape must send
+// it as a bearer token.
+type Metrics struct {
+	ListenAddr string
+	Token      string
+}
+
+func loadMetrics(r *reader, listenVar string) Metrics {
+	m := Metrics{ListenAddr: r.str(listenVar, ""), Token: r.str("WRENN_METRICS_TOKEN", "")}
+	if m.ListenAddr != "" {
+		r.listenAddr(listenVar, m.ListenAddr)
+	}
+	if m.Token != "" && len(m.Token) < 16 {
+		r.fail("WRENN_METRICS_TOKEN", "must be at least 16 characters, got %d", len(m.Token))
+	}
+	return m
 }
 
 // Channels configures notification channels.
@@ -184,6 +207,8 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		PerHost:         r.integer("WRENN_BUILDS_PER_HOST", 1, 1, 64),
 		MaxArchiveBytes: int64(r.integer("WRENN_BUILD_MAX_ARCHIVE_BYTES", 64<<20, 1<<10, 1<<30)),
 	}
+	c.MetricsRetention = r.duration("WRENN_METRICS_RETENTION", 60*24*time.Hour, time.Hour)
+	c.Metrics = loadMetrics(r, "WRENN_METRICS_LISTEN_ADDR")
 	c.Hosts = Hosts{
 		JWTSecret:        r.str("WRENN_HOST_JWT_SECRET", ""),
 		UnreachableAfter: r.duration("WRENN_HOST_UNREACHABLE_AFTER", 90*time.Second, time.Second),

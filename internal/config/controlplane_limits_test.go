@@ -51,6 +51,18 @@ func TestControlPlaneLimitsFromEnv(t *testing.T) {
 		{"reconcile too fast", map[string]string{"WRENN_RECONCILE_INTERVAL": "10ms"}, nil, "WRENN_RECONCILE_INTERVAL"},
 		{"ttl garbage", map[string]string{"WRENN_JWT_TTL": "forever"}, nil, "WRENN_JWT_TTL"},
 		{"body too small", map[string]string{"WRENN_MAX_BODY_BYTES": "10"}, nil, "WRENN_MAX_BODY_BYTES"},
+		{"metrics retention default", map[string]string{}, func(c ControlPlane) bool { return c.MetricsRetention == 60*24*time.Hour }, ""},
+		{"metrics retention days", map[string]string{"WRENN_METRICS_RETENTION": "7d"}, func(c ControlPlane) bool { return c.MetricsRetention == 7*24*time.Hour }, ""},
+		{"metrics retention hours", map[string]string{"WRENN_METRICS_RETENTION": "36h"}, func(c ControlPlane) bool { return c.MetricsRetention == 36*time.Hour }, ""},
+		{"metrics retention too short", map[string]string{"WRENN_METRICS_RETENTION": "10m"}, nil, "WRENN_METRICS_RETENTION"},
+		{"metrics retention garbage", map[string]string{"WRENN_METRICS_RETENTION": "xd"}, nil, "WRENN_METRICS_RETENTION"},
+		{"metrics off by default", map[string]string{}, func(c ControlPlane) bool { return c.Metrics == (Metrics{}) }, ""},
+		{"metrics listener", map[string]string{"WRENN_METRICS_LISTEN_ADDR": "127.0.0.1:9100", "WRENN_METRICS_TOKEN": "0123456789abcdef"},
+			func(c ControlPlane) bool {
+				return c.Metrics == Metrics{ListenAddr: "127.0.0.1:9100", Token: "0123456789abcdef"}
+			}, ""},
+		{"metrics listener garbage", map[string]string{"WRENN_METRICS_LISTEN_ADDR": "nine-thousand"}, nil, "WRENN_METRICS_LISTEN_ADDR"},
+		{"metrics token short", map[string]string{"WRENN_METRICS_TOKEN": "short"}, nil, "WRENN_METRICS_TOKEN"},
 		{"lifecycle too short", map[string]string{"WRENN_AGENT_LIFECYCLE_TIMEOUT": "1s"}, nil, "WRENN_AGENT_LIFECYCLE_TIMEOUT"},
 	}
 	for _, tt := range tests {

@@ -128,6 +128,27 @@ type Sandbox struct {
 	BuildID             *string         `json:"build_id"`
 }
 
+type SandboxMetricSample struct {
+	SandboxID        string    `json:"sandbox_id"`
+	SampledAt        time.Time `json:"sampled_at"`
+	CpuPercent       float32   `json:"cpu_percent"`
+	HostCpuPercent   float32   `json:"host_cpu_percent"`
+	MemoryUsedBytes  int64     `json:"memory_used_bytes"`
+	MemoryTotalBytes int64     `json:"memory_total_bytes"`
+	DiskUsedBytes    int64     `json:"disk_used_bytes"`
+	DiskTotalBytes   int64     `json:"disk_total_bytes"`
+}
+
+type SandboxMetricsSnapshot struct {
+	TeamID           string    `json:"team_id"`
+	ResolutionSec    int32     `json:"resolution_sec"`
+	SampledAt        time.Time `json:"sampled_at"`
+	Running          int32     `json:"running"`
+	Paused           int32     `json:"paused"`
+	ReservedVcpus    int32     `json:"reserved_vcpus"`
+	ReservedMemoryMb int64     `json:"reserved_memory_mb"`
+}
+
 type Team struct {
 	ID          string    `json:"id"`
 	Name        string    `json:"name"`
@@ -145,6 +166,14 @@ type TeamApiKey struct {
 	CreatedBy  *string    `json:"created_by"`
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+type TeamUsage struct {
+	TeamID           string `json:"team_id"`
+	Running          int32  `json:"running"`
+	Paused           int32  `json:"paused"`
+	ReservedVcpus    int32  `json:"reserved_vcpus"`
+	ReservedMemoryMb int64  `json:"reserved_memory_mb"`
 }
 
 type Template struct {

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/network"
 	"github.com/wrenn-dev/wrenn/internal/agent/registration"
@@ -24,6 +26,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm/qemu"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/pki"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
 // Parts are the assembled pieces of an agent, for Run and for tests.
@@ -37,6 +40,8 @@ type Parts struct {
 	Contact *registration.Contact
 	// Certs holds the host certificate in mTLS mode (empty otherwise).
 	Certs *pki.HostCertStore
+	// Telemetry holds the agent's Prometheus series.
+	Telemetry *telemetry.Agent
 }
 
 // Options tune Build beyond the configuration (tests use them).
@@ -92,7 +97,9 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 		return nil, err
 	}
 	acc := res.Accel
-	mcfg := sandbox.Config{
+	var mgr *sandbox.Manager // read by scrapes, which start after Build
+	tel := telemetry.NewAgent(func(context.Context) (map[string]float64, error) { return mgr.StateCounts(), nil }, log)
+	mcfg := sandbox.Config{Observe: tel.ObserveOperation,
 		Dir: cfg.Dir, Driver: drv, Accel: acc, Net: NetAdapter{M: nm}, Disks: DiskAdapter{S: store, Raw: raw}, Logger: log,
 		MaxVCPUs: cfg.MaxVCPUs, MaxMemoryMB: cfg.MaxMemoryMB, MaxDiskMB: cfg.MaxDiskMB,
 		KernelArgs: func(slot sandbox.NetSlot) string {
@@ -108,7 +115,7 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 	if opts.Manager != nil {
 		opts.Manager(&mcfg)
 	}
-	mgr, err := sandbox.New(mcfg)
+	mgr, err = sandbox.New(mcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -124,12 +131,17 @@ func Build(ctx context.Context, cfg config.Agent, log *slog.Logger, opts Options
 	}
 	contact := &registration.Contact{}
 	certs := &pki.HostCertStore{}
-	srv, err := server.New(server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log, OnCall: contact.Touch,
-		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB, Certs: certs})
+	scfg := server.Config{Manager: mgr, Dir: cfg.Dir, Logger: log, OnCall: contact.Touch,
+		CapacityVCPUs: cfg.CapacityVCPUs, CapacityMemoryMB: cfg.CapacityMemoryMB, Certs: certs,
+		HandlerOptions: []connect.HandlerOption{connect.WithInterceptors(tel.ServerInterceptor())}}
+	if telemetry.OnMainPort(cfg.Metrics) {
+		scfg.Metrics = telemetry.Handler(tel.Registry, cfg.Metrics.Token)
+	}
+	srv, err := server.New(scfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact, Certs: certs}, nil
+	return &Parts{Manager: mgr, Server: srv, Network: nm, Driver: drv, Accel: acc, Contact: contact, Certs: certs, Telemetry: tel}, nil
 }
 
 // chooseDriver picks the VMM: firecracker needs KVM and its binary; auto
@@ -222,6 +234,11 @@ func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOp
 		return err
 	}
 	defer ln.Close()
+	go func() {
+		if err := telemetry.Serve(rctx, cfg.Metrics, p.Telemetry.Registry, log, nil); err != nil {
+			log.Error("metrics listener", "err", err)
+		}
+	}()
 	log.Info("host agent listening", "addr", ln.Addr().String(), "dir", cfg.Dir, "mtls", p.Certs.Loaded())
 	if opts.Listening != nil {
 		opts.Listening(ln.Addr())

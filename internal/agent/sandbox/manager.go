@@ -37,6 +37,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/names"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -69,8 +70,13 @@ type Config struct {
 	// often metrics are sampled; MetricsHistory how many samples are kept.
 	ReapInterval, MetricsInterval time.Duration
 	MetricsHistory                int
+	// MetricsConcurrency is how many sandboxes are sampled at once (4).
+	MetricsConcurrency int
 	// OpTimeout bounds one background lifecycle operation (reaper pause).
 	OpTimeout time.Duration
+	// Observe, when set, is told the duration and outcome of every create,
+	// restore, pause and resume (the agent's Prometheus histograms).
+	Observe func(op string, took time.Duration, err error)
 }
 
 func (c *Config) setDefaults() {
@@ -82,6 +88,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KernelArgs == nil {
 		c.KernelArgs = DefaultKernelArgs
+	}
+	if c.Observe == nil {
+		c.Observe = func(string, time.Duration, error) {}
 	}
 	def := func(p *int, v int) {
 		if *p <= 0 {
@@ -100,6 +109,7 @@ func (c *Config) setDefaults() {
 	def(&c.DefaultMemoryMB, 256)
 	def(&c.ExecOutputCap, 16<<20)
 	def(&c.MetricsHistory, 60)
+	def(&c.MetricsConcurrency, 4)
 	defD(&c.BootTimeout, 90*time.Second)
 	defD(&c.ExecTimeout, 60*time.Second)
 	defD(&c.MaxExecTimeout, 24*time.Hour)
@@ -179,6 +189,8 @@ func (m *Manager) snapshotDir(id string) string {
 // lifecycle operations (create, pause, resume, destroy) on it.
 type Sandbox struct {
 	op sync.Mutex
+	// restored: booted from a snapshot template (set by boot, under op).
+	restored bool
 	// vm and files hold the undo steps of what the sandbox holds (see
 	// teardown.go). They are run without mu held.
 	vm, files cleanup.Stack
@@ -375,7 +387,13 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 	m.mu.Unlock()
 
 	start := time.Now()
-	if err := m.boot(ctx, s); err != nil {
+	err = m.boot(ctx, s)
+	op := telemetry.OpCreate
+	if s.restored {
+		op = telemetry.OpRestore
+	}
+	m.cfg.Observe(op, time.Since(start), err)
+	if err != nil {
 		s.mu.Lock()
 		s.removed = true // a handle taken meanwhile finds it gone
 		s.mu.Unlock()
@@ -402,6 +420,7 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 	if err != nil {
 		return err
 	}
+	s.restored = tpl.snap != nil
 	if tpl.snap != nil {
 		if r.VCPUs != tpl.meta.VCPUs || r.MemoryMB != tpl.meta.MemoryMB {
 			if r.VCPUs != m.cfg.DefaultVCPUs || r.MemoryMB != m.cfg.DefaultMemoryMB {
@@ -606,7 +625,9 @@ func (m *Manager) Get(ctx context.Context, id string) (*pb.SandboxInfo, error) {
 // Nothing is drained: asking twice gives the same answer.
 func (m *Manager) List(ctx context.Context) *pb.ListSandboxesResponse {
 	res := &pb.ListSandboxesResponse{}
-	for _, s := range m.all() {
+	all := m.all()
+	res.Metrics = m.recentMetrics(all)
+	for _, s := range all {
 		i := s.info()
 		res.Sandboxes = append(res.Sandboxes, i)
 		if i.State == pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED {
@@ -690,20 +711,37 @@ func (m *Manager) Templates() []string {
 	return out
 }
 
-// Run runs the idle reaper and the metrics sampler until ctx ends.
+// StateCounts is the number of sandboxes in each state, every state
+// included (the agent's wrenn_agent_sandboxes gauge).
+func (m *Manager) StateCounts() map[string]float64 {
+	out := map[string]float64{}
+	for v := range pb.SandboxState_name {
+		if v != int32(pb.SandboxState_SANDBOX_STATE_UNSPECIFIED) {
+			out[stateName(pb.SandboxState(v))] = 0
+		}
+	}
+	for _, s := range m.all() {
+		s.mu.Lock()
+		out[stateName(s.rec.State)]++
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// Run runs the idle reaper and, beside it (so slow guests never delay a
+// reap), the metrics sampler until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { m.runSampler(ctx) })
 	reap := time.NewTicker(m.cfg.ReapInterval)
 	defer reap.Stop()
-	sample := time.NewTicker(m.cfg.MetricsInterval)
-	defer sample.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-reap.C:
 			m.Reap(ctx)
-		case <-sample.C:
-			m.sampleAll(ctx)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -10,9 +11,10 @@ import (
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
-// sample takes one metrics reading of a running sandbox: CPU % from the
-// VMM process's CPU time (percent of one host core, so up to 100*vCPUs),
-// memory and disk from envd inside.
+// sample takes one metrics reading of a running sandbox: CPU % as the
+// guest sees it and memory and disk from envd inside, and the host's CPU %
+// from the VMM process's CPU time (/proc of the QEMU or Firecracker
+// process, so it works under TCG too).
 func (m *Manager) sample(ctx context.Context, s *Sandbox) (*pb.SandboxMetrics, error) {
 	s.mu.Lock()
 	mref, c := s.machine, s.client
@@ -32,15 +34,13 @@ func (m *Manager) sample(ctx context.Context, s *Sandbox) (*pb.SandboxMetrics, e
 	if err != nil {
 		return nil, envdErr(err, "guest metrics")
 	}
+	out.CpuPercent = gm.CPUUsedPct
 	out.MemoryUsedBytes, out.MemoryTotalBytes = gm.MemUsed, gm.MemTotal
 	out.DiskUsedBytes, out.DiskTotalBytes = gm.DiskUsed, gm.DiskTotal
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if prev := s.lastSample; prev != nil && now.After(prev.at) && vm.CPUTime >= prev.cpu {
-		out.CpuPercent = 100 * float64(vm.CPUTime-prev.cpu) / float64(now.Sub(prev.at))
-	} else {
-		// First reading: fall back to the guest's own view.
-		out.CpuPercent = gm.CPUUsedPct
+		out.HostCpuPercent = 100 * float64(vm.CPUTime-prev.cpu) / float64(now.Sub(prev.at))
 	}
 	s.lastSample = &cpuSample{at: now, cpu: vm.CPUTime}
 	s.metrics = append(s.metrics, out)
@@ -50,7 +50,13 @@ func (m *Manager) sample(ctx context.Context, s *Sandbox) (*pb.SandboxMetrics, e
 	return out, nil
 }
 
+// sampleAll samples every running sandbox, MetricsConcurrency at a time:
+// each sample waits on its guest (up to 3 s), so one slow guest must not
+// hold up the others, and a host with hundreds of sandboxes must not start
+// hundreds of calls at once.
 func (m *Manager) sampleAll(ctx context.Context) {
+	sem := make(chan struct{}, m.cfg.MetricsConcurrency)
+	var wg sync.WaitGroup
 	for _, s := range m.all() {
 		s.mu.Lock()
 		run := s.rec.State == pb.SandboxState_SANDBOX_STATE_RUNNING
@@ -58,10 +64,47 @@ func (m *Manager) sampleAll(ctx context.Context) {
 		if !run {
 			continue
 		}
-		if _, err := m.sample(ctx, s); err != nil {
-			m.log.Debug("metrics sample failed", "sandbox", s.rec.ID, "err", err)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := m.sample(ctx, s); err != nil {
+				m.log.Debug("metrics sample failed", "sandbox", s.rec.ID, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// runSampler samples on every MetricsInterval until ctx ends; a pass that
+// overruns the interval delays the next instead of piling up.
+func (m *Manager) runSampler(ctx context.Context) {
+	t := time.NewTicker(m.cfg.MetricsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.sampleAll(ctx)
 		}
 	}
+}
+
+// listedSamples is how many of a sandbox's latest samples List reports:
+// the control plane lists every few seconds, so a few cover a missed list.
+const listedSamples = 3
+
+// recentMetrics is the latest samples of each running sandbox, for List.
+func (m *Manager) recentMetrics(all []*Sandbox) []*pb.SandboxMetricsSeries {
+	var out []*pb.SandboxMetricsSeries
+	for _, s := range all {
+		s.mu.Lock()
+		if n := len(s.metrics); n > 0 && s.rec.State == pb.SandboxState_SANDBOX_STATE_RUNNING {
+			out = append(out, &pb.SandboxMetricsSeries{SandboxId: s.rec.ID, Samples: append([]*pb.SandboxMetrics(nil), s.metrics[max(0, n-listedSamples):]...)})
+		}
+		s.mu.Unlock()
+	}
+	return out
 }
 
 // Metrics returns the latest sample (taken now if none is recent) and the

@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/names"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -35,7 +36,8 @@ func (m *Manager) Pause(ctx context.Context, id string) (*pb.SandboxInfo, error)
 
 // pause does Pause; auto marks a reaper pause, stillIdle (when set) is
 // re-checked under the operation lock so a ping that raced the reaper wins.
-func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle func(*record) bool) (*pb.SandboxInfo, error) {
+func (m *Manager) pause(ctx context.Context, id string, auto bool, stillIdle func(*record) bool) (_ *pb.SandboxInfo, err error) {
+	defer func(start time.Time) { m.cfg.Observe(telemetry.OpPause, time.Since(start), err) }(time.Now())
 	s, err := m.get(id)
 	if err != nil {
 		return nil, err
@@ -118,7 +120,8 @@ func keepRunning(ctx context.Context, mref *machineRef, dir string, err error) e
 // Resume restores a paused sandbox on a fresh network slot and
 // re-initialises envd (clock, new access token, env). On failure the
 // sandbox stays paused with its snapshot untouched.
-func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (*pb.SandboxInfo, error) {
+func (m *Manager) Resume(ctx context.Context, id string, timeoutSec *int64) (_ *pb.SandboxInfo, err error) {
+	defer func(start time.Time) { m.cfg.Observe(telemetry.OpResume, time.Since(start), err) }(time.Now())
 	if timeoutSec != nil && *timeoutSec < 0 {
 		return nil, agenterr.Invalid("timeout_sec", "timeout_sec %d is negative", *timeoutSec)
 	}

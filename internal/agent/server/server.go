@@ -46,6 +46,10 @@ type Config struct {
 	// Certs, in mTLS mode, holds the host certificate whose expiry /health
 	// reports.
 	Certs *pki.HostCertStore
+	// HandlerOptions apply to the Connect service (the metrics interceptor).
+	HandlerOptions []connect.HandlerOption
+	// Metrics, when set, is served at GET /metrics.
+	Metrics http.Handler
 }
 
 // Server implements hostagentv1connect.HostAgentServiceHandler.
@@ -56,6 +60,8 @@ type Server struct {
 	capVCPUs, capMemory int
 	onCall              func()
 	certs               *pki.HostCertStore
+	handlerOpts         []connect.HandlerOption
+	metrics             http.Handler
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Server)(nil)
@@ -69,13 +75,13 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB,
-		onCall: cfg.OnCall, certs: cfg.Certs}, nil
+		onCall: cfg.OnCall, certs: cfg.Certs, handlerOpts: cfg.HandlerOptions, metrics: cfg.Metrics}, nil
 }
 
 // Handler serves the Connect service and GET /health.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	path, h := hostagentv1connect.NewHostAgentServiceHandler(s)
+	path, h := hostagentv1connect.NewHostAgentServiceHandler(s, s.handlerOpts...)
 	if s.onCall != nil {
 		rpc := h
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -85,6 +91,9 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle(path, h)
 	mux.HandleFunc("GET /health", s.health)
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics)
+	}
 	return mux
 }
 

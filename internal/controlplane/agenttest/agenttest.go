@@ -482,6 +482,11 @@ func (a *Agent) ListSandboxes(context.Context, *connect.Request[pb.ListSandboxes
 	for _, id := range slices.Sorted(maps.Keys(a.sandboxes)) {
 		sb := a.sandboxes[id]
 		resp.Sandboxes = append(resp.Sandboxes, info(sb))
+		if sb.info.State == pb.SandboxState_SANDBOX_STATE_RUNNING {
+			// Like the real agent's 5-second sampler: one sample per slot.
+			resp.Metrics = append(resp.Metrics, &pb.SandboxMetricsSeries{SandboxId: id,
+				Samples: []*pb.SandboxMetrics{fakeSample(time.Now().Truncate(5 * time.Second))}})
+		}
 		if sb.info.State == pb.SandboxState_SANDBOX_STATE_AUTO_PAUSED {
 			resp.AutoPausedSandboxIds = append(resp.AutoPausedSandboxIds, id)
 		}
@@ -972,8 +977,13 @@ func (a *Agent) GetSandboxMetrics(_ context.Context, req *connect.Request[pb.Get
 	if _, err := a.running("GetSandboxMetrics", req.Msg.GetSandboxId()); err != nil {
 		return nil, err
 	}
-	m := &pb.SandboxMetrics{SampledAt: timestamppb.Now(), CpuPercent: 12.5, MemoryUsedBytes: 64 << 20, MemoryTotalBytes: 256 << 20, DiskUsedBytes: 100 << 20, DiskTotalBytes: 1 << 30}
+	m := fakeSample(time.Now())
 	return connect.NewResponse(&pb.GetSandboxMetricsResponse{Current: m, History: []*pb.SandboxMetrics{m}}), nil
+}
+
+// fakeSample is the one resource sample the fake reports for a running sandbox.
+func fakeSample(at time.Time) *pb.SandboxMetrics {
+	return &pb.SandboxMetrics{SampledAt: timestamppb.New(at), CpuPercent: 12.5, HostCpuPercent: 14, MemoryUsedBytes: 64 << 20, MemoryTotalBytes: 256 << 20, DiskUsedBytes: 100 << 20, DiskTotalBytes: 1 << 30}
 }
 
 func (a *Agent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {

@@ -161,7 +161,39 @@ func (s *Server) pingSandbox(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusOK, res)
 }
 
+// sandboxHistory is GET /v1/sandboxes/{id}/metrics?range=: the stored
+// samples, also of a paused or stopped sandbox.
+func (s *Server) sandboxHistory(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Stats == nil {
+		WriteError(w, service.CodeServiceUnavailable, "usage metrics are not configured")
+		return
+	}
+	h, err := s.deps.Stats.SandboxHistory(r.Context(), caller(r).TeamID, sandboxID(r), r.URL.Query().Get("range"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, h)
+}
+
+func (s *Server) sandboxStats(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Stats == nil {
+		WriteError(w, service.CodeServiceUnavailable, "usage metrics are not configured")
+		return
+	}
+	st, err := s.deps.Stats.TeamStats(r.Context(), caller(r).TeamID, r.URL.Query().Get("range"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, st)
+}
+
 func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Has("range") {
+		s.sandboxHistory(w, r)
+		return
+	}
 	m, err := s.deps.Service.SandboxMetrics(r.Context(), caller(r), sandboxID(r))
 	if err != nil {
 		s.writeErr(w, r, err)

@@ -26,6 +26,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -152,14 +153,14 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 		t.Cleanup(func() { brdb.Close() })
 		bs = builds.New(pool, brdb, svc, *o.builds, logger)
 	}
-	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
+	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, Stats: metrics.NewReader(pool, nil), RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
 		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans, Builds: bs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Config.Handler = specCheckedUnlessBench(t, s)
 	srv.Start()
-	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{}, logger)
+	rec := reconciler.New(pool, states, hosts.NewPool(q, nil), reconciler.Config{Samples: metrics.NewSampleStore(pool)}, logger)
 	return &env{t: t, srv: srv, svc: svc, rec: rec, pool: pool, q: q, agent: agent, logs: logs, rdb: rdb, builds: bs}
 }
 

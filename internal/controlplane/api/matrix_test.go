@@ -52,6 +52,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"get sandbox", "GET", fixed(sbPath(sb.ID), nil), []int{401, 401, 200, 200, 200, 200, 404, 404}},
 		{"list sandboxes", "GET", fixed("/v1/sandboxes", nil), []int{401, 401, 200, 200, 200, 200, 200, 200}},
 		{"exec", "POST", fixed(sbPath(sb.ID, "/exec"), map[string]any{"cmd": "echo"}), []int{401, 401, 200, 200, 200, 200, 404, 404}},
+		{"usage stats", "GET", fixed("/v1/sandboxes/stats?range=1h", nil), []int{401, 401, 200, 200, 200, 200, 200, 200}},
 		{"metrics via alias", "GET", fixed("/v1/capsules/"+sb.ID+"/metrics", nil), []int{401, 401, 200, 200, 200, 200, 404, 404}},
 		{"destroy sandbox", "DELETE", func() (string, any) {
 			return sbPath(e.createSandbox(owner.cred(), nil).ID), nil

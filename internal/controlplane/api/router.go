@@ -19,7 +19,9 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
 // HealthChecker reports whether a dependency (database, Redis) answers.
@@ -62,6 +64,14 @@ type Deps struct {
 	// Channels serves /v1/channels; without it (no WRENN_ENCRYPTION_KEY)
 	// those routes answer 503 channels_disabled.
 	Channels *channels.Service
+	// Stats serves GET /v1/sandboxes/stats and the history form of
+	// /v1/sandboxes/{id}/metrics; without it those answer 503.
+	Stats *metrics.Reader
+	// HTTPMetrics, when set, records every request by route pattern.
+	HTTPMetrics *telemetry.HTTP
+	// Metrics, when set, serves GET /metrics on this handler (only with a
+	// token: see telemetry.OnMainPort).
+	Metrics http.Handler
 	// RateLimiter guards signup, login and OAuth callbacks; nil disables the limit.
 	RateLimiter RateLimiter
 	// TrustedProxies are the peers whose forwarding headers name the
@@ -96,6 +106,9 @@ func New(deps Deps) (*Server, error) {
 	s := &Server{deps: deps, clientIP: clientip.New(deps.TrustedProxies), router: chi.NewRouter(), spec: spec}
 	r := s.router
 	r.Use(middleware.RequestID, s.recoverer, s.accessLog)
+	if deps.HTTPMetrics != nil {
+		r.Use(deps.HTTPMetrics.Middleware(s.routePattern))
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, service.CodeNotFound, "no such route: "+r.Method+" "+r.URL.Path)
 	})
@@ -103,12 +116,27 @@ func New(deps Deps) (*Server, error) {
 		WriteError(w, service.CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 	})
 	r.Get("/health", s.health)
+	if deps.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", deps.Metrics)
+	}
 	r.Get("/openapi.yaml", s.serveOpenAPI)
 	r.Get("/docs", serveDocsIndex)
 	r.Get("/docs/*", serveDocsAsset)
 	s.mountHosts(r)
 	s.mountV1(r)
 	return s, nil
+}
+
+// routePattern is the full route pattern of a request ("" for none),
+// looked up in the router rather than read from the request's routing
+// context, which holds only a prefix when a group's middleware (such as
+// authentication) answered before the route itself was reached.
+func (s *Server) routePattern(r *http.Request) string {
+	mux, ok := s.router.(*chi.Mux)
+	if !ok {
+		return ""
+	}
+	return mux.Find(chi.NewRouteContext(), r.Method, r.URL.Path)
 }
 
 // Router exposes the router so other route groups can be mounted.

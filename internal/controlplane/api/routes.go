@@ -105,6 +105,7 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 	body := limitBody(s.deps.MaxBodyBytes)
 	r.With(body, s.idempotent(fixedRoute("sandboxes.create"), func() string { return ids.New(ids.Sandbox) })).Post("/", s.createSandbox)
 	r.Get("/", s.listSandboxes)
+	r.Get("/stats", s.sandboxStats)
 	r.Route("/{sandbox_id}", func(r chi.Router) {
 		r.Get("/", s.getSandbox)
 		r.Delete("/", s.deleteSandbox)

@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
 // ConnectPostgres opens a pool and checks that the database answers; errors
@@ -75,6 +76,9 @@ type Started struct {
 	// a host did not answer. (`wrenn dev` waits for it after its agent's
 	// first heartbeat, so its banner never shows stale states.)
 	Reconcile func(ctx context.Context) error
+	// MetricsAddr is the bound address of the separate /metrics listener
+	// (WRENN_METRICS_LISTEN_ADDR), nil without one.
+	MetricsAddr net.Addr
 }
 
 // Run serves the control plane until ctx is cancelled. ready, if not nil,
@@ -117,6 +121,20 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	// another replica takes over at once rather than after they expire.
 	defer func() { stopBackground(); <-bgDone }()
 
+	metricsUp := make(chan net.Addr, 1)
+	metricsErr := make(chan error, 1)
+	go func() {
+		metricsErr <- telemetry.Serve(bgCtx, cfg.Metrics, core.Telemetry.Registry, logger, func(a net.Addr) { metricsUp <- a })
+	}()
+	var metricsAddr net.Addr
+	if cfg.Metrics.ListenAddr != "" {
+		select {
+		case metricsAddr = <-metricsUp:
+		case err := <-metricsErr:
+			return fmt.Errorf("WRENN_METRICS_LISTEN_ADDR: %w", err)
+		}
+	}
+
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("WRENN_CP_LISTEN_ADDR: listen on %s: %w", cfg.ListenAddr, err)
@@ -128,7 +146,7 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	}
 	logger.Info("control plane listening", "addr", ln.Addr().String(), "version", buildinfo.Version, "replica", core.Replica)
 	if ready != nil {
-		ready(Started{Addr: ln.Addr(), Reconcile: core.ReconcileNow})
+		ready(Started{Addr: ln.Addr(), Reconcile: core.ReconcileNow, MetricsAddr: metricsAddr})
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

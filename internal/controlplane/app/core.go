@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -21,10 +22,12 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/pki"
+	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
 // Core is the control plane core (accounts, teams, keys, sandboxes, the
@@ -49,6 +52,15 @@ type Core struct {
 	// singleton loop under BuildReaperLease. Nil without Redis.
 	Builds           *builds.Service
 	BuildReaperLease *lease.Lease
+	// Sampler snapshots every team's usage; SamplerLease makes it a
+	// singleton loop. Stats reads the snapshots for the API.
+	Sampler      *metrics.Sampler
+	SamplerLease *lease.Lease
+	Stats        *metrics.Reader
+	// Telemetry holds the Prometheus series (HTTP, sandboxes by state,
+	// agent calls); MetricsConfig says where /metrics is served.
+	Telemetry     *telemetry.ControlPlane
+	MetricsConfig config.Metrics
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -80,6 +92,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("WRENN_JWT_SECRET: %w", err)
 	}
 	q := db.New(pool)
+	tel := telemetry.NewControlPlane(sandboxCounts(q), logger)
 	var certs *pki.CPCertStore
 	if cfg.CA != nil {
 		if certs, err = pki.NewCPCertStore(cfg.CA, nil, pki.ClientCertTTL); err != nil {
@@ -89,7 +102,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	} else {
 		logger.Warn("no CA configured (WRENN_CA_CERT, WRENN_CA_KEY): calls to host agents are plain HTTP, for development on one machine only")
 	}
-	hp := hosts.NewPool(q, certs)
+	hp := hosts.NewPool(q, certs, connect.WithInterceptors(tel.AgentInterceptor()))
 	oc := hosts.Overcommit{Memory: cfg.Hosts.MemoryOvercommit, VCPUs: cfg.Hosts.VCPUOvercommit}
 	var sch hosts.Scheduler = hosts.NewRoundRobin(oc)
 	if cfg.Hosts.Scheduler == "least-loaded" {
@@ -108,7 +121,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err != nil {
 		return nil, fmt.Errorf("build service: %w", err)
 	}
-	c := &Core{pool: pool, Service: svc, HostPool: hp, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+	c := &Core{pool: pool, Service: svc, HostPool: hp, Telemetry: tel, MetricsConfig: cfg.Metrics, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies,
 		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://"),
 		CPCerts:       certs, log: logger}
@@ -122,7 +135,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		c.ReconcileInterval = 5 * time.Second
 	}
 	c.Reconciler = reconciler.New(pool, states, hp, reconciler.Config{
-		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter}, logger)
+		Interval: c.ReconcileInterval, UnreachableAfter: cfg.Hosts.UnreachableAfter, Samples: metrics.NewSampleStore(pool)}, logger)
 	c.Replica = replica
 	c.ReconcileLease, err = lease.New(pool, lease.Config{Name: "reconciler", Replica: c.Replica, Interval: c.ReconcileInterval}, logger)
 	if err != nil {
@@ -139,6 +152,17 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 			return nil, fmt.Errorf("build reaper lease: %w", err)
 		}
 	}
+	retention := cfg.MetricsRetention
+	if retention == 0 {
+		retention = 60 * 24 * time.Hour
+	}
+	if c.Sampler, err = metrics.NewSampler(pool, metrics.SamplerConfig{Retention: retention}, logger); err != nil {
+		return nil, fmt.Errorf("WRENN_METRICS_RETENTION: %w", err)
+	}
+	if c.SamplerLease, err = lease.New(pool, lease.Config{Name: metrics.LeaseName, Replica: c.Replica, Interval: metrics.SampleInterval}, logger); err != nil {
+		return nil, fmt.Errorf("metrics sampler lease: %w", err)
+	}
+	c.Stats = metrics.NewReader(pool, nil)
 	return c, nil
 }
 
@@ -212,6 +236,11 @@ func (c *Core) Fill(d *api.Deps) {
 	d.Leases = c
 	d.Channels = c.Channels
 	d.Builds = c.Builds
+	d.Stats = c.Stats
+	d.HTTPMetrics = c.Telemetry.HTTP
+	if telemetry.OnMainPort(c.MetricsConfig) {
+		d.Metrics = telemetry.Handler(c.Telemetry.Registry, c.MetricsConfig.Token)
+	}
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -220,6 +249,25 @@ func (c *Core) Fill(d *api.Deps) {
 // Holders lists who holds each singleton loop's lease (api.LeaseReader).
 func (c *Core) Holders(ctx context.Context) ([]lease.Holder, error) {
 	return lease.Holders(ctx, c.pool)
+}
+
+// sandboxCounts reads the wrenn_sandboxes gauge: every status, zero
+// included, so a state that empties shows 0 rather than vanishing.
+func sandboxCounts(q *db.Queries) telemetry.Counts {
+	return func(ctx context.Context) (map[string]float64, error) {
+		rows, err := q.CountSandboxesByStatus(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("count sandboxes by status: %w", err)
+		}
+		out := make(map[string]float64, len(service.AllStatuses()))
+		for _, st := range service.AllStatuses() {
+			out[string(st)] = 0
+		}
+		for _, r := range rows {
+			out[r.Status] = float64(r.Sandboxes)
+		}
+		return out, nil
+	}
 }
 
 // ReconcileNow runs one reconcile pass beside the background loop (every
@@ -234,9 +282,9 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 // RunBackground runs the background work until ctx ends: in every replica
 // the renewal of its client certificate, the channel dispatcher (the
 // consumer group shares the events between replicas) and the build workers
-// (WRENN_BUILD_WORKERS); the singleton loops (the reconciler, the one
-// poller of every host, and the build reaper) while this replica holds
-// their leases.
+// (WRENN_BUILD_WORKERS); the singleton loops, each while this replica holds
+// its lease (the reconciler, the one poller of every host, the build
+// reaper and the usage sampler).
 func (c *Core) RunBackground(ctx context.Context) {
 	var wg sync.WaitGroup
 	if c.Dispatcher != nil {
@@ -251,6 +299,7 @@ func (c *Core) RunBackground(ctx context.Context) {
 			wg.Go(func() { c.Builds.Run(ctx) })
 		}
 	}
-	c.ReconcileLease.Run(ctx, c.Reconciler.Run)
+	wg.Go(func() { c.ReconcileLease.Run(ctx, c.Reconciler.Run) })
+	wg.Go(func() { c.SamplerLease.Run(ctx, c.Sampler.Run) })
 	wg.Wait()
 }

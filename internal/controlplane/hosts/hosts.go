@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -46,6 +47,8 @@ type Pool struct {
 	certs      *pki.CPCertStore
 	transport  *http.Transport
 	httpClient *http.Client
+	// opts apply to every agent client (the metrics interceptor).
+	opts []connect.ClientOption
 
 	mu      sync.Mutex
 	clients map[string]cached
@@ -61,15 +64,16 @@ type cached struct {
 // host's connection for another's call) and dials the address on record.
 const agentDomain = ".agents.wrenn.internal"
 
-// NewPool builds a pool; certs nil is plain HTTP mode. The client has no
-// overall timeout, as streams are long.
-func NewPool(q *db.Queries, certs *pki.CPCertStore) *Pool {
+// NewPool builds a pool; certs nil is plain HTTP mode. opts apply to every
+// agent client (the metrics interceptor). The client has no overall
+// timeout, as streams are long.
+func NewPool(q *db.Queries, certs *pki.CPCertStore, opts ...connect.ClientOption) *Pool {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	// Calls to one agent run in parallel (streams, the reconciler, users'
 	// execs): keep their connections rather than redial (and, with mTLS,
 	// handshake again) beyond the default two.
 	t.MaxIdleConnsPerHost = 64
-	p := &Pool{q: q, certs: certs, transport: t, clients: map[string]cached{}}
+	p := &Pool{q: q, certs: certs, transport: t, opts: opts, clients: map[string]cached{}}
 	if certs != nil {
 		t.DialTLSContext = p.dialHost
 		t.ForceAttemptHTTP2 = false
@@ -168,7 +172,7 @@ func (p *Pool) ForHost(h db.Host) Client {
 	if c, ok := p.clients[h.ID]; ok && c.address == h.Address {
 		return c.client
 	}
-	c := hostagentv1connect.NewHostAgentServiceClient(p.httpClient, p.URL(h))
+	c := hostagentv1connect.NewHostAgentServiceClient(p.httpClient, p.URL(h), p.opts...)
 	p.clients[h.ID] = cached{address: h.Address, client: c}
 	return c
 }

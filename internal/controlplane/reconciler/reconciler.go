@@ -43,6 +43,16 @@ type Config struct {
 	UnreachableAfter time.Duration
 	// RPCTimeout bounds each agent call (10 s).
 	RPCTimeout time.Duration
+	// Samples, when set, stores the resource samples each agent's list
+	// carries (the per-sandbox metric history), so no second poller asks
+	// the agents for them.
+	Samples SampleSink
+}
+
+// SampleSink stores the per-sandbox samples an agent listed;
+// *metrics.SampleStore implements it.
+type SampleSink interface {
+	StoreListed(ctx context.Context, hostID string, series []*pb.SandboxMetricsSeries) error
 }
 
 func (c Config) withDefaults() Config {
@@ -269,6 +279,11 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 	back, err := r.recordAnswer(ctx, h)
 	if err != nil {
 		return res, err
+	}
+	if r.cfg.Samples != nil {
+		if err := r.cfg.Samples.StoreListed(ctx, h.ID, resp.Msg.GetMetrics()); err != nil {
+			r.log.WarnContext(ctx, "reconcile: store sandbox metrics", "host_id", h.ID, "err", err)
+		}
 	}
 	if back {
 		res.HostsBack = 1

@@ -769,6 +769,7 @@ type Metrics struct {
 type MetricSample struct {
 	SampledAt        time.Time `json:"sampled_at"`
 	CPUPercent       float64   `json:"cpu_percent"`
+	HostCPUPercent   float64   `json:"host_cpu_percent"`
 	MemoryUsedBytes  uint64    `json:"memory_used_bytes"`
 	MemoryTotalBytes uint64    `json:"memory_total_bytes"`
 	DiskUsedBytes    uint64    `json:"disk_used_bytes"`
@@ -776,7 +777,7 @@ type MetricSample struct {
 }
 
 func toSample(m *pb.SandboxMetrics) MetricSample {
-	out := MetricSample{CPUPercent: m.GetCpuPercent(), MemoryUsedBytes: m.GetMemoryUsedBytes(), MemoryTotalBytes: m.GetMemoryTotalBytes(),
+	out := MetricSample{CPUPercent: m.GetCpuPercent(), HostCPUPercent: m.GetHostCpuPercent(), MemoryUsedBytes: m.GetMemoryUsedBytes(), MemoryTotalBytes: m.GetMemoryTotalBytes(),
 		DiskUsedBytes: m.GetDiskUsedBytes(), DiskTotalBytes: m.GetDiskTotalBytes()}
 	if m.GetSampledAt() != nil {
 		out.SampledAt = m.GetSampledAt().AsTime()

@@ -888,8 +888,12 @@ type ListSandboxesResponse struct {
 	Sandboxes []*SandboxInfo         `protobuf:"bytes,1,rep,name=sandboxes,proto3" json:"sandboxes,omitempty"`
 	// IDs whose state is AUTO_PAUSED; a convenience view of sandboxes[].
 	AutoPausedSandboxIds []string `protobuf:"bytes,2,rep,name=auto_paused_sandbox_ids,json=autoPausedSandboxIds,proto3" json:"auto_paused_sandbox_ids,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The latest resource samples of each running sandbox, oldest first
+	// (a few, so one missed list loses none); the control plane stores them
+	// as the sandbox's metric history. Sandboxes with no sample are absent.
+	Metrics       []*SandboxMetricsSeries `protobuf:"bytes,3,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSandboxesResponse) Reset() {
@@ -936,6 +940,65 @@ func (x *ListSandboxesResponse) GetAutoPausedSandboxIds() []string {
 	return nil
 }
 
+func (x *ListSandboxesResponse) GetMetrics() []*SandboxMetricsSeries {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+type SandboxMetricsSeries struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Samples       []*SandboxMetrics      `protobuf:"bytes,2,rep,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxMetricsSeries) Reset() {
+	*x = SandboxMetricsSeries{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxMetricsSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxMetricsSeries) ProtoMessage() {}
+
+func (x *SandboxMetricsSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxMetricsSeries.ProtoReflect.Descriptor instead.
+func (*SandboxMetricsSeries) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SandboxMetricsSeries) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SandboxMetricsSeries) GetSamples() []*SandboxMetrics {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
 type PauseAllRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Upper bound on pauses running at once; 0 picks a default.
@@ -946,7 +1009,7 @@ type PauseAllRequest struct {
 
 func (x *PauseAllRequest) Reset() {
 	*x = PauseAllRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1021,7 @@ func (x *PauseAllRequest) String() string {
 func (*PauseAllRequest) ProtoMessage() {}
 
 func (x *PauseAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1034,7 @@ func (x *PauseAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseAllRequest.ProtoReflect.Descriptor instead.
 func (*PauseAllRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PauseAllRequest) GetParallelism() uint32 {
@@ -992,7 +1055,7 @@ type PauseAllResponse struct {
 
 func (x *PauseAllResponse) Reset() {
 	*x = PauseAllResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1067,7 @@ func (x *PauseAllResponse) String() string {
 func (*PauseAllResponse) ProtoMessage() {}
 
 func (x *PauseAllResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1080,7 @@ func (x *PauseAllResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseAllResponse.ProtoReflect.Descriptor instead.
 func (*PauseAllResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseAllResponse) GetPausedSandboxIds() []string {
@@ -1051,7 +1114,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1126,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1139,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -1150,7 +1213,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1225,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1238,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecResponse) GetStdout() []byte {
@@ -1237,7 +1300,7 @@ type ExecStreamRequest struct {
 
 func (x *ExecStreamRequest) Reset() {
 	*x = ExecStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1312,7 @@ func (x *ExecStreamRequest) String() string {
 func (*ExecStreamRequest) ProtoMessage() {}
 
 func (x *ExecStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1325,7 @@ func (x *ExecStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamRequest.ProtoReflect.Descriptor instead.
 func (*ExecStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecStreamRequest) GetSandboxId() string {
@@ -1337,7 +1400,7 @@ type ExecStreamResponse struct {
 
 func (x *ExecStreamResponse) Reset() {
 	*x = ExecStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1412,7 @@ func (x *ExecStreamResponse) String() string {
 func (*ExecStreamResponse) ProtoMessage() {}
 
 func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1425,7 @@ func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExecStreamResponse) GetEvent() isExecStreamResponse_Event {
@@ -1466,7 +1529,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1541,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1554,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -1551,7 +1614,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1626,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1639,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartProcessRequest) GetSandboxId() string {
@@ -1638,7 +1701,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1713,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1726,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartProcessResponse) GetPid() uint32 {
@@ -1689,7 +1752,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1764,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1777,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProcessesRequest) GetSandboxId() string {
@@ -1733,7 +1796,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1808,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1821,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -1781,7 +1844,7 @@ type ProcessSelector struct {
 
 func (x *ProcessSelector) Reset() {
 	*x = ProcessSelector{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1856,7 @@ func (x *ProcessSelector) String() string {
 func (*ProcessSelector) ProtoMessage() {}
 
 func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1869,7 @@ func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSelector.ProtoReflect.Descriptor instead.
 func (*ProcessSelector) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProcessSelector) GetSelector() isProcessSelector_Selector {
@@ -1862,7 +1925,7 @@ type KillProcessRequest struct {
 
 func (x *KillProcessRequest) Reset() {
 	*x = KillProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +1937,7 @@ func (x *KillProcessRequest) String() string {
 func (*KillProcessRequest) ProtoMessage() {}
 
 func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +1950,7 @@ func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessRequest.ProtoReflect.Descriptor instead.
 func (*KillProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KillProcessRequest) GetSandboxId() string {
@@ -1919,7 +1982,7 @@ type KillProcessResponse struct {
 
 func (x *KillProcessResponse) Reset() {
 	*x = KillProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +1994,7 @@ func (x *KillProcessResponse) String() string {
 func (*KillProcessResponse) ProtoMessage() {}
 
 func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2007,7 @@ func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessResponse.ProtoReflect.Descriptor instead.
 func (*KillProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 type ConnectProcessRequest struct {
@@ -1957,7 +2020,7 @@ type ConnectProcessRequest struct {
 
 func (x *ConnectProcessRequest) Reset() {
 	*x = ConnectProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2032,7 @@ func (x *ConnectProcessRequest) String() string {
 func (*ConnectProcessRequest) ProtoMessage() {}
 
 func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2045,7 @@ func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectProcessRequest.ProtoReflect.Descriptor instead.
 func (*ConnectProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConnectProcessRequest) GetSandboxId() string {
@@ -2018,7 +2081,7 @@ type PtyAttachRequest struct {
 
 func (x *PtyAttachRequest) Reset() {
 	*x = PtyAttachRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2093,7 @@ func (x *PtyAttachRequest) String() string {
 func (*PtyAttachRequest) ProtoMessage() {}
 
 func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2106,7 @@ func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachRequest.ProtoReflect.Descriptor instead.
 func (*PtyAttachRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PtyAttachRequest) GetSandboxId() string {
@@ -2124,7 +2187,7 @@ type PtyAttachResponse struct {
 
 func (x *PtyAttachResponse) Reset() {
 	*x = PtyAttachResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2199,7 @@ func (x *PtyAttachResponse) String() string {
 func (*PtyAttachResponse) ProtoMessage() {}
 
 func (x *PtyAttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2212,7 @@ func (x *PtyAttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachResponse.ProtoReflect.Descriptor instead.
 func (*PtyAttachResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PtyAttachResponse) GetEvent() isPtyAttachResponse_Event {
@@ -2234,7 +2297,7 @@ type PtyInputRequest struct {
 
 func (x *PtyInputRequest) Reset() {
 	*x = PtyInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2309,7 @@ func (x *PtyInputRequest) String() string {
 func (*PtyInputRequest) ProtoMessage() {}
 
 func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2322,7 @@ func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputRequest.ProtoReflect.Descriptor instead.
 func (*PtyInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PtyInputRequest) GetSandboxId() string {
@@ -2291,7 +2354,7 @@ type PtyInputResponse struct {
 
 func (x *PtyInputResponse) Reset() {
 	*x = PtyInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2366,7 @@ func (x *PtyInputResponse) String() string {
 func (*PtyInputResponse) ProtoMessage() {}
 
 func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2379,7 @@ func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputResponse.ProtoReflect.Descriptor instead.
 func (*PtyInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 type PtyResizeRequest struct {
@@ -2331,7 +2394,7 @@ type PtyResizeRequest struct {
 
 func (x *PtyResizeRequest) Reset() {
 	*x = PtyResizeRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2406,7 @@ func (x *PtyResizeRequest) String() string {
 func (*PtyResizeRequest) ProtoMessage() {}
 
 func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2419,7 @@ func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeRequest.ProtoReflect.Descriptor instead.
 func (*PtyResizeRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PtyResizeRequest) GetSandboxId() string {
@@ -2395,7 +2458,7 @@ type PtyResizeResponse struct {
 
 func (x *PtyResizeResponse) Reset() {
 	*x = PtyResizeResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2470,7 @@ func (x *PtyResizeResponse) String() string {
 func (*PtyResizeResponse) ProtoMessage() {}
 
 func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2483,7 @@ func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeResponse.ProtoReflect.Descriptor instead.
 func (*PtyResizeResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 type PtyKillRequest struct {
@@ -2433,7 +2496,7 @@ type PtyKillRequest struct {
 
 func (x *PtyKillRequest) Reset() {
 	*x = PtyKillRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2508,7 @@ func (x *PtyKillRequest) String() string {
 func (*PtyKillRequest) ProtoMessage() {}
 
 func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2521,7 @@ func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillRequest.ProtoReflect.Descriptor instead.
 func (*PtyKillRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PtyKillRequest) GetSandboxId() string {
@@ -2483,7 +2546,7 @@ type PtyKillResponse struct {
 
 func (x *PtyKillResponse) Reset() {
 	*x = PtyKillResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2558,7 @@ func (x *PtyKillResponse) String() string {
 func (*PtyKillResponse) ProtoMessage() {}
 
 func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2571,7 @@ func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillResponse.ProtoReflect.Descriptor instead.
 func (*PtyKillResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 type WriteFileRequest struct {
@@ -2525,7 +2588,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2600,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2613,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WriteFileRequest) GetSandboxId() string {
@@ -2598,7 +2661,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +2673,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +2686,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -2651,7 +2714,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2663,7 +2726,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2676,7 +2739,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -2709,7 +2772,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +2784,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +2797,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReadFileResponse) GetContent() []byte {
@@ -2757,7 +2820,7 @@ type WriteFileStreamRequest struct {
 
 func (x *WriteFileStreamRequest) Reset() {
 	*x = WriteFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2832,7 @@ func (x *WriteFileStreamRequest) String() string {
 func (*WriteFileStreamRequest) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2845,7 @@ func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WriteFileStreamRequest) GetPart() isWriteFileStreamRequest_Part {
@@ -2839,7 +2902,7 @@ type ReadFileStreamRequest struct {
 
 func (x *ReadFileStreamRequest) Reset() {
 	*x = ReadFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2914,7 @@ func (x *ReadFileStreamRequest) String() string {
 func (*ReadFileStreamRequest) ProtoMessage() {}
 
 func (x *ReadFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2927,7 @@ func (x *ReadFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReadFileStreamRequest) GetSandboxId() string {
@@ -2908,7 +2971,7 @@ type ReadFileStreamResponse struct {
 
 func (x *ReadFileStreamResponse) Reset() {
 	*x = ReadFileStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2920,7 +2983,7 @@ func (x *ReadFileStreamResponse) String() string {
 func (*ReadFileStreamResponse) ProtoMessage() {}
 
 func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2933,7 +2996,7 @@ func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReadFileStreamResponse) GetPart() isReadFileStreamResponse_Part {
@@ -2994,7 +3057,7 @@ type EntryInfo struct {
 
 func (x *EntryInfo) Reset() {
 	*x = EntryInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3006,7 +3069,7 @@ func (x *EntryInfo) String() string {
 func (*EntryInfo) ProtoMessage() {}
 
 func (x *EntryInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3019,7 +3082,7 @@ func (x *EntryInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryInfo.ProtoReflect.Descriptor instead.
 func (*EntryInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *EntryInfo) GetName() string {
@@ -3082,7 +3145,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3094,7 +3157,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3107,7 +3170,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -3140,7 +3203,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3152,7 +3215,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3165,7 +3228,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListDirResponse) GetEntries() []*EntryInfo {
@@ -3185,7 +3248,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3197,7 +3260,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3210,7 +3273,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -3236,7 +3299,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3248,7 +3311,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3261,7 +3324,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MakeDirResponse) GetEntry() *EntryInfo {
@@ -3281,7 +3344,7 @@ type RemovePathRequest struct {
 
 func (x *RemovePathRequest) Reset() {
 	*x = RemovePathRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3356,7 @@ func (x *RemovePathRequest) String() string {
 func (*RemovePathRequest) ProtoMessage() {}
 
 func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3369,7 @@ func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
 func (*RemovePathRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RemovePathRequest) GetSandboxId() string {
@@ -3331,7 +3394,7 @@ type RemovePathResponse struct {
 
 func (x *RemovePathResponse) Reset() {
 	*x = RemovePathResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3343,7 +3406,7 @@ func (x *RemovePathResponse) String() string {
 func (*RemovePathResponse) ProtoMessage() {}
 
 func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3356,7 +3419,7 @@ func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
 func (*RemovePathResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 type CreateSnapshotRequest struct {
@@ -3370,7 +3433,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3382,7 +3445,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3395,7 +3458,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateSnapshotRequest) GetSandboxId() string {
@@ -3424,7 +3487,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3436,7 +3499,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3449,7 +3512,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CreateSnapshotResponse) GetName() string {
@@ -3489,7 +3552,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3501,7 +3564,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3514,7 +3577,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteSnapshotRequest) GetName() string {
@@ -3532,7 +3595,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3607,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3620,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 type FlattenRootfsRequest struct {
@@ -3571,7 +3634,7 @@ type FlattenRootfsRequest struct {
 
 func (x *FlattenRootfsRequest) Reset() {
 	*x = FlattenRootfsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3583,7 +3646,7 @@ func (x *FlattenRootfsRequest) String() string {
 func (*FlattenRootfsRequest) ProtoMessage() {}
 
 func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3596,7 +3659,7 @@ func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsRequest.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FlattenRootfsRequest) GetSandboxId() string {
@@ -3623,7 +3686,7 @@ type FlattenRootfsResponse struct {
 
 func (x *FlattenRootfsResponse) Reset() {
 	*x = FlattenRootfsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3635,7 +3698,7 @@ func (x *FlattenRootfsResponse) String() string {
 func (*FlattenRootfsResponse) ProtoMessage() {}
 
 func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3648,7 +3711,7 @@ func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsResponse.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FlattenRootfsResponse) GetName() string {
@@ -3666,20 +3729,26 @@ func (x *FlattenRootfsResponse) GetSizeBytes() int64 {
 }
 
 type SandboxMetrics struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	SampledAt        *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
-	CpuPercent       float64                `protobuf:"fixed64,2,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
-	MemoryUsedBytes  uint64                 `protobuf:"varint,3,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
-	MemoryTotalBytes uint64                 `protobuf:"varint,4,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
-	DiskUsedBytes    uint64                 `protobuf:"varint,5,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
-	DiskTotalBytes   uint64                 `protobuf:"varint,6,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SampledAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
+	// The guest's own view: percent of its vCPUs busy since the previous
+	// sample (0-100), whatever share of the host it was given.
+	CpuPercent       float64 `protobuf:"fixed64,2,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	MemoryUsedBytes  uint64  `protobuf:"varint,3,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
+	MemoryTotalBytes uint64  `protobuf:"varint,4,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	DiskUsedBytes    uint64  `protobuf:"varint,5,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
+	DiskTotalBytes   uint64  `protobuf:"varint,6,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
+	// The host's view: the VMM process's CPU time since the previous sample,
+	// as percent of one host core (up to 100 per vCPU, more with VMM
+	// threads); 0 on a sandbox's first sample.
+	HostCpuPercent float64 `protobuf:"fixed64,7,opt,name=host_cpu_percent,json=hostCpuPercent,proto3" json:"host_cpu_percent,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SandboxMetrics) Reset() {
 	*x = SandboxMetrics{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3691,7 +3760,7 @@ func (x *SandboxMetrics) String() string {
 func (*SandboxMetrics) ProtoMessage() {}
 
 func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3704,7 +3773,7 @@ func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxMetrics.ProtoReflect.Descriptor instead.
 func (*SandboxMetrics) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SandboxMetrics) GetSampledAt() *timestamppb.Timestamp {
@@ -3749,6 +3818,13 @@ func (x *SandboxMetrics) GetDiskTotalBytes() uint64 {
 	return 0
 }
 
+func (x *SandboxMetrics) GetHostCpuPercent() float64 {
+	if x != nil {
+		return x.HostCpuPercent
+	}
+	return 0
+}
+
 type GetSandboxMetricsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -3758,7 +3834,7 @@ type GetSandboxMetricsRequest struct {
 
 func (x *GetSandboxMetricsRequest) Reset() {
 	*x = GetSandboxMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3770,7 +3846,7 @@ func (x *GetSandboxMetricsRequest) String() string {
 func (*GetSandboxMetricsRequest) ProtoMessage() {}
 
 func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3783,7 +3859,7 @@ func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetSandboxMetricsRequest) GetSandboxId() string {
@@ -3804,7 +3880,7 @@ type GetSandboxMetricsResponse struct {
 
 func (x *GetSandboxMetricsResponse) Reset() {
 	*x = GetSandboxMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3816,7 +3892,7 @@ func (x *GetSandboxMetricsResponse) String() string {
 func (*GetSandboxMetricsResponse) ProtoMessage() {}
 
 func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3829,7 +3905,7 @@ func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetSandboxMetricsResponse) GetCurrent() *SandboxMetrics {
@@ -3854,7 +3930,7 @@ type GetHostInfoRequest struct {
 
 func (x *GetHostInfoRequest) Reset() {
 	*x = GetHostInfoRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3866,7 +3942,7 @@ func (x *GetHostInfoRequest) String() string {
 func (*GetHostInfoRequest) ProtoMessage() {}
 
 func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3879,7 +3955,7 @@ func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetHostInfoRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 type GetHostInfoResponse struct {
@@ -3906,7 +3982,7 @@ type GetHostInfoResponse struct {
 
 func (x *GetHostInfoResponse) Reset() {
 	*x = GetHostInfoResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3918,7 +3994,7 @@ func (x *GetHostInfoResponse) String() string {
 func (*GetHostInfoResponse) ProtoMessage() {}
 
 func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3931,7 +4007,7 @@ func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetHostInfoResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetHostInfoResponse) GetVersion() string {
@@ -4037,7 +4113,7 @@ type SandboxLimits struct {
 
 func (x *SandboxLimits) Reset() {
 	*x = SandboxLimits{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4049,7 +4125,7 @@ func (x *SandboxLimits) String() string {
 func (*SandboxLimits) ProtoMessage() {}
 
 func (x *SandboxLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4062,7 +4138,7 @@ func (x *SandboxLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxLimits.ProtoReflect.Descriptor instead.
 func (*SandboxLimits) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SandboxLimits) GetMaxVcpus() uint32 {
@@ -4101,7 +4177,7 @@ type HostCapacity struct {
 
 func (x *HostCapacity) Reset() {
 	*x = HostCapacity{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4113,7 +4189,7 @@ func (x *HostCapacity) String() string {
 func (*HostCapacity) ProtoMessage() {}
 
 func (x *HostCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4126,7 +4202,7 @@ func (x *HostCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostCapacity.ProtoReflect.Descriptor instead.
 func (*HostCapacity) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *HostCapacity) GetVcpus() uint32 {
@@ -4166,7 +4242,7 @@ type ExecStreamResponse_Start struct {
 
 func (x *ExecStreamResponse_Start) Reset() {
 	*x = ExecStreamResponse_Start{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4178,7 +4254,7 @@ func (x *ExecStreamResponse_Start) String() string {
 func (*ExecStreamResponse_Start) ProtoMessage() {}
 
 func (x *ExecStreamResponse_Start) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4191,7 +4267,7 @@ func (x *ExecStreamResponse_Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse_Start.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse_Start) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21, 0}
 }
 
 func (x *ExecStreamResponse_Start) GetPid() uint32 {
@@ -4213,7 +4289,7 @@ type ExecStreamResponse_End struct {
 
 func (x *ExecStreamResponse_End) Reset() {
 	*x = ExecStreamResponse_End{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4225,7 +4301,7 @@ func (x *ExecStreamResponse_End) String() string {
 func (*ExecStreamResponse_End) ProtoMessage() {}
 
 func (x *ExecStreamResponse_End) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4238,7 +4314,7 @@ func (x *ExecStreamResponse_End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse_End.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse_End) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21, 1}
 }
 
 func (x *ExecStreamResponse_End) GetExitCode() int32 {
@@ -4279,7 +4355,7 @@ type PtyAttachResponse_Started struct {
 
 func (x *PtyAttachResponse_Started) Reset() {
 	*x = PtyAttachResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4291,7 +4367,7 @@ func (x *PtyAttachResponse_Started) String() string {
 func (*PtyAttachResponse_Started) ProtoMessage() {}
 
 func (x *PtyAttachResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4304,7 +4380,7 @@ func (x *PtyAttachResponse_Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachResponse_Started.ProtoReflect.Descriptor instead.
 func (*PtyAttachResponse_Started) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32, 0}
 }
 
 func (x *PtyAttachResponse_Started) GetPid() uint32 {
@@ -4331,7 +4407,7 @@ type PtyAttachResponse_Exit struct {
 
 func (x *PtyAttachResponse_Exit) Reset() {
 	*x = PtyAttachResponse_Exit{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4343,7 +4419,7 @@ func (x *PtyAttachResponse_Exit) String() string {
 func (*PtyAttachResponse_Exit) ProtoMessage() {}
 
 func (x *PtyAttachResponse_Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4356,7 +4432,7 @@ func (x *PtyAttachResponse_Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachResponse_Exit.ProtoReflect.Descriptor instead.
 func (*PtyAttachResponse_Exit) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32, 1}
 }
 
 func (x *PtyAttachResponse_Exit) GetExitCode() int32 {
@@ -4385,7 +4461,7 @@ type WriteFileStreamRequest_Header struct {
 
 func (x *WriteFileStreamRequest_Header) Reset() {
 	*x = WriteFileStreamRequest_Header{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4397,7 +4473,7 @@ func (x *WriteFileStreamRequest_Header) String() string {
 func (*WriteFileStreamRequest_Header) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4410,7 +4486,7 @@ func (x *WriteFileStreamRequest_Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest_Header.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest_Header) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43, 0}
 }
 
 func (x *WriteFileStreamRequest_Header) GetSandboxId() string {
@@ -4518,10 +4594,15 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"O\n" +
 	"\x12GetSandboxResponse\x129\n" +
 	"\asandbox\x18\x01 \x01(\v2\x1f.wrenn.hostagent.v1.SandboxInfoR\asandbox\"\x16\n" +
-	"\x14ListSandboxesRequest\"\x8d\x01\n" +
+	"\x14ListSandboxesRequest\"\xd1\x01\n" +
 	"\x15ListSandboxesResponse\x12=\n" +
 	"\tsandboxes\x18\x01 \x03(\v2\x1f.wrenn.hostagent.v1.SandboxInfoR\tsandboxes\x125\n" +
-	"\x17auto_paused_sandbox_ids\x18\x02 \x03(\tR\x14autoPausedSandboxIds\"3\n" +
+	"\x17auto_paused_sandbox_ids\x18\x02 \x03(\tR\x14autoPausedSandboxIds\x12B\n" +
+	"\ametrics\x18\x03 \x03(\v2(.wrenn.hostagent.v1.SandboxMetricsSeriesR\ametrics\"s\n" +
+	"\x14SandboxMetricsSeries\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n" +
+	"\asamples\x18\x02 \x03(\v2\".wrenn.hostagent.v1.SandboxMetricsR\asamples\"3\n" +
 	"\x0fPauseAllRequest\x12 \n" +
 	"\vparallelism\x18\x01 \x01(\rR\vparallelism\"\xc5\x01\n" +
 	"\x10PauseAllResponse\x12,\n" +
@@ -4754,7 +4835,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15FlattenRootfsResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\x98\x02\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\xc2\x02\n" +
 	"\x0eSandboxMetrics\x129\n" +
 	"\n" +
 	"sampled_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tsampledAt\x12\x1f\n" +
@@ -4763,7 +4844,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x11memory_used_bytes\x18\x03 \x01(\x04R\x0fmemoryUsedBytes\x12,\n" +
 	"\x12memory_total_bytes\x18\x04 \x01(\x04R\x10memoryTotalBytes\x12&\n" +
 	"\x0fdisk_used_bytes\x18\x05 \x01(\x04R\rdiskUsedBytes\x12(\n" +
-	"\x10disk_total_bytes\x18\x06 \x01(\x04R\x0ediskTotalBytes\"9\n" +
+	"\x10disk_total_bytes\x18\x06 \x01(\x04R\x0ediskTotalBytes\x12(\n" +
+	"\x10host_cpu_percent\x18\a \x01(\x01R\x0ehostCpuPercent\"9\n" +
 	"\x18GetSandboxMetricsRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x97\x01\n" +
@@ -4851,7 +4933,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                     // 0: wrenn.hostagent.v1.SandboxState
 	(*SandboxInfo)(nil),                   // 1: wrenn.hostagent.v1.SandboxInfo
@@ -4869,172 +4951,175 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*GetSandboxResponse)(nil),            // 13: wrenn.hostagent.v1.GetSandboxResponse
 	(*ListSandboxesRequest)(nil),          // 14: wrenn.hostagent.v1.ListSandboxesRequest
 	(*ListSandboxesResponse)(nil),         // 15: wrenn.hostagent.v1.ListSandboxesResponse
-	(*PauseAllRequest)(nil),               // 16: wrenn.hostagent.v1.PauseAllRequest
-	(*PauseAllResponse)(nil),              // 17: wrenn.hostagent.v1.PauseAllResponse
-	(*ExecRequest)(nil),                   // 18: wrenn.hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),                  // 19: wrenn.hostagent.v1.ExecResponse
-	(*ExecStreamRequest)(nil),             // 20: wrenn.hostagent.v1.ExecStreamRequest
-	(*ExecStreamResponse)(nil),            // 21: wrenn.hostagent.v1.ExecStreamResponse
-	(*ProcessInfo)(nil),                   // 22: wrenn.hostagent.v1.ProcessInfo
-	(*StartProcessRequest)(nil),           // 23: wrenn.hostagent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),          // 24: wrenn.hostagent.v1.StartProcessResponse
-	(*ListProcessesRequest)(nil),          // 25: wrenn.hostagent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),         // 26: wrenn.hostagent.v1.ListProcessesResponse
-	(*ProcessSelector)(nil),               // 27: wrenn.hostagent.v1.ProcessSelector
-	(*KillProcessRequest)(nil),            // 28: wrenn.hostagent.v1.KillProcessRequest
-	(*KillProcessResponse)(nil),           // 29: wrenn.hostagent.v1.KillProcessResponse
-	(*ConnectProcessRequest)(nil),         // 30: wrenn.hostagent.v1.ConnectProcessRequest
-	(*PtyAttachRequest)(nil),              // 31: wrenn.hostagent.v1.PtyAttachRequest
-	(*PtyAttachResponse)(nil),             // 32: wrenn.hostagent.v1.PtyAttachResponse
-	(*PtyInputRequest)(nil),               // 33: wrenn.hostagent.v1.PtyInputRequest
-	(*PtyInputResponse)(nil),              // 34: wrenn.hostagent.v1.PtyInputResponse
-	(*PtyResizeRequest)(nil),              // 35: wrenn.hostagent.v1.PtyResizeRequest
-	(*PtyResizeResponse)(nil),             // 36: wrenn.hostagent.v1.PtyResizeResponse
-	(*PtyKillRequest)(nil),                // 37: wrenn.hostagent.v1.PtyKillRequest
-	(*PtyKillResponse)(nil),               // 38: wrenn.hostagent.v1.PtyKillResponse
-	(*WriteFileRequest)(nil),              // 39: wrenn.hostagent.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),             // 40: wrenn.hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),               // 41: wrenn.hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),              // 42: wrenn.hostagent.v1.ReadFileResponse
-	(*WriteFileStreamRequest)(nil),        // 43: wrenn.hostagent.v1.WriteFileStreamRequest
-	(*ReadFileStreamRequest)(nil),         // 44: wrenn.hostagent.v1.ReadFileStreamRequest
-	(*ReadFileStreamResponse)(nil),        // 45: wrenn.hostagent.v1.ReadFileStreamResponse
-	(*EntryInfo)(nil),                     // 46: wrenn.hostagent.v1.EntryInfo
-	(*ListDirRequest)(nil),                // 47: wrenn.hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),               // 48: wrenn.hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),                // 49: wrenn.hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),               // 50: wrenn.hostagent.v1.MakeDirResponse
-	(*RemovePathRequest)(nil),             // 51: wrenn.hostagent.v1.RemovePathRequest
-	(*RemovePathResponse)(nil),            // 52: wrenn.hostagent.v1.RemovePathResponse
-	(*CreateSnapshotRequest)(nil),         // 53: wrenn.hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),        // 54: wrenn.hostagent.v1.CreateSnapshotResponse
-	(*DeleteSnapshotRequest)(nil),         // 55: wrenn.hostagent.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),        // 56: wrenn.hostagent.v1.DeleteSnapshotResponse
-	(*FlattenRootfsRequest)(nil),          // 57: wrenn.hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),         // 58: wrenn.hostagent.v1.FlattenRootfsResponse
-	(*SandboxMetrics)(nil),                // 59: wrenn.hostagent.v1.SandboxMetrics
-	(*GetSandboxMetricsRequest)(nil),      // 60: wrenn.hostagent.v1.GetSandboxMetricsRequest
-	(*GetSandboxMetricsResponse)(nil),     // 61: wrenn.hostagent.v1.GetSandboxMetricsResponse
-	(*GetHostInfoRequest)(nil),            // 62: wrenn.hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),           // 63: wrenn.hostagent.v1.GetHostInfoResponse
-	(*SandboxLimits)(nil),                 // 64: wrenn.hostagent.v1.SandboxLimits
-	(*HostCapacity)(nil),                  // 65: wrenn.hostagent.v1.HostCapacity
-	nil,                                   // 66: wrenn.hostagent.v1.SandboxInfo.MetadataEntry
-	nil,                                   // 67: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                                   // 68: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                                   // 69: wrenn.hostagent.v1.PauseAllResponse.FailedEntry
-	nil,                                   // 70: wrenn.hostagent.v1.ExecRequest.EnvEntry
-	nil,                                   // 71: wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
-	(*ExecStreamResponse_Start)(nil),      // 72: wrenn.hostagent.v1.ExecStreamResponse.Start
-	(*ExecStreamResponse_End)(nil),        // 73: wrenn.hostagent.v1.ExecStreamResponse.End
-	nil,                                   // 74: wrenn.hostagent.v1.ProcessInfo.EnvEntry
-	nil,                                   // 75: wrenn.hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                   // 76: wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
-	(*PtyAttachResponse_Started)(nil),     // 77: wrenn.hostagent.v1.PtyAttachResponse.Started
-	(*PtyAttachResponse_Exit)(nil),        // 78: wrenn.hostagent.v1.PtyAttachResponse.Exit
-	(*WriteFileStreamRequest_Header)(nil), // 79: wrenn.hostagent.v1.WriteFileStreamRequest.Header
-	(*timestamppb.Timestamp)(nil),         // 80: google.protobuf.Timestamp
+	(*SandboxMetricsSeries)(nil),          // 16: wrenn.hostagent.v1.SandboxMetricsSeries
+	(*PauseAllRequest)(nil),               // 17: wrenn.hostagent.v1.PauseAllRequest
+	(*PauseAllResponse)(nil),              // 18: wrenn.hostagent.v1.PauseAllResponse
+	(*ExecRequest)(nil),                   // 19: wrenn.hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),                  // 20: wrenn.hostagent.v1.ExecResponse
+	(*ExecStreamRequest)(nil),             // 21: wrenn.hostagent.v1.ExecStreamRequest
+	(*ExecStreamResponse)(nil),            // 22: wrenn.hostagent.v1.ExecStreamResponse
+	(*ProcessInfo)(nil),                   // 23: wrenn.hostagent.v1.ProcessInfo
+	(*StartProcessRequest)(nil),           // 24: wrenn.hostagent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),          // 25: wrenn.hostagent.v1.StartProcessResponse
+	(*ListProcessesRequest)(nil),          // 26: wrenn.hostagent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),         // 27: wrenn.hostagent.v1.ListProcessesResponse
+	(*ProcessSelector)(nil),               // 28: wrenn.hostagent.v1.ProcessSelector
+	(*KillProcessRequest)(nil),            // 29: wrenn.hostagent.v1.KillProcessRequest
+	(*KillProcessResponse)(nil),           // 30: wrenn.hostagent.v1.KillProcessResponse
+	(*ConnectProcessRequest)(nil),         // 31: wrenn.hostagent.v1.ConnectProcessRequest
+	(*PtyAttachRequest)(nil),              // 32: wrenn.hostagent.v1.PtyAttachRequest
+	(*PtyAttachResponse)(nil),             // 33: wrenn.hostagent.v1.PtyAttachResponse
+	(*PtyInputRequest)(nil),               // 34: wrenn.hostagent.v1.PtyInputRequest
+	(*PtyInputResponse)(nil),              // 35: wrenn.hostagent.v1.PtyInputResponse
+	(*PtyResizeRequest)(nil),              // 36: wrenn.hostagent.v1.PtyResizeRequest
+	(*PtyResizeResponse)(nil),             // 37: wrenn.hostagent.v1.PtyResizeResponse
+	(*PtyKillRequest)(nil),                // 38: wrenn.hostagent.v1.PtyKillRequest
+	(*PtyKillResponse)(nil),               // 39: wrenn.hostagent.v1.PtyKillResponse
+	(*WriteFileRequest)(nil),              // 40: wrenn.hostagent.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),             // 41: wrenn.hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),               // 42: wrenn.hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),              // 43: wrenn.hostagent.v1.ReadFileResponse
+	(*WriteFileStreamRequest)(nil),        // 44: wrenn.hostagent.v1.WriteFileStreamRequest
+	(*ReadFileStreamRequest)(nil),         // 45: wrenn.hostagent.v1.ReadFileStreamRequest
+	(*ReadFileStreamResponse)(nil),        // 46: wrenn.hostagent.v1.ReadFileStreamResponse
+	(*EntryInfo)(nil),                     // 47: wrenn.hostagent.v1.EntryInfo
+	(*ListDirRequest)(nil),                // 48: wrenn.hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),               // 49: wrenn.hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),                // 50: wrenn.hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),               // 51: wrenn.hostagent.v1.MakeDirResponse
+	(*RemovePathRequest)(nil),             // 52: wrenn.hostagent.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),            // 53: wrenn.hostagent.v1.RemovePathResponse
+	(*CreateSnapshotRequest)(nil),         // 54: wrenn.hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),        // 55: wrenn.hostagent.v1.CreateSnapshotResponse
+	(*DeleteSnapshotRequest)(nil),         // 56: wrenn.hostagent.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),        // 57: wrenn.hostagent.v1.DeleteSnapshotResponse
+	(*FlattenRootfsRequest)(nil),          // 58: wrenn.hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),         // 59: wrenn.hostagent.v1.FlattenRootfsResponse
+	(*SandboxMetrics)(nil),                // 60: wrenn.hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsRequest)(nil),      // 61: wrenn.hostagent.v1.GetSandboxMetricsRequest
+	(*GetSandboxMetricsResponse)(nil),     // 62: wrenn.hostagent.v1.GetSandboxMetricsResponse
+	(*GetHostInfoRequest)(nil),            // 63: wrenn.hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),           // 64: wrenn.hostagent.v1.GetHostInfoResponse
+	(*SandboxLimits)(nil),                 // 65: wrenn.hostagent.v1.SandboxLimits
+	(*HostCapacity)(nil),                  // 66: wrenn.hostagent.v1.HostCapacity
+	nil,                                   // 67: wrenn.hostagent.v1.SandboxInfo.MetadataEntry
+	nil,                                   // 68: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                                   // 69: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                   // 70: wrenn.hostagent.v1.PauseAllResponse.FailedEntry
+	nil,                                   // 71: wrenn.hostagent.v1.ExecRequest.EnvEntry
+	nil,                                   // 72: wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
+	(*ExecStreamResponse_Start)(nil),      // 73: wrenn.hostagent.v1.ExecStreamResponse.Start
+	(*ExecStreamResponse_End)(nil),        // 74: wrenn.hostagent.v1.ExecStreamResponse.End
+	nil,                                   // 75: wrenn.hostagent.v1.ProcessInfo.EnvEntry
+	nil,                                   // 76: wrenn.hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                   // 77: wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
+	(*PtyAttachResponse_Started)(nil),     // 78: wrenn.hostagent.v1.PtyAttachResponse.Started
+	(*PtyAttachResponse_Exit)(nil),        // 79: wrenn.hostagent.v1.PtyAttachResponse.Exit
+	(*WriteFileStreamRequest_Header)(nil), // 80: wrenn.hostagent.v1.WriteFileStreamRequest.Header
+	(*timestamppb.Timestamp)(nil),         // 81: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.SandboxInfo.state:type_name -> wrenn.hostagent.v1.SandboxState
-	80, // 1: wrenn.hostagent.v1.SandboxInfo.started_at:type_name -> google.protobuf.Timestamp
-	80, // 2: wrenn.hostagent.v1.SandboxInfo.last_active_at:type_name -> google.protobuf.Timestamp
-	66, // 3: wrenn.hostagent.v1.SandboxInfo.metadata:type_name -> wrenn.hostagent.v1.SandboxInfo.MetadataEntry
-	67, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	68, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	81, // 1: wrenn.hostagent.v1.SandboxInfo.started_at:type_name -> google.protobuf.Timestamp
+	81, // 2: wrenn.hostagent.v1.SandboxInfo.last_active_at:type_name -> google.protobuf.Timestamp
+	67, // 3: wrenn.hostagent.v1.SandboxInfo.metadata:type_name -> wrenn.hostagent.v1.SandboxInfo.MetadataEntry
+	68, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	69, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
 	1,  // 6: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 7: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 8: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
-	80, // 9: wrenn.hostagent.v1.PingSandboxResponse.last_active_at:type_name -> google.protobuf.Timestamp
+	81, // 9: wrenn.hostagent.v1.PingSandboxResponse.last_active_at:type_name -> google.protobuf.Timestamp
 	1,  // 10: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.SandboxInfo
 	1,  // 11: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.SandboxInfo
-	69, // 12: wrenn.hostagent.v1.PauseAllResponse.failed:type_name -> wrenn.hostagent.v1.PauseAllResponse.FailedEntry
-	70, // 13: wrenn.hostagent.v1.ExecRequest.env:type_name -> wrenn.hostagent.v1.ExecRequest.EnvEntry
-	71, // 14: wrenn.hostagent.v1.ExecStreamRequest.env:type_name -> wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
-	72, // 15: wrenn.hostagent.v1.ExecStreamResponse.start:type_name -> wrenn.hostagent.v1.ExecStreamResponse.Start
-	73, // 16: wrenn.hostagent.v1.ExecStreamResponse.end:type_name -> wrenn.hostagent.v1.ExecStreamResponse.End
-	74, // 17: wrenn.hostagent.v1.ProcessInfo.env:type_name -> wrenn.hostagent.v1.ProcessInfo.EnvEntry
-	75, // 18: wrenn.hostagent.v1.StartProcessRequest.env:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvEntry
-	22, // 19: wrenn.hostagent.v1.ListProcessesResponse.processes:type_name -> wrenn.hostagent.v1.ProcessInfo
-	27, // 20: wrenn.hostagent.v1.KillProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
-	27, // 21: wrenn.hostagent.v1.ConnectProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
-	76, // 22: wrenn.hostagent.v1.PtyAttachRequest.env:type_name -> wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
-	77, // 23: wrenn.hostagent.v1.PtyAttachResponse.started:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Started
-	78, // 24: wrenn.hostagent.v1.PtyAttachResponse.exit:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Exit
-	79, // 25: wrenn.hostagent.v1.WriteFileStreamRequest.header:type_name -> wrenn.hostagent.v1.WriteFileStreamRequest.Header
-	80, // 26: wrenn.hostagent.v1.EntryInfo.modified_at:type_name -> google.protobuf.Timestamp
-	46, // 27: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.EntryInfo
-	46, // 28: wrenn.hostagent.v1.MakeDirResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
-	80, // 29: wrenn.hostagent.v1.SandboxMetrics.sampled_at:type_name -> google.protobuf.Timestamp
-	59, // 30: wrenn.hostagent.v1.GetSandboxMetricsResponse.current:type_name -> wrenn.hostagent.v1.SandboxMetrics
-	59, // 31: wrenn.hostagent.v1.GetSandboxMetricsResponse.history:type_name -> wrenn.hostagent.v1.SandboxMetrics
-	64, // 32: wrenn.hostagent.v1.GetHostInfoResponse.limits:type_name -> wrenn.hostagent.v1.SandboxLimits
-	65, // 33: wrenn.hostagent.v1.GetHostInfoResponse.capacity:type_name -> wrenn.hostagent.v1.HostCapacity
-	2,  // 34: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	4,  // 35: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	6,  // 36: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
-	8,  // 37: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
-	10, // 38: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
-	12, // 39: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	14, // 40: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	16, // 41: wrenn.hostagent.v1.HostAgentService.PauseAll:input_type -> wrenn.hostagent.v1.PauseAllRequest
-	18, // 42: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	20, // 43: wrenn.hostagent.v1.HostAgentService.ExecStream:input_type -> wrenn.hostagent.v1.ExecStreamRequest
-	23, // 44: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
-	25, // 45: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
-	28, // 46: wrenn.hostagent.v1.HostAgentService.KillProcess:input_type -> wrenn.hostagent.v1.KillProcessRequest
-	30, // 47: wrenn.hostagent.v1.HostAgentService.ConnectProcess:input_type -> wrenn.hostagent.v1.ConnectProcessRequest
-	31, // 48: wrenn.hostagent.v1.HostAgentService.PtyAttach:input_type -> wrenn.hostagent.v1.PtyAttachRequest
-	33, // 49: wrenn.hostagent.v1.HostAgentService.PtyInput:input_type -> wrenn.hostagent.v1.PtyInputRequest
-	35, // 50: wrenn.hostagent.v1.HostAgentService.PtyResize:input_type -> wrenn.hostagent.v1.PtyResizeRequest
-	37, // 51: wrenn.hostagent.v1.HostAgentService.PtyKill:input_type -> wrenn.hostagent.v1.PtyKillRequest
-	39, // 52: wrenn.hostagent.v1.HostAgentService.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
-	41, // 53: wrenn.hostagent.v1.HostAgentService.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
-	43, // 54: wrenn.hostagent.v1.HostAgentService.WriteFileStream:input_type -> wrenn.hostagent.v1.WriteFileStreamRequest
-	44, // 55: wrenn.hostagent.v1.HostAgentService.ReadFileStream:input_type -> wrenn.hostagent.v1.ReadFileStreamRequest
-	47, // 56: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
-	49, // 57: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
-	51, // 58: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
-	53, // 59: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
-	55, // 60: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
-	57, // 61: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:input_type -> wrenn.hostagent.v1.FlattenRootfsRequest
-	60, // 62: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
-	62, // 63: wrenn.hostagent.v1.HostAgentService.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
-	3,  // 64: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	5,  // 65: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	7,  // 66: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
-	9,  // 67: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
-	11, // 68: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
-	13, // 69: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	15, // 70: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	17, // 71: wrenn.hostagent.v1.HostAgentService.PauseAll:output_type -> wrenn.hostagent.v1.PauseAllResponse
-	19, // 72: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	21, // 73: wrenn.hostagent.v1.HostAgentService.ExecStream:output_type -> wrenn.hostagent.v1.ExecStreamResponse
-	24, // 74: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.StartProcessResponse
-	26, // 75: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
-	29, // 76: wrenn.hostagent.v1.HostAgentService.KillProcess:output_type -> wrenn.hostagent.v1.KillProcessResponse
-	21, // 77: wrenn.hostagent.v1.HostAgentService.ConnectProcess:output_type -> wrenn.hostagent.v1.ExecStreamResponse
-	32, // 78: wrenn.hostagent.v1.HostAgentService.PtyAttach:output_type -> wrenn.hostagent.v1.PtyAttachResponse
-	34, // 79: wrenn.hostagent.v1.HostAgentService.PtyInput:output_type -> wrenn.hostagent.v1.PtyInputResponse
-	36, // 80: wrenn.hostagent.v1.HostAgentService.PtyResize:output_type -> wrenn.hostagent.v1.PtyResizeResponse
-	38, // 81: wrenn.hostagent.v1.HostAgentService.PtyKill:output_type -> wrenn.hostagent.v1.PtyKillResponse
-	40, // 82: wrenn.hostagent.v1.HostAgentService.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	42, // 83: wrenn.hostagent.v1.HostAgentService.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
-	40, // 84: wrenn.hostagent.v1.HostAgentService.WriteFileStream:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	45, // 85: wrenn.hostagent.v1.HostAgentService.ReadFileStream:output_type -> wrenn.hostagent.v1.ReadFileStreamResponse
-	48, // 86: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
-	50, // 87: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
-	52, // 88: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
-	54, // 89: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
-	56, // 90: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
-	58, // 91: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:output_type -> wrenn.hostagent.v1.FlattenRootfsResponse
-	61, // 92: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
-	63, // 93: wrenn.hostagent.v1.HostAgentService.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
-	64, // [64:94] is the sub-list for method output_type
-	34, // [34:64] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	16, // 12: wrenn.hostagent.v1.ListSandboxesResponse.metrics:type_name -> wrenn.hostagent.v1.SandboxMetricsSeries
+	60, // 13: wrenn.hostagent.v1.SandboxMetricsSeries.samples:type_name -> wrenn.hostagent.v1.SandboxMetrics
+	70, // 14: wrenn.hostagent.v1.PauseAllResponse.failed:type_name -> wrenn.hostagent.v1.PauseAllResponse.FailedEntry
+	71, // 15: wrenn.hostagent.v1.ExecRequest.env:type_name -> wrenn.hostagent.v1.ExecRequest.EnvEntry
+	72, // 16: wrenn.hostagent.v1.ExecStreamRequest.env:type_name -> wrenn.hostagent.v1.ExecStreamRequest.EnvEntry
+	73, // 17: wrenn.hostagent.v1.ExecStreamResponse.start:type_name -> wrenn.hostagent.v1.ExecStreamResponse.Start
+	74, // 18: wrenn.hostagent.v1.ExecStreamResponse.end:type_name -> wrenn.hostagent.v1.ExecStreamResponse.End
+	75, // 19: wrenn.hostagent.v1.ProcessInfo.env:type_name -> wrenn.hostagent.v1.ProcessInfo.EnvEntry
+	76, // 20: wrenn.hostagent.v1.StartProcessRequest.env:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvEntry
+	23, // 21: wrenn.hostagent.v1.ListProcessesResponse.processes:type_name -> wrenn.hostagent.v1.ProcessInfo
+	28, // 22: wrenn.hostagent.v1.KillProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	28, // 23: wrenn.hostagent.v1.ConnectProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	77, // 24: wrenn.hostagent.v1.PtyAttachRequest.env:type_name -> wrenn.hostagent.v1.PtyAttachRequest.EnvEntry
+	78, // 25: wrenn.hostagent.v1.PtyAttachResponse.started:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Started
+	79, // 26: wrenn.hostagent.v1.PtyAttachResponse.exit:type_name -> wrenn.hostagent.v1.PtyAttachResponse.Exit
+	80, // 27: wrenn.hostagent.v1.WriteFileStreamRequest.header:type_name -> wrenn.hostagent.v1.WriteFileStreamRequest.Header
+	81, // 28: wrenn.hostagent.v1.EntryInfo.modified_at:type_name -> google.protobuf.Timestamp
+	47, // 29: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.EntryInfo
+	47, // 30: wrenn.hostagent.v1.MakeDirResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
+	81, // 31: wrenn.hostagent.v1.SandboxMetrics.sampled_at:type_name -> google.protobuf.Timestamp
+	60, // 32: wrenn.hostagent.v1.GetSandboxMetricsResponse.current:type_name -> wrenn.hostagent.v1.SandboxMetrics
+	60, // 33: wrenn.hostagent.v1.GetSandboxMetricsResponse.history:type_name -> wrenn.hostagent.v1.SandboxMetrics
+	65, // 34: wrenn.hostagent.v1.GetHostInfoResponse.limits:type_name -> wrenn.hostagent.v1.SandboxLimits
+	66, // 35: wrenn.hostagent.v1.GetHostInfoResponse.capacity:type_name -> wrenn.hostagent.v1.HostCapacity
+	2,  // 36: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	4,  // 37: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	6,  // 38: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	8,  // 39: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	10, // 40: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
+	12, // 41: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	14, // 42: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	17, // 43: wrenn.hostagent.v1.HostAgentService.PauseAll:input_type -> wrenn.hostagent.v1.PauseAllRequest
+	19, // 44: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	21, // 45: wrenn.hostagent.v1.HostAgentService.ExecStream:input_type -> wrenn.hostagent.v1.ExecStreamRequest
+	24, // 46: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
+	26, // 47: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
+	29, // 48: wrenn.hostagent.v1.HostAgentService.KillProcess:input_type -> wrenn.hostagent.v1.KillProcessRequest
+	31, // 49: wrenn.hostagent.v1.HostAgentService.ConnectProcess:input_type -> wrenn.hostagent.v1.ConnectProcessRequest
+	32, // 50: wrenn.hostagent.v1.HostAgentService.PtyAttach:input_type -> wrenn.hostagent.v1.PtyAttachRequest
+	34, // 51: wrenn.hostagent.v1.HostAgentService.PtyInput:input_type -> wrenn.hostagent.v1.PtyInputRequest
+	36, // 52: wrenn.hostagent.v1.HostAgentService.PtyResize:input_type -> wrenn.hostagent.v1.PtyResizeRequest
+	38, // 53: wrenn.hostagent.v1.HostAgentService.PtyKill:input_type -> wrenn.hostagent.v1.PtyKillRequest
+	40, // 54: wrenn.hostagent.v1.HostAgentService.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
+	42, // 55: wrenn.hostagent.v1.HostAgentService.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
+	44, // 56: wrenn.hostagent.v1.HostAgentService.WriteFileStream:input_type -> wrenn.hostagent.v1.WriteFileStreamRequest
+	45, // 57: wrenn.hostagent.v1.HostAgentService.ReadFileStream:input_type -> wrenn.hostagent.v1.ReadFileStreamRequest
+	48, // 58: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
+	50, // 59: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
+	52, // 60: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
+	54, // 61: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
+	56, // 62: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
+	58, // 63: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:input_type -> wrenn.hostagent.v1.FlattenRootfsRequest
+	61, // 64: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
+	63, // 65: wrenn.hostagent.v1.HostAgentService.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
+	3,  // 66: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	5,  // 67: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	7,  // 68: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	9,  // 69: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	11, // 70: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
+	13, // 71: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	15, // 72: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	18, // 73: wrenn.hostagent.v1.HostAgentService.PauseAll:output_type -> wrenn.hostagent.v1.PauseAllResponse
+	20, // 74: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	22, // 75: wrenn.hostagent.v1.HostAgentService.ExecStream:output_type -> wrenn.hostagent.v1.ExecStreamResponse
+	25, // 76: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.StartProcessResponse
+	27, // 77: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
+	30, // 78: wrenn.hostagent.v1.HostAgentService.KillProcess:output_type -> wrenn.hostagent.v1.KillProcessResponse
+	22, // 79: wrenn.hostagent.v1.HostAgentService.ConnectProcess:output_type -> wrenn.hostagent.v1.ExecStreamResponse
+	33, // 80: wrenn.hostagent.v1.HostAgentService.PtyAttach:output_type -> wrenn.hostagent.v1.PtyAttachResponse
+	35, // 81: wrenn.hostagent.v1.HostAgentService.PtyInput:output_type -> wrenn.hostagent.v1.PtyInputResponse
+	37, // 82: wrenn.hostagent.v1.HostAgentService.PtyResize:output_type -> wrenn.hostagent.v1.PtyResizeResponse
+	39, // 83: wrenn.hostagent.v1.HostAgentService.PtyKill:output_type -> wrenn.hostagent.v1.PtyKillResponse
+	41, // 84: wrenn.hostagent.v1.HostAgentService.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	43, // 85: wrenn.hostagent.v1.HostAgentService.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
+	41, // 86: wrenn.hostagent.v1.HostAgentService.WriteFileStream:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	46, // 87: wrenn.hostagent.v1.HostAgentService.ReadFileStream:output_type -> wrenn.hostagent.v1.ReadFileStreamResponse
+	49, // 88: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
+	51, // 89: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
+	53, // 90: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
+	55, // 91: wrenn.hostagent.v1.HostAgentService.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
+	57, // 92: wrenn.hostagent.v1.HostAgentService.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
+	59, // 93: wrenn.hostagent.v1.HostAgentService.FlattenRootfs:output_type -> wrenn.hostagent.v1.FlattenRootfsResponse
+	62, // 94: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
+	64, // 95: wrenn.hostagent.v1.HostAgentService.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
+	66, // [66:96] is the sub-list for method output_type
+	36, // [36:66] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5044,28 +5129,28 @@ func file_hostagent_v1_hostagent_proto_init() {
 	}
 	file_hostagent_v1_hostagent_proto_msgTypes[1].OneofWrappers = []any{}
 	file_hostagent_v1_hostagent_proto_msgTypes[7].OneofWrappers = []any{}
-	file_hostagent_v1_hostagent_proto_msgTypes[20].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[21].OneofWrappers = []any{
 		(*ExecStreamResponse_Start_)(nil),
 		(*ExecStreamResponse_Stdout)(nil),
 		(*ExecStreamResponse_Stderr)(nil),
 		(*ExecStreamResponse_End_)(nil),
 		(*ExecStreamResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[26].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[27].OneofWrappers = []any{
 		(*ProcessSelector_Pid)(nil),
 		(*ProcessSelector_Tag)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[31].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[32].OneofWrappers = []any{
 		(*PtyAttachResponse_Started_)(nil),
 		(*PtyAttachResponse_Output)(nil),
 		(*PtyAttachResponse_Exit_)(nil),
 		(*PtyAttachResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[42].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[43].OneofWrappers = []any{
 		(*WriteFileStreamRequest_Header_)(nil),
 		(*WriteFileStreamRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[44].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[45].OneofWrappers = []any{
 		(*ReadFileStreamResponse_Size)(nil),
 		(*ReadFileStreamResponse_Chunk)(nil),
 	}
@@ -5075,7 +5160,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   79,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
