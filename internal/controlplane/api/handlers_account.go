@@ -36,14 +36,6 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	s.writeSession(w, r, http.StatusOK, sess)
 }
 
-// writeSession is the one answer that hands a session to a client: login,
-// signup, switch-team and the OAuth code exchange all go through it. The
-// token travels only in this body, never in a URL or a header.
-func (s *Server) writeSession(w http.ResponseWriter, _ *http.Request, status int, sess service.Session) {
-	w.Header().Set("Cache-Control", "no-store")
-	WriteJSON(w, status, sess)
-}
-
 func (s *Server) switchTeam(w http.ResponseWriter, r *http.Request) {
 	var in struct {
 		TeamID string `json:"team_id"`

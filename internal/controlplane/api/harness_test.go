@@ -200,12 +200,20 @@ func specCheckedUnlessBench(tb testing.TB, h http.Handler) http.Handler {
 	return specChecked(tb, h)
 }
 
-// cred is how a request authenticates.
+// cred is how a request authenticates: a Bearer JWT, an API key, or a
+// browser session cookie with (or without) its CSRF header.
 type cred struct {
-	jwt, key string
+	jwt, key     string
+	cookie, csrf string
 }
 
 func (c cred) apply(r *http.Request) {
+	if c.cookie != "" {
+		r.AddCookie(&http.Cookie{Name: SessionCookie, Value: c.cookie})
+	}
+	if c.csrf != "" {
+		r.Header.Set(CSRFHeader, c.csrf)
+	}
 	if c.jwt != "" {
 		r.Header.Set("Authorization", "Bearer "+c.jwt)
 	}

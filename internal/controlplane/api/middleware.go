@@ -19,7 +19,8 @@ const (
 	jwtOrKey
 )
 
-// authenticate resolves the request's credentials into an AuthContext.
+// authenticate resolves the request's credentials into an AuthContext:
+// a Bearer token, an API key, or the browser session cookie (session.go).
 // Browsers cannot set headers on WebSocket requests, so WebSocket upgrades
 // may pass them as the `token` or `api_key` query parameter instead.
 func (s *Server) authenticate(mode authMode) func(http.Handler) http.Handler {
@@ -55,6 +56,11 @@ func (s *Server) authenticate(mode authMode) func(http.Handler) http.Handler {
 				err = service.Forbidden(service.CodeSessionRequired, "this endpoint needs a user session (Authorization: Bearer <token>); API keys only work for sandbox operations")
 			case key != "":
 				ac, err = s.deps.Service.AuthenticateAPIKey(r.Context(), key)
+			case sessionFromCookie(r):
+				var jwt string
+				if jwt, err = cookieSession(r); err == nil {
+					ac, err = s.deps.Service.AuthenticateJWT(r.Context(), jwt)
+				}
 			default:
 				msg := "authentication required: send Authorization: Bearer <token>"
 				if mode == jwtOrKey {

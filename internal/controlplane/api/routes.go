@@ -61,6 +61,7 @@ func (s *Server) authRoutes(r chi.Router) {
 	r.With(body, s.rateLimit("oauth-exchange")).Post("/oauth/exchange", s.oauthExchange)
 	r.Get("/oauth/{provider}", s.oauthStart)
 	r.With(s.rateLimit("oauth")).Get("/oauth/{provider}/callback", s.oauthCallback)
+	r.Post("/logout", s.logout)
 }
 
 func (s *Server) meRoutes(r chi.Router) {

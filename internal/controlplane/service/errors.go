@@ -69,6 +69,7 @@ const (
 
 	CodeForbidden       Code = "forbidden"
 	CodeSessionRequired Code = "session_required"
+	CodeCSRFFailed      Code = "csrf_failed"
 	CodeJWTRequired     Code = "jwt_required"
 	CodeAdminRequired   Code = "admin_required"
 	CodeBYOCNotEnabled  Code = "byoc_not_enabled"
@@ -132,6 +133,8 @@ const (
 	CodeDocsUnavailable     Code = "docs_unavailable"
 	CodeChannelsDisabled    Code = "channels_disabled"
 
+	CodeDashboardUnavailable Code = "dashboard_unavailable"
+
 	CodeSandboxDiskFull Code = "sandbox_disk_full"
 )
 
@@ -167,6 +170,7 @@ var codes = map[Code]codeInfo{
 
 	CodeForbidden:       {kind: KindForbidden},
 	CodeSessionRequired: {kind: KindForbidden},
+	CodeCSRFFailed:      {kind: KindForbidden},
 	CodeJWTRequired:     {kind: KindForbidden},
 	CodeAdminRequired:   {kind: KindForbidden},
 	CodeBYOCNotEnabled:  {kind: KindForbidden},
@@ -230,6 +234,8 @@ var codes = map[Code]codeInfo{
 	CodeHostsUnavailable:    {kind: KindUnavailable},
 	CodeDocsUnavailable:     {kind: KindUnavailable},
 	CodeChannelsDisabled:    {kind: KindUnavailable},
+
+	CodeDashboardUnavailable: {kind: KindUnavailable},
 
 	CodeSandboxDiskFull: {kind: KindStorageFull},
 }
