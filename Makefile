@@ -19,8 +19,12 @@ STATICCHECK_VERSION           := v0.8.2
 
 PROTO_FILES := proto/envd/process/process.proto proto/envd/filesystem/filesystem.proto proto/hostagent/v1/hostagent.proto proto/hostagent/v1/errors.proto
 SWAGGER_DIST := internal/controlplane/api/swaggerui/dist
+DASHBOARD_DIST := internal/controlplane/dashboard/dist
+# What the dashboard's build reads (not what it generates into src/lib/api).
+DASHBOARD_SRC := $(shell find web/src web/static -type f ! -name openapi.yaml ! -name schema.d.ts 2>/dev/null) \
+	web/svelte.config.js web/vite.config.ts web/tsconfig.json $(wildcard internal/controlplane/api/openapi/*.yaml)
 
-.PHONY: help setup tools web build images generate check-generated lint test test-go bench dev clean
+.PHONY: help setup tools web build images generate check-generated lint test test-go test-web bench dev clean
 
 help:
 	@echo "make dev     - install what is missing, build, run the whole platform locally"
@@ -47,13 +51,22 @@ $(BIN)/staticcheck: Makefile
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	@touch $@
 
-# Front-end assets come from the npm registry at pinned versions and are
-# embedded into the binary; nothing is fetched at run time.
-web: $(SWAGGER_DIST)/swagger-ui-bundle.js
+# Front-end assets come from the npm registry at pinned versions (the
+# lockfile; npm's cache makes repeat installs offline) and are embedded
+# into the binary; nothing is fetched at run time.
+web: $(SWAGGER_DIST)/swagger-ui-bundle.js $(DASHBOARD_DIST)/index.html
 
 web/node_modules/.package-lock.json: web/package.json web/package-lock.json
-	cd web && npm ci --no-audit --no-fund --loglevel=error
+	cd web && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# The dashboard: its typed API client is generated from the control
+# plane's OpenAPI document, type-checked (svelte-check) and built.
+$(DASHBOARD_DIST)/index.html: web/node_modules/.package-lock.json $(DASHBOARD_SRC)
+	$(GO) run ./internal/controlplane/api/specdump > web/src/lib/api/openapi.yaml
+	cd web && npm run --silent gen:api && npm run --silent build
+	find $(DASHBOARD_DIST) -mindepth 1 ! -name .gitkeep -delete
+	cp -R web/build/. $(DASHBOARD_DIST)/
 
 $(SWAGGER_DIST)/swagger-ui-bundle.js: web/node_modules/.package-lock.json
 	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js web/node_modules/swagger-ui-dist/swagger-ui.css \
@@ -94,7 +107,12 @@ lint: tools
 	staticcheck ./...
 
 # Everything: set-up, build, images, generated-code check, lint, all tests.
-test: setup tools build images check-generated lint test-go
+test: setup tools build images check-generated lint test-web test-go
+
+# The dashboard's unit tests (stores, formatting); its browser tests run
+# in the Go tests (e2e), against a real control plane and agent.
+test-web: web
+	cd web && npm test --silent
 
 test-go:
 	$(GO) test -count=1 -timeout 20m ./...
@@ -108,3 +126,5 @@ dev: setup build images
 clean:
 	rm -rf $(BIN) web/node_modules
 	find $(SWAGGER_DIST) -type f ! -name .gitkeep -delete
+	find $(DASHBOARD_DIST) -mindepth 1 ! -name .gitkeep -delete
+	rm -rf web/build web/.svelte-kit

@@ -349,6 +349,7 @@ func (a agentReadiness) timeoutError(timeout time.Duration, seen devboot.HostSta
 func printDevBanner(w io.Writer, base, dataDir string, boot devboot.Result, noAgent bool) {
 	fmt.Fprintf(w, `
 Wrenn is running.
+  Dashboard:  %[1]s/
   API:        %[1]s/v1
   API docs:   %[1]s/docs
   Health:     %[1]s/health

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -17,6 +18,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/clientip"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/dashboard"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
@@ -59,7 +61,9 @@ type Deps struct {
 	// OAuth serves sign-in and linking through providers; nil: every
 	// provider answers provider_not_configured.
 	OAuth *service.OAuth
-	// SecureCookies marks cookies Secure (CP_PUBLIC_URL is https).
+	// SecureCookies marks cookies Secure (CP_PUBLIC_URL is https): the
+	// OAuth state and the browser session's, which are also Secure on TLS
+	// requests.
 	SecureCookies bool
 	// Channels serves /v1/channels; without it (no WRENN_ENCRYPTION_KEY)
 	// those routes answer 503 channels_disabled.
@@ -81,6 +85,9 @@ type Deps struct {
 	// file upload (default 1 GiB).
 	MaxBodyBytes   int64
 	MaxUploadBytes int64
+	// Dashboard serves the web dashboard at / (paths no route takes);
+	// nil: a browser loading a page there is told how to build it.
+	Dashboard *dashboard.Handler
 }
 
 // Server is the control plane's HTTP handler.
@@ -109,9 +116,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.HTTPMetrics != nil {
 		r.Use(deps.HTTPMetrics.Middleware(s.routePattern))
 	}
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, service.CodeNotFound, "no such route: "+r.Method+" "+r.URL.Path)
-	})
+	r.NotFound(s.notFound)
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, service.CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 	})
@@ -143,6 +148,21 @@ func (s *Server) routePattern(r *http.Request) string {
 func (s *Server) Router() chi.Router { return s.router }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// notFound: paths no API route takes belong to the dashboard, except
+// under /v1/, which is the API's alone.
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.URL.Path, "/v1/") {
+		if s.deps.Dashboard != nil && s.deps.Dashboard.Serve(w, r) {
+			return
+		}
+		if s.deps.Dashboard == nil && dashboard.IsNavigation(r) {
+			WriteError(w, service.CodeDashboardUnavailable, dashboard.ErrNotBuilt.Error())
+			return
+		}
+	}
+	WriteError(w, service.CodeNotFound, "no such route: "+r.Method+" "+r.URL.Path)
+}
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

@@ -17,6 +17,10 @@ import (
 //go:embed openapi/*.yaml
 var specFiles embed.FS
 
+// Spec is the merged OpenAPI document served at /openapi.yaml (the
+// dashboard's typed client is generated from it).
+func Spec() ([]byte, error) { return buildSpec() }
+
 // buildSpec merges the spec fragments: the first file (00-base.yaml) gives
 // everything; later files may add paths, components.schemas,
 // components.parameters, components.responses and tags. A duplicate key is an

@@ -20,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/dashboard"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
@@ -76,6 +77,8 @@ type Core struct {
 	// agents (nil without a CA: plain HTTP).
 	CPCerts *pki.CPCertStore
 	log     *slog.Logger
+	// Dashboard is nil in a binary built without its assets.
+	Dashboard *dashboard.Handler
 }
 
 // cpCertRenewEvery renews the 24 h client certificate at half its life.
@@ -130,6 +133,12 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	}
 	if rdb != nil && cfg.Limits.AuthRateLimit > 0 {
 		c.RateLimiter = api.NewRateLimiter(rdb, cfg.Limits.AuthRateLimit, time.Minute, logger)
+	}
+	switch c.Dashboard, err = dashboard.New(); {
+	case errors.Is(err, dashboard.ErrNotBuilt):
+		logger.Warn("no dashboard at /", "reason", err)
+	case err != nil:
+		return nil, err
 	}
 	if c.ReconcileInterval <= 0 {
 		c.ReconcileInterval = 5 * time.Second
@@ -241,6 +250,7 @@ func (c *Core) Fill(d *api.Deps) {
 	if telemetry.OnMainPort(c.MetricsConfig) {
 		d.Metrics = telemetry.Handler(c.Telemetry.Registry, c.MetricsConfig.Token)
 	}
+	d.Dashboard = c.Dashboard
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}

@@ -1,0 +1,70 @@
+// Numbers for people: sizes, durations and relative times.
+
+const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+
+/** 1536 -> "1.5 KiB"; whole numbers under 1 KiB as they are. */
+export function bytes(n: number): string {
+	if (!Number.isFinite(n) || n < 0) return '—';
+	let i = 0;
+	while (n >= 1024 && i < units.length - 1) {
+		n /= 1024;
+		i++;
+	}
+	return i === 0 ? `${n} B` : `${n < 10 ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
+}
+
+/** Memory given in MiB, as the API gives it: 512 -> "512 MiB", 2048 -> "2 GiB". */
+export function mebibytes(mb: number): string {
+	return mb >= 1024 && mb % 1024 === 0 ? `${mb / 1024} GiB` : mb >= 1024 ? `${(mb / 1024).toFixed(1)} GiB` : `${mb} MiB`;
+}
+
+/** Seconds as the two largest units: 59 -> "59s", 3725 -> "1h 2m", 90061 -> "1d 1h". */
+export function duration(sec: number): string {
+	if (!Number.isFinite(sec) || sec < 0) return '—';
+	sec = Math.floor(sec);
+	const parts: [number, string][] = [
+		[Math.floor(sec / 86400), 'd'],
+		[Math.floor((sec % 86400) / 3600), 'h'],
+		[Math.floor((sec % 3600) / 60), 'm'],
+		[sec % 60, 's']
+	];
+	const first = parts.findIndex(([v]) => v > 0);
+	if (first < 0) return '0s';
+	return parts
+		.slice(first, first + 2)
+		.filter(([v]) => v > 0)
+		.map(([v, u]) => `${v}${u}`)
+		.join(' ');
+}
+
+/** A moment relative to now: "just now", "5 minutes ago", "in 2 days". */
+export function relative(when: string | Date | null | undefined, now: Date = new Date()): string {
+	if (!when) return 'never';
+	const t = typeof when === 'string' ? new Date(when) : when;
+	if (Number.isNaN(t.getTime())) return '—';
+	const diff = (t.getTime() - now.getTime()) / 1000;
+	const abs = Math.abs(diff);
+	if (abs < 45) return 'just now';
+	const steps: [number, Intl.RelativeTimeFormatUnit][] = [
+		[60, 'second'],
+		[3600, 'minute'],
+		[86400, 'hour'],
+		[2592000, 'day'],
+		[31536000, 'month'],
+		[Infinity, 'year']
+	];
+	const fmt = new Intl.RelativeTimeFormat('en', { numeric: 'auto' });
+	let unit = 1;
+	for (const [limit, name] of steps) {
+		if (abs < limit) return fmt.format(Math.round(diff / unit), name);
+		unit = limit;
+	}
+	return t.toISOString();
+}
+
+/** An absolute time for a title attribute. */
+export function absolute(when: string | null | undefined): string {
+	if (!when) return '';
+	const t = new Date(when);
+	return Number.isNaN(t.getTime()) ? '' : t.toLocaleString();
+}
