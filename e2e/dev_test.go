@@ -37,6 +37,29 @@ var (
 	bannerKey   = regexp.MustCompile(`API key:\s+(wrn_\S+)`)
 )
 
+// devSetup is what one `wrenn dev` of a test runs with: its own agent dir,
+// data dir, network names and range, and port; scrubbed when the test ends.
+type devSetup struct {
+	wrennDir, dataDir, prefix string
+	port                      int
+	env                       []string
+}
+
+// newDevSetup prepares a `wrenn dev` run: names start with tag, addresses
+// are in 10.<octet>.<testID>.0/24 (each test its own octet).
+func newDevSetup(t *testing.T, src, name, tag string, octet int, extraEnv ...string) devSetup {
+	t.Helper()
+	wrennDir := agentDir(t, src)
+	dataDir := traversableTempDir(t, "wrenn-e2e-"+name+"-")
+	prefix := fmt.Sprintf("%s%d-", tag, testID)
+	netRange := fmt.Sprintf("10.%d.%d.0/24", octet, testID)
+	t.Cleanup(func() { scrub(t, dataDir, prefix, netRange); scrub(t, wrennDir, prefix, netRange) })
+	port := freePort(t)
+	env := childEnv(append([]string{"WRENN_DIR=" + wrennDir, fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", port),
+		"WRENN_NET_PREFIX=" + prefix, "WRENN_NET_RANGE=" + netRange, "WRENN_VMM=qemu", "WRENN_ACCEL=tcg"}, extraEnv...)...)
+	return devSetup{wrennDir: wrennDir, dataDir: dataDir, prefix: prefix, port: port, env: env}
+}
+
 // startDev runs `wrenn dev` and waits for its banner.
 func startDev(t *testing.T, env []string, dataDir string, port int) devRun {
 	t.Helper()
@@ -98,15 +121,8 @@ func stopDev(t *testing.T, d devRun, dataDir, wrennDir, prefix string) {
 // the keys and the sandbox that was running, paused.
 func TestDevEndToEnd(t *testing.T) {
 	src := requirePlatform(t)
-	wrennDir := agentDir(t, src)
-	dataDir := traversableTempDir(t, "wrenn-e2e-dev-")
-	prefix := fmt.Sprintf("wed%d-", testID)
-	netRange := fmt.Sprintf("10.234.%d.0/24", testID)
-	t.Cleanup(func() { scrub(t, dataDir, prefix, netRange); scrub(t, wrennDir, prefix, netRange) })
-	port := freePort(t)
-	env := childEnv("WRENN_DIR="+wrennDir, fmt.Sprintf("WRENN_CP_LISTEN_ADDR=127.0.0.1:%d", port),
-		"WRENN_NET_PREFIX="+prefix, "WRENN_NET_RANGE="+netRange, "WRENN_VMM=qemu", "WRENN_ACCEL=tcg",
-		"WRENN_RECONCILE_INTERVAL=500ms")
+	ds := newDevSetup(t, src, "dev", "wed", 234, "WRENN_RECONCILE_INTERVAL=500ms")
+	wrennDir, dataDir, prefix, port, env := ds.wrennDir, ds.dataDir, ds.prefix, ds.port, ds.env
 
 	t0 := time.Now()
 	dev := startDev(t, env, dataDir, port)

@@ -31,7 +31,7 @@ import (
 
 // testID keeps names and address ranges apart from other test processes
 // (other packages' tests may run at the same time with their own prefixes:
-// wnt, wse, 10.231-10.233...). The e2e tests use 10.234-10.236.
+// wnt, wse, 10.231-10.233...). The e2e tests use 10.234-10.238.
 var testID = os.Getpid() % 200
 
 // requirePlatform checks what real VMs need and returns the WRENN_DIR

@@ -1,0 +1,335 @@
+// The dashboard in a real browser (Debian's Chromium, driven by
+// playwright-core; no browser download) against a running control plane
+// with a real agent. e2e/dashboard_test.go starts the platform and runs this
+// with WRENN_BASE_URL, CHROMIUM, ARTIFACTS, WRENN_ADMIN_EMAIL and
+// WRENN_ADMIN_PASSWORD. Any console error, page error, failed request or
+// error answer outside the steps that expect one fails the run. The last
+// line of output is `RESULT {json}` with the measurements.
+import { chromium } from 'playwright-core';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const base = must('WRENN_BASE_URL');
+const artifacts = must('ARTIFACTS');
+const adminEmail = must('WRENN_ADMIN_EMAIL');
+const adminPassword = must('WRENN_ADMIN_PASSWORD');
+const baseHost = new URL(base).host;
+mkdirSync(artifacts, { recursive: true });
+
+function must(name) {
+	const v = process.env[name];
+	if (!v) throw new Error(`${name} is not set`);
+	return v;
+}
+
+const problems = [];
+const foreign = [];
+/** While set, problems matching it are expected (the step provokes them). */
+let expected = null;
+
+const browser = await chromium.launch({
+	executablePath: must('CHROMIUM'),
+	headless: true,
+	// Nothing resolves: the test server is addressed by IP.
+	args: ['--no-sandbox', `--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE ${new URL(base).hostname}`, '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-default-apps']
+});
+const results = {};
+let step = 'start';
+
+function watch(page, who) {
+	const note = (what) => {
+		if (expected && expected.test(what)) return;
+		problems.push(`[${who}: ${step}] ${what}`);
+	};
+	page.on('console', (m) => {
+		if (m.type() === 'error') note(`console error: ${m.text()}`);
+	});
+	page.on('pageerror', (e) => note(`page error: ${e.message}`));
+	page.on('requestfailed', (r) => {
+		// A navigation cancels the page's requests in flight; that is no failure.
+		if (r.failure()?.errorText === 'net::ERR_ABORTED') return;
+		note(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText ?? ''}`);
+	});
+	page.on('response', (r) => {
+		if (r.status() >= 400) note(`HTTP ${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`);
+	});
+}
+
+async function newPage(who, viewport = { width: 1440, height: 900 }) {
+	const context = await browser.newContext({ viewport, acceptDownloads: true, baseURL: base });
+	// Only the control plane under test; every other request is refused and recorded.
+	await context.route('**/*', (route) => {
+		const u = new URL(route.request().url());
+		if (u.host === baseHost || u.protocol === 'blob:' || u.protocol === 'data:') return route.continue();
+		foreign.push(u.href);
+		return route.abort('blockedbyclient');
+	});
+	const page = await context.newPage();
+	page.setDefaultTimeout(30000);
+	watch(page, who);
+	return { context, page };
+}
+
+async function shot(page, name) {
+	await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+}
+
+async function run(name, f) {
+	step = name;
+	const t0 = Date.now();
+	await f();
+	console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+}
+
+let exitCode = 0;
+try {
+	const email = `browser-${randomBytes(4).toString('hex')}@example.com`;
+	const password = 'browser test passphrase';
+	const { context, page } = await newPage('user');
+
+	await run('sign up', async () => {
+		await page.goto('/signup');
+		await shot(page, 'signup');
+		await page.getByLabel('Name').fill('Browser Test');
+		await page.getByLabel('Email').fill(email);
+		await page.getByLabel('Password').fill(password);
+		await page.getByRole('button', { name: 'Sign up' }).click();
+		await page.waitForURL('**/dashboard/capsules/list');
+		const cookies = await context.cookies();
+		const session = cookies.find((c) => c.name === 'wrenn_session');
+		if (!session || !session.httpOnly || session.sameSite !== 'Strict') throw new Error(`session cookie: ${JSON.stringify(session)}`);
+		const fromPage = await page.evaluate(() => document.cookie);
+		if (fromPage.includes('wrenn_session')) throw new Error('the session cookie is readable by the page');
+	});
+
+	await run('first signed-in page interactive', async () => {
+		const t0 = Date.now();
+		await page.goto('/dashboard/capsules/list');
+		const create = page.getByRole('button', { name: 'Create your first capsule' });
+		await create.waitFor({ state: 'visible' });
+		await page.waitForFunction(() => document.readyState === 'complete');
+		results.interactive_ms = Date.now() - t0;
+		results.navigation = await page.evaluate(() => {
+			const n = performance.getEntriesByType('navigation')[0];
+			return { dom_content_loaded_ms: Math.round(n.domContentLoadedEventEnd), load_ms: Math.round(n.loadEventEnd) };
+		});
+		await create.focus();
+		if (!(await create.evaluate((el) => el === document.activeElement))) throw new Error('the create button does not take focus');
+		await shot(page, 'capsules-empty');
+	});
+
+	let capsuleID = '';
+	await run('create a capsule', async () => {
+		await page.getByRole('button', { name: 'Create your first capsule' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Create a capsule' });
+		await dialog.getByLabel('Metadata').fill('purpose=browser-test');
+		await shot(page, 'capsule-create-dialog');
+		await dialog.getByRole('button', { name: 'Create' }).click();
+		await page.waitForURL(/\/dashboard\/capsules\/sb-[a-z0-9]+/, { timeout: 180000 });
+		capsuleID = new URL(page.url()).pathname.split('/').pop();
+		await page.locator('h1 .badge', { hasText: 'running' }).waitFor({ timeout: 180000 });
+		await page.getByText('purpose=browser-test').waitFor();
+		await shot(page, 'capsule-overview');
+	});
+
+	await run('terminal: echo hi', async () => {
+		await page.getByRole('tab', { name: 'Terminal' }).click();
+		await page.getByText('Connected', { exact: true }).waitFor({ timeout: 60000 });
+		await page.locator('.xterm').click();
+		await page.keyboard.type('echo hi\n');
+		await page.waitForFunction(
+			() => Array.from(document.querySelectorAll('.xterm-rows > div')).some((r) => r.textContent?.trim() === 'hi'),
+			undefined,
+			{ timeout: 30000 }
+		);
+		await shot(page, 'capsule-terminal');
+	});
+
+	await run('terminal: resize', async () => {
+		const before = await page.locator('.xterm-rows > div').count();
+		await page.setViewportSize({ width: 1440, height: 1200 });
+		await page.locator('.term').evaluate((el) => (el.style.height = '40rem'));
+		await page.waitForFunction((n) => document.querySelectorAll('.xterm-rows > div').length > n, before);
+		await page.keyboard.type('stty size\n');
+		const rows = await page.locator('.xterm-rows > div').count();
+		await page.waitForFunction(
+			(r) => Array.from(document.querySelectorAll('.xterm-rows > div')).some((d) => new RegExp(`^${r} \\d+$`).test(d.textContent?.trim() ?? '')),
+			rows,
+			{ timeout: 15000 }
+		);
+		await page.setViewportSize({ width: 1440, height: 900 });
+	});
+
+	await run('files: upload, download, mkdir, delete', async () => {
+		await page.getByRole('tab', { name: 'Files' }).click();
+		await page.locator('[data-dir="/"][aria-busy="false"]').waitFor();
+		await page.getByLabel('Folder path').fill('/tmp');
+		await page.getByRole('button', { name: 'Open', exact: true }).click();
+		await page.locator('[data-dir="/tmp"][aria-busy="false"]').waitFor();
+		const data = randomBytes(300 * 1024); // binary, not valid UTF-8
+		await page.getByLabel('Upload files').setInputFiles({ name: 'upload.bin', mimeType: 'application/octet-stream', buffer: data });
+		const row = page.locator('tr[data-entry="upload.bin"]');
+		await row.waitFor();
+		const [download] = await Promise.all([page.waitForEvent('download'), row.getByRole('button', { name: /Download/ }).click()]);
+		const got = readFileSync(await download.path());
+		if (!got.equals(data)) throw new Error(`downloaded ${got.length} bytes differ from the ${data.length} uploaded`);
+		await page.getByLabel('New folder name').fill('made-in-browser');
+		await page.getByRole('button', { name: 'New folder' }).click();
+		const dirRow = page.locator('tr[data-entry="made-in-browser"]');
+		await dirRow.waitFor();
+		await shot(page, 'capsule-files');
+		await dirRow.getByRole('button', { name: /Delete/ }).click();
+		await dirRow.waitFor({ state: 'detached' });
+	});
+
+	await run('pause and resume', async () => {
+		await page.getByRole('button', { name: 'Pause' }).click();
+		await page.locator('h1 .badge', { hasText: 'paused' }).waitFor({ timeout: 120000 });
+		await page.getByRole('button', { name: 'Resume' }).waitFor();
+		await page.getByRole('button', { name: 'Resume' }).click();
+		await page.locator('h1 .badge', { hasText: 'running' }).waitFor({ timeout: 120000 });
+	});
+
+	await run('capsules list and running badge', async () => {
+		await page.getByRole('link', { name: /Capsules/ }).click();
+		const row = page.locator(`tr[data-capsule="${capsuleID}"]`);
+		await row.locator('.badge', { hasText: 'running' }).waitFor();
+		await row.getByText('purpose=browser-test').waitFor();
+		await page.locator('nav .count', { hasText: '1' }).waitFor();
+		await shot(page, 'capsules-list');
+		await page.setViewportSize({ width: 375, height: 800 });
+		await shot(page, 'capsules-list-375');
+		const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+		if (overflow > 0) throw new Error(`the page is ${overflow}px wider than a 375px screen`);
+		await page.setViewportSize({ width: 1440, height: 900 });
+	});
+
+	await run('API key shown once', async () => {
+		await page.getByRole('link', { name: 'API keys' }).click();
+		await page.getByText('No API keys yet.').waitFor();
+		await page.getByLabel('Key name').fill('from-browser');
+		await page.getByRole('button', { name: 'Create key' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Your new API key' });
+		const key = (await dialog.getByTestId('new-key').textContent())?.trim() ?? '';
+		if (!/^wrn_[A-Za-z0-9_-]{32,}$/.test(key)) throw new Error(`shown key ${key}`);
+		await shot(page, 'keys-created');
+		await dialog.getByRole('button', { name: 'Done' }).click();
+		await dialog.waitFor({ state: 'hidden' });
+		await page.locator('tr[data-key="from-browser"]').waitFor();
+		if ((await page.content()).includes(key)) throw new Error('the key is still on the page after the dialog closed');
+		await page.reload();
+		await page.locator('tr[data-key="from-browser"]').waitFor();
+		if ((await page.content()).includes(key)) throw new Error('the key is shown again');
+		const res = await fetch(`${base}/v1/sandboxes`, { headers: { 'X-API-Key': key } });
+		if (res.status !== 200) throw new Error(`the shown key does not work: ${res.status}`);
+		await shot(page, 'keys');
+	});
+
+	await run('team: rename', async () => {
+		await page.getByRole('link', { name: 'Team' }).click();
+		await page.getByText(email).first().waitFor();
+		await page.getByLabel('Team name').fill('Browser team');
+		await page.getByRole('button', { name: 'Rename team' }).click();
+		await page.getByRole('heading', { name: 'Team Browser team' }).waitFor();
+		await shot(page, 'team');
+	});
+
+	await run('dark theme', async () => {
+		await page.getByLabel('Theme').selectOption('dark');
+		const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+		if (bg === 'rgb(247, 248, 247)') throw new Error('dark theme did not apply');
+		await shot(page, 'team-dark');
+		await page.getByLabel('Theme').selectOption('system');
+	});
+
+	await run('control plane down: banner, then recovery', async () => {
+		await page.getByRole('link', { name: 'API keys' }).click();
+		await page.locator('tr[data-key="from-browser"]').waitFor();
+		expected = /request failed|Failed to load resource|net::ERR_FAILED/;
+		let probes = 0;
+		await context.route(/\/(v1\/|health)/, (route) => {
+			if (new URL(route.request().url()).pathname === '/health') probes++;
+			return route.abort('connectionrefused');
+		});
+		await page.getByRole('link', { name: 'Hosts' }).click();
+		await page.getByText('The control plane is not answering').waitFor();
+		await shot(page, 'cp-down');
+		await page.waitForTimeout(3500);
+		// Backoff: 1s then 2s; a tight loop would have probed many times.
+		if (probes > 3) throw new Error(`${probes} health probes in 3.5s`);
+		await context.unroute(/\/(v1\/|health)/);
+		await page.getByRole('button', { name: 'Retry now' }).click();
+		await page.getByText('The control plane is not answering').waitFor({ state: 'hidden' });
+		expected = null;
+	});
+
+	await run('destroy the capsule', async () => {
+		await page.getByRole('link', { name: /Capsules/ }).click();
+		const row = page.locator(`tr[data-capsule="${capsuleID}"]`);
+		await row.getByRole('button', { name: 'Destroy' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Destroy this capsule?' });
+		await dialog.getByRole('button', { name: 'Destroy' }).click();
+		await row.waitFor({ state: 'detached', timeout: 120000 });
+		await page.getByText('No capsules yet.').waitFor();
+	});
+
+	await run('expired session: sign in again, back to the page', async () => {
+		await context.clearCookies();
+		expected = /HTTP 401 GET \/v1\/me|status of 401/;
+		await page.goto('/dashboard/hosts');
+		await page.waitForURL('**/signin?next=%2Fdashboard%2Fhosts');
+		expected = null;
+		await shot(page, 'signin');
+		await page.getByLabel('Email').fill(adminEmail);
+		await page.getByLabel('Password').fill(adminPassword);
+		await page.getByRole('button', { name: 'Sign in' }).click();
+		await page.waitForURL('**/dashboard/hosts');
+	});
+
+	await run('hosts: create with the command, delete', async () => {
+		await page.getByRole('heading', { name: 'Hosts' }).waitFor();
+		await page.getByLabel('Host name').fill('browser-host');
+		await page.getByLabel('Shared by all teams').check();
+		await page.getByRole('button', { name: 'Add host' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Register the host' });
+		const cmd = (await dialog.getByTestId('register-command').textContent()) ?? '';
+		if (!cmd.includes('wrenn agent --register ') || !cmd.includes(`--cp-url ${base}`)) throw new Error(`registration command: ${cmd}`);
+		await shot(page, 'hosts-created');
+		await dialog.getByRole('button', { name: 'Done' }).click();
+		const row = page.locator('tr[data-host="browser-host"]');
+		await row.locator('.badge', { hasText: 'pending' }).waitFor();
+		await shot(page, 'hosts');
+		await row.getByRole('button', { name: /Delete/ }).click();
+		await row.waitFor({ state: 'detached' });
+	});
+
+	await run('error in words', async () => {
+		await page.getByRole('link', { name: 'Team' }).click();
+		expected = /HTTP 404 POST \/v1\/teams\/.*\/members|status of 404/;
+		await page.getByLabel('Email').fill('nobody-here@example.com');
+		await page.getByRole('button', { name: 'Add member' }).click();
+		const alert = page.getByRole('alert');
+		await alert.waitFor();
+		const text = (await alert.textContent()) ?? '';
+		if (text.includes('{') || !text.includes('Could not add the member')) throw new Error(`error shown as: ${text}`);
+		expected = null;
+	});
+
+	await context.close();
+} catch (err) {
+	console.error(`FAIL ${step}: ${err?.stack ?? err}`);
+	exitCode = 1;
+	for (const ctx of browser.contexts())
+		for (const p of ctx.pages()) {
+			await p.screenshot({ path: join(artifacts, 'failure.png'), fullPage: true }).catch(() => {});
+			console.error(`page at failure: ${p.url()}\n${(await p.locator('main').innerText().catch(() => '')).slice(0, 2000)}`);
+		}
+} finally {
+	await browser.close();
+}
+for (const p of problems) console.error(`problem: ${p}`);
+for (const f of foreign) console.error(`foreign request: ${f}`);
+if (problems.length || foreign.length) exitCode = 1;
+console.log('RESULT ' + JSON.stringify(results));
+process.exit(exitCode);
