@@ -71,6 +71,9 @@ async function newPage(who, viewport = { width: 1440, height: 900 }) {
 	return { context, page };
 }
 
+/** The dashboard's main navigation (pages have links of the same names). */
+const nav = (page) => page.getByRole('navigation', { name: 'Dashboard' });
+
 async function shot(page, name) {
 	await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
 }
@@ -192,7 +195,7 @@ try {
 	});
 
 	await run('capsules list and running badge', async () => {
-		await page.getByRole('link', { name: /Capsules/ }).click();
+		await nav(page).getByRole('link', { name: /Capsules/ }).click();
 		const row = page.locator(`tr[data-capsule="${capsuleID}"]`);
 		await row.locator('.badge', { hasText: 'running' }).waitFor();
 		await row.getByText('purpose=browser-test').waitFor();
@@ -206,7 +209,7 @@ try {
 	});
 
 	await run('API key shown once', async () => {
-		await page.getByRole('link', { name: 'API keys' }).click();
+		await nav(page).getByRole('link', { name: 'API keys' }).click();
 		await page.getByText('No API keys yet.').waitFor();
 		await page.getByLabel('Key name').fill('from-browser');
 		await page.getByRole('button', { name: 'Create key' }).click();
@@ -227,7 +230,7 @@ try {
 	});
 
 	await run('team: rename', async () => {
-		await page.getByRole('link', { name: 'Team' }).click();
+		await nav(page).getByRole('link', { name: 'Team' }).click();
 		await page.getByText(email).first().waitFor();
 		await page.getByLabel('Team name').fill('Browser team');
 		await page.getByRole('button', { name: 'Rename team' }).click();
@@ -244,7 +247,7 @@ try {
 	});
 
 	await run('control plane down: banner, then recovery', async () => {
-		await page.getByRole('link', { name: 'API keys' }).click();
+		await nav(page).getByRole('link', { name: 'API keys' }).click();
 		await page.locator('tr[data-key="from-browser"]').waitFor();
 		expected = /request failed|Failed to load resource|net::ERR_FAILED/;
 		let probes = 0;
@@ -252,7 +255,7 @@ try {
 			if (new URL(route.request().url()).pathname === '/health') probes++;
 			return route.abort('connectionrefused');
 		});
-		await page.getByRole('link', { name: 'Hosts' }).click();
+		await nav(page).getByRole('link', { name: 'Hosts' }).click();
 		await page.getByText('The control plane is not answering').waitFor();
 		await shot(page, 'cp-down');
 		await page.waitForTimeout(3500);
@@ -265,7 +268,7 @@ try {
 	});
 
 	await run('destroy the capsule', async () => {
-		await page.getByRole('link', { name: /Capsules/ }).click();
+		await nav(page).getByRole('link', { name: /Capsules/ }).click();
 		const row = page.locator(`tr[data-capsule="${capsuleID}"]`);
 		await row.getByRole('button', { name: 'Destroy' }).click();
 		const dialog = page.getByRole('dialog', { name: 'Destroy this capsule?' });
@@ -305,7 +308,7 @@ try {
 	});
 
 	await run('error in words', async () => {
-		await page.getByRole('link', { name: 'Team' }).click();
+		await nav(page).getByRole('link', { name: 'Team' }).click();
 		expected = /HTTP 404 POST \/v1\/teams\/.*\/members|status of 404/;
 		await page.getByLabel('Email').fill('nobody-here@example.com');
 		await page.getByRole('button', { name: 'Add member' }).click();
