@@ -279,7 +279,7 @@ try {
 
 	await run('expired session: sign in again, back to the page', async () => {
 		await context.clearCookies();
-		expected = /HTTP 401 GET \/v1\/me|status of 401/;
+		expected = /HTTP 401 GET \/v1\/(me|sandboxes)|status of 401/;
 		await page.goto('/dashboard/hosts');
 		await page.waitForURL('**/signin?next=%2Fdashboard%2Fhosts');
 		expected = null;
