@@ -23,7 +23,7 @@ SELECT * FROM team_api_keys WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_
 -- name: RevokeMemberAPIKeys :many
 -- Run in the transaction that removes the member from the team.
 DELETE FROM team_api_keys WHERE team_id = sqlc.arg(team_id) AND created_by = sqlc.arg(user_id)
-RETURNING id;
+RETURNING id, name;
 
 -- name: DeleteAPIKey :execrows
 DELETE FROM team_api_keys WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id);

@@ -82,3 +82,8 @@ UPDATE hosts SET
     cert_fingerprint = sqlc.arg(fingerprint), cert_expires_at = sqlc.arg(expires_at), updated_at = now()
 WHERE id = sqlc.arg(id)
 RETURNING *;
+
+-- name: LockHostStatus :one
+-- The status a heartbeat is about to replace, held until it commits so the
+-- change from unreachable to online is recorded once.
+SELECT status FROM hosts WHERE id = $1 FOR UPDATE;

@@ -164,7 +164,7 @@ func (q *Queries) ListAPIKeys(ctx context.Context, teamID string) ([]ListAPIKeys
 
 const revokeMemberAPIKeys = `-- name: RevokeMemberAPIKeys :many
 DELETE FROM team_api_keys WHERE team_id = $1 AND created_by = $2
-RETURNING id
+RETURNING id, name
 `
 
 type RevokeMemberAPIKeysParams struct {
@@ -172,20 +172,25 @@ type RevokeMemberAPIKeysParams struct {
 	UserID *string `json:"user_id"`
 }
 
+type RevokeMemberAPIKeysRow struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
 // Run in the transaction that removes the member from the team.
-func (q *Queries) RevokeMemberAPIKeys(ctx context.Context, arg RevokeMemberAPIKeysParams) ([]string, error) {
+func (q *Queries) RevokeMemberAPIKeys(ctx context.Context, arg RevokeMemberAPIKeysParams) ([]RevokeMemberAPIKeysRow, error) {
 	rows, err := q.db.Query(ctx, revokeMemberAPIKeys, arg.TeamID, arg.UserID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []string{}
+	items := []RevokeMemberAPIKeysRow{}
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var i RevokeMemberAPIKeysRow
+		if err := rows.Scan(&i.ID, &i.Name); err != nil {
 			return nil, err
 		}
-		items = append(items, id)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -298,6 +298,19 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID *string) ([]Host, er
 	return items, nil
 }
 
+const lockHostStatus = `-- name: LockHostStatus :one
+SELECT status FROM hosts WHERE id = $1 FOR UPDATE
+`
+
+// The status a heartbeat is about to replace, held until it commits so the
+// change from unreachable to online is recorded once.
+func (q *Queries) LockHostStatus(ctx context.Context, id string) (string, error) {
+	row := q.db.QueryRow(ctx, lockHostStatus, id)
+	var status string
+	err := row.Scan(&status)
+	return status, err
+}
+
 const markHostUnreachable = `-- name: MarkHostUnreachable :execrows
 UPDATE hosts SET status = 'unreachable', updated_at = now()
 WHERE id = $1 AND status = 'online'

@@ -9,6 +9,22 @@ import (
 	"time"
 )
 
+type AuditLog struct {
+	ID           string          `json:"id"`
+	EventID      string          `json:"event_id"`
+	TeamID       *string         `json:"team_id"`
+	ActorType    string          `json:"actor_type"`
+	ActorID      string          `json:"actor_id"`
+	ActorName    string          `json:"actor_name"`
+	ResourceType string          `json:"resource_type"`
+	ResourceID   string          `json:"resource_id"`
+	Action       string          `json:"action"`
+	Scope        string          `json:"scope"`
+	Status       string          `json:"status"`
+	Metadata     json.RawMessage `json:"metadata"`
+	CreatedAt    time.Time       `json:"created_at"`
+}
+
 type Channel struct {
 	ID             string    `json:"id"`
 	TeamID         string    `json:"team_id"`
@@ -37,6 +53,12 @@ type ChannelDelivery struct {
 	LastError      *string    `json:"last_error"`
 	CreatedAt      time.Time  `json:"created_at"`
 	UpdatedAt      time.Time  `json:"updated_at"`
+}
+
+type EventOutbox struct {
+	Seq   int64       `json:"seq"`
+	LogID string      `json:"log_id"`
+	Xid   interface{} `json:"xid"`
 }
 
 type Host struct {

@@ -9,6 +9,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
+	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
 // StreamKey is the Redis stream of committed events; each entry has one
@@ -55,19 +58,11 @@ func Decode(raw string) (Event, error) {
 	return e, nil
 }
 
-// Known are the event types a channel filter may name. When the audit log's
-// own list lands, it replaces this one.
-var Known = []string{
-	"sandbox.created", "sandbox.running", "sandbox.paused", "sandbox.auto_paused", "sandbox.resumed",
-	"sandbox.destroyed", "sandbox.error", "sandbox.missing",
-	"snapshot.created", "snapshot.deleted",
-	"team.created", "team.renamed", "team.deleted",
-	"api_key.created", "api_key.revoked",
-	"member.added", "member.removed", "member.left", "member.role_changed",
-	"host.created", "host.registered", "host.deleted", "host.marked_down", "host.marked_up",
-	"auth.login_failed", "user.password_changed",
+// Known are the event types a channel filter may name: every type the
+// audit trail records (audit.EventTypes) and the channels' own.
+var Known = append(slices.Clone(audit.EventTypes),
 	"channel.test", "channel.created", "channel.updated", "channel.deleted", "channel.disabled", "channel.config_rotated",
-}
+)
 
 // ValidFilter reports whether f is "*", "<resource>.*" for a known
 // resource, or a known type.
@@ -92,4 +87,20 @@ func Matches(filters []string, typ string) bool {
 		}
 	}
 	return false
+}
+
+// FromAuditLog is the event of an audit row; a platform row (no team) has
+// an empty team_id, and data is always an object.
+func FromAuditLog(l db.AuditLog) Event {
+	team := ""
+	if l.TeamID != nil {
+		team = *l.TeamID
+	}
+	data := l.Metadata
+	if len(data) == 0 {
+		data = json.RawMessage("{}")
+	}
+	return Event{ID: l.EventID, Type: l.ResourceType + "." + l.Action, OccurredAt: l.CreatedAt.UTC(), TeamID: team,
+		Actor: Actor{Type: l.ActorType, ID: l.ActorID, Name: l.ActorName}, Resource: Resource{Type: l.ResourceType, ID: l.ResourceID},
+		Status: l.Status, Data: data}
 }

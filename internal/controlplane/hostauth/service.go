@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
@@ -72,6 +73,7 @@ type Service struct {
 	tokens *HostTokens
 	agents Agents
 	states *service.States
+	audit  *audit.Logger
 	cfg    Config
 	log    *slog.Logger
 	now    func() time.Time
@@ -83,7 +85,7 @@ func New(pool *pgxpool.Pool, rdb *redis.Client, tokens *HostTokens, agents Agent
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{pool: pool, q: db.New(pool), rdb: rdb, tokens: tokens, agents: agents, states: service.NewStates(pool, logger),
+	return &Service{pool: pool, q: db.New(pool), rdb: rdb, tokens: tokens, agents: agents, states: service.NewStates(pool, logger), audit: audit.New(),
 		cfg: cfg.withDefaults(), log: logger, now: time.Now}
 }
 
@@ -200,7 +202,15 @@ func (s *Service) CreateHost(ctx context.Context, a auth.AuthContext, in CreateH
 	if a.UserID != "" {
 		createdBy = &a.UserID
 	}
-	h, err := s.q.InsertPendingHost(ctx, db.InsertPendingHostParams{ID: ids.New(ids.Host), TeamID: teamID, Name: name, CreatedBy: createdBy})
+	var h db.Host
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		var err error
+		if h, err = q.InsertPendingHost(ctx, db.InsertPendingHostParams{ID: ids.New(ids.Host), TeamID: teamID, Name: name, CreatedBy: createdBy}); err != nil {
+			return err
+		}
+		return s.audit.HostCreated(ctx, q, service.ActorOf(a), h)
+	})
 	if err != nil {
 		return HostWithToken{}, service.Internal("insert host", err)
 	}
@@ -430,12 +440,16 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (Credentials, 
 			return service.Internal("revoke old refresh tokens", err)
 		}
 		sp := in.Specs
-		if _, err := q.RegisterHostSpecs(ctx, db.RegisterHostSpecsParams{ID: hostID, Address: in.Address,
+		h, err := q.RegisterHostSpecs(ctx, db.RegisterHostSpecsParams{ID: hostID, Address: in.Address,
 			Vmm: sp.VMM, Accel: sp.Accel, Arch: sp.Arch, Version: sp.Version,
 			CpuCount: sp.CPUCount, MemoryMb: sp.MemoryMB, DiskGb: sp.DiskGB,
 			MaxVcpus: sp.Limits.MaxVCPUs, MaxMemoryMb: sp.Limits.MaxMemoryMB, MaxDiskMb: sp.Limits.MaxDiskMB,
 			CapacityVcpus: sp.Capacity.VCPUs, CapacityMemoryMb: sp.Capacity.MemoryMB,
-			CommittedVcpus: sp.Capacity.CommittedVCPUs, CommittedMemoryMb: sp.Capacity.CommittedMemoryMB}); err != nil {
+			CommittedVcpus: sp.Capacity.CommittedVCPUs, CommittedMemoryMb: sp.Capacity.CommittedMemoryMB})
+		if err != nil {
+			return service.Internal("register host", err)
+		}
+		if err := s.audit.HostRegistered(ctx, q, audit.ActorHostAgent(hostID), h); err != nil {
 			return service.Internal("register host", err)
 		}
 		rt, rtExp, err := s.insertRefresh(ctx, q, hostID, "")
@@ -602,7 +616,12 @@ func (s *Service) Heartbeat(ctx context.Context, callerHostID, hostID string, re
 		p.CapacityVcpus, p.CapacityMemoryMb = &c.VCPUs, &c.MemoryMB
 		p.CommittedVcpus, p.CommittedMemoryMb = &c.CommittedVCPUs, &c.CommittedMemoryMB
 	}
-	h, err := s.q.HeartbeatHost(ctx, p)
+	var h db.Host
+	err := s.states.InTx(ctx, func(tx *service.StateTx) error {
+		var err error
+		h, _, err = tx.HostAnswered(ctx, p, audit.ActorHostAgent(hostID))
+		return err
+	})
 	if isNoRows(err) {
 		if _, gerr := s.q.GetHost(ctx, hostID); isNoRows(gerr) {
 			return Host{}, errHostNotFound
@@ -674,7 +693,14 @@ func (s *Service) DeleteHost(ctx context.Context, a auth.AuthContext, id string,
 			return DeleteResult{}, service.Internal("stop sandbox", err)
 		}
 	}
-	if _, err := s.q.DeleteHostByID(ctx, h.ID); err != nil {
+	err = s.states.InTx(ctx, func(tx *service.StateTx) error {
+		n, err := tx.Q.DeleteHostByID(ctx, h.ID)
+		if err != nil || n == 0 {
+			return err
+		}
+		return tx.Audit.HostDeleted(ctx, tx.Q, service.ActorOf(a), h, len(refs))
+	})
+	if err != nil {
 		return DeleteResult{}, service.Internal("delete host", err)
 	}
 	if old, err := s.rdb.GetDel(ctx, regHostKey(h.ID)).Result(); err == nil {

@@ -21,6 +21,9 @@ const (
 	// one attempt at an idempotent request.
 	Operation = "op-"
 	Channel   = "ch-"
+	AuditLog  = "log-"
+	// Event is an audit row's id on the event stream.
+	Event = "evt-"
 )
 
 var enc = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

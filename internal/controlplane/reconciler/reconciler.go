@@ -224,6 +224,9 @@ func (r *Reconciler) markIfSilent(ctx context.Context, h db.Host) (PassResult, e
 			return err
 		}
 		res.Unreachable = 1
+		if err := tx.Audit.HostMarkedDown(ctx, tx.Q, service.ActorHostMonitor, h, reason); err != nil {
+			return err
+		}
 		running, err := tx.Q.ListHostSandboxes(ctx, db.ListHostSandboxesParams{HostID: &h.ID, Statuses: []string{string(service.StatusRunning)}})
 		if err != nil {
 			return err
@@ -364,13 +367,17 @@ func (r *Reconciler) syncSandboxes(ctx context.Context, h db.Host) (PassResult, 
 // heartbeat does; back reports an unreachable host made online again.
 func (r *Reconciler) recordAnswer(ctx context.Context, h db.Host) (back bool, err error) {
 	// No resources in the answer: the stored ones are kept (NULLs).
-	if _, err := r.q.HeartbeatHost(ctx, db.HeartbeatHostParams{ID: h.ID}); err != nil {
+	err = r.states.InTx(ctx, func(tx *service.StateTx) error {
+		_, back, err = tx.HostAnswered(ctx, db.HeartbeatHostParams{ID: h.ID}, service.ActorReconciler)
+		return err
+	})
+	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, nil // deleted (or pending) meanwhile
 		}
 		return false, fmt.Errorf("record that %s answered: %w", h.ID, err)
 	}
-	if h.Status == hosts.StatusUnreachable {
+	if back {
 		r.log.InfoContext(ctx, "unreachable host answered; online again", "host_id", h.ID)
 		return true, nil
 	}

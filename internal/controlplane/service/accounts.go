@@ -161,7 +161,10 @@ func (s *Service) createAccount(ctx context.Context, a newAccount) (db.User, Tea
 		if err != nil {
 			return err
 		}
-		return q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: team.ID, Role: "owner", IsDefault: true})
+		if err := q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: team.ID, Role: "owner", IsDefault: true}); err != nil {
+			return err
+		}
+		return s.audit.TeamCreated(ctx, q, Actor{Type: ActorUser, ID: u.ID, Name: u.Email}, team.ID, team.Name)
 	})
 	if err != nil {
 		return db.User{}, TeamRef{}, err
@@ -194,10 +197,11 @@ func (s *Service) Login(ctx context.Context, in LoginInput) (Session, error) {
 	if in.Password == "" {
 		return Session{}, Invalid("password", "password is required")
 	}
-	u, err := s.q.GetUserByEmail(ctx, strings.TrimSpace(in.Email))
+	email := strings.TrimSpace(in.Email)
+	u, err := s.q.GetUserByEmail(ctx, email)
 	if isNoRows(err) {
 		s.passwords.Check(s.dummyHash, in.Password) // same work as a real check: no user enumeration by timing
-		return Session{}, errBadLogin
+		return Session{}, s.loginFailed(ctx, email, "", "unknown email")
 	}
 	if err != nil {
 		return Session{}, Internal("login", err)
@@ -209,7 +213,7 @@ func (s *Service) Login(ctx context.Context, in LoginInput) (Session, error) {
 		hash = *u.PasswordHash
 	}
 	if !s.passwords.Check(hash, in.Password) || u.PasswordHash == nil {
-		return Session{}, errBadLogin
+		return Session{}, s.loginFailed(ctx, u.Email, u.ID, "wrong password")
 	}
 	return s.defaultTeamSession(ctx, u)
 }
@@ -369,8 +373,24 @@ func (s *Service) ChangePassword(ctx context.Context, a auth.AuthContext, in Cha
 	if err != nil {
 		return Internal("change password", err)
 	}
-	if err := s.q.UpdateUserPassword(ctx, db.UpdateUserPasswordParams{ID: u.ID, PasswordHash: &hash}); err != nil {
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		if err := q.UpdateUserPassword(ctx, db.UpdateUserPasswordParams{ID: u.ID, PasswordHash: &hash}); err != nil {
+			return err
+		}
+		return s.audit.PasswordChanged(ctx, q, ActorOf(a), a.TeamID, u.ID)
+	})
+	if err != nil {
 		return Internal("change password", err)
 	}
 	return nil
+}
+
+// loginFailed records a failed login and returns the one answer every
+// failure gets. The row is written on its own (there is no change to join);
+// failing to write it is logged, not shown: the caller learns nothing new.
+func (s *Service) loginFailed(ctx context.Context, email, userID, reason string) error {
+	if err := s.audit.LoginFailed(ctx, s.q, email, userID, reason); err != nil {
+		s.log.ErrorContext(ctx, "record failed login", "user_id", userID, "err", err)
+	}
+	return errBadLogin
 }

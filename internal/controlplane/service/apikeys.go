@@ -42,7 +42,14 @@ func (s *Service) CreateAPIKey(ctx context.Context, a auth.AuthContext, in APIKe
 		return NewAPIKey{}, Internal("create api key", err)
 	}
 	uid := a.UserID
-	k, err := s.q.CreateAPIKey(ctx, db.CreateAPIKeyParams{ID: ids.New(ids.APIKey), TeamID: a.TeamID, Name: name, KeyHash: hash, KeyPrefix: prefix, CreatedBy: &uid})
+	var k db.TeamApiKey
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		if k, err = q.CreateAPIKey(ctx, db.CreateAPIKeyParams{ID: ids.New(ids.APIKey), TeamID: a.TeamID, Name: name, KeyHash: hash, KeyPrefix: prefix, CreatedBy: &uid}); err != nil {
+			return err
+		}
+		return s.audit.APIKeyCreated(ctx, q, ActorOf(a), a.TeamID, k.ID, k.Name)
+	})
 	if err != nil {
 		return NewAPIKey{}, Internal("create api key", err)
 	}
@@ -75,7 +82,14 @@ func (s *Service) DeleteAPIKey(ctx context.Context, a auth.AuthContext, keyID st
 	if !own && !canManage(a.Role) {
 		return Forbidden(CodeForbidden, "members can only delete their own API keys")
 	}
-	if _, err := s.q.DeleteAPIKey(ctx, db.DeleteAPIKeyParams{ID: keyID, TeamID: a.TeamID}); err != nil {
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		n, err := q.DeleteAPIKey(ctx, db.DeleteAPIKeyParams{ID: keyID, TeamID: a.TeamID})
+		if err != nil || n == 0 {
+			return err
+		}
+		return s.audit.APIKeyRevoked(ctx, q, ActorOf(a), a.TeamID, k.ID, k.Name)
+	})
+	if err != nil {
 		return Internal("delete api key", err)
 	}
 	return nil

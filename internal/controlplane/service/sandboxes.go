@@ -244,7 +244,10 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
 			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID})
-		return err
+		if err != nil {
+			return err
+		}
+		return s.audit.SandboxCreated(ctx, q, ActorOf(a), row)
 	})
 	if isUniqueViolation(err) && opts.ID != "" {
 		// The same ID made concurrently (by a retry that took over).
@@ -467,6 +470,16 @@ func EncodeCursor(t time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
 }
 
+// pageOf cuts rows read with limit+1 to one page and returns the cursor of
+// the next page, "" when this is the last.
+func pageOf[R any](rows []R, limit int, key func(R) (time.Time, string)) ([]R, string) {
+	if len(rows) <= limit {
+		return rows, ""
+	}
+	rows = rows[:limit]
+	return rows, EncodeCursor(key(rows[len(rows)-1]))
+}
+
 // DecodeCursor reads a cursor EncodeCursor made for an ID with prefix.
 func DecodeCursor(c, prefix string) (time.Time, string, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(c)
@@ -517,12 +530,9 @@ func (s *Service) ListSandboxes(ctx context.Context, a auth.AuthContext, in List
 	if err != nil {
 		return SandboxPage{}, Internal("list sandboxes", err)
 	}
-	page := SandboxPage{Sandboxes: make([]Sandbox, 0, len(rows))}
-	if len(rows) > in.Limit {
-		rows = rows[:in.Limit]
-		last := rows[len(rows)-1]
-		page.NextCursor = EncodeCursor(last.CreatedAt, last.ID)
-	}
+	page := SandboxPage{}
+	rows, page.NextCursor = pageOf(rows, in.Limit, func(r db.Sandbox) (time.Time, string) { return r.CreatedAt, r.ID })
+	page.Sandboxes = make([]Sandbox, 0, len(rows))
 	for _, r := range rows {
 		page.Sandboxes = append(page.Sandboxes, toSandbox(r))
 	}

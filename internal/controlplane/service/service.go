@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
@@ -42,8 +43,10 @@ type Deps struct {
 	Pool      *pgxpool.Pool
 	Hosts     *hosts.Pool
 	Scheduler hosts.Scheduler
-	// States writes sandbox status; nil builds one on Pool.
-	States    *States
+	// States writes sandbox status; nil builds one on Pool with Audit.
+	States *States
+	// Audit records actions; nil records with audit.New().
+	Audit     *audit.Logger
 	Tokens    *auth.Tokens
 	Passwords auth.Passwords
 	Limits    Limits
@@ -58,6 +61,7 @@ type Service struct {
 	pool      *pgxpool.Pool
 	q         *db.Queries
 	states    *States
+	audit     *audit.Logger
 	hosts     *hosts.Pool
 	scheduler hosts.Scheduler
 	tokens    *auth.Tokens
@@ -105,9 +109,13 @@ func New(d Deps) (*Service, error) {
 	if d.Pool != nil {
 		q = db.New(d.Pool)
 	}
+	al := d.Audit
+	if al == nil {
+		al = audit.New()
+	}
 	st := d.States
 	if st == nil && d.Pool != nil {
-		st = NewStates(d.Pool, d.Logger)
+		st = NewAuditedStates(d.Pool, al, d.Logger)
 	}
 	hp := d.Hosts
 	if hp == nil && q != nil {
@@ -121,7 +129,7 @@ func New(d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{pool: d.Pool, q: q, states: st, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy, replica: d.Replica}, nil
+	return &Service{pool: d.Pool, q: q, states: st, audit: al, hosts: hp, scheduler: sch, tokens: d.Tokens, passwords: d.Passwords, limits: l, log: d.Logger, dummyHash: dummy, replica: d.Replica}, nil
 }
 
 // WaitBackground waits until the boots of creates answered at once have

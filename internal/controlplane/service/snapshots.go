@@ -99,7 +99,14 @@ func (s *Service) CreateSnapshotAs(ctx context.Context, a auth.AuthContext, in S
 	if resp.Msg.GetVcpus() > 0 {
 		vcpus, mem = int32(resp.Msg.GetVcpus()), int32(resp.Msg.GetMemoryMb())
 	}
-	t, err := s.q.InsertSnapshotTemplate(lctx, db.InsertSnapshotTemplateParams{ID: tplID, TeamID: &a.TeamID, Name: in.Name, Vcpus: vcpus, MemoryMb: mem, DiskMb: sb.DiskMb, SizeBytes: resp.Msg.GetSizeBytes(), HostID: sb.HostID})
+	var t db.Template
+	err = s.inTx(lctx, func(q *db.Queries) error {
+		t, err = q.InsertSnapshotTemplate(lctx, db.InsertSnapshotTemplateParams{ID: tplID, TeamID: &a.TeamID, Name: in.Name, Vcpus: vcpus, MemoryMb: mem, DiskMb: sb.DiskMb, SizeBytes: resp.Msg.GetSizeBytes(), HostID: sb.HostID})
+		if err != nil {
+			return err
+		}
+		return s.audit.SnapshotCreated(lctx, q, ActorOf(a), a.TeamID, t, sb.ID)
+	})
 	if err != nil {
 		if _, derr := c.DeleteSnapshot(lctx, connect.NewRequest(&pb.DeleteSnapshotRequest{Name: tplID})); derr != nil {
 			s.log.WarnContext(ctx, "drop unrecorded snapshot", "template_id", tplID, "err", derr)
@@ -184,7 +191,14 @@ func (s *Service) DeleteSnapshot(ctx context.Context, a auth.AuthContext, name s
 			return FromAgent("delete the snapshot on host "+h.ID, err)
 		}
 	}
-	if _, err := s.q.DeleteSnapshot(ctx, db.DeleteSnapshotParams{TeamID: &a.TeamID, Name: name}); err != nil {
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		n, err := q.DeleteSnapshot(ctx, db.DeleteSnapshotParams{TeamID: &a.TeamID, Name: name})
+		if err != nil || n == 0 {
+			return err
+		}
+		return s.audit.SnapshotDeleted(ctx, q, ActorOf(a), a.TeamID, t)
+	})
+	if err != nil {
 		return Internal("delete snapshot", err)
 	}
 	return nil

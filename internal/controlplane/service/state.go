@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
@@ -51,22 +52,18 @@ func StatusStrings(ss []Status) []string {
 	return out
 }
 
-// ActorType says what kind of party changed a sandbox.
-type ActorType string
+// ActorType says what kind of party changed a sandbox (the audit trail's).
+type ActorType = audit.ActorType
 
 const (
-	ActorUser   ActorType = "user"
-	ActorAPIKey ActorType = "api_key"
-	ActorSystem ActorType = "system"
+	ActorUser   = audit.ActorUser
+	ActorAPIKey = audit.ActorAPIKey
+	ActorSystem = audit.ActorSystem
 )
 
 // Actor is who caused a change: a user, an API key, or a named part of the
 // control plane.
-type Actor struct {
-	Type ActorType
-	ID   string
-	Name string
-}
+type Actor = audit.Actor
 
 // The control plane's own actors.
 var (
@@ -120,27 +117,35 @@ type Transition struct {
 }
 
 // States is the one writer of sandbox status: every change goes through
-// StateTx.Change.
+// StateTx.Change, which also writes its audit row (and so its event).
 type States struct {
-	pool *pgxpool.Pool
-	q    *db.Queries
-	log  *slog.Logger
+	pool  *pgxpool.Pool
+	q     *db.Queries
+	audit *audit.Logger
+	log   *slog.Logger
 }
 
-// NewStates builds the writer.
+// NewStates builds the writer, recording every change in the audit trail.
 func NewStates(pool *pgxpool.Pool, logger *slog.Logger) *States {
+	return NewAuditedStates(pool, audit.New(), logger)
+}
+
+// NewAuditedStates builds the writer with the given audit logger.
+func NewAuditedStates(pool *pgxpool.Pool, al *audit.Logger, logger *slog.Logger) *States {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &States{pool: pool, q: db.New(pool), log: logger}
+	return &States{pool: pool, q: db.New(pool), audit: al, log: logger}
 }
 
 // StateTx is a transaction in which status changes are made, possibly
 // together with other writes (a host marked unreachable with its sandboxes).
 type StateTx struct {
 	// Q runs other queries in the same transaction.
-	Q    *db.Queries
-	done []Transition
+	Q *db.Queries
+	// Audit records other actions of the transaction (a host marked down).
+	Audit *audit.Logger
+	done  []Transition
 }
 
 // InTx runs fn in one transaction and logs the transitions it made once
@@ -148,7 +153,7 @@ type StateTx struct {
 func (s *States) InTx(ctx context.Context, fn func(tx *StateTx) error) error {
 	var st *StateTx
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		st = &StateTx{Q: s.q.WithTx(tx)}
+		st = &StateTx{Q: s.q.WithTx(tx), Audit: s.audit}
 		return fn(st)
 	})
 	if err != nil {
@@ -191,6 +196,34 @@ func (tx *StateTx) Change(ctx context.Context, c Change) (Transition, bool, erro
 	}
 	t := Transition{SandboxID: r.Sandbox.ID, TeamID: r.Sandbox.TeamID, HostID: r.Sandbox.HostID,
 		From: Status(r.FromStatus), To: c.To, Actor: c.Actor, Reason: c.Reason, At: r.Sandbox.UpdatedAt, Sandbox: r.Sandbox}
+	if err := tx.recordAudit(ctx, t); err != nil {
+		return Transition{}, false, err
+	}
 	tx.done = append(tx.done, t)
 	return t, true, nil
+}
+
+// recordAudit writes t's audit row in t's transaction: the one mapping from a
+// status change to its event.
+func (tx *StateTx) recordAudit(ctx context.Context, t Transition) error {
+	c := audit.SandboxChange{Sandbox: t.Sandbox, From: string(t.From), Reason: t.Reason}
+	record := tx.Audit.SandboxDestroyed
+	switch {
+	case t.To == StatusRunning && t.From == StatusPaused:
+		record = tx.Audit.SandboxResumed
+	case t.To == StatusRunning:
+		record = tx.Audit.SandboxRunning
+	case t.To == StatusPaused && t.Actor == ActorAutoPause:
+		record = tx.Audit.SandboxAutoPaused
+	case t.To == StatusPaused:
+		record = tx.Audit.SandboxPaused
+	case t.To == StatusError:
+		record = tx.Audit.SandboxError
+	case t.To == StatusMissing:
+		record = tx.Audit.SandboxMissing
+	case t.To == StatusStopped || t.To == StatusStopping:
+	default:
+		return fmt.Errorf("sandbox %s state change to %s: no audit event for it", t.SandboxID, t.To)
+	}
+	return record(ctx, tx.Q, t.Actor, c)
 }

@@ -98,7 +98,10 @@ func (s *Service) CreateTeam(ctx context.Context, a auth.AuthContext, in TeamInp
 		if t, err = q.CreateTeam(ctx, db.CreateTeamParams{ID: ids.New(ids.Team), Name: name}); err != nil {
 			return err
 		}
-		return q.AddMember(ctx, db.AddMemberParams{UserID: a.UserID, TeamID: t.ID, Role: RoleOwner})
+		if err := q.AddMember(ctx, db.AddMemberParams{UserID: a.UserID, TeamID: t.ID, Role: RoleOwner}); err != nil {
+			return err
+		}
+		return s.audit.TeamCreated(ctx, q, ActorOf(a), t.ID, t.Name)
 	})
 	if err != nil {
 		return Team{}, Internal("create team", err)
@@ -119,7 +122,14 @@ func (s *Service) RenameTeam(ctx context.Context, a auth.AuthContext, teamID str
 	if err != nil {
 		return Team{}, err
 	}
-	t, err := s.q.RenameTeam(ctx, db.RenameTeamParams{ID: teamID, Name: name})
+	var t db.Team
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		if t, err = q.RenameTeam(ctx, db.RenameTeamParams{ID: teamID, Name: name}); err != nil {
+			return err
+		}
+		return s.audit.TeamRenamed(ctx, q, ActorOf(a), teamID, m.TeamName, t.Name)
+	})
 	if err != nil {
 		return Team{}, wrapDB("rename team", err)
 	}
@@ -157,7 +167,7 @@ func (s *Service) DeleteTeam(ctx context.Context, a auth.AuthContext, teamID str
 		if err := q.DeleteTeam(ctx, teamID); err != nil {
 			return Internal("delete team", err)
 		}
-		return nil
+		return wrapDB("delete team", s.audit.TeamDeleted(ctx, q, ActorOf(a), teamID, m.TeamName))
 	})
 }
 
@@ -213,7 +223,12 @@ func (s *Service) AddMember(ctx context.Context, a auth.AuthContext, teamID stri
 	if err != nil {
 		return Member{}, Internal("add member", err)
 	}
-	err = s.q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: teamID, Role: in.Role})
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		if err := q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: teamID, Role: in.Role}); err != nil {
+			return err
+		}
+		return s.audit.MemberAdded(ctx, q, ActorOf(a), teamID, u.ID, in.Role)
+	})
 	if isUniqueViolation(err) {
 		return Member{}, Conflict(CodeAlreadyMember, "this user is already a member of the team")
 	}
@@ -262,7 +277,10 @@ func (s *Service) UpdateMemberRole(ctx context.Context, a auth.AuthContext, team
 		if _, err := q.UpdateMemberRole(ctx, db.UpdateMemberRoleParams{TeamID: teamID, UserID: userID, Role: in.Role}); err != nil {
 			return Internal("update member", err)
 		}
-		return nil
+		if target.Role == in.Role {
+			return nil
+		}
+		return wrapDB("update member", s.audit.MemberRoleChanged(ctx, q, ActorOf(a), teamID, userID, target.Role, in.Role))
 	})
 }
 
@@ -310,8 +328,19 @@ func (s *Service) RemoveMember(ctx context.Context, a auth.AuthContext, teamID, 
 		if err != nil {
 			return Internal("revoke member api keys", err)
 		}
-		out.RevokedAPIKeyIDs = append(make([]string, 0, len(revoked)), revoked...)
-		return nil
+		out.RevokedAPIKeyIDs = make([]string, 0, len(revoked))
+		actor := ActorOf(a)
+		for _, k := range revoked {
+			out.RevokedAPIKeyIDs = append(out.RevokedAPIKeyIDs, k.ID)
+			if err := s.audit.APIKeyRevoked(ctx, q, actor, teamID, k.ID, k.Name); err != nil {
+				return wrapDB("remove member", err)
+			}
+		}
+		record := s.audit.MemberRemoved
+		if self {
+			record = s.audit.MemberLeft
+		}
+		return wrapDB("remove member", record(ctx, q, actor, teamID, userID))
 	})
 	if err != nil {
 		return RemovedMember{}, err
