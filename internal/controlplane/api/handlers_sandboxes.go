@@ -49,25 +49,44 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 // parseListQuery reads ?status=a,b&limit=&cursor=&metadata.key=value.
-func parseListQuery(r *http.Request) (service.ListSandboxesInput, error) {
-	q := r.URL.Query()
-	var in service.ListSandboxesInput
-	for _, v := range q["status"] {
-		for _, st := range strings.Split(v, ",") {
-			if st = strings.TrimSpace(st); st != "" {
-				in.Statuses = append(in.Statuses, service.Status(st))
+// multiValues reads a filter given comma-separated, repeated, or both.
+func multiValues(q url.Values, name string) []string {
+	var out []string
+	for _, v := range q[name] {
+		for _, part := range strings.Split(v, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				out = append(out, part)
 			}
 		}
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return in, service.Invalid("limit", "limit must be a whole number")
-		}
-		if n == 0 {
-			return in, service.Invalid("limit", "limit must be between 1 and %d", service.MaxPageSize)
-		}
-		in.Limit = n
+	return out
+}
+
+// pageLimit reads the limit of a list route; 0 when absent (the default).
+func pageLimit(q url.Values) (int, error) {
+	v := q.Get("limit")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, service.Invalid("limit", "limit must be a whole number")
+	}
+	if n == 0 {
+		return 0, service.Invalid("limit", "limit must be between 1 and %d", service.MaxPageSize)
+	}
+	return n, nil
+}
+
+func parseListQuery(r *http.Request) (service.ListSandboxesInput, error) {
+	q := r.URL.Query()
+	var in service.ListSandboxesInput
+	for _, st := range multiValues(q, "status") {
+		in.Statuses = append(in.Statuses, service.Status(st))
+	}
+	var err error
+	if in.Limit, err = pageLimit(q); err != nil {
+		return in, err
 	}
 	in.Cursor = q.Get("cursor")
 	for k, vs := range q {

@@ -36,6 +36,11 @@ type LeaseReader interface {
 	Holders(ctx context.Context) ([]lease.Holder, error)
 }
 
+// BacklogReporter counts events committed but not yet on the stream.
+type BacklogReporter interface {
+	Backlog(ctx context.Context) (int64, error)
+}
+
 // Deps are what the HTTP layer needs; constructed by the caller.
 type Deps struct {
 	Logger *slog.Logger
@@ -47,6 +52,8 @@ type Deps struct {
 	// loop's lease, both reported by GET /health (when set).
 	Replica string
 	Leases  LeaseReader
+	// EventBacklog, when set, is reported by GET /health as event_backlog.
+	EventBacklog BacklogReporter
 	// Hosts serves /v1/hosts (registration, heartbeats, host management);
 	// without it those routes answer 503. User sessions on host management
 	// routes are checked by Service, or by HostUserAuth when Service is nil.
@@ -191,6 +198,14 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 				leases[h.Name] = h
 			}
 			body["leases"] = leases
+		}
+	}
+	if s.deps.EventBacklog != nil {
+		// A growing backlog with Redis up means no replica relays.
+		if n, err := s.deps.EventBacklog.Backlog(ctx); err != nil {
+			s.deps.Logger.WarnContext(ctx, "health: count event backlog", "err", err)
+		} else {
+			body["event_backlog"] = n
 		}
 	}
 	if status != http.StatusOK {

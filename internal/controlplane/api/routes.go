@@ -28,6 +28,7 @@ func (s *Server) mountV1(root chi.Router) {
 		r.Route("/v1/templates", s.templateRoutes)
 		r.Route("/v1/admin/builds", s.buildRoutes)
 		r.Route("/v1/admin/templates", s.adminTemplateRoutes)
+		r.Route("/v1/audit-logs", s.auditRoutes)
 	})
 }
 
