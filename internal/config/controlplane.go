@@ -35,6 +35,9 @@ type ControlPlane struct {
 	OperationLease time.Duration
 	Limits         Limits
 	Hosts          Hosts
+	// EventsMaxLen caps the wrenn:events stream, approximately (XADD
+	// MAXLEN ~).
+	EventsMaxLen int
 	// TrustedProxies are the peers (load balancers, reverse proxies) whose
 	// X-Forwarded-For and Forwarded headers name the client; empty trusts
 	// none, so the TCP peer is the client.
@@ -177,6 +180,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		ReconcileInterval:     r.duration("WRENN_RECONCILE_INTERVAL", 5*time.Second, 100*time.Millisecond),
 		AgentLifecycleTimeout: r.duration("WRENN_AGENT_LIFECYCLE_TIMEOUT", 5*time.Minute, 5*time.Second),
 		OperationLease:        r.duration("WRENN_OPERATION_LEASE", 15*time.Second, 300*time.Millisecond),
+		EventsMaxLen:          r.integer("WRENN_EVENTS_MAXLEN", 100000, 1000, 1<<30),
 		Limits: Limits{
 			SandboxMaxVCPUs:         r.integer("WRENN_SANDBOX_MAX_VCPUS", 8, 1, 256),
 			SandboxMaxMemoryMB:      r.integer("WRENN_SANDBOX_MAX_MEMORY_MB", 8192, 128, 1<<22),

@@ -35,6 +35,9 @@ func TestControlPlaneLimitsFromEnv(t *testing.T) {
 		{"team running", map[string]string{"WRENN_TEAM_MAX_RUNNING_SANDBOXES": "3"}, func(c ControlPlane) bool { return c.Limits.TeamMaxRunningSandboxes == 3 }, ""},
 		{"rate limit off", map[string]string{"WRENN_AUTH_RATE_LIMIT": "0"}, func(c ControlPlane) bool { return c.Limits.AuthRateLimit == 0 }, ""},
 		{"reconcile", map[string]string{"WRENN_RECONCILE_INTERVAL": "2s"}, func(c ControlPlane) bool { return c.ReconcileInterval == 2*time.Second }, ""},
+		{"events maxlen", map[string]string{"WRENN_EVENTS_MAXLEN": "5000"}, func(c ControlPlane) bool { return c.EventsMaxLen == 5000 }, ""},
+		{"events maxlen default", map[string]string{}, func(c ControlPlane) bool { return c.EventsMaxLen == 100000 }, ""},
+		{"events maxlen too small", map[string]string{"WRENN_EVENTS_MAXLEN": "10"}, nil, "WRENN_EVENTS_MAXLEN"},
 		{"jwt ttl", map[string]string{"WRENN_JWT_TTL": "1h"}, func(c ControlPlane) bool { return c.JWTTTL == time.Hour }, ""},
 		{"upload", map[string]string{"WRENN_MAX_UPLOAD_BYTES": "2048"}, func(c ControlPlane) bool { return c.Limits.MaxUploadBytes == 2048 }, ""},
 		{"trusted proxies", map[string]string{"WRENN_TRUSTED_PROXIES": " 10.0.0.0/8, 192.0.2.7 ,fd00::/8,::1"}, func(c ControlPlane) bool {

@@ -16,11 +16,13 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/dashboard"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
@@ -62,6 +64,11 @@ type Core struct {
 	// agent calls); MetricsConfig says where /metrics is served.
 	Telemetry     *telemetry.ControlPlane
 	MetricsConfig config.Metrics
+	// Audit records actions; every row is also an event, which Relay
+	// publishes to Redis while this replica holds RelayLease.
+	Audit      *audit.Logger
+	Relay      *events.Relay
+	RelayLease *lease.Lease
 	// APIDeps are the api.Deps fields the core fills in.
 	RateLimiter       api.RateLimiter
 	MaxBodyBytes      int64
@@ -111,10 +118,11 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if cfg.Hosts.Scheduler == "least-loaded" {
 		sch = hosts.NewLeastLoaded(oc)
 	}
-	states := service.NewStates(pool, logger)
+	al := audit.New()
+	states := service.NewAuditedStates(pool, al, logger)
 	replica := lease.NewReplicaID()
 	svc, err := service.New(service.Deps{
-		Pool: pool, Hosts: hp, Scheduler: sch, States: states, Tokens: tokens, Logger: logger, Replica: replica,
+		Pool: pool, Hosts: hp, Scheduler: sch, States: states, Audit: al, Tokens: tokens, Logger: logger, Replica: replica,
 		Limits: service.Limits{
 			MaxVCPUs: cfg.Limits.SandboxMaxVCPUs, MaxMemoryMB: cfg.Limits.SandboxMaxMemoryMB,
 			MaxTimeoutSec: cfg.Limits.SandboxMaxTimeoutSec, MaxRunningPerTeam: cfg.Limits.TeamMaxRunningSandboxes,
@@ -124,7 +132,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	if err != nil {
 		return nil, fmt.Errorf("build service: %w", err)
 	}
-	c := &Core{pool: pool, Service: svc, HostPool: hp, Telemetry: tel, MetricsConfig: cfg.Metrics, Scheduler: sch, States: states, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+	c := &Core{pool: pool, Service: svc, HostPool: hp, Telemetry: tel, MetricsConfig: cfg.Metrics, Scheduler: sch, States: states, Audit: al, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes, ReconcileInterval: cfg.ReconcileInterval, TrustedProxies: cfg.TrustedProxies,
 		SecureCookies: strings.HasPrefix(cfg.PublicURL, "https://"),
 		CPCerts:       certs, log: logger}
@@ -154,6 +162,13 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, err
 	}
 	if rdb != nil {
+		c.Relay = events.NewRelay(pool, rdb, events.RelayConfig{MaxLen: int64(cfg.EventsMaxLen)}, logger)
+		// A dead holder's backlog waits at most about this long for another
+		// replica to take over.
+		c.RelayLease, err = lease.New(pool, lease.Config{Name: "event-relay", Replica: c.Replica, Interval: 2 * time.Second}, logger)
+		if err != nil {
+			return nil, fmt.Errorf("event relay lease: %w", err)
+		}
 		c.Builds = builds.New(pool, rdb, svc, builds.Config{Workers: cfg.Builds.Workers, PerHost: cfg.Builds.PerHost,
 			MaxArchiveBytes: cfg.Builds.MaxArchiveBytes, Replica: c.Replica}, logger)
 		c.BuildReaperLease, err = lease.New(pool, lease.Config{Name: "build-reaper", Replica: c.Replica, Interval: builds.ReapInterval}, logger)
@@ -251,6 +266,9 @@ func (c *Core) Fill(d *api.Deps) {
 		d.Metrics = telemetry.Handler(c.Telemetry.Registry, c.MetricsConfig.Token)
 	}
 	d.Dashboard = c.Dashboard
+	if c.Relay != nil {
+		d.EventBacklog = c.Relay
+	}
 	if d.HostUserAuth == nil {
 		d.HostUserAuth = c.Service
 	}
@@ -294,7 +312,7 @@ func (c *Core) ReconcileNow(ctx context.Context) error {
 // consumer group shares the events between replicas) and the build workers
 // (WRENN_BUILD_WORKERS); the singleton loops, each while this replica holds
 // its lease (the reconciler, the one poller of every host, the build
-// reaper and the usage sampler).
+// reaper, the usage sampler and the event relay).
 func (c *Core) RunBackground(ctx context.Context) {
 	var wg sync.WaitGroup
 	if c.Dispatcher != nil {
@@ -311,5 +329,8 @@ func (c *Core) RunBackground(ctx context.Context) {
 	}
 	wg.Go(func() { c.ReconcileLease.Run(ctx, c.Reconciler.Run) })
 	wg.Go(func() { c.SamplerLease.Run(ctx, c.Sampler.Run) })
+	if c.Relay != nil {
+		wg.Go(func() { c.RelayLease.Run(ctx, c.Relay.Run) })
+	}
 	wg.Wait()
 }

@@ -2,15 +2,20 @@ package app
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
@@ -63,13 +68,51 @@ func TestNewCoreServesTheAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 		if row.Status == "paused" {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("background reconciler did not mark the auto-paused sandbox paused (status %s)", row.Status)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The background relay publishes the change to the stream, and the
+	// backlog /health reports drains to zero.
+	for {
+		types := streamTypes(t, rdb)
+		var health struct {
+			EventBacklog *int64 `json:"event_backlog"`
+		}
+		resp, err := http.Get(srv.URL + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&health)
+		resp.Body.Close()
+		if slices.Contains(types, "sandbox.auto_paused") && health.EventBacklog != nil && *health.EventBacklog == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream has %v, /health backlog %v", types, health.EventBacklog)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// streamTypes lists the types of the events on wrenn:events.
+func streamTypes(t *testing.T, rdb *redis.Client) []string {
+	t.Helper()
+	msgs, err := rdb.XRange(context.Background(), events.StreamKey, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range msgs {
+		var ev events.Event
+		if raw, ok := m.Values[events.Field].(string); ok && json.Unmarshal([]byte(raw), &ev) == nil {
+			out = append(out, ev.Type)
+		}
+	}
+	return out
 }
 
 func mustTeam(t *testing.T, pool *pgxpool.Pool) string {
