@@ -579,12 +579,15 @@ func (s *Service) DestroySandbox(ctx context.Context, a auth.AuthContext, id str
 		}
 		to, reason = StatusStopping, "destroyed while its host is away"
 	}
-	t, ok, err := s.states.Change(lctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: notStopped, To: to,
-		Actor: ActorOf(a), Reason: reason})
+	c := Change{SandboxID: r.ID, TeamID: a.TeamID, From: notStopped, To: to, Actor: ActorOf(a), Reason: reason}
+	t, ok, err := s.states.Change(lctx, c)
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox "+string(to), err)
 	}
-	if !ok { // stopped by another call meanwhile
+	if !ok { // stopped by another call meanwhile, or seen stopped by the reconciler
+		if _, _, err := s.states.ConfirmChange(lctx, c); err != nil {
+			return Sandbox{}, Internal("record sandbox "+string(to), err)
+		}
 		return s.GetSandbox(ctx, a, id)
 	}
 	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox_id", r.ID, "status", to, "actor", a.Actor())
@@ -716,19 +719,22 @@ func (s *Service) reserveResume(ctx context.Context, r db.Sandbox) (release func
 // this call returns): that is success. Losing the race to a different
 // transition is a 409 naming the state the sandbox is in now.
 func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandbox, from, to Status, reason string, timeout *int32) (Sandbox, error) {
-	t, ok, err := s.states.Change(ctx, Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{from}, To: to,
-		Actor: ActorOf(a), Reason: reason, TimeoutSec: timeout})
+	c := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{from}, To: to, Actor: ActorOf(a), Reason: reason, TimeoutSec: timeout}
+	t, ok, err := s.states.Change(ctx, c)
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox state", err)
 	}
 	if ok {
 		return toSandbox(t.Sandbox), nil
 	}
-	now, err := s.loadSandbox(ctx, a, r.ID)
-	if err != nil {
-		return Sandbox{}, err
+	now, same, err := s.states.ConfirmChange(ctx, c)
+	if isNoRows(err) {
+		return Sandbox{}, errSandboxNotFound
 	}
-	if Status(now.Status) != to {
+	if err != nil {
+		return Sandbox{}, Internal("record sandbox state", err)
+	}
+	if !same {
 		return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
 	}
 	if timeout == nil {

@@ -176,6 +176,31 @@ func (s *States) Change(ctx context.Context, c Change) (t Transition, ok bool, e
 	return t, ok, err
 }
 
+// ConfirmChange records c's actor in the audit trail when the row is
+// already in c.To because another writer recorded the same outcome first
+// (the reconciler read the host's new state before the call that caused
+// it returned): no status is written, but the action the caller asked for
+// is recorded as theirs. ok is false when the row is in another state.
+func (s *States) ConfirmChange(ctx context.Context, c Change) (row db.Sandbox, ok bool, err error) {
+	err = s.InTx(ctx, func(tx *StateTx) error {
+		row, err = tx.Q.GetSandbox(ctx, db.GetSandboxParams{ID: c.SandboxID, TeamID: c.TeamID})
+		if err != nil || Status(row.Status) != c.To {
+			return err
+		}
+		ok = true
+		t := Transition{SandboxID: row.ID, TeamID: row.TeamID, HostID: row.HostID, To: c.To, Actor: c.Actor,
+			Reason: c.Reason + " (recorded first by another writer)", At: row.UpdatedAt, Sandbox: row}
+		if len(c.From) == 1 {
+			t.From = c.From[0]
+		}
+		return tx.recordAudit(ctx, t)
+	})
+	if err != nil {
+		return db.Sandbox{}, false, fmt.Errorf("confirm sandbox %s %s: %w", c.SandboxID, c.To, err)
+	}
+	return row, ok, nil
+}
+
 // Change is the one place a sandbox's status is written: a conditional
 // UPDATE that returns the state the row left.
 func (tx *StateTx) Change(ctx context.Context, c Change) (Transition, bool, error) {
