@@ -136,6 +136,7 @@ func TestDevEndToEnd(t *testing.T) {
 	user := anon.withSession(anon.signup(t, email))
 	var key struct {
 		Key string `json:"key"`
+		ID  string `json:"id"`
 	}
 	user.must(t, http.MethodPost, "/v1/api-keys", map[string]string{"name": "e2e"}, &key, http.StatusCreated)
 	if !strings.HasPrefix(key.Key, "wrn_") {
@@ -371,6 +372,7 @@ func TestDevEndToEnd(t *testing.T) {
 	if status, b := api.do(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "true"}); status != http.StatusConflict && status != http.StatusNotFound {
 		t.Errorf("exec on a destroyed sandbox: %d %s, want 409 or 404", status, b)
 	}
+	t.Run("audit log names the key", func(t *testing.T) { checkAuditTrail(t, user, sb.ID, key.ID) })
 	survivor := api.createSandbox(t)
 	api.sh(t, survivor.ID, "echo across-restarts > /tmp/survive")
 	api.must(t, http.MethodPost, "/v1/sandboxes/"+survivor.ID+"/exec", map[string]any{"cmd": "/bin/sh", "args": []string{"-c",
@@ -428,6 +430,41 @@ func TestDevEndToEnd(t *testing.T) {
 	api.must(t, http.MethodDelete, "/v1/sandboxes/"+survivor.ID, nil, nil, http.StatusNoContent, http.StatusOK)
 
 	stopDev(t, dev2, dataDir, wrennDir, prefix)
+}
+
+// checkAuditTrail reads the sandbox's audit rows by the API key as the
+// user: the four actions made with the key, under its name (the reconciler
+// may also have recorded what the host reported: those rows are its own),
+// and /health's event backlog drains (the relay publishes them to Redis).
+func checkAuditTrail(t *testing.T, user client, sandboxID, keyID string) {
+	var page struct {
+		AuditLogs []struct {
+			Action string `json:"action"`
+			Actor  struct {
+				Type string `json:"type"`
+				Name string `json:"name"`
+			} `json:"actor"`
+		} `json:"audit_logs"`
+	}
+	user.must(t, http.MethodGet, "/v1/audit-logs?resource_id="+sandboxID+"&actor_id="+keyID, nil, &page, http.StatusOK)
+	var actions []string
+	for i := len(page.AuditLogs) - 1; i >= 0; i-- {
+		r := page.AuditLogs[i]
+		actions = append(actions, r.Action)
+		if r.Actor.Type != "api_key" || r.Actor.Name != "e2e" {
+			t.Errorf("%s by %+v, want the API key e2e", r.Action, r.Actor)
+		}
+	}
+	if want := []string{"created", "running", "paused", "resumed", "destroyed"}; !slices.Equal(actions, want) {
+		t.Errorf("audit actions of %s: %v, want %v", sandboxID, actions, want)
+	}
+	eventually(t, 10*time.Second, "the event backlog drains", func() (bool, string) {
+		var health struct {
+			EventBacklog *int64 `json:"event_backlog"`
+		}
+		user.must(t, http.MethodGet, "/health", nil, &health, http.StatusOK)
+		return health.EventBacklog != nil && *health.EventBacklog == 0, fmt.Sprint(health.EventBacklog)
+	})
 }
 
 // runBannerCurl runs the commands dev's banner prints (they talk to dev's

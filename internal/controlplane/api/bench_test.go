@@ -98,3 +98,47 @@ func BenchmarkListSandboxes(b *testing.B) {
 func BenchmarkExec(b *testing.B) {
 	benchRoute(b, "POST", func(_ *env, id string) string { return sbPath(id, "/exec") }, []byte(`{"cmd":"echo","args":["hello"]}`))
 }
+
+// BenchmarkAuditCost measures what the audit trail adds to a sandbox's
+// create, pause and destroy through the REST API (in-memory agent, real
+// PostgreSQL): the same cycle on a control plane without the trail and on
+// one with it, interleaved so both see the same machine load. Reports the
+// time of one cycle of each and their ratio.
+func BenchmarkAuditCost(b *testing.B) {
+	type side struct {
+		e     *env
+		key   string
+		spent time.Duration
+	}
+	sides := []*side{}
+	for _, off := range []bool{true, false} {
+		e := newEnv(b, func(o *envOpts) { o.noAudit = off; o.limits.MaxRunningPerTeam = 100 })
+		key, _ := e.apiKey(e.signup("bench@example.com"), "bench")
+		sides = append(sides, &side{e: e, key: key})
+	}
+	cycle := func(s *side) {
+		t0 := time.Now()
+		sb := s.e.createSandbox(cred{key: s.key}, nil)
+		s.e.want("POST", sbPath(sb.ID, "/pause"), nil, cred{key: s.key}, 200, nil)
+		s.e.want("DELETE", sbPath(sb.ID), nil, cred{key: s.key}, 204, nil)
+		s.spent += time.Since(t0)
+	}
+	for _, s := range sides { // warm both (connections, plans)
+		cycle(s)
+		s.spent = 0
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			cycle(sides[0])
+			cycle(sides[1])
+		} else {
+			cycle(sides[1])
+			cycle(sides[0])
+		}
+	}
+	off, on := sides[0].spent, sides[1].spent
+	b.ReportMetric(float64(off.Microseconds())/float64(b.N), "us/cycle-without-audit")
+	b.ReportMetric(float64(on.Microseconds())/float64(b.N), "us/cycle-with-audit")
+	b.ReportMetric(float64(on)/float64(off), "ratio")
+}

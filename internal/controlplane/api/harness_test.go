@@ -20,6 +20,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox/sandboxtest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/agenttest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth/githubtest"
@@ -77,6 +78,8 @@ type envOpts struct {
 	github        *githubtest.Server
 	oauthNow      func() time.Time
 	secureCookies bool
+	// noAudit runs without the audit trail (the benchmarks' baseline).
+	noAudit bool
 	// channels, when set, turns notification channels on.
 	channels *channelOpts
 	// builds, when set, serves template builds with this config on a
@@ -126,8 +129,12 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	states := service.NewStates(pool, logger)
-	svc, err := service.New(service.Deps{Pool: pool, States: states, Tokens: tokens, Passwords: auth.Passwords{Cost: bcrypt.MinCost}, Limits: o.limits, Logger: logger})
+	al := audit.New()
+	if o.noAudit {
+		al = audit.Disabled()
+	}
+	states := service.NewAuditedStates(pool, al, logger)
+	svc, err := service.New(service.Deps{Pool: pool, States: states, Audit: al, Tokens: tokens, Passwords: auth.Passwords{Cost: bcrypt.MinCost}, Limits: o.limits, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
