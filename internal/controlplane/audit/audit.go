@@ -136,8 +136,9 @@ type Querier interface {
 	InsertAuditLog(ctx context.Context, arg db.InsertAuditLogParams) error
 }
 
-// Logger records actions. The zero value is not usable: New records,
-// Disabled does not.
+// Logger records actions: New records, Disabled (like the zero value)
+// does not. It holds no connection: every method writes through the
+// Querier of the caller's transaction.
 type Logger struct {
 	enabled bool
 }

@@ -175,6 +175,9 @@ func (l *Logger) HostMarkedUp(ctx context.Context, q Querier, a Actor, h db.Host
 	return l.host(ctx, q, HostMarkedUpType, a, h, StatusInfo, nil)
 }
 
+// Sign-in events. Other ways to sign in (OAuth logins, linked accounts)
+// add their methods here, with their types in EventTypes and docs/events.md.
+
 // LoginFailed records a failed password login. userID is "" for an
 // unknown email; the row is a platform row (no team) either way, since a
 // failed login belongs to no team.
