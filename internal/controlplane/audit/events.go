@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"strings"
 
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
@@ -186,6 +187,10 @@ func (l *Logger) LoginFailed(ctx context.Context, q Querier, email, userID, reas
 	if resID == "" {
 		resID = "unknown"
 	}
+	// Whatever was typed is kept, but no more of it than an email can be.
+	if len(email) > maxEmailLen {
+		email = strings.ToValidUTF8(email[:maxEmailLen], "")
+	}
 	return l.record(ctx, q, entry{typ: LoginFailedType, actor: ActorAnonymous, resID: resID, scope: ScopeAdmin, status: StatusWarning,
 		data: map[string]any{"email": email, "reason": reason}})
 }
@@ -195,6 +200,9 @@ func (l *Logger) LoginFailed(ctx context.Context, q Querier, email, userID, reas
 func (l *Logger) PasswordChanged(ctx context.Context, q Querier, a Actor, teamID, userID string) error {
 	return l.record(ctx, q, entry{typ: PasswordChangedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess})
 }
+
+// maxEmailLen is the longest email address (RFC 5321 path limit).
+const maxEmailLen = 254
 
 // ActorAnonymous is the party behind an unauthenticated request.
 var ActorAnonymous = Actor{Type: ActorSystem, ID: "anonymous", Name: "unauthenticated request"}
