@@ -382,14 +382,21 @@ func TestAuditLogBadInput(t *testing.T) {
 }
 
 // The reconciler may record a pause the user asked for before the pause
-// call returns: the trail still has the user's pause, as theirs.
+// call returns (once the call outlived its operation lease, as a frozen
+// replica's does: the hook expires it): the trail still has the user's
+// pause, as theirs.
 func TestAuditKeepsTheCallersActionWhenTheReconcilerWasFirst(t *testing.T) {
 	e := newEnv(t)
 	owner := e.signup("owner@example.com")
 	c := owner.cred()
 	sb := e.createSandbox(c, nil)
 	var reconciled int
-	e.agent.AfterPause = func(string) { reconciled = e.rec.Pass(context.Background()).Paused }
+	e.agent.AfterPause = func(id string) {
+		if _, err := e.pool.Exec(context.Background(), "UPDATE sandboxes SET op_expires_at = now() WHERE id = $1", id); err != nil {
+			t.Error(err)
+		}
+		reconciled = e.rec.Pass(context.Background()).Paused
+	}
 	e.want("POST", sbPath(sb.ID, "/pause"), nil, c, 200, nil)
 	if reconciled != 1 {
 		t.Fatalf("the reconciler recorded %d pauses during the call, want 1 (the race did not happen)", reconciled)
