@@ -380,37 +380,3 @@ func TestAuditLogBadInput(t *testing.T) {
 	// Good values of every filter, comma-separated and repeated.
 	e.want("GET", "/v1/audit-logs?resource_type=sandbox,team&resource_type=api_key&action=created&status=success,info&limit=200", nil, c, 200, nil)
 }
-
-// The reconciler may record a pause the user asked for before the pause
-// call returns (once the call outlived its operation lease, as a frozen
-// replica's does: the hook expires it): the trail still has the user's
-// pause, as theirs.
-func TestAuditKeepsTheCallersActionWhenTheReconcilerWasFirst(t *testing.T) {
-	e := newEnv(t)
-	owner := e.signup("owner@example.com")
-	c := owner.cred()
-	sb := e.createSandbox(c, nil)
-	var reconciled int
-	e.agent.AfterPause = func(id string) {
-		if _, err := e.pool.Exec(context.Background(), "UPDATE sandboxes SET op_expires_at = now() WHERE id = $1", id); err != nil {
-			t.Error(err)
-		}
-		reconciled = e.rec.Pass(context.Background()).Paused
-	}
-	e.want("POST", sbPath(sb.ID, "/pause"), nil, c, 200, nil)
-	if reconciled != 1 {
-		t.Fatalf("the reconciler recorded %d pauses during the call, want 1 (the race did not happen)", reconciled)
-	}
-	var byUser, byReconciler int
-	for _, r := range e.auditLogs(c, "resource_id="+sb.ID+"&action=paused", 50) {
-		switch {
-		case r.Actor.Type == "user" && r.Actor.ID == owner.User.ID:
-			byUser++
-		case r.Actor.Type == "system" && r.Actor.ID == "reconciler":
-			byReconciler++
-		}
-	}
-	if byUser != 1 || byReconciler != 1 {
-		t.Fatalf("paused rows by the user %d, by the reconciler %d; want 1 and 1", byUser, byReconciler)
-	}
-}

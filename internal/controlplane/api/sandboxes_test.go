@@ -608,6 +608,20 @@ func TestPauseRecordedFirstByTheReconciler(t *testing.T) {
 	if got.Status != "paused" {
 		t.Fatalf("pause answered status %q", got.Status)
 	}
+	// The audit trail has the owner's pause, as theirs, besides the
+	// reconciler's observation of it.
+	var byUser, byReconciler int
+	for _, r := range e.auditLogs(c, "resource_id="+sb.ID+"&action=paused", 50) {
+		switch {
+		case r.Actor.Type == "user" && r.Actor.ID == owner.User.ID:
+			byUser++
+		case r.Actor.Type == "system" && r.Actor.ID == "reconciler":
+			byReconciler++
+		}
+	}
+	if byUser != 1 || byReconciler != 1 {
+		t.Fatalf("paused rows by the user %d, by the reconciler %d; want 1 and 1", byUser, byReconciler)
+	}
 	// A resume with a new timeout still records the timeout.
 	e.want("POST", sbPath(sb.ID, "/resume"), map[string]any{"timeout_sec": 120}, c, 200, &got)
 	if got.Status != "running" || got.TimeoutSec != 120 {
