@@ -3,9 +3,9 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"slices"
 	"testing"
