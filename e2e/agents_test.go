@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os/exec"
 	"slices"
@@ -39,6 +40,16 @@ func (a *e2eAgent) start(t testing.TB, args ...string) {
 			t.Logf("logs of agent %s:\n%s", a.name, p.logs())
 		}
 	})
+}
+
+// listening says whether the agent accepts connections at its address.
+func (a *e2eAgent) listening() bool {
+	c, err := net.DialTimeout("tcp", a.addr, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // register creates the agent's host through the API and starts the agent
@@ -196,7 +207,12 @@ func TestTwoAgents(t *testing.T) {
 				t.Fatalf("agent %s exited\n%s", a.name, a.p.logs())
 			}
 			_, h := hostStatus(a.hostID)
-			return h.Status == "online" && h.Address == a.addr, fmt.Sprintf("%+v", h)
+			if h.Status != "online" || h.Address != a.addr {
+				return false, fmt.Sprintf("%+v", h)
+			}
+			// The agent registers (and so turns online) before it listens:
+			// wait for the listener too, or the first create can be refused.
+			return a.listening(), "online, not listening yet"
 		})
 	}
 

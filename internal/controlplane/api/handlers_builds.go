@@ -196,11 +196,9 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 // recorded, with the step tails so far), then "step", "output" and a last
 // "end". Errors before the first event are ordinary JSON answers.
 func (s *Server) buildLogs(w http.ResponseWriter, r *http.Request) {
-	fl, ok := w.(http.Flusher)
-	if !ok {
-		s.writeErr(w, r, service.Internal("stream build logs", errors.New("response cannot flush")))
-		return
-	}
+	// The controller reaches the server's writer through middleware
+	// wrappers (Unwrap), which a type assertion would not.
+	rc := http.NewResponseController(w)
 	started := false
 	event := func(name string, v any) error {
 		if !started {
@@ -214,7 +212,9 @@ func (s *Server) buildLogs(w http.ResponseWriter, r *http.Request) {
 		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b); err != nil {
 			return err
 		}
-		fl.Flush()
+		if err := rc.Flush(); err != nil {
+			return fmt.Errorf("flush the build log stream: %w", err)
+		}
 		return nil
 	}
 	err := s.deps.Builds.Follow(r.Context(), caller(r), buildID(r),
