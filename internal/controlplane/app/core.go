@@ -229,7 +229,7 @@ func (c *Core) buildChannels(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *r
 		logger.Warn("notification channels may reach loopback and private addresses (WRENN_CHANNELS_ALLOW_PRIVATE=true)")
 	}
 	d := channels.Deps{Pool: pool, Keyring: kr, Network: network, Sender: channels.NewSender(network, cfg.PublicURL),
-		SendTimeout: cc.SendTimeout, Logger: logger}
+		SendTimeout: cc.SendTimeout, Audit: c.Audit, Logger: logger}
 	if rdb != nil {
 		d.TestLimiter = api.NewRateLimiter(rdb, cc.TestRateLimit, time.Minute, logger)
 	}

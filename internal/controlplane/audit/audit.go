@@ -94,11 +94,19 @@ const (
 
 	LoginFailedType     = "auth.login_failed"
 	PasswordChangedType = "user.password_changed"
+
+	ChannelCreatedType       = "channel.created"
+	ChannelUpdatedType       = "channel.updated"
+	ChannelConfigRotatedType = "channel.config_rotated"
+	ChannelDeletedType       = "channel.deleted"
+	ChannelDisabledType      = "channel.disabled"
+
+	TemplateDeletedType = "template.deleted"
 )
 
 // EventTypes is every event type the control plane records, in the order
-// docs/events.md lists them. Later features (builds, channels, OAuth) add
-// theirs here with their Logger methods.
+// docs/events.md lists them. Later features (builds, OAuth) add theirs here
+// with their Logger methods.
 var EventTypes = []string{
 	SandboxCreatedType, SandboxRunningType, SandboxPausedType, SandboxAutoPausedType, SandboxResumedType,
 	SandboxDestroyedType, SandboxErrorType, SandboxMissingType,
@@ -108,6 +116,8 @@ var EventTypes = []string{
 	MemberAddedType, MemberRemovedType, MemberLeftType, MemberRoleChangedType,
 	HostCreatedType, HostRegisteredType, HostDeletedType, HostMarkedDownType, HostMarkedUpType,
 	LoginFailedType, PasswordChangedType,
+	ChannelCreatedType, ChannelUpdatedType, ChannelConfigRotatedType, ChannelDeletedType, ChannelDisabledType,
+	TemplateDeletedType,
 }
 
 // KnownEventType reports whether t is one of EventTypes.

@@ -201,11 +201,57 @@ func (l *Logger) PasswordChanged(ctx context.Context, q Querier, a Actor, teamID
 	return l.record(ctx, q, entry{typ: PasswordChangedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess})
 }
 
+// channel records a channel event; data never holds a config value.
+func (l *Logger) channel(ctx context.Context, q Querier, typ string, a Actor, ch db.Channel, st Status, data map[string]any) error {
+	if data == nil {
+		data = map[string]any{}
+	}
+	data["name"], data["provider"] = ch.Name, ch.Provider
+	return l.record(ctx, q, entry{typ: typ, teamID: ch.TeamID, actor: a, resID: ch.ID, scope: ScopeAdmin, status: st, data: data})
+}
+
+// ChannelCreated records a new notification channel.
+func (l *Logger) ChannelCreated(ctx context.Context, q Querier, a Actor, ch db.Channel) error {
+	return l.channel(ctx, q, ChannelCreatedType, a, ch, doneBy(a), map[string]any{"events": ch.Events})
+}
+
+// ChannelUpdated records a channel renamed, refiltered, enabled or
+// disabled by a user or key (ch is the row after the change).
+func (l *Logger) ChannelUpdated(ctx context.Context, q Querier, a Actor, ch db.Channel) error {
+	return l.channel(ctx, q, ChannelUpdatedType, a, ch, doneBy(a), map[string]any{"events": ch.Events, "enabled": ch.Enabled})
+}
+
+// ChannelConfigRotated records a channel's config replaced; configSet
+// names the fields set, never their values.
+func (l *Logger) ChannelConfigRotated(ctx context.Context, q Querier, a Actor, ch db.Channel, configSet []string) error {
+	return l.channel(ctx, q, ChannelConfigRotatedType, a, ch, doneBy(a), map[string]any{"config_set": configSet})
+}
+
+// ChannelDeleted records a channel deleted with its deliveries.
+func (l *Logger) ChannelDeleted(ctx context.Context, q Querier, a Actor, ch db.Channel) error {
+	return l.channel(ctx, q, ChannelDeletedType, a, ch, doneBy(a), nil)
+}
+
+// ChannelDisabled records a channel the dispatcher turned off because its
+// endpoint said it is gone.
+func (l *Logger) ChannelDisabled(ctx context.Context, q Querier, a Actor, ch db.Channel, reason string) error {
+	return l.channel(ctx, q, ChannelDisabledType, a, ch, StatusWarning, map[string]any{"reason": reason})
+}
+
+// TemplateDeleted records a platform template deleted (a platform row).
+func (l *Logger) TemplateDeleted(ctx context.Context, q Querier, a Actor, tpl db.Template) error {
+	return l.record(ctx, q, entry{typ: TemplateDeletedType, actor: a, resID: tpl.ID, scope: ScopeAdmin, status: doneBy(a),
+		data: map[string]any{"name": tpl.Name}})
+}
+
 // maxEmailLen is the longest email address (RFC 5321 path limit).
 const maxEmailLen = 254
 
 // ActorAnonymous is the party behind an unauthenticated request.
 var ActorAnonymous = Actor{Type: ActorSystem, ID: "anonymous", Name: "unauthenticated request"}
+
+// ActorChannelDispatcher is the dispatcher delivering events to channels.
+var ActorChannelDispatcher = Actor{Type: ActorSystem, ID: "channel-dispatcher", Name: "channel dispatcher"}
 
 // ActorHostAgent is a host agent acting with its own credentials.
 func ActorHostAgent(hostID string) Actor {
