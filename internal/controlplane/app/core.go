@@ -169,7 +169,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		if err != nil {
 			return nil, fmt.Errorf("event relay lease: %w", err)
 		}
-		c.Builds = builds.New(pool, rdb, svc, builds.Config{Workers: cfg.Builds.Workers, PerHost: cfg.Builds.PerHost,
+		c.Builds = builds.New(pool, rdb, svc, c.Audit, builds.Config{Workers: cfg.Builds.Workers, PerHost: cfg.Builds.PerHost,
 			MaxArchiveBytes: cfg.Builds.MaxArchiveBytes, Replica: c.Replica}, logger)
 		c.BuildReaperLease, err = lease.New(pool, lease.Config{Name: "build-reaper", Replica: c.Replica, Interval: builds.ReapInterval}, logger)
 		if err != nil {

@@ -101,7 +101,11 @@ const (
 	ChannelDeletedType       = "channel.deleted"
 	ChannelDisabledType      = "channel.disabled"
 
-	TemplateDeletedType = "template.deleted"
+	TemplateBuildStartedType   = "template.build_started"
+	TemplateBuildSucceededType = "template.build_succeeded"
+	TemplateBuildFailedType    = "template.build_failed"
+	TemplateBuildCancelledType = "template.build_cancelled"
+	TemplateDeletedType        = "template.deleted"
 )
 
 // EventTypes is every event type the control plane records, in the order
@@ -117,7 +121,7 @@ var EventTypes = []string{
 	HostCreatedType, HostRegisteredType, HostDeletedType, HostMarkedDownType, HostMarkedUpType,
 	LoginFailedType, PasswordChangedType,
 	ChannelCreatedType, ChannelUpdatedType, ChannelConfigRotatedType, ChannelDeletedType, ChannelDisabledType,
-	TemplateDeletedType,
+	TemplateBuildStartedType, TemplateBuildSucceededType, TemplateBuildFailedType, TemplateBuildCancelledType, TemplateDeletedType,
 }
 
 // KnownEventType reports whether t is one of EventTypes.

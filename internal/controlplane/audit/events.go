@@ -238,6 +238,41 @@ func (l *Logger) ChannelDisabled(ctx context.Context, q Querier, a Actor, ch db.
 	return l.channel(ctx, q, ChannelDisabledType, a, ch, StatusWarning, map[string]any{"reason": reason})
 }
 
+// build records a template build event. Built templates are the
+// platform's, so the row is a platform row like the template's.
+func (l *Logger) build(ctx context.Context, q Querier, typ string, a Actor, b db.TemplateBuild, st Status, data map[string]any) error {
+	if data == nil {
+		data = map[string]any{}
+	}
+	data["name"] = b.Name
+	return l.record(ctx, q, entry{typ: typ, actor: a, resID: b.ID, scope: ScopeAdmin, status: st, data: data})
+}
+
+// TemplateBuildStarted records a worker taking a build (attempt 2 is the
+// reaper's retry).
+func (l *Logger) TemplateBuildStarted(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	return l.build(ctx, q, TemplateBuildStartedType, a, b, StatusInfo, map[string]any{"attempt": b.Attempts, "worker": b.Worker})
+}
+
+// TemplateBuildSucceeded records a build that made its template.
+func (l *Logger) TemplateBuildSucceeded(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	data := map[string]any{}
+	if b.TemplateID != nil {
+		data["template_id"] = *b.TemplateID
+	}
+	return l.build(ctx, q, TemplateBuildSucceededType, a, b, StatusSuccess, data)
+}
+
+// TemplateBuildFailed records a build that failed (data.error says why).
+func (l *Logger) TemplateBuildFailed(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	return l.build(ctx, q, TemplateBuildFailedType, a, b, StatusError, map[string]any{"error": b.ErrorMessage})
+}
+
+// TemplateBuildCancelled records a build ended by a cancel request.
+func (l *Logger) TemplateBuildCancelled(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	return l.build(ctx, q, TemplateBuildCancelledType, a, b, doneBy(a), nil)
+}
+
 // TemplateDeleted records a platform template deleted (a platform row).
 func (l *Logger) TemplateDeleted(ctx context.Context, q Querier, a Actor, tpl db.Template) error {
 	return l.record(ctx, q, entry{typ: TemplateDeletedType, actor: a, resID: tpl.ID, scope: ScopeAdmin, status: doneBy(a),
@@ -249,9 +284,6 @@ const maxEmailLen = 254
 
 // ActorAnonymous is the party behind an unauthenticated request.
 var ActorAnonymous = Actor{Type: ActorSystem, ID: "anonymous", Name: "unauthenticated request"}
-
-// ActorChannelDispatcher is the dispatcher delivering events to channels.
-var ActorChannelDispatcher = Actor{Type: ActorSystem, ID: "channel-dispatcher", Name: "channel dispatcher"}
 
 // ActorHostAgent is a host agent acting with its own credentials.
 func ActorHostAgent(hostID string) Actor {

@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
@@ -433,7 +433,7 @@ func (d *Dispatcher) disable(ctx context.Context, channelID, reason string) {
 		if err != nil {
 			return err
 		}
-		return d.svc.d.Audit.ChannelDisabled(ctx, q, audit.ActorChannelDispatcher, ch, reason)
+		return d.svc.d.Audit.ChannelDisabled(ctx, q, service.ActorChannelDispatcher, ch, reason)
 	})
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		d.log.WarnContext(ctx, "disable channel", "channel_id", channelID, "err", err)
