@@ -176,8 +176,35 @@ func (l *Logger) HostMarkedUp(ctx context.Context, q Querier, a Actor, h db.Host
 	return l.host(ctx, q, HostMarkedUpType, a, h, StatusInfo, nil)
 }
 
-// Sign-in events. Other ways to sign in (OAuth logins, linked accounts)
-// add their methods here, with their types in EventTypes and docs/events.md.
+// Sign-in events. A user's events are rows of the team they concern: the
+// session's, or the user's default team when no session names one ("" when
+// the user has none).
+
+// UserSignedUp records a new account; method is "password" or the OAuth
+// provider that created it.
+func (l *Logger) UserSignedUp(ctx context.Context, q Querier, a Actor, teamID, userID, method string) error {
+	return l.record(ctx, q, entry{typ: UserSignedUpType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"method": method}})
+}
+
+// UserLoggedIn records a sign-in through an OAuth provider.
+func (l *Logger) UserLoggedIn(ctx context.Context, q Querier, a Actor, teamID, userID, provider string) error {
+	return l.record(ctx, q, entry{typ: UserLoggedInType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"provider": provider}})
+}
+
+// IdentityLinked records a provider account linked to a user; login is
+// the provider's name for it.
+func (l *Logger) IdentityLinked(ctx context.Context, q Querier, a Actor, teamID, userID, provider, login string) error {
+	return l.record(ctx, q, entry{typ: IdentityLinkedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"provider": provider, "login": login}})
+}
+
+// IdentityUnlinked records a provider account unlinked from a user.
+func (l *Logger) IdentityUnlinked(ctx context.Context, q Querier, a Actor, teamID, userID, provider string) error {
+	return l.record(ctx, q, entry{typ: IdentityUnlinkedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"provider": provider}})
+}
 
 // LoginFailed records a failed password login. userID is "" for an
 // unknown email; the row is a platform row (no team) either way, since a
