@@ -26,11 +26,14 @@ UPDATE channels SET config_sealed = $3, updated_at = now()
 WHERE id = $1 AND team_id = $2
 RETURNING *;
 
--- name: DisableChannel :exec
-UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1;
+-- name: DisableChannel :one
+-- Only an enabled channel: two sends that both see a 410 disable it once.
+UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1 AND enabled
+RETURNING *;
 
--- name: DeleteChannel :execrows
-DELETE FROM channels WHERE id = $1 AND team_id = $2;
+-- name: DeleteChannel :one
+DELETE FROM channels WHERE id = $1 AND team_id = $2
+RETURNING *;
 
 -- name: MatchingChannels :many
 -- The enabled channels of a team; the caller keeps those made before the

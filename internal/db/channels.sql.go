@@ -125,8 +125,9 @@ func (q *Queries) CreateChannel(ctx context.Context, arg CreateChannelParams) (C
 	return i, err
 }
 
-const deleteChannel = `-- name: DeleteChannel :execrows
+const deleteChannel = `-- name: DeleteChannel :one
 DELETE FROM channels WHERE id = $1 AND team_id = $2
+RETURNING id, team_id, name, provider, config_sealed, events, enabled, disabled_reason, created_at, updated_at
 `
 
 type DeleteChannelParams struct {
@@ -134,16 +135,27 @@ type DeleteChannelParams struct {
 	TeamID string `json:"team_id"`
 }
 
-func (q *Queries) DeleteChannel(ctx context.Context, arg DeleteChannelParams) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteChannel, arg.ID, arg.TeamID)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+func (q *Queries) DeleteChannel(ctx context.Context, arg DeleteChannelParams) (Channel, error) {
+	row := q.db.QueryRow(ctx, deleteChannel, arg.ID, arg.TeamID)
+	var i Channel
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Provider,
+		&i.ConfigSealed,
+		&i.Events,
+		&i.Enabled,
+		&i.DisabledReason,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
 }
 
-const disableChannel = `-- name: DisableChannel :exec
-UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1
+const disableChannel = `-- name: DisableChannel :one
+UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1 AND enabled
+RETURNING id, team_id, name, provider, config_sealed, events, enabled, disabled_reason, created_at, updated_at
 `
 
 type DisableChannelParams struct {
@@ -151,9 +163,23 @@ type DisableChannelParams struct {
 	DisabledReason *string `json:"disabled_reason"`
 }
 
-func (q *Queries) DisableChannel(ctx context.Context, arg DisableChannelParams) error {
-	_, err := q.db.Exec(ctx, disableChannel, arg.ID, arg.DisabledReason)
-	return err
+// Only an enabled channel: two sends that both see a 410 disable it once.
+func (q *Queries) DisableChannel(ctx context.Context, arg DisableChannelParams) (Channel, error) {
+	row := q.db.QueryRow(ctx, disableChannel, arg.ID, arg.DisabledReason)
+	var i Channel
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Provider,
+		&i.ConfigSealed,
+		&i.Events,
+		&i.Enabled,
+		&i.DisabledReason,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
 }
 
 const eventPending = `-- name: EventPending :one

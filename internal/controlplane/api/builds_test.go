@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"mime/multipart"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,7 @@ func TestBuildRequestsRefused(t *testing.T) {
 		t.Fatalf("cancelled = %+v", cancelled)
 	}
 	e.wantErr("POST", "/v1/admin/builds/"+queued.ID+"/cancel", nil, admin.cred(), 409, "build_finished", "")
+	e.wantAudit(admin, queued.ID, []string{"template.build_cancelled"}, "user", admin.User.ID)
 	e.wantErr("GET", "/v1/admin/builds/bld-nope", nil, admin.cred(), 404, "build_not_found", "")
 	e.wantErr("GET", "/v1/admin/builds/"+queued.ID, nil, user.cred(), 403, "admin_required", "")
 	e.wantErr("GET", "/v1/admin/builds?status=done", nil, admin.cred(), 400, "invalid_request", "status")
@@ -190,6 +192,29 @@ func TestBuildRequestsRefused(t *testing.T) {
 	e.wantErr("DELETE", "/v1/admin/templates/minimal", nil, admin.cred(), 409, "template_builtin", "")
 	e.wantErr("DELETE", "/v1/admin/templates/nope", nil, admin.cred(), 404, "template_not_found", "")
 	e.wantErr("DELETE", "/v1/admin/templates/minimal", nil, user.cred(), 403, "admin_required", "")
+	// A built template (on no host) is deleted with its audit row; the
+	// refused deletes above wrote none.
+	if _, err := e.pool.Exec(context.Background(), "INSERT INTO templates (id, name, kind, build_id) VALUES ('tpl-built', 'built', 'image', $1)", queued.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.want("DELETE", "/v1/admin/templates/built", nil, admin.cred(), http.StatusNoContent, nil)
+	e.wantAudit(admin, "tpl-built", []string{"template.deleted"}, "user", admin.User.ID)
+	e.wantAudit(admin, "tpl-minimal", nil, "", "")
+}
+
+// wantAudit checks the platform audit rows of a resource (oldest first) and
+// that each is by the actor.
+func (e *env) wantAudit(admin session, resourceID string, want []string, actorType, actorID string) {
+	e.t.Helper()
+	rows := e.auditLogs(admin.cred(), "scope=platform&resource_id="+resourceID, 50)
+	if got := types(rows); !slices.Equal(got, want) {
+		e.t.Fatalf("events of %s = %v, want %v", resourceID, got, want)
+	}
+	for _, r := range rows {
+		if r.Actor.Type != actorType || r.Actor.ID != actorID || r.TeamID != "" || r.Scope != "admin" {
+			e.t.Errorf("%s row %+v", r.typ(), r)
+		}
+	}
 }
 
 // TestBuildFailsAndPages runs real workers against the in-memory agent
@@ -232,6 +257,7 @@ func TestBuildFailsAndPages(t *testing.T) {
 		if _, err := e.q.GetPlatformTemplate(context.Background(), "fails-0"); err == nil {
 			t.Fatal("a failed build left a template")
 		}
+		e.wantAudit(admin, id, []string{"template.build_started", "template.build_failed"}, "system", "build-worker")
 	}
 	// Paged, newest first, filtered.
 	var page struct {
@@ -271,5 +297,11 @@ func TestBuildFailsAndPages(t *testing.T) {
 		if got.Status != want || !strings.Contains(got.ErrorMessage, "stopped renewing its lease") {
 			t.Fatalf("after reaping attempt %d: %s %q", attempt+1, got.Status, got.ErrorMessage)
 		}
+	}
+	// Failed again, by the reaper this time, after the worker's own failure.
+	rows := e.auditLogs(admin.cred(), "scope=platform&resource_id="+row.ID, 50)
+	if got := types(rows); !slices.Equal(got, []string{"template.build_started", "template.build_failed", "template.build_failed"}) ||
+		rows[0].Actor.ID != "build-reaper" || rows[0].Status != "error" || !strings.Contains(fmt.Sprint(rows[0].Metadata["error"]), "not retried again") {
+		t.Fatalf("reaped build rows %+v", rows)
 	}
 }

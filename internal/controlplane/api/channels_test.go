@@ -3,10 +3,12 @@ package api
 import (
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -181,6 +183,34 @@ func TestChannelsCRUD(t *testing.T) {
 	e.want("GET", "/v1/channels/"+ch.ID+"/deliveries", nil, memberS.cred(), 200, &page)
 	e.want("DELETE", "/v1/channels/"+ch2.ID, nil, owner.cred(), 204, nil)
 	e.wantErr("GET", "/v1/channels/"+ch2.ID, nil, owner.cred(), 404, "channel_not_found", "")
+
+	// Each change has its audit row by the owner, admin-scoped, with no
+	// secret or URL in it; refused changes have none.
+	for _, tt := range []struct {
+		id   string
+		want []string // oldest first
+	}{
+		{ch.ID, []string{"channel.created", "channel.updated", "channel.config_rotated"}},
+		{ch2.ID, []string{"channel.created", "channel.deleted"}},
+	} {
+		rows := e.auditLogs(owner.cred(), "resource_id="+tt.id, 50)
+		if got := types(rows); !slices.Equal(got, tt.want) {
+			t.Fatalf("events of %s = %v, want %v", tt.id, got, tt.want)
+		}
+		for _, r := range rows {
+			md, _ := json.Marshal(r.Metadata)
+			if r.Actor.Type != "user" || r.Actor.ID != owner.User.ID || r.Scope != "admin" || r.Status != "success" || r.TeamID != team ||
+				strings.Contains(string(md), rcv.srv.URL) || strings.Contains(string(md), "whsec_") || strings.Contains(string(md), "tok-very-secret") {
+				t.Errorf("%s row %+v", r.typ(), r)
+			}
+		}
+		if got := e.auditLogs(memberS.cred(), "resource_id="+tt.id, 50); len(got) != 0 {
+			t.Errorf("a member reads the admin rows of %s: %v", tt.id, types(got))
+		}
+	}
+	if rows := e.auditLogs(owner.cred(), "resource_id="+ch.ID+"&action=config_rotated", 50); len(rows) != 1 || fmt.Sprint(rows[0].Metadata["config_set"]) != "[secret url]" {
+		t.Fatalf("rotation row %+v", rows)
+	}
 }
 
 func TestChannelTestEndpoints(t *testing.T) {

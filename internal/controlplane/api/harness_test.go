@@ -158,7 +158,7 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 		}
 		brdb := redis.NewClient(ropts)
 		t.Cleanup(func() { brdb.Close() })
-		bs = builds.New(pool, brdb, svc, *o.builds, logger)
+		bs = builds.New(pool, brdb, svc, al, *o.builds, logger)
 	}
 	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, Stats: metrics.NewReader(pool, nil), RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
 		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans, Builds: bs})

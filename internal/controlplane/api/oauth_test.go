@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -226,8 +227,40 @@ func TestOAuthSignUpThenReturningLogin(t *testing.T) {
 	e.wantErr("POST", "/v1/auth/login", map[string]string{"email": "octocat@example.test", "password": "anything-at-all"}, cred{}, http.StatusUnauthorized, "invalid_credentials", "")
 	e.wantErr("POST", "/v1/me/password", map[string]string{"current_password": "anything-at-all", "new_password": "a-new-password"}, first.cred(), http.StatusForbidden, "wrong_password", "current_password")
 	// The next email sign-up is no admin: the first-user rule is one path.
-	if e.signup("second@example.test").User.IsAdmin {
+	second := e.signup("second@example.test")
+	if second.User.IsAdmin {
 		t.Fatal("second user became platform admin")
+	}
+	for _, tt := range []struct {
+		s    session
+		want []string
+		data []map[string]any // oldest first
+	}{
+		{first, []string{"user.signed_up", "user.logged_in"}, []map[string]any{{"method": "github"}, {"provider": "github"}}},
+		{second, []string{"user.signed_up"}, []map[string]any{{"method": "password"}}},
+	} {
+		e.wantUserEvents(tt.s, tt.want, tt.data)
+	}
+}
+
+// wantUserEvents checks the audit rows about a user (oldest first): each
+// by that user, admin-scoped, in their default team, with the data.
+func (e *env) wantUserEvents(s session, want []string, data []map[string]any) {
+	e.t.Helper()
+	rows := e.auditLogs(s.cred(), "resource_type=user,identity&resource_id="+s.User.ID, 50)
+	if got := types(rows); !slices.Equal(got, want) {
+		e.t.Fatalf("events of %s = %v, want %v", s.User.Email, got, want)
+	}
+	for i, r := range rows {
+		d := data[len(rows)-1-i]
+		if r.Actor.Type != "user" || r.Actor.ID != s.User.ID || r.Actor.Name != s.User.Email || r.Scope != "admin" || r.TeamID != s.Team.ID {
+			e.t.Errorf("%s row %+v", r.typ(), r)
+		}
+		for k, v := range d {
+			if r.Metadata[k] != v {
+				e.t.Errorf("%s %s = %v, want %v", r.typ(), k, r.Metadata[k], v)
+			}
+		}
 	}
 }
 
@@ -584,6 +617,11 @@ func TestOAuthLinkAndUnlink(t *testing.T) {
 	e.wantErr("DELETE", "/v1/me/identities/github", nil, cat.cred(), http.StatusConflict, "last_sign_in_method", "")
 	e.wantErr("POST", "/v1/me/identities/github", nil, cred{}, http.StatusUnauthorized, "unauthenticated", "")
 	e.wantErr("POST", "/v1/me/identities/gitlab", nil, cat.cred(), http.StatusNotFound, "provider_not_configured", "")
+	// Linked once (linking again and refused links write nothing), signed
+	// in with it, unlinked once.
+	e.wantUserEvents(alice, []string{"user.signed_up", "identity.linked", "user.logged_in", "identity.unlinked"},
+		[]map[string]any{{"method": "password"}, {"provider": "github", "login": "alice-gh"}, {"provider": "github"}, {"provider": "github"}})
+	e.wantUserEvents(bob, []string{"user.signed_up"}, []map[string]any{{"method": "password"}})
 }
 
 // The callback shares the signup/login rate limit per client address.

@@ -169,7 +169,7 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		if err != nil {
 			return nil, fmt.Errorf("event relay lease: %w", err)
 		}
-		c.Builds = builds.New(pool, rdb, svc, builds.Config{Workers: cfg.Builds.Workers, PerHost: cfg.Builds.PerHost,
+		c.Builds = builds.New(pool, rdb, svc, c.Audit, builds.Config{Workers: cfg.Builds.Workers, PerHost: cfg.Builds.PerHost,
 			MaxArchiveBytes: cfg.Builds.MaxArchiveBytes, Replica: c.Replica}, logger)
 		c.BuildReaperLease, err = lease.New(pool, lease.Config{Name: "build-reaper", Replica: c.Replica, Interval: builds.ReapInterval}, logger)
 		if err != nil {
@@ -229,7 +229,7 @@ func (c *Core) buildChannels(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *r
 		logger.Warn("notification channels may reach loopback and private addresses (WRENN_CHANNELS_ALLOW_PRIVATE=true)")
 	}
 	d := channels.Deps{Pool: pool, Keyring: kr, Network: network, Sender: channels.NewSender(network, cfg.PublicURL),
-		SendTimeout: cc.SendTimeout, Logger: logger}
+		SendTimeout: cc.SendTimeout, Audit: c.Audit, Logger: logger}
 	if rdb != nil {
 		d.TestLimiter = api.NewRateLimiter(rdb, cc.TestRateLimit, time.Minute, logger)
 	}

@@ -92,13 +92,29 @@ const (
 	HostMarkedDownType = "host.marked_down"
 	HostMarkedUpType   = "host.marked_up"
 
-	LoginFailedType     = "auth.login_failed"
-	PasswordChangedType = "user.password_changed"
+	LoginFailedType      = "auth.login_failed"
+	PasswordChangedType  = "user.password_changed"
+	UserSignedUpType     = "user.signed_up"
+	UserLoggedInType     = "user.logged_in"
+	IdentityLinkedType   = "identity.linked"
+	IdentityUnlinkedType = "identity.unlinked"
+
+	ChannelCreatedType       = "channel.created"
+	ChannelUpdatedType       = "channel.updated"
+	ChannelConfigRotatedType = "channel.config_rotated"
+	ChannelDeletedType       = "channel.deleted"
+	ChannelDisabledType      = "channel.disabled"
+
+	TemplateBuildStartedType   = "template.build_started"
+	TemplateBuildSucceededType = "template.build_succeeded"
+	TemplateBuildFailedType    = "template.build_failed"
+	TemplateBuildCancelledType = "template.build_cancelled"
+	TemplateDeletedType        = "template.deleted"
 )
 
 // EventTypes is every event type the control plane records, in the order
-// docs/events.md lists them. Later features (builds, channels, OAuth) add
-// theirs here with their Logger methods.
+// docs/events.md lists them. A new event adds its type here with its
+// Logger method.
 var EventTypes = []string{
 	SandboxCreatedType, SandboxRunningType, SandboxPausedType, SandboxAutoPausedType, SandboxResumedType,
 	SandboxDestroyedType, SandboxErrorType, SandboxMissingType,
@@ -107,7 +123,9 @@ var EventTypes = []string{
 	APIKeyCreatedType, APIKeyRevokedType,
 	MemberAddedType, MemberRemovedType, MemberLeftType, MemberRoleChangedType,
 	HostCreatedType, HostRegisteredType, HostDeletedType, HostMarkedDownType, HostMarkedUpType,
-	LoginFailedType, PasswordChangedType,
+	LoginFailedType, PasswordChangedType, UserSignedUpType, UserLoggedInType, IdentityLinkedType, IdentityUnlinkedType,
+	ChannelCreatedType, ChannelUpdatedType, ChannelConfigRotatedType, ChannelDeletedType, ChannelDisabledType,
+	TemplateBuildStartedType, TemplateBuildSucceededType, TemplateBuildFailedType, TemplateBuildCancelledType, TemplateDeletedType,
 }
 
 // KnownEventType reports whether t is one of EventTypes.

@@ -64,6 +64,16 @@ func TestLoggerRows(t *testing.T) {
 		{"shared host", func(l *Logger, q Querier) error {
 			return l.HostMarkedDown(ctx, q, Actor{Type: ActorSystem, ID: "host-monitor"}, db.Host{ID: "host-1"}, "silent")
 		}, "", "host", "marked_down", "admin", "warning"},
+		{"channel disabled by the dispatcher", func(l *Logger, q Querier) error {
+			return l.ChannelDisabled(ctx, q, Actor{Type: ActorSystem, ID: "channel-dispatcher"}, db.Channel{ID: "ch-1", TeamID: "team-1"}, "410 Gone")
+		}, "team-1", "channel", "disabled", "admin", "warning"},
+		{"build failed", func(l *Logger, q Querier) error {
+			return l.TemplateBuildFailed(ctx, q, Actor{Type: ActorSystem, ID: "build-worker"}, db.TemplateBuild{ID: "bld-1", TeamID: "team-1", ErrorMessage: "step 1 failed"})
+		}, "", "template", "build_failed", "admin", "error"},
+		{"build cancelled by a user", func(l *Logger, q Querier) error {
+			return l.TemplateBuildCancelled(ctx, q, user, db.TemplateBuild{ID: "bld-1"})
+		}, "", "template", "build_cancelled", "admin", "success"},
+		{"sign-up", func(l *Logger, q Querier) error { return l.UserSignedUp(ctx, q, user, "team-1", "usr-1", "github") }, "team-1", "user", "signed_up", "admin", "success"},
 		{"failed login", func(l *Logger, q Querier) error {
 			return l.LoginFailed(ctx, q, strings.Repeat("x", 5000)+"@example.com", "", "unknown email")
 		}, "", "auth", "login_failed", "admin", "warning"},

@@ -176,8 +176,35 @@ func (l *Logger) HostMarkedUp(ctx context.Context, q Querier, a Actor, h db.Host
 	return l.host(ctx, q, HostMarkedUpType, a, h, StatusInfo, nil)
 }
 
-// Sign-in events. Other ways to sign in (OAuth logins, linked accounts)
-// add their methods here, with their types in EventTypes and docs/events.md.
+// Sign-in events. A user's events are rows of the team they concern: the
+// session's, or the user's default team when no session names one ("" when
+// the user has none).
+
+// UserSignedUp records a new account; method is "password" or the OAuth
+// provider that created it.
+func (l *Logger) UserSignedUp(ctx context.Context, q Querier, a Actor, teamID, userID, method string) error {
+	return l.record(ctx, q, entry{typ: UserSignedUpType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"method": method}})
+}
+
+// UserLoggedIn records a sign-in through an OAuth provider.
+func (l *Logger) UserLoggedIn(ctx context.Context, q Querier, a Actor, teamID, userID, provider string) error {
+	return l.record(ctx, q, entry{typ: UserLoggedInType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"provider": provider}})
+}
+
+// IdentityLinked records a provider account linked to a user; login is
+// the provider's name for it.
+func (l *Logger) IdentityLinked(ctx context.Context, q Querier, a Actor, teamID, userID, provider, login string) error {
+	return l.record(ctx, q, entry{typ: IdentityLinkedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"provider": provider, "login": login}})
+}
+
+// IdentityUnlinked records a provider account unlinked from a user.
+func (l *Logger) IdentityUnlinked(ctx context.Context, q Querier, a Actor, teamID, userID, provider string) error {
+	return l.record(ctx, q, entry{typ: IdentityUnlinkedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess,
+		data: map[string]any{"provider": provider}})
+}
 
 // LoginFailed records a failed password login. userID is "" for an
 // unknown email; the row is a platform row (no team) either way, since a
@@ -199,6 +226,84 @@ func (l *Logger) LoginFailed(ctx context.Context, q Querier, email, userID, reas
 // that changed it.
 func (l *Logger) PasswordChanged(ctx context.Context, q Querier, a Actor, teamID, userID string) error {
 	return l.record(ctx, q, entry{typ: PasswordChangedType, teamID: teamID, actor: a, resID: userID, scope: ScopeAdmin, status: StatusSuccess})
+}
+
+// channel records a channel event; data never holds a config value.
+func (l *Logger) channel(ctx context.Context, q Querier, typ string, a Actor, ch db.Channel, st Status, data map[string]any) error {
+	if data == nil {
+		data = map[string]any{}
+	}
+	data["name"], data["provider"] = ch.Name, ch.Provider
+	return l.record(ctx, q, entry{typ: typ, teamID: ch.TeamID, actor: a, resID: ch.ID, scope: ScopeAdmin, status: st, data: data})
+}
+
+// ChannelCreated records a new notification channel.
+func (l *Logger) ChannelCreated(ctx context.Context, q Querier, a Actor, ch db.Channel) error {
+	return l.channel(ctx, q, ChannelCreatedType, a, ch, doneBy(a), map[string]any{"events": ch.Events})
+}
+
+// ChannelUpdated records a channel renamed, refiltered, enabled or
+// disabled by a user or key (ch is the row after the change).
+func (l *Logger) ChannelUpdated(ctx context.Context, q Querier, a Actor, ch db.Channel) error {
+	return l.channel(ctx, q, ChannelUpdatedType, a, ch, doneBy(a), map[string]any{"events": ch.Events, "enabled": ch.Enabled})
+}
+
+// ChannelConfigRotated records a channel's config replaced; configSet
+// names the fields set, never their values.
+func (l *Logger) ChannelConfigRotated(ctx context.Context, q Querier, a Actor, ch db.Channel, configSet []string) error {
+	return l.channel(ctx, q, ChannelConfigRotatedType, a, ch, doneBy(a), map[string]any{"config_set": configSet})
+}
+
+// ChannelDeleted records a channel deleted with its deliveries.
+func (l *Logger) ChannelDeleted(ctx context.Context, q Querier, a Actor, ch db.Channel) error {
+	return l.channel(ctx, q, ChannelDeletedType, a, ch, doneBy(a), nil)
+}
+
+// ChannelDisabled records a channel the dispatcher turned off because its
+// endpoint said it is gone.
+func (l *Logger) ChannelDisabled(ctx context.Context, q Querier, a Actor, ch db.Channel, reason string) error {
+	return l.channel(ctx, q, ChannelDisabledType, a, ch, StatusWarning, map[string]any{"reason": reason})
+}
+
+// build records a template build event. Built templates are the
+// platform's, so the row is a platform row like the template's.
+func (l *Logger) build(ctx context.Context, q Querier, typ string, a Actor, b db.TemplateBuild, st Status, data map[string]any) error {
+	if data == nil {
+		data = map[string]any{}
+	}
+	data["name"] = b.Name
+	return l.record(ctx, q, entry{typ: typ, actor: a, resID: b.ID, scope: ScopeAdmin, status: st, data: data})
+}
+
+// TemplateBuildStarted records a worker taking a build (attempt 2 is the
+// reaper's retry).
+func (l *Logger) TemplateBuildStarted(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	return l.build(ctx, q, TemplateBuildStartedType, a, b, StatusInfo, map[string]any{"attempt": b.Attempts, "worker": b.Worker})
+}
+
+// TemplateBuildSucceeded records a build that made its template.
+func (l *Logger) TemplateBuildSucceeded(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	data := map[string]any{}
+	if b.TemplateID != nil {
+		data["template_id"] = *b.TemplateID
+	}
+	return l.build(ctx, q, TemplateBuildSucceededType, a, b, StatusSuccess, data)
+}
+
+// TemplateBuildFailed records a build that failed (data.error says why).
+func (l *Logger) TemplateBuildFailed(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	return l.build(ctx, q, TemplateBuildFailedType, a, b, StatusError, map[string]any{"error": b.ErrorMessage})
+}
+
+// TemplateBuildCancelled records a build ended by a cancel request.
+func (l *Logger) TemplateBuildCancelled(ctx context.Context, q Querier, a Actor, b db.TemplateBuild) error {
+	return l.build(ctx, q, TemplateBuildCancelledType, a, b, doneBy(a), nil)
+}
+
+// TemplateDeleted records a platform template deleted (a platform row).
+func (l *Logger) TemplateDeleted(ctx context.Context, q Querier, a Actor, tpl db.Template) error {
+	return l.record(ctx, q, entry{typ: TemplateDeletedType, actor: a, resID: tpl.ID, scope: ScopeAdmin, status: doneBy(a),
+		data: map[string]any{"name": tpl.Name}})
 }
 
 // maxEmailLen is the longest email address (RFC 5321 path limit).

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
@@ -49,7 +50,9 @@ func (s *Service) ReapOnce(ctx context.Context) error {
 			if b.Attempts < maxAttempts {
 				r, err = q.RequeueBuild(ctx, db.RequeueBuildParams{ID: b.ID, Reason: reason + "; retrying from the start"})
 			} else {
-				r, err = q.FailExpiredBuild(ctx, db.FailExpiredBuildParams{ID: b.ID, Reason: reason + "; not retried again"})
+				if r, err = q.FailExpiredBuild(ctx, db.FailExpiredBuildParams{ID: b.ID, Reason: reason + "; not retried again"}); err == nil {
+					err = s.audit.TemplateBuildFailed(ctx, q, service.ActorBuildReaper, r)
+				}
 			}
 			if err != nil {
 				return err
@@ -76,7 +79,6 @@ func (s *Service) ReapOnce(ctx context.Context) error {
 		}
 		_ = s.q.DeleteBuildArchive(ctx, b.ID)
 		s.publish(ctx, b.ID, Event{Type: "end", Status: StatusFailed})
-		s.log.WarnContext(ctx, "template build failed", "event", "template.build_failed", "build_id", b.ID, "error", b.ErrorMessage)
 	}
 	stale, err := s.q.StaleQueuedBuilds(ctx, 30)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
@@ -169,20 +170,27 @@ func (c Config) withDefaults() Config {
 
 // Service is the build API's rules and the worker pool's shared state.
 type Service struct {
-	pool *pgxpool.Pool
-	q    *db.Queries
-	rdb  redis.UniversalClient
-	svc  *service.Service
-	cfg  Config
-	log  *slog.Logger
+	pool  *pgxpool.Pool
+	q     *db.Queries
+	rdb   redis.UniversalClient
+	svc   *service.Service
+	audit *audit.Logger
+	cfg   Config
+	log   *slog.Logger
 }
 
 // New builds the service.
-func New(pool *pgxpool.Pool, rdb redis.UniversalClient, svc *service.Service, cfg Config, logger *slog.Logger) *Service {
+func New(pool *pgxpool.Pool, rdb redis.UniversalClient, svc *service.Service, al *audit.Logger, cfg Config, logger *slog.Logger) *Service {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{pool: pool, q: db.New(pool), rdb: rdb, svc: svc, cfg: cfg.withDefaults(), log: logger}
+	return &Service{pool: pool, q: db.New(pool), rdb: rdb, svc: svc, audit: al, cfg: cfg.withDefaults(), log: logger}
+}
+
+// inTx runs fn on the queries of one transaction: a change and its audit
+// row commit together.
+func (s *Service) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return fn(s.q.WithTx(tx)) })
 }
 
 // MaxArchiveBytes is the upload limit.
@@ -451,14 +459,22 @@ func (s *Service) Cancel(ctx context.Context, a auth.AuthContext, id string) (Bu
 	if err != nil {
 		return Build{}, err
 	}
-	if row, err := s.q.CancelQueuedBuild(ctx, r.ID); err == nil {
+	var row db.TemplateBuild
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		if row, err = q.CancelQueuedBuild(ctx, r.ID); err != nil {
+			return err
+		}
+		return s.audit.TemplateBuildCancelled(ctx, q, service.ActorOf(a), row)
+	})
+	switch {
+	case err == nil:
 		s.publish(ctx, r.ID, Event{Type: "end", Status: StatusCancelled})
-		s.log.InfoContext(ctx, "template build cancelled", "event", "template.build_cancelled", "build_id", r.ID, "actor", a.Actor())
 		return toBuild(row), nil
-	} else if !errors.Is(err, pgx.ErrNoRows) {
+	case !errors.Is(err, pgx.ErrNoRows):
 		return Build{}, service.Internal("cancel build", err)
 	}
-	row, err := s.q.RequestBuildCancel(ctx, r.ID)
+	row, err = s.q.RequestBuildCancel(ctx, r.ID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		now, lerr := s.load(ctx, id)
 		if lerr != nil {

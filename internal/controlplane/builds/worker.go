@@ -56,7 +56,14 @@ func (s *Service) work(ctx context.Context, worker string) {
 			}
 			continue
 		}
-		b, err := s.q.ClaimBuild(ctx, db.ClaimBuildParams{ID: res[1], Worker: worker, TtlSeconds: s.cfg.LeaseTTL.Seconds()})
+		var b db.TemplateBuild
+		err = s.inTx(ctx, func(q *db.Queries) error {
+			var err error
+			if b, err = q.ClaimBuild(ctx, db.ClaimBuildParams{ID: res[1], Worker: worker, TtlSeconds: s.cfg.LeaseTTL.Seconds()}); err != nil {
+				return err
+			}
+			return s.audit.TemplateBuildStarted(ctx, q, service.ActorBuildWorker, b)
+		})
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue // taken by another worker, cancelled, or gone
 		}
@@ -103,7 +110,6 @@ func (s *Service) runBuild(ctx context.Context, worker string, b db.TemplateBuil
 	_ = json.Unmarshal(b.Recipe, &bl.steps)
 	bl.results = pendingResults(bl.steps)
 	log := s.log.With("build_id", b.ID, "name", b.Name, "worker", worker, "attempt", b.Attempts)
-	log.InfoContext(ctx, "template build started", "event", "template.build_started")
 	s.publish(ctx, b.ID, Event{Type: "step", Index: 0, Status: StatusRunning})
 
 	bctx, cancel := context.WithCancelCause(ctx)
@@ -140,8 +146,14 @@ func (s *Service) runBuild(ctx context.Context, worker string, b db.TemplateBuil
 	}
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer fcancel()
-	row, ferr := s.q.FinishBuild(fctx, db.FinishBuildParams{ID: b.ID, Worker: worker, Status: string(status), ErrorMessage: msg,
-		TemplateID: tpl, Steps: bl.resultsJSON(), CurrentStep: bl.current()})
+	ferr := s.inTx(fctx, func(q *db.Queries) error {
+		row, err := q.FinishBuild(fctx, db.FinishBuildParams{ID: b.ID, Worker: worker, Status: string(status), ErrorMessage: msg,
+			TemplateID: tpl, Steps: bl.resultsJSON(), CurrentStep: bl.current()})
+		if err != nil {
+			return err
+		}
+		return s.recordEnd(fctx, q, row)
+	})
 	if ferr != nil {
 		log.ErrorContext(ctx, "record build end", "status", status, "err", ferr)
 		if tpl != nil {
@@ -154,7 +166,18 @@ func (s *Service) runBuild(ctx context.Context, worker string, b db.TemplateBuil
 		log.WarnContext(ctx, "drop build archive", "err", err)
 	}
 	s.publish(fctx, b.ID, Event{Type: "end", Status: status})
-	log.InfoContext(ctx, "template build "+string(status), "event", "template.build_"+string(status), "error", msg, "template_id", row.TemplateID)
+}
+
+// recordEnd writes the audit row of a build the worker ended.
+func (s *Service) recordEnd(ctx context.Context, q *db.Queries, b db.TemplateBuild) error {
+	switch Status(b.Status) {
+	case StatusSucceeded:
+		return s.audit.TemplateBuildSucceeded(ctx, q, service.ActorBuildWorker, b)
+	case StatusCancelled:
+		return s.audit.TemplateBuildCancelled(ctx, q, service.ActorBuildWorker, b)
+	default:
+		return s.audit.TemplateBuildFailed(ctx, q, service.ActorBuildWorker, b)
+	}
 }
 
 // renew extends the worker's lease every third of its length; a cancel

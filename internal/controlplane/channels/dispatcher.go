@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
@@ -424,6 +425,21 @@ func (d *Dispatcher) dispatch(ctx context.Context, row db.ChannelDelivery) {
 	}()
 }
 
+// disable turns a gone channel off, with its audit row, unless another
+// send already did.
+func (d *Dispatcher) disable(ctx context.Context, channelID, reason string) {
+	err := d.svc.inTx(ctx, func(q *db.Queries) error {
+		ch, err := q.DisableChannel(ctx, db.DisableChannelParams{ID: channelID, DisabledReason: &reason})
+		if err != nil {
+			return err
+		}
+		return d.svc.d.Audit.ChannelDisabled(ctx, q, service.ActorChannelDispatcher, ch, reason)
+	})
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		d.log.WarnContext(ctx, "disable channel", "channel_id", channelID, "err", err)
+	}
+}
+
 // unlock hands a delivery we will not attempt back at once.
 func (d *Dispatcher) unlock(row db.ChannelDelivery) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -471,10 +487,7 @@ func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
 		d.finish(ctx, row, StatusDelivered, n, 0, r)
 	case r.Disable != "":
 		d.forget(ch.ID)
-		if err := d.q.DisableChannel(ctx, db.DisableChannelParams{ID: ch.ID, DisabledReason: &r.Disable}); err != nil {
-			d.log.WarnContext(ctx, "disable channel", "channel_id", ch.ID, "err", err)
-		}
-		d.log.InfoContext(ctx, "channel disabled", "channel_id", ch.ID, "reason", r.Disable)
+		d.disable(ctx, ch.ID, r.Disable)
 		d.finish(ctx, row, StatusFailed, n, 0, r)
 	case int(n) <= len(d.cfg.RetryDelays):
 		d.finish(ctx, row, StatusPending, n, d.cfg.RetryDelays[n-1], r)

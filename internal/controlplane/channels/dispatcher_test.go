@@ -341,6 +341,14 @@ func TestFailuresAndGone(t *testing.T) {
 	if g.Enabled || g.DisabledReason == nil {
 		t.Fatalf("gone channel %+v not disabled", g)
 	}
+	// Disabled once, by the dispatcher, in the channel's team.
+	var actorType, actorID, status, reason string
+	var n int
+	err := w.pool.QueryRow(context.Background(), `SELECT count(*) OVER (), actor_type, actor_id, status, metadata->>'reason' FROM audit_logs
+		WHERE resource_id = $1 AND action = 'disabled' AND resource_type = 'channel' AND team_id = $2`, g.ID, w.team).Scan(&n, &actorType, &actorID, &status, &reason)
+	if err != nil || n != 1 || actorType != "system" || actorID != "channel-dispatcher" || status != "warning" || reason != *g.DisabledReason {
+		t.Fatalf("channel.disabled rows %d by %s %s, status %s, reason %q: %v", n, actorType, actorID, status, reason, err)
+	}
 	// A disabled channel gets nothing more.
 	w.publish(w.team, "host.marked_up")
 	time.Sleep(500 * time.Millisecond)

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
@@ -49,7 +50,9 @@ type Deps struct {
 	TestLimiter Limiter
 	// SendTimeout bounds one send (default 10 s).
 	SendTimeout time.Duration
-	Logger      *slog.Logger
+	// Audit records channel changes; nil records with audit.New().
+	Audit  *audit.Logger
+	Logger *slog.Logger
 }
 
 // Service holds the channels' rules.
@@ -69,6 +72,9 @@ func New(d Deps) (*Service, error) {
 	}
 	if d.SendTimeout <= 0 {
 		d.SendTimeout = 10 * time.Second
+	}
+	if d.Audit == nil {
+		d.Audit = audit.New()
 	}
 	return &Service{d: d, q: db.New(d.Pool), now: time.Now}, nil
 }
@@ -217,6 +223,12 @@ func (s *Service) open(ch db.Channel) (sealed, bool, error) {
 	return sc, stale, nil
 }
 
+// inTx runs fn on the queries of one transaction: a change and its audit
+// row commit together.
+func (s *Service) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
+	return pgx.BeginFunc(ctx, s.d.Pool, func(tx pgx.Tx) error { return fn(s.q.WithTx(tx)) })
+}
+
 func view(ch db.Channel, sc sealed) Channel {
 	set := make([]string, 0, len(sc.Config))
 	for k, v := range sc.Config {
@@ -251,7 +263,14 @@ func (s *Service) Create(ctx context.Context, a auth.AuthContext, in CreateInput
 	if err != nil {
 		return Channel{}, service.Internal("seal channel config", err)
 	}
-	ch, err := s.q.CreateChannel(ctx, db.CreateChannelParams{ID: id, TeamID: a.TeamID, Name: strings.TrimSpace(in.Name), Provider: in.Provider, ConfigSealed: blob, Events: in.Events})
+	var ch db.Channel
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		if ch, err = q.CreateChannel(ctx, db.CreateChannelParams{ID: id, TeamID: a.TeamID, Name: strings.TrimSpace(in.Name), Provider: in.Provider, ConfigSealed: blob, Events: in.Events}); err != nil {
+			return err
+		}
+		return s.d.Audit.ChannelCreated(ctx, q, service.ActorOf(a), ch)
+	})
 	if service.IsUniqueViolation(err) {
 		return Channel{}, errNameTaken
 	}
@@ -333,7 +352,14 @@ func (s *Service) Update(ctx context.Context, a auth.AuthContext, id string, in 
 	if p.ConfigSealed, err = s.seal(ch.ID, sc); err != nil {
 		return Channel{}, service.Internal("seal channel config", err)
 	}
-	out, err := s.q.UpdateChannel(ctx, p)
+	var out db.Channel
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		if out, err = q.UpdateChannel(ctx, p); err != nil {
+			return err
+		}
+		return s.d.Audit.ChannelUpdated(ctx, q, service.ActorOf(a), out)
+	})
 	if service.IsUniqueViolation(err) {
 		return Channel{}, errNameTaken
 	}
@@ -368,14 +394,21 @@ func (s *Service) ReplaceConfig(ctx context.Context, a auth.AuthContext, id stri
 	if err != nil {
 		return Channel{}, service.Internal("seal channel config", err)
 	}
-	out, err := s.q.SetChannelConfig(ctx, db.SetChannelConfigParams{ID: ch.ID, TeamID: a.TeamID, ConfigSealed: blob})
+	var v Channel
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		out, err := q.SetChannelConfig(ctx, db.SetChannelConfigParams{ID: ch.ID, TeamID: a.TeamID, ConfigSealed: blob})
+		if err != nil {
+			return err
+		}
+		v = view(out, next)
+		return s.d.Audit.ChannelConfigRotated(ctx, q, service.ActorOf(a), out, v.ConfigSet)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Channel{}, errChannelNotFound
 	}
 	if err != nil {
 		return Channel{}, service.Internal("replace channel config", err)
 	}
-	v := view(out, next)
 	v.Secret = generated
 	return v, nil
 }
@@ -385,12 +418,18 @@ func (s *Service) Delete(ctx context.Context, a auth.AuthContext, id string) err
 	if err := requireManager(a); err != nil {
 		return err
 	}
-	n, err := s.q.DeleteChannel(ctx, db.DeleteChannelParams{ID: id, TeamID: a.TeamID})
+	err := s.inTx(ctx, func(q *db.Queries) error {
+		ch, err := q.DeleteChannel(ctx, db.DeleteChannelParams{ID: id, TeamID: a.TeamID})
+		if err != nil {
+			return err
+		}
+		return s.d.Audit.ChannelDeleted(ctx, q, service.ActorOf(a), ch)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errChannelNotFound
+	}
 	if err != nil {
 		return service.Internal("delete channel", err)
-	}
-	if n == 0 {
-		return errChannelNotFound
 	}
 	return nil
 }
@@ -398,7 +437,7 @@ func (s *Service) Delete(ctx context.Context, a auth.AuthContext, id string) err
 // testEvent is the channel.test event a test send delivers.
 func testEvent(a auth.AuthContext, channelID string, now time.Time) events.Event {
 	actor := events.Actor{Type: "user", ID: a.UserID, Name: a.UserEmail}
-	return events.Event{ID: ids.New("evt-test-"), Type: "channel.test", OccurredAt: now.UTC(),
+	return events.Event{ID: ids.New("evt-test-"), Type: events.TestType, OccurredAt: now.UTC(),
 		TeamID: a.TeamID, Actor: actor, Resource: events.Resource{Type: "channel", ID: channelID}, Status: "info",
 		Data: json.RawMessage(`{"message":"This is a test message from Wrenn."}`)}
 }

@@ -59,10 +59,12 @@ func Decode(raw string) (Event, error) {
 }
 
 // Known are the event types a channel filter may name: every type the
-// audit trail records (audit.EventTypes) and the channels' own.
-var Known = append(slices.Clone(audit.EventTypes),
-	"channel.test", "channel.created", "channel.updated", "channel.deleted", "channel.disabled", "channel.config_rotated",
-)
+// audit trail records (audit.EventTypes) and channel.test, which only a
+// test send delivers.
+var Known = append(slices.Clone(audit.EventTypes), TestType)
+
+// TestType is the type of the event a channel test send delivers.
+const TestType = "channel.test"
 
 // ValidFilter reports whether f is "*", "<resource>.*" for a known
 // resource, or a known type.

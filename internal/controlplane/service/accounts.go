@@ -164,13 +164,34 @@ func (s *Service) createAccount(ctx context.Context, a newAccount) (db.User, Tea
 		if err := q.AddMember(ctx, db.AddMemberParams{UserID: u.ID, TeamID: team.ID, Role: "owner", IsDefault: true}); err != nil {
 			return err
 		}
-		return s.audit.TeamCreated(ctx, q, Actor{Type: ActorUser, ID: u.ID, Name: u.Email}, team.ID, team.Name)
+		actor := userActor(u)
+		if err := s.audit.TeamCreated(ctx, q, actor, team.ID, team.Name); err != nil {
+			return err
+		}
+		method := "password"
+		if a.identity != nil {
+			method = a.identity.Provider
+		}
+		return s.audit.UserSignedUp(ctx, q, actor, team.ID, u.ID, method)
 	})
 	if err != nil {
 		return db.User{}, TeamRef{}, err
 	}
 	s.log.InfoContext(ctx, "user signed up", "user_id", u.ID, "team_id", team.ID, "is_admin", u.IsAdmin)
 	return u, TeamRef{ID: team.ID, Name: team.Name, Role: "owner"}, nil
+}
+
+// userActor is a user acting before any session names them.
+func userActor(u db.User) Actor { return Actor{Type: ActorUser, ID: u.ID, Name: u.Email} }
+
+// defaultTeamID is the team a user's own events go to when no session
+// names one: their default team, or "" (a platform row) without one.
+func defaultTeamID(ctx context.Context, q *db.Queries, userID string) (string, error) {
+	t, err := q.GetDefaultTeam(ctx, userID)
+	if isNoRows(err) {
+		return "", nil
+	}
+	return t.ID, err
 }
 
 func (s *Service) session(u db.User, t TeamRef) (Session, error) {

@@ -69,8 +69,7 @@ func (s *Service) UnlinkIdentity(ctx context.Context, a auth.AuthContext, provid
 		if _, err := q.DeleteIdentity(ctx, db.DeleteIdentityParams{UserID: a.UserID, Provider: provider}); err != nil {
 			return err
 		}
-		s.log.InfoContext(ctx, "identity unlinked", "provider", provider, "user_id", a.UserID)
-		return nil
+		return s.audit.IdentityUnlinked(ctx, q, ActorOf(a), a.TeamID, a.UserID, provider)
 	}))
 }
 
@@ -79,9 +78,11 @@ func (s *Service) UnlinkIdentity(ctx context.Context, a auth.AuthContext, provid
 // linked to someone else, or a second account of one provider, is refused.
 func (s *Service) linkIdentity(ctx context.Context, userID, provider string, p oauth.Profile) error {
 	return wrapDB("link identity", s.inTx(ctx, func(q *db.Queries) error {
-		if _, err := q.LockUser(ctx, userID); isNoRows(err) {
+		u, err := q.LockUser(ctx, userID)
+		if isNoRows(err) {
 			return Unauthorized(CodeInvalidToken, "the account that started linking no longer exists")
-		} else if err != nil {
+		}
+		if err != nil {
 			return err
 		}
 		owner, err := q.GetUserByIdentity(ctx, db.GetUserByIdentityParams{Provider: provider, ProviderUserID: p.ID})
@@ -105,7 +106,10 @@ func (s *Service) linkIdentity(ctx context.Context, userID, provider string, p o
 		if err != nil {
 			return err
 		}
-		s.log.InfoContext(ctx, "identity linked", "provider", provider, "user_id", userID)
-		return nil
+		team, err := defaultTeamID(ctx, q, userID)
+		if err != nil {
+			return err
+		}
+		return s.audit.IdentityLinked(ctx, q, userActor(u), team, userID, provider, p.Login)
 	}))
 }

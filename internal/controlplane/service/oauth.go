@@ -194,7 +194,13 @@ func (s *Service) signInWithIdentity(ctx context.Context, provider string, p oau
 	for attempt := 0; ; attempt++ {
 		u, err := s.q.GetUserByIdentity(ctx, db.GetUserByIdentityParams{Provider: provider, ProviderUserID: p.ID})
 		if err == nil {
-			s.log.InfoContext(ctx, "oauth sign-in", "provider", provider, "user_id", u.ID)
+			team, err := defaultTeamID(ctx, s.q, u.ID)
+			if err == nil {
+				err = s.audit.UserLoggedIn(ctx, s.q, userActor(u), team, u.ID, provider)
+			}
+			if err != nil {
+				return db.User{}, Internal("oauth sign-in", err)
+			}
 			return u, nil
 		}
 		if !isNoRows(err) {

@@ -73,6 +73,12 @@ var (
 	ActorHostMonitor = Actor{Type: ActorSystem, ID: "host-monitor", Name: "host monitor"}
 	// ActorAutoPause is the agent's idle reaper, recorded by the reconciler.
 	ActorAutoPause = Actor{Type: ActorSystem, ID: "auto-pause", Name: "auto-pause"}
+	// ActorChannelDispatcher delivers events to notification channels.
+	ActorChannelDispatcher = Actor{Type: ActorSystem, ID: "channel-dispatcher", Name: "channel dispatcher"}
+	// ActorBuildWorker runs template builds.
+	ActorBuildWorker = Actor{Type: ActorSystem, ID: "build-worker", Name: "build worker"}
+	// ActorBuildReaper fails builds whose worker died.
+	ActorBuildReaper = Actor{Type: ActorSystem, ID: "build-reaper", Name: "build reaper"}
 )
 
 // ActorOf is the actor behind an authenticated request.

@@ -117,10 +117,15 @@ func (s *Service) DeleteTemplate(ctx context.Context, a auth.AuthContext, name s
 	if err := s.dropOnHost(ctx, t); err != nil {
 		return Template{}, err
 	}
-	if _, err := s.q.DeletePlatformTemplate(ctx, name); err != nil {
+	err = s.inTx(ctx, func(q *db.Queries) error {
+		if _, err := q.DeletePlatformTemplate(ctx, name); err != nil {
+			return err
+		}
+		return s.audit.TemplateDeleted(ctx, q, ActorOf(a), t)
+	})
+	if err != nil {
 		return Template{}, Internal("delete template", err)
 	}
-	s.log.InfoContext(ctx, "template deleted", "event", "template.deleted", "template", name, "template_id", t.ID, "actor", a.Actor())
 	return toTemplate(t), nil
 }
 
