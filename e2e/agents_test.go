@@ -55,7 +55,7 @@ func (a *e2eAgent) listening() bool {
 // register creates the agent's host through the API and starts the agent
 // with its registration token, pointed at the control planes cpURLs (in
 // order), with env added to its environment.
-func (a *e2eAgent) register(t *testing.T, admin client, cpURLs []string, env ...string) {
+func (a *e2eAgent) register(t testing.TB, admin client, cpURLs []string, env ...string) {
 	t.Helper()
 	a.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var created struct {

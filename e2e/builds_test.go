@@ -117,16 +117,7 @@ func startBuildPlatform(t testing.TB) *buildPlatform {
 	a := &e2eAgent{name: "builds", prefix: fmt.Sprintf("wbd%d-", testID), netRange: fmt.Sprintf("10.234.%d.0/24", testID)}
 	a.dir = agentDir(t, src)
 	t.Cleanup(func() { scrub(t, a.dir, a.prefix, a.netRange) })
-	var created struct {
-		Host  hostView `json:"host"`
-		Token string   `json:"registration_token"`
-	}
-	p.admin.must(t, http.MethodPost, "/v1/hosts", map[string]any{"name": "e2e-builds", "shared": true}, &created, http.StatusCreated)
-	a.hostID = created.Host.ID
-	a.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	a.env = childEnv("WRENN_DIR="+a.dir, "WRENN_AGENT_LISTEN_ADDR="+a.addr, "WRENN_NET_PREFIX="+a.prefix,
-		"WRENN_NET_RANGE="+a.netRange, "WRENN_HEARTBEAT_INTERVAL=300ms", "WRENN_VMM=qemu", "WRENN_ACCEL=tcg")
-	a.start(t, "--register", created.Token, "--address", a.addr, "--cp-url", p.base)
+	a.register(t, p.admin, []string{p.base})
 	p.agent = a
 	eventually(t, time.Minute, "host online", func() (bool, string) {
 		var h hostView
