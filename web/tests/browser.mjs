@@ -140,6 +140,14 @@ try {
 		await page.getByRole('tab', { name: 'Terminal' }).click();
 		await page.getByText('Connected', { exact: true }).waitFor({ timeout: 60000 });
 		await page.locator('.xterm').click();
+		// Type only once the prompt is drawn: the shell's line editor asks
+		// for the cursor position as it prints it, and keys typed before
+		// the terminal's answer arrive put that answer on the command line.
+		await page.waitForFunction(
+			() => Array.from(document.querySelectorAll('.xterm-rows > div')).some((r) => /#$/.test(r.textContent?.trim() ?? '')),
+			undefined,
+			{ timeout: 30000 }
+		);
 		await page.keyboard.type('echo hi\n');
 		await page.waitForFunction(
 			() => Array.from(document.querySelectorAll('.xterm-rows > div')).some((r) => r.textContent?.trim() === 'hi'),
