@@ -269,9 +269,15 @@ try {
 		await page.waitForTimeout(3500);
 		// Backoff: 1s then 2s; a tight loop would have probed many times.
 		if (probes > 3) throw new Error(`${probes} health probes in 3.5s`);
-		await context.unroute(/\/(v1\/|health)/);
+		// "Retry now" probes at once, while the control plane is still down.
+		const before = probes;
 		await page.getByRole('button', { name: 'Retry now' }).click();
-		await page.getByText('The control plane is not answering').waitFor({ state: 'hidden' });
+		for (let i = 0; i < 20 && probes === before; i++) await page.waitForTimeout(50);
+		if (probes === before) throw new Error('Retry now sent no health probe');
+		await context.unroute(/\/(v1\/|health)/);
+		// The next backoff probe (at most 8s away now) clears the banner; a
+		// click on "Retry now" here would race that probe removing the button.
+		await page.getByText('The control plane is not answering').waitFor({ state: 'hidden', timeout: 20000 });
 		expected = null;
 	});
 
