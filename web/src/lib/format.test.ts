@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bytes, duration, mebibytes, relative } from './format';
+import { bucketLabel, bytes, count, duration, mebibytes, percent, relative } from './format';
 
 describe('bytes', () => {
 	it.each([
@@ -44,4 +44,34 @@ describe('relative', () => {
 		['not a date', '—']
 	])('%s -> %s', (when, want) => expect(relative(when, now)).toBe(want));
 	it('null is never', () => expect(relative(null, now)).toBe('never'));
+});
+
+describe('count', () => {
+	it.each([
+		[0, '0'],
+		[12345, '12,345'],
+		[2.6, '3'],
+		[null, '—'],
+		[Number.NaN, '—']
+	])('%s -> %s', (n, want) => expect(count(n)).toBe(want));
+});
+
+describe('percent', () => {
+	it.each([
+		[0, '0%'],
+		[3.14159, '3.1%'],
+		[42.4, '42%'],
+		[100, '100%'],
+		[null, '—']
+	])('%s -> %s', (n, want) => expect(percent(n)).toBe(want));
+});
+
+describe('bucketLabel', () => {
+	it.each([
+		['2026-12-01T14:05:10Z', 300, '14:05:10'],
+		['2026-12-01T14:05:00Z', 3600, '14:05'],
+		['2026-12-01T14:00:00Z', 86400, '14:00'],
+		['2026-12-01T14:00:00Z', 30 * 86400, 'Dec 1, 14:00'],
+		['not a time', 3600, '']
+	])('%s over %ss -> %s', (t, range, want) => expect(bucketLabel(t, range, 'UTC')).toBe(want));
 });

@@ -68,3 +68,29 @@ export function absolute(when: string | null | undefined): string {
 	const t = new Date(when);
 	return Number.isNaN(t.getTime()) ? '' : t.toLocaleString();
 }
+
+const integerFormat = new Intl.NumberFormat('en');
+
+/** A count with digit grouping: 12345 -> "12,345". */
+export function count(n: number | null | undefined): string {
+	return n === null || n === undefined || !Number.isFinite(n) ? '—' : integerFormat.format(Math.round(n));
+}
+
+/** A percentage: 3.14159 -> "3.1%", 42 -> "42%". */
+export function percent(n: number | null | undefined): string {
+	if (n === null || n === undefined || !Number.isFinite(n)) return '—';
+	return `${n < 10 && n !== 0 && Math.round(n) !== n ? n.toFixed(1) : Math.round(n)}%`;
+}
+
+/**
+ * A chart bucket's start for an axis: the time of day for buckets under an
+ * hour of a day-long range, the day and hour beyond.
+ */
+export function bucketLabel(t: string, rangeSec: number, timeZone?: string): string {
+	const d = new Date(t);
+	if (Number.isNaN(d.getTime())) return '';
+	const opts: Intl.DateTimeFormatOptions =
+		rangeSec > 86400 ? { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', hourCycle: 'h23', timeZone } : { hour: '2-digit', minute: '2-digit', hourCycle: 'h23', timeZone };
+	if (rangeSec <= 600) opts.second = '2-digit';
+	return new Intl.DateTimeFormat('en', opts).format(d);
+}
