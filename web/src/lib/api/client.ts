@@ -5,7 +5,7 @@
 import type { components, paths } from './schema';
 
 export type Schemas = components['schemas'];
-type Method = 'get' | 'post' | 'patch' | 'delete';
+type Method = 'get' | 'post' | 'put' | 'patch' | 'delete';
 type Path = keyof paths;
 type Op<P extends Path, M extends Method> = NonNullable<paths[P][M]>;
 
