@@ -6,8 +6,9 @@
 // error answer outside the steps that expect one fails the run. The last
 // line of output is `RESULT {json}` with the measurements.
 import { chromium } from 'playwright-core';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 
 const base = must('WRENN_BASE_URL');
@@ -36,6 +37,42 @@ const browser = await chromium.launch({
 });
 const results = {};
 let step = 'start';
+
+// A webhook receiver on loopback for the channels steps (the control plane
+// reaches it: `wrenn dev` sets WRENN_CHANNELS_ALLOW_PRIVATE=true). It keeps
+// every request and answers 200.
+const received = [];
+const receiver = createServer((req, res) => {
+	const chunks = [];
+	req.on('data', (c) => chunks.push(c));
+	req.on('end', () => {
+		received.push({ path: req.url, headers: req.headers, body: Buffer.concat(chunks) });
+		res.writeHead(200).end();
+	});
+});
+await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+const receiverURL = `http://127.0.0.1:${receiver.address().port}/hook`;
+
+/** Whether one of the v1= signatures of X-WRENN-SIGNATURE is body's under secret. */
+function signedWith(r, secret) {
+	const parts = String(r.headers['x-wrenn-signature'] ?? '').split(',');
+	const t = parts.find((p) => p.startsWith('t='))?.slice(2);
+	if (!t) return false;
+	const want = createHmac('sha256', secret).update(`${t}.`).update(r.body).digest();
+	return parts.filter((p) => p.startsWith('v1=')).some((p) => {
+		const got = Buffer.from(p.slice(3), 'hex');
+		return got.length === want.length && timingSafeEqual(got, want);
+	});
+}
+
+/** The first request the receiver got of an event type, waiting up to ms for it. */
+async function receivedEvent(type, ms = 30000) {
+	for (const t0 = Date.now(); Date.now() - t0 < ms; await new Promise((r) => setTimeout(r, 200))) {
+		const r = received.find((x) => x.headers['x-wrenn-event-type'] === type);
+		if (r) return r;
+	}
+	throw new Error(`the webhook receiver got no ${type} in ${ms} ms (got: ${received.map((x) => x.headers['x-wrenn-event-type']).join(', ') || 'nothing'})`);
+}
 
 function watch(page, who) {
 	const note = (what) => {
@@ -254,6 +291,141 @@ try {
 		await page.getByLabel('Theme').selectOption('system');
 	});
 
+	// ---- Capsule stats, capsule metrics, audit log, channels (dasha) ----
+	await run('capsule stats: charts with data, range in the URL', async () => {
+		await nav(page).getByRole('link', { name: /Capsules/ }).click();
+		await page.getByRole('navigation', { name: 'Capsules' }).getByRole('link', { name: 'Stats' }).click();
+		await page.waitForURL('**/dashboard/capsules/stats');
+		await page.getByRole('link', { name: 'Last 5 minutes' }).click();
+		await page.waitForURL('**/dashboard/capsules/stats?range=5m');
+		// The capsule has run for minutes: complete 10 s buckets count it.
+		const running = page.locator('[data-chart="Capsules over time"]');
+		await page.waitForFunction(
+			() => {
+				const el = document.querySelector('[data-chart="Capsules over time"]');
+				return el && Number(el.getAttribute('data-points')) > 0 && Number(el.getAttribute('data-max')) >= 1 && el.querySelector('canvas')?.width > 0;
+			},
+			undefined,
+			{ timeout: 60000 }
+		);
+		const reserved = page.locator('[data-chart="Reserved vCPUs and memory"]');
+		if (Number(await reserved.getAttribute('data-max')) <= 0) throw new Error('the reserved chart has no data');
+		await page.locator('[data-card="running"] .now', { hasText: /^1$/ }).waitFor();
+		// A poll updates in place: nothing moves, no loading state again.
+		const boxes = async () => Promise.all([running, reserved, page.locator('[data-card="memory"]')].map((l) => l.boundingBox()));
+		const before = await boxes();
+		await page.waitForResponse((r) => r.url().includes('/v1/sandboxes/stats?range=5m'), { timeout: 30000 });
+		await page.waitForTimeout(200);
+		if (JSON.stringify(await boxes()) !== JSON.stringify(before)) throw new Error(`the stats moved on a poll: ${JSON.stringify(before)} -> ${JSON.stringify(await boxes())}`);
+		if (await page.getByText('Loading…').count()) throw new Error('a poll showed the loading state again');
+		await shot(page, 'capsules-stats');
+		// The charts take the theme's colours when it changes under them.
+		await page.getByLabel('Theme').selectOption('dark');
+		await page.waitForTimeout(300);
+		await shot(page, 'capsules-stats-dark');
+		await page.getByLabel('Theme').selectOption('system');
+		await page.reload();
+		await page.getByRole('link', { name: 'Last 5 minutes' }).and(page.locator('[aria-current="true"]')).waitFor();
+		await page.setViewportSize({ width: 375, height: 800 });
+		await shot(page, 'capsules-stats-375');
+		const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+		if (overflow > 0) throw new Error(`the stats page is ${overflow}px wider than a 375px screen`);
+		await page.setViewportSize({ width: 1440, height: 900 });
+	});
+
+	await run('capsule metrics: charts with data', async () => {
+		await page.goto(`/dashboard/capsules/${capsuleID}`);
+		await page.getByRole('tab', { name: 'Metrics' }).click();
+		await page.waitForFunction(
+			() => {
+				const el = document.querySelector('[data-chart="CPU and memory"]');
+				return el && Number(el.getAttribute('data-points')) > 0 && Number(el.getAttribute('data-max')) > 0;
+			},
+			undefined,
+			{ timeout: 90000 }
+		);
+		await shot(page, 'capsule-metrics');
+	});
+
+	await run('audit log: the earlier actions, filtered', async () => {
+		await nav(page).getByRole('link', { name: 'Audit log' }).click();
+		await page.locator(`tr[data-audit="sandbox.created"][data-resource="${capsuleID}"]`).waitFor();
+		await page.locator('tr[data-audit="api_key.created"]').waitFor();
+		await page.locator('tr[data-audit="team.renamed"]').waitFor();
+		await shot(page, 'audit');
+		await page.getByLabel('Resource', { exact: true }).selectOption('sandbox');
+		await page.getByLabel('Action').fill('paused');
+		await page.getByRole('button', { name: 'Apply filters' }).click();
+		await page.waitForURL('**/dashboard/audit?resource_type=sandbox&action=paused');
+		// The unfiltered rows stay until the filtered page answers: wait for it.
+		await page.waitForFunction(
+			(id) => {
+				const rows = Array.from(document.querySelectorAll('tbody tr[data-audit]'));
+				return rows.length > 0 && rows.every((r) => r.getAttribute('data-audit') === 'sandbox.paused') && rows.some((r) => r.getAttribute('data-resource') === id);
+			},
+			capsuleID,
+			{ timeout: 15000 }
+		);
+		await page.getByRole('button', { name: 'Clear' }).click();
+		await page.waitForURL('**/dashboard/audit');
+		await page.locator('tr[data-audit="api_key.created"]').waitFor();
+	});
+
+	await run('channels: test a webhook, create, edit, deliveries, rotate', async () => {
+		const secret = 'browser-test-signing-secret';
+		await nav(page).getByRole('link', { name: 'Channels' }).click();
+		await page.getByText('No channels yet.').waitFor();
+		const form = page.getByRole('form', { name: 'Create a channel' });
+		await form.getByLabel('Channel name').fill('browser-hook');
+		await form.getByLabel('Provider').selectOption('webhook');
+		await form.getByLabel('URL', { exact: true }).fill(receiverURL);
+		await form.getByLabel('Signing secret (optional)').fill(secret);
+		await form.getByLabel('Every event').uncheck();
+		await form.getByLabel('Channels (channel.*)').check();
+		// Test before saving: the receiver gets a signed channel.test.
+		await form.getByRole('button', { name: 'Send a test' }).click();
+		await form.getByRole('status').getByText('Test delivered: the endpoint answered 200.').waitFor();
+		const test = await receivedEvent('channel.test');
+		if (!signedWith(test, secret)) throw new Error(`the test send is not signed with the secret: ${test.headers['x-wrenn-signature']}`);
+		await form.getByRole('button', { name: 'Create channel' }).click();
+		const row = page.locator('tr[data-channel="browser-hook"]');
+		await row.getByText('channel.*').waitFor();
+		if ((await page.content()).includes(secret)) throw new Error('the secret is on the page after saving');
+		await row.getByRole('button', { name: 'Test browser-hook' }).click();
+		await row.getByRole('status').getByText('Test delivered: the endpoint answered 200.').waitFor();
+		// Edit its events: the change is itself a channel event it gets.
+		await row.getByRole('button', { name: 'Edit browser-hook' }).click();
+		const edit = page.getByRole('dialog', { name: 'Edit browser-hook' });
+		await edit.getByLabel('Capsules (sandbox.*)').check();
+		await edit.getByRole('button', { name: 'Save' }).click();
+		await edit.waitFor({ state: 'hidden' });
+		await row.getByText('channel.*, sandbox.*').waitFor();
+		const updated = await receivedEvent('channel.updated');
+		if (!signedWith(updated, secret)) throw new Error('channel.updated is not signed with the secret');
+		await row.getByRole('button', { name: 'Deliveries of browser-hook' }).click();
+		const delivered = page.locator('tr[data-delivery="channel.updated"]', { has: page.locator('.badge', { hasText: 'delivered' }) });
+		for (let i = 0; i < 30 && !(await delivered.count()); i++) {
+			await page.waitForTimeout(500);
+			await page.getByRole('button', { name: 'Refresh' }).click();
+		}
+		await delivered.waitFor();
+		await shot(page, 'channels');
+		// Rotate: an empty secret has one generated, shown once, signing from now on.
+		await row.getByRole('button', { name: 'Rotate secrets of browser-hook' }).click();
+		const rotate = page.getByRole('dialog', { name: 'Rotate the secrets of browser-hook' });
+		await rotate.getByLabel('URL', { exact: true }).fill(receiverURL);
+		await rotate.getByRole('button', { name: 'Replace config' }).click();
+		const shown = page.getByRole('dialog', { name: "The webhook's signing secret" });
+		const generated = ((await shown.getByTestId('channel-secret').textContent()) ?? '').trim();
+		if (generated.length < 16) throw new Error(`generated secret ${generated}`);
+		await shown.getByRole('button', { name: 'Done' }).click();
+		await shown.waitFor({ state: 'hidden' });
+		if ((await page.content()).includes(generated)) throw new Error('the generated secret is still on the page');
+		const rotated = await receivedEvent('channel.config_rotated');
+		if (!signedWith(rotated, generated) || !signedWith(rotated, secret)) throw new Error('channel.config_rotated is not signed with both the new and the old secret');
+	});
+	// ---- end of the dasha block ----
+
 	await run('control plane down: banner, then recovery', async () => {
 		await nav(page).getByRole('link', { name: 'API keys' }).click();
 		await page.locator('tr[data-key="from-browser"]').waitFor();
@@ -344,6 +516,7 @@ try {
 		}
 } finally {
 	await browser.close();
+	receiver.close();
 }
 for (const p of problems) console.error(`problem: ${p}`);
 for (const f of foreign) console.error(`foreign request: ${f}`);
