@@ -114,7 +114,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("first signed-in page interactive in %d ms, want within %s", res.InteractiveMS, budget.Round(time.Millisecond))
 	}
 	for _, name := range []string{"signup", "capsules-empty", "capsule-overview", "capsule-terminal", "capsule-files", "capsules-list", "capsules-list-375", "keys", "team", "team-dark", "hosts", "signin", "cp-down",
-		"capsules-stats", "capsules-stats-dark", "capsules-stats-375", "capsule-metrics", "audit", "channels"} {
+		"capsules-stats", "capsules-stats-dark", "capsules-stats-375", "capsule-metrics", "audit", "audit-375", "channels", "channels-375"} {
 		if _, err := os.Stat(filepath.Join(artifacts, name+".png")); err != nil {
 			t.Errorf("screenshot %s missing: %v", name, err)
 		}

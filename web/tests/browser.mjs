@@ -292,6 +292,14 @@ try {
 	});
 
 	// ---- Capsule stats, capsule metrics, audit log, channels (dasha) ----
+	/** A screenshot at 375px wide, failing if the page is wider than that screen. */
+	async function narrow(p, name) {
+		await p.setViewportSize({ width: 375, height: 800 });
+		await shot(p, name);
+		const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+		await p.setViewportSize({ width: 1440, height: 900 });
+		if (overflow > 0) throw new Error(`${name}: the page is ${overflow}px wider than a 375px screen`);
+	}
 	await run('capsule stats: charts with data, range in the URL', async () => {
 		await nav(page).getByRole('link', { name: /Capsules/ }).click();
 		await page.getByRole('navigation', { name: 'Capsules' }).getByRole('link', { name: 'Stats' }).click();
@@ -326,11 +334,7 @@ try {
 		await page.getByLabel('Theme').selectOption('system');
 		await page.reload();
 		await page.getByRole('link', { name: 'Last 5 minutes' }).and(page.locator('[aria-current="true"]')).waitFor();
-		await page.setViewportSize({ width: 375, height: 800 });
-		await shot(page, 'capsules-stats-375');
-		const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-		if (overflow > 0) throw new Error(`the stats page is ${overflow}px wider than a 375px screen`);
-		await page.setViewportSize({ width: 1440, height: 900 });
+		await narrow(page, 'capsules-stats-375');
 	});
 
 	await run('capsule metrics: charts with data', async () => {
@@ -369,6 +373,7 @@ try {
 		await page.getByRole('button', { name: 'Clear' }).click();
 		await page.waitForURL('**/dashboard/audit');
 		await page.locator('tr[data-audit="api_key.created"]').waitFor();
+		await narrow(page, 'audit-375');
 	});
 
 	await run('channels: test a webhook, create, edit, deliveries, rotate', async () => {
@@ -423,6 +428,7 @@ try {
 		if ((await page.content()).includes(generated)) throw new Error('the generated secret is still on the page');
 		const rotated = await receivedEvent('channel.config_rotated');
 		if (!signedWith(rotated, generated) || !signedWith(rotated, secret)) throw new Error('channel.config_rotated is not signed with both the new and the old secret');
+		await narrow(page, 'channels-375');
 	});
 	// ---- end of the dasha block ----
 
