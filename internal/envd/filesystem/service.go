@@ -213,14 +213,12 @@ func (s *Service) list(ctx context.Context, dir string, depth int, res *pb.ListD
 	return nil
 }
 
-// Remove implements Filesystem.Remove (recursive).
+// Remove implements Filesystem.Remove (recursive). A path that does not
+// exist is already removed: success, as os.RemoveAll and E2B's envd answer.
 func (s *Service) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
 	p, _, err := s.resolve(req.Header(), req.Msg.GetPath())
 	if err != nil {
 		return nil, err
-	}
-	if _, err := os.Lstat(p); err != nil {
-		return nil, fsErr("remove", req.Msg.GetPath(), err)
 	}
 	if err := os.RemoveAll(p); err != nil {
 		return nil, fsErr("remove", req.Msg.GetPath(), err)

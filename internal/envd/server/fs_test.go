@@ -133,14 +133,28 @@ func TestFilesystemRPCs(t *testing.T) {
 	})
 
 	t.Run("remove", func(t *testing.T) {
-		if _, err := e.fs.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: filepath.Join(dir, "a")})); err != nil {
-			t.Fatal(err)
+		must(os.WriteFile(filepath.Join(dir, "plain"), nil, 0o644))
+		tests := []struct {
+			name     string
+			path     string
+			wantCode connect.Code
+		}{
+			{"a directory tree", filepath.Join(dir, "a"), 0},
+			{"the same path again (already gone)", filepath.Join(dir, "a"), 0},
+			{"a path that never existed", filepath.Join(dir, "never", "was"), 0},
+			{"below a file", filepath.Join(dir, "plain", "x"), connect.CodeInvalidArgument},
+			{"a file", filepath.Join(dir, "plain"), 0},
+			{"an empty path", "", connect.CodeInvalidArgument},
 		}
-		if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
-			t.Errorf("still there: %v", err)
-		}
-		if _, err := e.fs.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: filepath.Join(dir, "a")})); codeOf(err) != connect.CodeNotFound {
-			t.Errorf("remove missing: %v", err)
+		for _, tc := range tests {
+			_, err := e.fs.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: tc.path}))
+			if codeOf(err) != tc.wantCode {
+				t.Errorf("remove %s: %v, want %v", tc.name, err, tc.wantCode)
+				continue
+			}
+			if _, serr := os.Lstat(tc.path); err == nil && !os.IsNotExist(serr) {
+				t.Errorf("remove %s: still there: %v", tc.name, serr)
+			}
 		}
 	})
 }
