@@ -11,12 +11,13 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/wrenn-dev/wrenn/internal/envd/filemeta"
 	"github.com/wrenn-dev/wrenn/internal/envd/paths"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 )
 
 // entryInfo describes the host path p. A symlink is described by what it
-// resolves to (type, size, mode, owner) with the resolved
+// resolves to (type, size, mode, owner, metadata) with the resolved
 // absolute path as its target, as E2B's envd does; a dangling one as a
 // symlink.
 func entryInfo(r paths.Resolver, p string) (*pb.EntryInfo, error) {
@@ -33,11 +34,12 @@ func entryFromInfo(r paths.Resolver, p string, st fs.FileInfo) *pb.EntryInfo {
 	if e.Name == "" || e.Name == "." {
 		e.Name = filepath.Base(e.Path)
 	}
+	described := p
 	if st.Mode()&fs.ModeSymlink != 0 {
 		if target, tst, ok := resolveLink(p); ok {
 			t := r.Client(target)
 			e.SymlinkTarget = &t
-			st = tst
+			st, described = tst, target
 		} else if target, err := os.Readlink(p); err == nil {
 			if !filepath.IsAbs(target) {
 				target = filepath.Join(filepath.Dir(p), target)
@@ -62,6 +64,9 @@ func entryFromInfo(r paths.Resolver, p string, st fs.FileInfo) *pb.EntryInfo {
 		e.Owner = userName(sys.Uid)
 		e.Group = groupName(sys.Gid)
 	}
+	// Unreadable metadata leaves the entry without it rather than failing
+	// a listing.
+	e.Metadata, _ = filemeta.Read(described)
 	return e
 }
 

@@ -15,6 +15,8 @@ import (
 	"syscall"
 
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
+	"github.com/wrenn-dev/wrenn/internal/envd/filemeta"
+	"github.com/wrenn-dev/wrenn/internal/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
 )
 
@@ -26,6 +28,8 @@ type EntryInfo struct {
 	Path string `json:"path"`
 	Name string `json:"name"`
 	Type string `json:"type"`
+	// Metadata is the file's user metadata (filemeta) after the write.
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // requestUser resolves the "username" query parameter (default user when absent).
@@ -123,6 +127,11 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	qpath := r.URL.Query().Get("path")
+	md, err := filemeta.FromHeader(r.Header)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	body := io.Reader(r.Body)
 	if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
 		zr, err := gzip.NewReader(r.Body)
@@ -166,7 +175,7 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, "path query parameter or a part file name is required")
 				return
 			}
-			e, code, err := a.writeFile(u, target, part)
+			e, code, err := a.writeFile(u, target, part, md)
 			part.Close()
 			if err != nil {
 				writeError(w, code, err.Error())
@@ -183,7 +192,7 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "path query parameter is required for a raw body")
 			return
 		}
-		e, code, err := a.writeFile(u, qpath, body)
+		e, code, err := a.writeFile(u, qpath, body, md)
 		if err != nil {
 			writeError(w, code, err.Error())
 			return
@@ -194,8 +203,9 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeFile streams src to the client path target through atomicfile, so
-// readers never see a partial file; an existing file keeps its mode.
-func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo, int, error) {
+// readers never see a partial file; an existing file keeps its mode and
+// metadata, md is added to it.
+func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[string]string) (EntryInfo, int, error) {
 	p, err := a.cfg.Env.Resolver.Resolve(target, u.Home)
 	if err != nil {
 		return EntryInfo{}, http.StatusBadRequest, err
@@ -207,7 +217,7 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo,
 	if err := checkWritable(u, p); err != nil {
 		return EntryInfo{}, http.StatusUnauthorized, fmt.Errorf("user %q may not write %q: %w", u.Name, target, err)
 	}
-	if err := mkdirAllAs(dir, u); err != nil {
+	if err := filesystem.MkdirAllAs(dir, u); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create parent directories of %q: %w", target, err)
 	}
 	mode := os.FileMode(0o644)
@@ -228,10 +238,17 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo,
 			return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chown %q: %w", target, err)
 		}
 	}
+	if err := filemeta.Carry(f.Temp(), p, md); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("metadata of %q: %w", target, err)
+	}
 	if err := f.Commit(); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
-	return EntryInfo{Path: a.cfg.Env.Resolver.Client(p), Name: filepath.Base(p), Type: "file"}, 0, nil
+	got, err := filemeta.Read(p)
+	if err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("read metadata of %q: %w", target, err)
+	}
+	return EntryInfo{Path: a.cfg.Env.Resolver.Client(p), Name: filepath.Base(p), Type: "file", Metadata: got}, 0, nil
 }
 
 func errStatus(err error) int {
@@ -240,6 +257,8 @@ func errStatus(err error) int {
 		return http.StatusInsufficientStorage
 	case errors.Is(err, fs.ErrPermission):
 		return http.StatusUnauthorized
+	case errors.Is(err, filemeta.ErrInvalid):
+		return http.StatusBadRequest
 	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENAMETOOLONG):
 		return http.StatusBadRequest
 	default:
@@ -270,31 +289,6 @@ func checkWritable(u *users.User, p string) error {
 			return nil
 		}
 	}
-}
-
-// mkdirAllAs creates dir and missing parents, owned by u.
-func mkdirAllAs(dir string, u *users.User) error {
-	if st, err := os.Stat(dir); err == nil {
-		if !st.IsDir() {
-			return fmt.Errorf("%s: %w", dir, syscall.ENOTDIR)
-		}
-		return nil
-	}
-	parent := filepath.Dir(dir)
-	if parent != dir {
-		if err := mkdirAllAs(parent, u); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	if !u.IsSelf() {
-		if err := os.Lchown(dir, int(u.UID), int(u.GID)); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // rawFileName returns the filename parameter as sent: E2B SDKs put a whole
