@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envd/filemeta"
 	"github.com/wrenn-dev/wrenn/internal/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
@@ -202,8 +201,9 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, written)
 }
 
-// writeFile streams src to the client path target through atomicfile, so
-// readers never see a partial file; an existing file keeps its mode and
+// writeFile streams src to the client path target through a staged
+// atomic replacement (uploads), so readers never see a partial file and a
+// failed upload leaves the old content; an existing file keeps its mode and
 // metadata, md is added to it.
 func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[string]string) (EntryInfo, int, error) {
 	p, err := a.cfg.Env.Resolver.Resolve(target, u.Home)
@@ -224,7 +224,7 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[stri
 	if st, err := os.Stat(p); err == nil {
 		mode = st.Mode().Perm()
 	}
-	f, err := atomicfile.New(p, mode)
+	f, err := a.cfg.Env.Uploads.Create(p, mode)
 	if err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create temporary file for %q: %w", target, err)
 	}
@@ -244,6 +244,7 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[stri
 	if err := f.Commit(); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
+	a.cfg.Env.Uploads.Landed(p)
 	got, err := filemeta.Read(p)
 	if err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("read metadata of %q: %w", target, err)
