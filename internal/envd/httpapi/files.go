@@ -210,19 +210,27 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[stri
 	if err != nil {
 		return EntryInfo{}, http.StatusBadRequest, err
 	}
-	if st, err := os.Stat(p); err == nil && st.IsDir() {
+	existing, err := os.Stat(p)
+	if err != nil {
+		existing = nil
+	}
+	if existing != nil && existing.IsDir() {
 		return EntryInfo{}, http.StatusBadRequest, fmt.Errorf("path %q is a directory", target)
 	}
-	dir := filepath.Dir(p)
-	if err := checkWritable(u, p); err != nil {
+	if err := checkWritable(u, p, existing); err != nil {
 		return EntryInfo{}, http.StatusUnauthorized, fmt.Errorf("user %q may not write %q: %w", u.Name, target, err)
 	}
-	if err := filesystem.MkdirAllAs(dir, u); err != nil {
+	if err := filesystem.MkdirAllAs(filepath.Dir(p), u); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create parent directories of %q: %w", target, err)
 	}
-	mode := os.FileMode(0o644)
-	if st, err := os.Stat(p); err == nil {
-		mode = st.Mode().Perm()
+	// A new file is the user's; a replaced one keeps its owner and mode,
+	// as a write in place would.
+	mode, owner := os.FileMode(0o644), ownerOf(u)
+	if existing != nil {
+		mode = existing.Mode().Perm()
+		if sys, ok := existing.Sys().(*syscall.Stat_t); ok {
+			owner = &[2]int{int(sys.Uid), int(sys.Gid)}
+		}
 	}
 	f, err := a.cfg.Env.Uploads.Create(p, mode)
 	if err != nil {
@@ -233,8 +241,8 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[stri
 	if _, err := io.CopyBuffer(f, src, buf); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
-	if !u.IsSelf() {
-		if err := f.Temp().Chown(int(u.UID), int(u.GID)); err != nil {
+	if owner != nil && (owner[0] != os.Getuid() || owner[1] != os.Getgid()) {
+		if err := f.Temp().Chown(owner[0], owner[1]); err != nil {
 			return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chown %q: %w", target, err)
 		}
 	}
@@ -268,12 +276,16 @@ func errStatus(err error) int {
 }
 
 // checkWritable applies the permissions u would meet writing p, since envd
-// itself runs as root: the file, if it exists, must be writable by u, and the
-// nearest existing directory above it writable and searchable (that is
+// itself runs as root: an existing file (existing, nil if none) must be
+// writable by u, as for a write in place; for a new file the nearest
+// existing directory above it must be writable and searchable (that is
 // where u's new file or directories go).
-func checkWritable(u *users.User, p string) error {
-	if st, err := os.Stat(p); err == nil && !canAccess(u, st, 2) {
-		return fs.ErrPermission
+func checkWritable(u *users.User, p string, existing fs.FileInfo) error {
+	if existing != nil {
+		if !canAccess(u, existing, 2) {
+			return fs.ErrPermission
+		}
+		return nil
 	}
 	for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
 		st, err := os.Stat(dir)
@@ -290,6 +302,14 @@ func checkWritable(u *users.User, p string) error {
 			return nil
 		}
 	}
+}
+
+// ownerOf is the uid and gid a new file of u gets (nil: envd's own).
+func ownerOf(u *users.User) *[2]int {
+	if u.IsSelf() {
+		return nil
+	}
+	return &[2]int{int(u.UID), int(u.GID)}
 }
 
 // rawFileName returns the filename parameter as sent: E2B SDKs put a whole
