@@ -104,7 +104,9 @@ func (c *Config) setDefaults() {
 		c.DebianSuite = "bookworm"
 	}
 	if c.BaseSizeMiB <= 0 {
-		c.BaseSizeMiB = 2048
+		// As minimal: a sandbox asks for more with disk_mb (the guest grows
+		// its filesystem), and a template row cannot ask for less.
+		c.BaseSizeMiB = 1024
 	}
 	if c.Jobs <= 0 {
 		c.Jobs = runtime.NumCPU()
