@@ -118,6 +118,25 @@ step('files write/read/list/info/rename/remove')
   await assert.rejects(sbx.files.read(`${dir}/nope`))
 }
 
+step('file metadata, symlink info, removing what is not there')
+{
+  const md = { owner: 'alice', build: '7' }
+  const p = `${dir}/meta/m.txt`
+  const info = await sbx.files.write(p, 'm', { metadata: md })
+  assert.deepEqual(info.metadata, md)
+  assert.deepEqual((await sbx.files.getInfo(p)).metadata, md)
+  const ls = await sbx.files.list(`${dir}/meta`)
+  assert.deepEqual(ls.map((e) => e.metadata), [md])
+  const moved = await sbx.files.rename(p, `${dir}/meta/n.txt`)
+  assert.deepEqual(moved.metadata, md)
+  await sbx.commands.run(`ln -s n.txt ${dir}/meta/link`)
+  const li = await sbx.files.getInfo(`${dir}/meta/link`)
+  assert.equal(li.type, 'file')
+  assert.equal(li.symlinkTarget, `${dir}/meta/n.txt`)
+  assert.deepEqual(li.metadata, md)
+  await sbx.files.remove(`${dir}/meta/never-was`)
+}
+
 step('watch dir')
 {
   const wdir = `${dir}/watched`
