@@ -195,6 +195,9 @@ func (s *Service) list(ctx context.Context, dir string, depth int, res *pb.ListD
 			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("more than %d entries: list with a smaller depth", MaxListEntries))
 		}
 		full := filepath.Join(dir, de.Name())
+		if s.env.Uploads.IsStaging(full) {
+			continue // envd's own, like the watchers it is hidden from
+		}
 		info, err := de.Info()
 		if err != nil {
 			continue // removed while listing

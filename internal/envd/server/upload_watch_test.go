@@ -168,6 +168,15 @@ func TestUploadSeenByWatchers(t *testing.T) {
 			if b, _ := os.ReadFile(p); string(b) != tc.wantContent {
 				t.Errorf("content %q, want %q", b, tc.wantContent)
 			}
+			list, err := e.fs.ListDir(ctxT(t, 10*time.Second), connect.NewRequest(&fspb.ListDirRequest{Path: "/"}))
+			if err != nil {
+				t.Fatalf("list /: %v", err)
+			}
+			for _, en := range list.Msg.Entries {
+				if en.Name == uploads.StagingName {
+					t.Errorf("ListDir / shows the staging directory")
+				}
+			}
 			ents, _ := os.ReadDir(filepath.Dir(p))
 			for _, en := range ents {
 				if strings.Contains(en.Name(), ".tmp-") {
