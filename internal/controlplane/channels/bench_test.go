@@ -32,6 +32,11 @@ type benchWorld struct {
 	total   atomic.Int64
 }
 
+// benchSandboxes is how many sandboxes the events are about: a channel
+// has one attempt in flight per sandbox, so with one the benchmark would
+// measure a single sandbox's serial stream, not the dispatcher.
+const benchSandboxes = 100
+
 // benchChannelCounts: 1 channel is the baseline the 10-channel goal is
 // compared with in the same run.
 var benchChannelCounts = []int{1, 10}
@@ -75,7 +80,7 @@ func (bw *benchWorld) publishAt(ctx context.Context, pipe redis.Pipeliner, n int
 	out := make([]string, n)
 	for i := range n {
 		ev := events.Event{ID: ids.New("evt-"), Type: "sandbox.created", OccurredAt: time.Now().UTC(), TeamID: bw.team,
-			Actor: events.Actor{Type: "system"}, Resource: events.Resource{Type: "sandbox", ID: "sb-bench"}, Status: "success"}
+			Actor: events.Actor{Type: "system"}, Resource: events.Resource{Type: "sandbox", ID: fmt.Sprintf("sb-bench-%d", i%benchSandboxes)}, Status: "success"}
 		raw, _ := json.Marshal(ev)
 		pipe.XAdd(ctx, &redis.XAddArgs{Stream: events.StreamKey, Values: map[string]any{events.Field: string(raw)}})
 		out[i] = ev.ID

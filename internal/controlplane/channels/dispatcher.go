@@ -124,17 +124,31 @@ type cachedChannel struct {
 const channelTTL = time.Second
 
 // channelQueue is one channel's taken deliveries waiting for an attempt,
-// oldest first, and how many workers (at most PerChannel) drain it.
+// kept per resource (a sandbox, a template...) oldest first: a resource
+// has at most one attempt in flight per channel, so its events reach the
+// channel in the order they were taken. ready holds the resources with
+// deliveries waiting and none in flight, in the order they became ready;
+// at most PerChannel workers drain them.
 type channelQueue struct {
-	items   []queued
-	workers int
+	byResource map[string][]queued
+	inFlight   map[string]bool
+	ready      []string
+	workers    int
 }
 
-// queued is a taken delivery and its event, when already decoded (a
-// first attempt: the entry's event; a retry decodes the row's payload).
+// queued is a taken delivery and its event (decoded once per entry), or
+// why its payload cannot be decoded.
 type queued struct {
-	row db.ChannelDelivery
-	ev  *events.Event
+	row       db.ChannelDelivery
+	ev        *events.Event
+	decodeErr error
+}
+
+func (it queued) resource() string {
+	if it.ev == nil {
+		return ""
+	}
+	return it.ev.Resource.Type + "/" + it.ev.Resource.ID
 }
 
 // NewDispatcher builds a dispatcher over the service's channels.
@@ -396,45 +410,72 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 // takes a slot of the global pool per attempt, so a slow channel holds at
 // most PerChannel slots and never delays another channel's queue. Few
 // long-lived workers, not a goroutine per delivery: a burst of thousands
-// of deliveries costs no goroutine churn, and each channel's deliveries
-// start in the order they were taken.
+// of deliveries costs no goroutine churn.
 func (d *Dispatcher) dispatch(ctx context.Context, item queued) {
+	if item.ev == nil {
+		ev, err := events.Decode(item.row.Payload)
+		item.ev, item.decodeErr = &ev, err
+		if err != nil {
+			item.ev = nil
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	id := item.row.ChannelID
+	id, res := item.row.ChannelID, item.resource()
 	q := d.perCh[id]
 	if q == nil {
-		q = &channelQueue{}
+		q = &channelQueue{byResource: map[string][]queued{}, inFlight: map[string]bool{}}
 		d.perCh[id] = q
 	}
-	q.items = append(q.items, item)
-	if q.workers < d.cfg.PerChannel {
+	q.byResource[res] = append(q.byResource[res], item)
+	if !q.inFlight[res] && len(q.byResource[res]) == 1 {
+		q.ready = append(q.ready, res)
+	}
+	if q.workers < d.cfg.PerChannel && len(q.ready) > 0 {
 		q.workers++
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.drain(ctx, id, q) }()
 	}
 }
 
-// next pops the channel's oldest queued delivery; ok is false when the
-// queue is empty, and then this worker has ended.
-func (d *Dispatcher) next(id string, q *channelQueue) (item queued, ok bool) {
+// next ends the worker's attempt of done (nil at its start) and takes the
+// oldest delivery of the resource that became ready first; ok is false
+// when none is ready, and then this worker has ended (the workers with
+// attempts in flight take their resources' next deliveries).
+func (d *Dispatcher) next(id string, q *channelQueue, done *queued) (item queued, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(q.items) == 0 {
+	if done != nil {
+		res := done.resource()
+		delete(q.inFlight, res)
+		if len(q.byResource[res]) > 0 {
+			q.ready = append(q.ready, res)
+		}
+	}
+	if len(q.ready) == 0 {
 		if q.workers--; q.workers == 0 {
 			delete(d.perCh, id)
 		}
 		return queued{}, false
 	}
-	item = q.items[0]
-	q.items[0] = queued{}
-	q.items = q.items[1:]
+	res := q.ready[0]
+	q.ready = q.ready[1:]
+	items := q.byResource[res]
+	item = items[0]
+	if len(items) == 1 {
+		delete(q.byResource, res)
+	} else {
+		items[0] = queued{}
+		q.byResource[res] = items[1:]
+	}
+	q.inFlight[res] = true
 	return item, true
 }
 
 func (d *Dispatcher) drain(ctx context.Context, id string, q *channelQueue) {
+	var done *queued
 	for {
-		item, ok := d.next(id, q)
+		item, ok := d.next(id, q, done)
 		if !ok {
 			return
 		}
@@ -450,6 +491,7 @@ func (d *Dispatcher) drain(ctx context.Context, id string, q *channelQueue) {
 		}
 		d.attempt(ctx, item)
 		<-d.global
+		done = &item
 	}
 }
 
@@ -459,10 +501,14 @@ func (d *Dispatcher) drain(ctx context.Context, id string, q *channelQueue) {
 func (d *Dispatcher) abandon(id string, q *channelQueue, held queued) {
 	ids := []string{held.row.ID}
 	d.mu.Lock()
-	for _, it := range q.items {
-		ids = append(ids, it.row.ID)
+	for _, items := range q.byResource {
+		for _, it := range items {
+			ids = append(ids, it.row.ID)
+		}
 	}
-	q.items = nil
+	clear(q.byResource)
+	q.ready = nil
+	delete(q.inFlight, held.resource())
 	if q.workers--; q.workers == 0 {
 		delete(d.perCh, id)
 	}
@@ -514,15 +560,11 @@ func (d *Dispatcher) attempt(ctx context.Context, item queued) {
 		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: errors.New("the channel's config cannot be opened with the configured keys")})
 		return
 	}
-	ev := item.ev
-	if ev == nil {
-		decoded, err := events.Decode(row.Payload)
-		if err != nil {
-			d.finish(ctx, row, StatusFailed, n, 0, Result{Err: err})
-			return
-		}
-		ev = &decoded
+	if item.decodeErr != nil {
+		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: item.decodeErr})
+		return
 	}
+	ev := item.ev
 	sctx, cancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
 	r := d.svc.d.Sender.Send(sctx, ch.Provider, sc.Config, Message{Event: *ev, Payload: []byte(row.Payload), Attempt: int(n),
 		ChannelID: ch.ID, Previous: sc.previous(time.Now())})
