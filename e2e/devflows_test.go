@@ -223,18 +223,21 @@ func TestDevChannelsAndBuilds(t *testing.T) {
 	if got, _ := recv.typesFor(*bv.SandboxID); !slices.Contains(got, "sandbox.destroyed") {
 		t.Errorf("events of the build sandbox %s: %v, want its destroy among them", *bv.SandboxID, got)
 	}
-	var deliveries struct {
-		Deliveries []struct {
-			Status string `json:"status"`
-		} `json:"deliveries"`
-	}
-	admin.must(t, http.MethodGet, "/v1/channels/"+ch.ID+"/deliveries", nil, &deliveries, http.StatusOK)
-	for _, d := range deliveries.Deliveries {
-		if d.Status != "delivered" {
-			t.Errorf("a delivery is %q, want delivered: %+v", d.Status, deliveries.Deliveries)
-			break
+	// The outcomes are recorded just after the receiver answered.
+	eventually(t, 10*time.Second, "every delivery recorded delivered", func() (bool, string) {
+		var deliveries struct {
+			Deliveries []struct {
+				Status string `json:"status"`
+			} `json:"deliveries"`
 		}
-	}
+		admin.must(t, http.MethodGet, "/v1/channels/"+ch.ID+"/deliveries", nil, &deliveries, http.StatusOK)
+		for _, d := range deliveries.Deliveries {
+			if d.Status != "delivered" {
+				return false, fmt.Sprintf("%+v", deliveries.Deliveries)
+			}
+		}
+		return len(deliveries.Deliveries) > 0, "none"
+	})
 	stopDev(t, dev, ds.dataDir, ds.wrennDir, ds.prefix)
 }
 
