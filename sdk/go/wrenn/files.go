@@ -21,8 +21,8 @@ type Entry = wrennapi.Entry
 // WriteResult is a written file's path and size.
 type WriteResult = wrennapi.WriteResult
 
-// Write streams r into the file at path (created or replaced, with its
-// parent directories); nothing is held in memory.
+// Write streams r into the file at path (created or replaced; its
+// directory must exist: see MakeDir); nothing is held in memory.
 func (f Files) Write(ctx context.Context, path string, r io.Reader) (*WriteResult, error) {
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
@@ -48,7 +48,7 @@ func (f Files) Write(ctx context.Context, path string, r io.Reader) (*WriteResul
 func (f Files) Read(ctx context.Context, path string) (io.ReadCloser, error) {
 	resp, err := f.s.c.api.ReadFile(ctx, f.s.Id, wrennapi.ReadFileJSONRequestBody{Path: path})
 	if err != nil {
-		return nil, fmt.Errorf("wrenn: read %s: %w", path, err)
+		return nil, err
 	}
 	if resp.ContentLength >= 0 {
 		return &sizedBody{rc: resp.Body, left: resp.ContentLength}, nil
