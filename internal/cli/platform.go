@@ -16,8 +16,8 @@ import (
 	"github.com/wrenn-dev/wrenn/sdk/go/wrenn"
 )
 
-func groupCmd(use, short string, aliases []string, subs ...*cobra.Command) *cobra.Command {
-	cmd := &cobra.Command{Use: use, Short: short, Aliases: aliases, Args: noArgs,
+func groupCmd(use, short, example string, aliases []string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short, Example: example, Aliases: aliases, Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
 	cmd.AddCommand(subs...)
 	return cmd
@@ -77,7 +77,8 @@ func newSnapshotCmd(f *userFlags) *cobra.Command {
 			return nil
 		},
 	}
-	return groupCmd("snapshot", "Save sandboxes as snapshots, list and delete them", []string{"snapshots"}, create, list, rm)
+	return groupCmd("snapshot", "Save sandboxes as snapshots, list and delete them",
+		"  wrenn snapshot create sb-abc123 --name with-deps\n  wrenn snapshot list\n  wrenn snapshot rm with-deps", []string{"snapshots"}, create, list, rm)
 }
 
 var snapshotHeader = []string{"NAME", "ID", "VCPUS", "MEMORY", "SIZE", "CREATED"}
@@ -105,7 +106,8 @@ func newTemplateCmd(f *userFlags) *cobra.Command {
 			return f.print(cmd.OutOrStdout(), ts, []string{"NAME", "KIND", "SCOPE", "VCPUS", "MEMORY", "DISK"}, rows)
 		},
 	}
-	return groupCmd("template", "List templates and build new ones from recipes", []string{"templates"}, list, newTemplateBuildCmd(f))
+	return groupCmd("template", "List templates and build new ones from recipes",
+		"  wrenn template list\n  wrenn template build --name app -f recipe.txt --archive ./files", []string{"templates"}, list, newTemplateBuildCmd(f))
 }
 
 func newTemplateBuildCmd(f *userFlags) *cobra.Command {
@@ -343,5 +345,6 @@ func newKeysCmd(f *userFlags) *cobra.Command {
 			return nil
 		},
 	}
-	return groupCmd("keys", "Create, list and revoke team API keys (needs a session)", []string{"key", "api-keys"}, create, list, revoke)
+	return groupCmd("keys", "Create, list and revoke team API keys (needs a session)",
+		"  wrenn keys create ci\n  wrenn keys list\n  wrenn keys revoke key-abc123", []string{"key", "api-keys"}, create, list, revoke)
 }

@@ -17,8 +17,12 @@ func newSandboxCmd(f *userFlags) *cobra.Command {
 		Use:     "sandbox",
 		Aliases: []string{"sandboxes", "sb"},
 		Short:   "Create, list, run commands in and copy files to and from sandboxes",
-		Args:    noArgs,
-		RunE:    func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		Example: `  id=$(wrenn sandbox create -o json | jq -r .id)
+  wrenn sandbox exec $id -- uname -a
+  wrenn sandbox shell $id
+  wrenn sandbox rm $id`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newSandboxCreateCmd(f), newSandboxListCmd(f), newSandboxGetCmd(f), newSandboxRmCmd(f),
 		newSandboxStateCmd(f, "pause", "Pause sandboxes (memory snapshot; resume later)", (*wrenn.Sandbox).Pause),
@@ -226,12 +230,9 @@ func newSandboxExecCmd(f *userFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// Flags stop at the ID, so a "--" after it is still here.
-			if args[1] == "--" {
-				args = append(args[:1], args[2:]...)
-			}
-			if len(args) < 2 {
-				return usageError{fmt.Errorf("%s needs a command after the sandbox ID", cmd.CommandPath())}
+			// The command's own flags must not be read as ours.
+			if cmd.ArgsLenAtDash() != 1 {
+				return usageError{fmt.Errorf("put the command after -- (wrenn sandbox exec ID [flags] -- CMD [ARGS...])")}
 			}
 			opts.Env, opts.Args, opts.Timeout = e, args[2:], timeout
 			opts.Stdout, opts.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
@@ -259,8 +260,6 @@ func newSandboxExecCmd(f *userFlags) *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	// Flags after the sandbox ID belong to the command.
-	fl.SetInterspersed(false)
 	fl.StringVar(&opts.Cwd, "cwd", "", "working directory")
 	fl.StringVar(&opts.User, "user", "", "user to run as (default: the template's)")
 	fl.StringArrayVar(&env, "env", nil, "environment variable key=value (repeatable)")

@@ -152,6 +152,9 @@ func TestUserCLI(t *testing.T) {
 		{"stderr and its code", []string{"stderr", "oops"}, "", "", "oops", 2},
 		{"unknown command", []string{"nope"}, "", "", "", 127},
 	}
+	if r := u.run("", "sandbox", "exec", sb.ID, "echo", "x"); r.code != ExitUsage || !strings.Contains(r.stderr, "after --") {
+		t.Fatalf("exec without --: %+v", r)
+	}
 	for _, e := range execs {
 		t.Run("exec/"+e.name, func(t *testing.T) {
 			u := u.with(t)
@@ -376,7 +379,8 @@ func TestUserCommandsHaveExamples(t *testing.T) {
 		}
 		if c.HasSubCommands() {
 			walk(c)
-		} else if c.Example == "" {
+		}
+		if c.Example == "" {
 			t.Errorf("%s has no examples", name)
 		}
 	}
