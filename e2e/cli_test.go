@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,34 +32,16 @@ type cliUser struct {
 	env []string
 }
 
-type cliResult struct {
-	stdout, stderr string
-	code           int
-}
-
-func (u cliUser) run(stdin string, args ...string) cliResult {
+func (u cliUser) run(stdin string, args ...string) testenv.Result {
 	u.t.Helper()
-	cmd := exec.Command(u.bin, args...)
-	cmd.Env = u.env
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var ee *exec.ExitError
-	code := 0
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		u.t.Fatal(err)
-	}
-	return cliResult{out.String(), errOut.String(), code}
+	return testenv.RunProgram(u.t, u.env, stdin, u.bin, args...)
 }
 
-func (u cliUser) must(args ...string) cliResult {
+func (u cliUser) must(args ...string) testenv.Result {
 	u.t.Helper()
 	r := u.run("", args...)
-	if r.code != 0 {
-		u.t.Fatalf("wrenn %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stderr)
+	if r.Code != 0 {
+		u.t.Fatalf("wrenn %s: exit %d\n%s", strings.Join(args, " "), r.Code, r.Stderr)
 	}
 	return r
 }
@@ -74,11 +55,11 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 	p := startBuildPlatform(t)
 	home := t.TempDir()
 	u := cliUser{t: t, bin: wrennBin(t), env: childEnv("HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "TERM=xterm")}
-	if r := u.run(e2ePassword(p.adminEmail)+"\n", "login", "--url", p.base, "--email", p.adminEmail); r.code != 0 {
+	if r := u.run(e2ePassword(p.adminEmail)+"\n", "login", "--url", p.base, "--email", p.adminEmail); r.Code != 0 {
 		t.Fatalf("login: %+v", r)
 	}
 	var sb struct{ ID, Status string }
-	if err := json.Unmarshal([]byte(u.must("sandbox", "create", "--timeout", "0", "-o", "json").stdout), &sb); err != nil || sb.Status != "running" {
+	if err := json.Unmarshal([]byte(u.must("sandbox", "create", "--timeout", "0", "-o", "json").Stdout), &sb); err != nil || sb.Status != "running" {
 		t.Fatalf("create: %+v %v", sb, err)
 	}
 
@@ -86,10 +67,10 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 		u := u
 		u.t = t
 		r := u.run("", "sandbox", "exec", sb.ID, "--", "sh", "-c", "echo out; echo err >&2; exit 7")
-		if r.code != 7 || r.stdout != "out\n" || r.stderr != "err\n" {
+		if r.Code != 7 || r.Stdout != "out\n" || r.Stderr != "err\n" {
 			t.Fatalf("exec: %+v", r)
 		}
-		if r := u.run("in from stdin", "sandbox", "exec", "-i", sb.ID, "--", "cat"); r.code != 0 || r.stdout != "in from stdin" {
+		if r := u.run("in from stdin", "sandbox", "exec", "-i", sb.ID, "--", "cat"); r.Code != 0 || r.Stdout != "in from stdin" {
 			t.Fatalf("exec with stdin: %+v", r)
 		}
 	})
@@ -112,8 +93,8 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 		start := time.Now()
 		u.must("sandbox", "cp", src, sb.ID+":/home/user/big")
 		up := time.Since(start)
-		if r := u.must("sandbox", "exec", sb.ID, "--", "sha256sum", "/home/user/big"); !strings.HasPrefix(r.stdout, sum) {
-			t.Fatalf("in the sandbox: %q, want %s", r.stdout, sum)
+		if r := u.must("sandbox", "exec", sb.ID, "--", "sha256sum", "/home/user/big"); !strings.HasPrefix(r.Stdout, sum) {
+			t.Fatalf("in the sandbox: %q, want %s", r.Stdout, sum)
 		}
 		start = time.Now()
 		u.must("sandbox", "cp", sb.ID+":/home/user/big", filepath.Join(dir, "back"))
@@ -149,7 +130,7 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		screen := &syncScreen{}
+		screen := &testenv.SyncBuffer{}
 		go func() { _, _ = io.Copy(screen, ptmx) }()
 		waitScreen(t, screen, regexp.MustCompile(`[$#] $`), "the shell's prompt")
 		if _, err := ptmx.Write([]byte("echo h''i\r")); err != nil {
@@ -200,7 +181,7 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer term.Close()
-		screen := &syncScreen{}
+		screen := &testenv.SyncBuffer{}
 		go func() { _, _ = io.Copy(screen, term) }()
 		if err := term.Resize(ctx, 132, 43); err != nil {
 			t.Fatal(err)
@@ -230,12 +211,12 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := u.run("", "template", "build", "--name", "cli-tpl", "-f", filepath.Join(dir, "recipe.txt"), "--archive", filepath.Join(dir, "site"))
-		if r.code != 0 || !strings.Contains(r.stderr, "[1/3] mkdir -p /srv") || !strings.Contains(r.stderr, "[3/3] echo built-by-cli") ||
-			!strings.Contains(r.stderr, "succeeded") || !strings.Contains(r.stdout, "built-by-cli") {
+		if r.Code != 0 || !strings.Contains(r.Stderr, "[1/3] mkdir -p /srv") || !strings.Contains(r.Stderr, "[3/3] echo built-by-cli") ||
+			!strings.Contains(r.Stderr, "succeeded") || !strings.Contains(r.Stdout, "built-by-cli") {
 			t.Fatalf("template build: %+v", r)
 		}
 		var tpls []struct{ Name string }
-		if err := json.Unmarshal([]byte(u.must("template", "list", "-o", "json").stdout), &tpls); err != nil {
+		if err := json.Unmarshal([]byte(u.must("template", "list", "-o", "json").Stdout), &tpls); err != nil {
 			t.Fatal(err)
 		}
 		found := false
@@ -246,62 +227,43 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 			t.Fatalf("templates %+v lack cli-tpl", tpls)
 		}
 		var fromTpl struct{ ID string }
-		if err := json.Unmarshal([]byte(u.must("sandbox", "create", "--template", "cli-tpl", "-o", "json").stdout), &fromTpl); err != nil {
+		if err := json.Unmarshal([]byte(u.must("sandbox", "create", "--template", "cli-tpl", "-o", "json").Stdout), &fromTpl); err != nil {
 			t.Fatal(err)
 		}
-		if r := u.must("sandbox", "exec", fromTpl.ID, "--", "cat", "/srv/index.html"); r.stdout != "from the archive\n" {
-			t.Fatalf("file from the archive: %q", r.stdout)
+		if r := u.must("sandbox", "exec", fromTpl.ID, "--", "cat", "/srv/index.html"); r.Stdout != "from the archive\n" {
+			t.Fatalf("file from the archive: %q", r.Stdout)
 		}
 		u.must("sandbox", "rm", fromTpl.ID)
 		// A failing build exits non-zero with the step's error.
 		if err := os.WriteFile(filepath.Join(dir, "bad.txt"), []byte("exit 9\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if r := u.run("", "template", "build", "--name", "cli-bad", "-f", filepath.Join(dir, "bad.txt")); r.code != 1 || !strings.Contains(r.stderr, "failed") {
+		if r := u.run("", "template", "build", "--name", "cli-bad", "-f", filepath.Join(dir, "bad.txt")); r.Code != 1 || !strings.Contains(r.Stderr, "failed") {
 			t.Fatalf("failing build: %+v", r)
 		}
 	})
 	u.must("sandbox", "rm", sb.ID)
 }
 
-// syncScreen collects a terminal's output for several goroutines.
-type syncScreen struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncScreen) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncScreen) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func waitScreen(t *testing.T, s *syncScreen, re *regexp.Regexp, what string) {
+func waitScreen(t *testing.T, s *testenv.SyncBuffer, re *regexp.Regexp, what string) {
 	t.Helper()
 	eventually(t, 30*time.Second, what, func() (bool, string) { return re.MatchString(s.String()), s.String() })
 }
 
-// timedWriter records when its first and last writes came.
+// timedWriter records when its first and last writes came (ExecStream
+// writes from one goroutine, and the test reads after it returned).
 type timedWriter struct {
-	syncScreen
+	bytes.Buffer
 	first, last time.Time
 }
 
 func (w *timedWriter) Write(p []byte) (int, error) {
 	now := time.Now()
-	w.mu.Lock()
 	if w.first.IsZero() {
 		w.first = now
 	}
 	w.last = now
-	w.mu.Unlock()
-	return w.syncScreen.Write(p)
+	return w.Buffer.Write(p)
 }
 
 // BenchmarkCLIExec compares `wrenn sandbox exec ID -- true` (process start,
@@ -314,7 +276,7 @@ func BenchmarkCLIExec(b *testing.B) {
 	p := startBuildPlatform(b)
 	home := b.TempDir()
 	u := cliUser{t: b, bin: wrennBin(b), env: childEnv("HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))}
-	if r := u.run(e2ePassword(p.adminEmail)+"\n", "login", "--url", p.base, "--email", p.adminEmail); r.code != 0 {
+	if r := u.run(e2ePassword(p.adminEmail)+"\n", "login", "--url", p.base, "--email", p.adminEmail); r.Code != 0 {
 		b.Fatalf("login: %+v", r)
 	}
 	sb := p.admin.createSandbox(b)

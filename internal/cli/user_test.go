@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/cptest"
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // userCLI runs the built binary with its own config directory.
@@ -45,37 +47,19 @@ func (u *userCLI) with(t *testing.T) *userCLI {
 	return &c
 }
 
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
-func (u *userCLI) run(stdin string, args ...string) result {
+func (u *userCLI) run(stdin string, args ...string) testenv.Result {
 	u.t.Helper()
-	cmd := exec.Command(u.bin, args...)
-	cmd.Env = u.env
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		u.t.Fatal(err)
-	}
-	return result{out.String(), errOut.String(), code}
+	return testenv.RunProgram(u.t, u.env, stdin, u.bin, args...)
 }
 
 // must runs args and fails unless they exit 0.
 func (u *userCLI) must(args ...string) string {
 	u.t.Helper()
 	r := u.run("", args...)
-	if r.code != 0 {
-		u.t.Fatalf("wrenn %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stderr)
+	if r.Code != 0 {
+		u.t.Fatalf("wrenn %s: exit %d\n%s", strings.Join(args, " "), r.Code, r.Stderr)
 	}
-	return r.stdout
+	return r.Stdout
 }
 
 func (u *userCLI) json(out any, args ...string) {
@@ -87,10 +71,10 @@ func (u *userCLI) json(out any, args ...string) {
 }
 
 // oneLineError: exit 1 and the message on one line containing want.
-func oneLineError(t *testing.T, r result, want string) {
+func oneLineError(t *testing.T, r testenv.Result, want string) {
 	t.Helper()
-	if r.code != 1 || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
-		t.Fatalf("exit %d, stderr %q; want exit 1 and one line with %q", r.code, r.stderr, want)
+	if r.Code != 1 || !strings.Contains(r.Stderr, want) || strings.Count(strings.TrimSpace(r.Stderr), "\n") != 0 {
+		t.Fatalf("exit %d, stderr %q; want exit 1 and one line with %q", r.Code, r.Stderr, want)
 	}
 }
 
@@ -101,7 +85,7 @@ func TestUserCLI(t *testing.T) {
 
 	oneLineError(t, u.run("", "sandbox", "list"), "not logged in")
 	oneLineError(t, u.run(password+"\n", "login", "--url", u.cp.URL, "--email", email+"x"), "invalid")
-	if r := u.run(password+"\n", "login", "--url", u.cp.URL, "--email", email); r.code != 0 || !strings.Contains(r.stderr, "Logged in") {
+	if r := u.run(password+"\n", "login", "--url", u.cp.URL, "--email", email); r.Code != 0 || !strings.Contains(r.Stderr, "Logged in") {
 		t.Fatalf("login: %+v", r)
 	}
 	cfgPath := filepath.Join(u.env[2][len("XDG_CONFIG_HOME="):], "wrenn", "config.json")
@@ -152,14 +136,14 @@ func TestUserCLI(t *testing.T) {
 		{"stderr and its code", []string{"stderr", "oops"}, "", "", "oops", 2},
 		{"unknown command", []string{"nope"}, "", "", "", 127},
 	}
-	if r := u.run("", "sandbox", "exec", sb.ID, "echo", "x"); r.code != ExitUsage || !strings.Contains(r.stderr, "after --") {
+	if r := u.run("", "sandbox", "exec", sb.ID, "echo", "x"); r.Code != ExitUsage || !strings.Contains(r.Stderr, "after --") {
 		t.Fatalf("exec without --: %+v", r)
 	}
 	for _, e := range execs {
 		t.Run("exec/"+e.name, func(t *testing.T) {
 			u := u.with(t)
 			r := u.run(e.stdin, append([]string{"sandbox", "exec", sb.ID, "--"}, e.args...)...)
-			if r.code != e.code || r.stdout != e.stdout || (e.stderr != "" && r.stderr != e.stderr) {
+			if r.Code != e.code || r.Stdout != e.stdout || (e.stderr != "" && r.Stderr != e.stderr) {
 				t.Fatalf("got %+v", r)
 			}
 		})
@@ -248,7 +232,7 @@ func TestUserCLI(t *testing.T) {
 func TestShellRestoresTheTerminal(t *testing.T) {
 	u := newUserCLI(t)
 	u.cp.Signup(t, "shell@example.com", "a long shell passphrase")
-	if r := u.run("a long shell passphrase\n", "login", "--url", u.cp.URL, "--email", "shell@example.com"); r.code != 0 {
+	if r := u.run("a long shell passphrase\n", "login", "--url", u.cp.URL, "--email", "shell@example.com"); r.Code != 0 {
 		t.Fatalf("login %+v", r)
 	}
 	var sb struct{ ID string }
@@ -280,8 +264,8 @@ func TestShellRestoresTheTerminal(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var screen lockedBuffer
-	go func() { _, _ = screen.ReadFrom(ptmx) }()
+	var screen testenv.SyncBuffer
+	go func() { _, _ = io.Copy(&screen, ptmx) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for echoOn() {
 		if time.Now().After(deadline) {
@@ -321,39 +305,6 @@ func TestShellRestoresTheTerminal(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-type lockedBuffer struct {
-	mu  chan struct{}
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) lock() {
-	if b.mu == nil {
-		b.mu = make(chan struct{}, 1)
-	}
-	b.mu <- struct{}{}
-}
-
-func (b *lockedBuffer) ReadFrom(r interface{ Read([]byte) (int, error) }) (int64, error) {
-	p := make([]byte, 4096)
-	var n int64
-	for {
-		k, err := r.Read(p)
-		b.lock()
-		b.buf.Write(p[:k])
-		<-b.mu
-		n += int64(k)
-		if err != nil {
-			return n, err
-		}
-	}
-}
-
-func (b *lockedBuffer) String() string {
-	b.lock()
-	defer func() { <-b.mu }()
-	return b.buf.String()
 }
 
 // Every user command documents itself with examples.
