@@ -132,7 +132,8 @@ func TestCLIAndSDKOnVMs(t *testing.T) {
 		}
 		screen := &testenv.SyncBuffer{}
 		go func() { _, _ = io.Copy(screen, ptmx) }()
-		waitScreen(t, screen, regexp.MustCompile(`[$#] $`), "the shell's prompt")
+		// The prompt may be followed by the shell's cursor-position query.
+		waitScreen(t, screen, regexp.MustCompile(`[$#] `), "the shell's prompt")
 		if _, err := ptmx.Write([]byte("echo h''i\r")); err != nil {
 			t.Fatal(err)
 		}

@@ -77,7 +77,7 @@ func upload(ctx context.Context, files wrenn.Files, local, remote string, progre
 		if strings.HasSuffix(remote, "/") {
 			remote += filepath.Base(local)
 		}
-		if err := files.MakeDir(ctx, path.Dir(remote)); err != nil {
+		if err := ensureDir(ctx, files, path.Dir(remote)); err != nil {
 			return err
 		}
 		return uploadFile(ctx, files, local, remote, root.Size(), progress)
@@ -93,7 +93,7 @@ func upload(ctx context.Context, files wrenn.Files, local, remote string, progre
 		target := path.Join(remote, filepath.ToSlash(rel))
 		switch {
 		case d.IsDir():
-			return files.MakeDir(ctx, target)
+			return ensureDir(ctx, files, target)
 		case d.Type().IsRegular():
 			info, err := d.Info()
 			if err != nil {
@@ -103,6 +103,15 @@ func upload(ctx context.Context, files wrenn.Files, local, remote string, progre
 		}
 		return nil // symlinks and devices are not copied
 	})
+}
+
+// ensureDir makes the remote directory unless it is one already (making
+// an existing directory is refused).
+func ensureDir(ctx context.Context, files wrenn.Files, dir string) error {
+	if _, err := files.List(ctx, dir, 1); err == nil {
+		return nil
+	}
+	return files.MakeDir(ctx, dir)
 }
 
 func uploadFile(ctx context.Context, files wrenn.Files, local, remote string, size int64, progress io.Writer) error {

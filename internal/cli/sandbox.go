@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"strconv"
 	"strings"
@@ -243,7 +244,11 @@ func newSandboxExecCmd(f *userFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := c.Sandbox(args[0]).ExecStream(cmd.Context(), args[1], opts)
+			sb := c.Sandbox(args[0])
+			if stdin {
+				return execWithStdin(cmd, sb, args[1], opts)
+			}
+			st, err := sb.ExecStream(cmd.Context(), args[1], opts)
 			if err != nil {
 				return err
 			}
@@ -264,6 +269,33 @@ func newSandboxExecCmd(f *userFlags) *cobra.Command {
 	fl.StringVar(&opts.User, "user", "", "user to run as (default: the template's)")
 	fl.StringArrayVar(&env, "env", nil, "environment variable key=value (repeatable)")
 	fl.DurationVar(&timeout, "timeout", 0, "kill the command after this long")
-	fl.BoolVarP(&stdin, "stdin", "i", false, "send standard input (UTF-8 text, read whole) to the command")
+	fl.BoolVarP(&stdin, "stdin", "i", false, "send standard input (UTF-8 text, read whole) to the command; its output is then printed when it ends")
 	return cmd
+}
+
+// execWithStdin runs the command through the unary exec, the one that
+// takes stdin; its output comes when it ends.
+func execWithStdin(cmd *cobra.Command, sb *wrenn.Sandbox, name string, opts wrenn.ExecOptions) error {
+	res, err := sb.Exec(cmd.Context(), name, opts)
+	if err != nil {
+		return err
+	}
+	stdout, stderr := []byte(res.Stdout), []byte(res.Stderr)
+	if res.Encoding == "base64" {
+		if stdout, err = base64.StdEncoding.DecodeString(res.Stdout); err == nil {
+			stderr, err = base64.StdEncoding.DecodeString(res.Stderr)
+		}
+		if err != nil {
+			return fmt.Errorf("decode the command's output: %w", err)
+		}
+	}
+	_, _ = cmd.OutOrStdout().Write(stdout)
+	_, _ = cmd.ErrOrStderr().Write(stderr)
+	if res.Truncated != nil && *res.Truncated {
+		fmt.Fprintln(cmd.ErrOrStderr(), "wrenn: the output was truncated (run without -i to stream it)")
+	}
+	if res.ExitCode != 0 {
+		return exitCodeError{res.ExitCode}
+	}
+	return nil
 }

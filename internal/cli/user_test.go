@@ -136,6 +136,9 @@ func TestUserCLI(t *testing.T) {
 		{"stderr and its code", []string{"stderr", "oops"}, "", "", "oops", 2},
 		{"unknown command", []string{"nope"}, "", "", "", 127},
 	}
+	if r := u.run("piped in", "sandbox", "exec", "-i", sb.ID, "--", "cat"); r.Code != 0 || r.Stdout != "piped in" {
+		t.Fatalf("exec -i: %+v", r)
+	}
 	if r := u.run("", "sandbox", "exec", sb.ID, "echo", "x"); r.Code != ExitUsage || !strings.Contains(r.Stderr, "after --") {
 		t.Fatalf("exec without --: %+v", r)
 	}

@@ -176,8 +176,8 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	return nil
 }
 
-// ExecOptions are a command's settings. Stdin is read whole before the
-// command starts (the API takes it as UTF-8 text).
+// ExecOptions are a command's settings. Stdin (Exec only) is read whole
+// before the command starts (the API takes it as UTF-8 text).
 type ExecOptions struct {
 	Args    []string
 	Env     map[string]string
@@ -231,7 +231,7 @@ func (s *Sandbox) Exec(ctx context.Context, cmd string, opts ExecOptions) (*Exec
 	return &res, nil
 }
 
-// maxStdin is the most stdin Exec and ExecStream send (the API's body limit
+// maxStdin is the most stdin Exec sends (the API's body limit
 // is of the same order).
 const maxStdin = 32 << 10
 

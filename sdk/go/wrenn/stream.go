@@ -78,12 +78,13 @@ type ExitStatus struct {
 }
 
 // ExecStream runs a command, writing its output to opts.Stdout and
-// opts.Stderr as it comes, and returns how it ended. A non-zero exit is
+// opts.Stderr as it comes, and returns how it ended. It takes no stdin
+// (opts.Stdin must be nil). A non-zero exit is
 // not an error; a stream cut before the exit is ErrConnectionLost.
 func (s *Sandbox) ExecStream(ctx context.Context, cmd string, opts ExecOptions) (*ExitStatus, error) {
-	stdin, err := readStdin(opts.Stdin)
-	if err != nil {
-		return nil, err
+	if opts.Stdin != nil {
+		// The host agent's exec stream has no stdin: it would be dropped.
+		return nil, errors.New("wrenn: ExecStream does not take stdin; use Exec, or write the input to a file")
 	}
 	conn, err := s.dial(ctx, "exec/stream", nil)
 	if err != nil {
@@ -93,9 +94,6 @@ func (s *Sandbox) ExecStream(ctx context.Context, cmd string, opts ExecOptions) 
 	start := map[string]any{"type": "start", "cmd": cmd, "args": opts.Args, "env": opts.Env, "cwd": opts.Cwd, "user": opts.User}
 	if opts.Timeout > 0 {
 		start["timeout_sec"] = int(opts.Timeout.Round(time.Second) / time.Second)
-	}
-	if stdin != "" {
-		start["stdin"] = stdin
 	}
 	if err := wsjson.Write(ctx, conn, start); err != nil {
 		return nil, fmt.Errorf("wrenn: start the command: %w", ctxErr(ctx, err))

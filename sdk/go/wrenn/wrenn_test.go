@@ -168,7 +168,11 @@ func TestExec(t *testing.T) {
 			}
 		})
 		if c.name == "stdin" {
-			continue // the in-memory agent's stream ignores stdin
+			// The exec stream has no stdin: refused, not dropped.
+			if _, err := sb.ExecStream(ctx, c.cmd, c.opts); err == nil || !strings.Contains(err.Error(), "stdin") {
+				t.Fatalf("stream with stdin: %v", err)
+			}
+			continue
 		}
 		t.Run(c.name+"/stream", func(t *testing.T) {
 			var out, errOut bytes.Buffer
