@@ -245,3 +245,10 @@ func (c *Client) ListAuditLogs(ctx context.Context, params *wrennapi.ListAuditLo
 	r, err := c.api.ListAuditLogsWithResponse(ctx, params)
 	return do(r, err, func() *AuditLogPage { return r.JSON200 })
 }
+
+// DeleteTemplate deletes a built template (platform admins); one in use by
+// a sandbox is refused (409 template_in_use).
+func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
+	_, err := c.api.DeleteTemplateWithResponse(ctx, name)
+	return err
+}

@@ -251,3 +251,45 @@ func readStdin(r io.Reader) (string, error) {
 	}
 	return string(b), nil
 }
+
+// Process is a process started in the background (ExecRequest.Background
+// through API()) or a terminal.
+type Process = wrennapi.Process
+
+// Processes lists the sandbox's background processes and terminals.
+func (s *Sandbox) Processes(ctx context.Context) ([]Process, error) {
+	r, err := s.c.api.ListProcessesWithResponse(ctx, s.Id)
+	body, err := do(r, err, func() *struct {
+		Processes []Process `json:"processes"`
+	} {
+		return r.JSON200
+	})
+	if err != nil {
+		return nil, err
+	}
+	return body.Processes, nil
+}
+
+// Kill signals a process by pid or tag ("" signal: SIGKILL).
+func (s *Sandbox) Kill(ctx context.Context, process, signal string) error {
+	params := &wrennapi.KillProcessParams{}
+	if signal != "" {
+		params.Signal = ptr(wrennapi.KillProcessParamsSignal(signal))
+	}
+	_, err := s.c.api.KillProcessWithResponse(ctx, s.Id, process, params)
+	return err
+}
+
+// Metrics is the sandbox's latest resource sample and recent history.
+func (s *Sandbox) Metrics(ctx context.Context) (*wrennapi.Metrics, error) {
+	r, err := s.c.api.SandboxMetricsWithResponse(ctx, s.Id, &wrennapi.SandboxMetricsParams{})
+	body, err := do(r, err, func() *wrennapi.SandboxMetrics200JSONResponseBody { return r.JSON200 })
+	if err != nil {
+		return nil, err
+	}
+	m, err := body.AsMetrics()
+	if err != nil {
+		return nil, fmt.Errorf("wrenn: decode the metrics: %w", err)
+	}
+	return &m, nil
+}

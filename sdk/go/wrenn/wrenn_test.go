@@ -402,6 +402,18 @@ func TestPlatformResources(t *testing.T) {
 	if !names["minimal"] || !names["sdk-snap"] {
 		t.Fatalf("templates %v lack minimal or the snapshot", names)
 	}
+	if m, err := sb.Metrics(ctx); err != nil || m == nil {
+		t.Fatalf("metrics = %+v, %v", m, err)
+	}
+	if ps, err := sb.Processes(ctx); err != nil || len(ps) != 0 {
+		t.Fatalf("processes = %+v, %v", ps, err)
+	}
+	if err := sb.Kill(ctx, "no-such-tag", ""); !wrenn.IsNotFound(err) {
+		t.Fatalf("kill an unknown process: %v", err)
+	}
+	if err := p.session.DeleteTemplate(ctx, "no-such-template"); !wrenn.IsNotFound(err) {
+		t.Fatalf("delete an unknown template: %v", err)
+	}
 	if err := p.key.DeleteSnapshot(ctx, "sdk-snap"); err != nil {
 		t.Fatal(err)
 	}
