@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -302,6 +303,8 @@ func BenchmarkCLIExec(b *testing.B) {
 		viaCurl += timed(curl, curlArgs...)
 		start += timed(u.bin, "version")
 	}
+	b.StopTimer()
+	p.admin.must(b, http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil, nil, http.StatusAccepted, http.StatusNoContent)
 	n := float64(b.N)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
 	b.ReportMetric(ms(cli), "cli-ms/op")
