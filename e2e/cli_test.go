@@ -273,26 +273,11 @@ func (w *timedWriter) Write(p []byte) (int, error) {
 // POST /exec, one after the other in each iteration on the same VM, and
 // measures the CLI's process start alone (`wrenn version`).
 func BenchmarkCLIExec(b *testing.B) {
-	curl, err := exec.LookPath("curl")
-	testenv.Require(b, err == nil, "curl not installed")
-	p := startBuildPlatform(b)
-	home := b.TempDir()
-	u := cliUser{t: b, bin: wrennBin(b), env: childEnv("HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))}
-	if r := u.run(e2ePassword(p.adminEmail)+"\n", "login", "--url", p.base, "--email", p.adminEmail); r.Code != 0 {
-		b.Fatalf("login: %+v", r)
-	}
-	sb := p.admin.createSandbox(b)
-	curlArgs := []string{"-sS", "-f", "-o", "/dev/null", "-X", "POST", "-H", "Authorization: " + p.admin.hdr.Get("Authorization"),
-		"-H", "Content-Type: application/json", "-d", `{"cmd":"true"}`, p.base + "/v1/sandboxes/" + sb.ID + "/exec"}
-	timed := func(name string, args ...string) time.Duration {
-		start := time.Now()
-		cmd := exec.Command(name, args...)
-		cmd.Env = u.env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("%s %v: %v\n%s", name, args, err, out)
-		}
-		return time.Since(start)
-	}
+	cb := newCLIBench(b)
+	u, sb, curl := cb.u, cb.sb, cb.curl
+	curlArgs := []string{"-sS", "-f", "-o", "/dev/null", "-X", "POST", "-H", cb.auth,
+		"-H", "Content-Type: application/json", "-d", `{"cmd":"true"}`, cb.p.base + "/v1/sandboxes/" + sb.ID + "/exec"}
+	timed := func(name string, args ...string) time.Duration { return cb.timed(b, name, args...) }
 	// Warm both paths (connections, page cache) before measuring.
 	timed(u.bin, "sandbox", "exec", sb.ID, "--", "true")
 	timed(curl, curlArgs...)
@@ -304,7 +289,6 @@ func BenchmarkCLIExec(b *testing.B) {
 		start += timed(u.bin, "version")
 	}
 	b.StopTimer()
-	p.admin.must(b, http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil, nil, http.StatusAccepted, http.StatusNoContent)
 	n := float64(b.N)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
 	b.ReportMetric(ms(cli), "cli-ms/op")
@@ -312,4 +296,79 @@ func BenchmarkCLIExec(b *testing.B) {
 	b.ReportMetric(ms(start), "cli-start-ms/op")
 	b.ReportMetric(ms(cli)/ms(viaCurl), "cli/curl")
 	b.ReportMetric((ms(cli)-ms(start))/ms(viaCurl), "cli-less-start/curl")
+}
+
+// BenchmarkCLICopy compares `wrenn sandbox cp` of a 32 MiB file into a
+// sandbox and back with the same transfers by curl (multipart upload,
+// files/read), one after the other in each iteration on the same VM.
+func BenchmarkCLICopy(b *testing.B) {
+	cb := newCLIBench(b)
+	u, sb, curl, home := cb.u, cb.sb, cb.curl, cb.home
+	src := filepath.Join(home, "blob")
+	f, err := os.Create(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.CopyN(f, rand.Reader, 32<<20); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	auth := cb.auth
+	files := cb.p.base + "/v1/sandboxes/" + sb.ID + "/files/"
+	timed := func(name string, args ...string) time.Duration { return cb.timed(b, name, args...) }
+	var cliUp, cliDown, curlUp, curlDown time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		cliUp += timed(u.bin, "sandbox", "cp", src, sb.ID+":/home/user/blob")
+		cliDown += timed(u.bin, "sandbox", "cp", sb.ID+":/home/user/blob", filepath.Join(home, "blob.cli"))
+		curlUp += timed(curl, "-sS", "-f", "-o", "/dev/null", "-H", auth, "-F", "path=/home/user/blob", "-F", "file=@"+src, files+"write")
+		curlDown += timed(curl, "-sS", "-f", "-o", filepath.Join(home, "blob.curl"), "-H", auth, "-H", "Content-Type: application/json",
+			"-d", `{"path":"/home/user/blob"}`, files+"read")
+	}
+	b.StopTimer()
+	mibps := func(d time.Duration) float64 { return 32 * float64(b.N) / d.Seconds() }
+	b.ReportMetric(mibps(cliUp), "cli-up-MiB/s")
+	b.ReportMetric(mibps(curlUp), "curl-up-MiB/s")
+	b.ReportMetric(mibps(cliDown), "cli-down-MiB/s")
+	b.ReportMetric(mibps(curlDown), "curl-down-MiB/s")
+	b.ReportMetric(cliUp.Seconds()/curlUp.Seconds(), "up-cli/curl")
+	b.ReportMetric(cliDown.Seconds()/curlDown.Seconds(), "down-cli/curl")
+}
+
+// cliBench is a platform with a logged-in CLI and a running sandbox, for
+// the benchmarks that time the CLI against curl.
+type cliBench struct {
+	p    *buildPlatform
+	u    cliUser
+	home string
+	sb   sandbox
+	curl string
+	auth string // the admin's Authorization header, for curl
+}
+
+func newCLIBench(b *testing.B) *cliBench {
+	curl, err := exec.LookPath("curl")
+	testenv.Require(b, err == nil, "curl not installed")
+	p := startBuildPlatform(b)
+	home := b.TempDir()
+	u := cliUser{t: b, bin: wrennBin(b), env: childEnv("HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))}
+	if r := u.run(e2ePassword(p.adminEmail)+"\n", "login", "--url", p.base, "--email", p.adminEmail); r.Code != 0 {
+		b.Fatalf("login: %+v", r)
+	}
+	cb := &cliBench{p: p, u: u, home: home, sb: p.admin.createSandbox(b), curl: curl, auth: "Authorization: " + p.admin.hdr.Get("Authorization")}
+	b.Cleanup(func() {
+		p.admin.must(b, http.MethodDelete, "/v1/sandboxes/"+cb.sb.ID, nil, nil, http.StatusAccepted, http.StatusNoContent)
+	})
+	return cb
+}
+
+// timed runs a program to its end and returns its wall time.
+func (cb *cliBench) timed(b *testing.B, name string, args ...string) time.Duration {
+	start := time.Now()
+	cmd := exec.Command(name, args...)
+	cmd.Env = cb.u.env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return time.Since(start)
 }
