@@ -541,7 +541,7 @@ type BuildRequest struct {
 	// BaseTemplate Default minimal.
 	BaseTemplate *string `json:"base_template,omitempty"`
 
-	// DiskMb Must equal the base template's disk (resizing is not supported).
+	// DiskMb The build sandbox's and the template's disk in MiB (default and minimum the base template's, at most 1 TiB; a snapshot base keeps its disk).
 	DiskMb      *int         `json:"disk_mb,omitempty"`
 	Healthcheck *Healthcheck `json:"healthcheck,omitempty"`
 	MemoryMb    *int         `json:"memory_mb,omitempty"`
