@@ -234,7 +234,7 @@ func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOp
 		}
 	}
 	ln, err := listenRegistered(ctx, cfg, p.Certs, register, log)
-	if err != nil || ctx.Err() != nil {
+	if err != nil || ln == nil { // nil: stopped while registering
 		return err
 	}
 	defer ln.Close()

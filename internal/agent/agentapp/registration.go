@@ -58,7 +58,8 @@ func belongsToControlPlane(cfg config.Agent) bool {
 // create, the moment it registers: the port is bound by then, so such a
 // call waits in the listen backlog until the agent serves instead of being
 // refused. Nothing is accepted before registration has installed the host
-// certificate, so no handshake can happen without it.
+// certificate, so no handshake can happen without it. The listener is nil,
+// with no error, when ctx ended during registration.
 func listenRegistered(ctx context.Context, cfg config.Agent, certs *pki.HostCertStore, register func(context.Context) error, log *slog.Logger) (net.Listener, error) {
 	if register == nil {
 		return listenPlain(cfg, nil, log) // standalone: plain HTTP, known now
