@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // proxyHost is the proxy hostname of port of sandbox id under wrenn dev's
@@ -241,12 +244,23 @@ func testProxyWebSocket(t *testing.T, key client, apiKey, cpAddr, id string) {
 // control plane's and the agent's half of the proxy).
 func testProxyDownload(t *testing.T, key client, dev devRun, id string) {
 	const size = 256 << 20
-	// 1 MiB of random bytes 256 times (urandom is slow under TCG).
-	r := key.sh(t, id, "head -c 1048576 /dev/urandom > /tmp/r && for i in $(seq 256); do cat /tmp/r; done > /srv/big && rm /tmp/r && sha256sum /srv/big")
-	if r.ExitCode != 0 {
-		t.Fatalf("make the big file: %+v", r)
+	// A CGI script streams one random MiB 256 times: writing 256 MiB to
+	// the guest's disk first is too slow under TCG.
+	chunk := make([]byte, 1<<20)
+	if _, err := rand.Read(chunk); err != nil {
+		t.Fatal(err)
 	}
-	want, _, _ := strings.Cut(r.Stdout, " ")
+	if status, b := upload(t, key, id, "/srv/chunk", chunk); status != http.StatusOK && status != http.StatusCreated {
+		t.Fatalf("upload the chunk: %d %s", status, b)
+	}
+	if r := key.sh(t, id, `printf '#!/bin/sh\necho Content-Type: application/octet-stream\necho\nfor i in $(seq 256); do cat /srv/chunk; done\n' > /srv/cgi-bin/big && chmod +x /srv/cgi-bin/big`); r.ExitCode != 0 {
+		t.Fatalf("write the CGI script: %+v", r)
+	}
+	sum := sha256.New()
+	for range size / len(chunk) {
+		sum.Write(chunk)
+	}
+	want := hex.EncodeToString(sum.Sum(nil))
 	pid := dev.p.cmd.Process.Pid
 	before := rssKiB(t, pid)
 	peak := before
@@ -263,7 +277,7 @@ func testProxyDownload(t *testing.T, key client, dev devRun, id string) {
 			}
 		}
 	}()
-	req, err := http.NewRequest(http.MethodGet, dev.base+"/big", nil)
+	req, err := http.NewRequest(http.MethodGet, dev.base+"/cgi-bin/big", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +378,32 @@ func testPreviewURL(t *testing.T, key client, cpAddr, id string) {
 			t.Fatalf("GET %s = %d %s", u, status, body)
 		}
 	}
+	t.Run("in headless Chromium", func(t *testing.T) {
+		chromium, err := exec.LookPath("chromium")
+		testenv.Require(t, err == nil, "Chromium not installed (Debian package chromium; scripts/setup.sh installs it)")
+		node, err := exec.LookPath("node")
+		testenv.Require(t, err == nil, "node not installed (scripts/setup.sh installs it)")
+		webDir, err := filepath.Abs("../web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = os.Stat(filepath.Join(webDir, "node_modules", "playwright-core"))
+		testenv.Require(t, err == nil, "web/node_modules has no playwright-core (run `make web`)")
+		var fresh struct {
+			URL string `json:"url"`
+		}
+		key.must(t, http.MethodPost, "/v1/sandboxes/"+id+"/preview-urls", map[string]any{"port": 8080}, &fresh, http.StatusCreated)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, node, "tests/preview.mjs")
+		cmd.Dir = webDir
+		cmd.Env = append(os.Environ(), "PREVIEW_URL="+fresh.URL, "EXPECT_TEXT=hello-proxy", "CHROMIUM="+chromium)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "RESULT ") {
+			t.Fatalf("preview in Chromium: %v\n%s", err, out)
+		}
+		t.Logf("%s", strings.TrimSpace(string(out)))
+	})
 	for _, bad := range []map[string]any{{"port": 49983}, {"port": 0}, {"port": 8080, "ttl_sec": 10}, {"port": 8080, "ttl_sec": 1 << 30}} {
 		if status, body := key.do(t, http.MethodPost, "/v1/sandboxes/"+id+"/preview-urls", bad); status != http.StatusForbidden && status != http.StatusBadRequest {
 			t.Fatalf("preview URL %v = %d %s", bad, status, body)
