@@ -1,5 +1,6 @@
-// Package proxybody holds the request body wrapper both halves of the
-// sandbox HTTP proxy put around the body they forward.
+// Package proxybody holds the body wrapper both halves of the sandbox HTTP
+// proxy put around what they forward: request bodies end at their
+// Content-Length, and the agent counts every read as activity.
 package proxybody
 
 import "io"

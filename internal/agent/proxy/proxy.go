@@ -210,7 +210,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 		resp.Body = &activityConn{ReadWriteCloser: rwc, touch: t.touch}
 		return nil
 	}
-	resp.Body = &activityBody{ReadCloser: resp.Body, touch: t.touch}
+	resp.Body = proxybody.New(resp.Body, -1, t.touch)
 	return nil
 }
 
@@ -249,20 +249,6 @@ func writeErr(w http.ResponseWriter, status int, reason, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, msg)
-}
-
-// activityBody records activity as a body's bytes flow.
-type activityBody struct {
-	io.ReadCloser
-	touch func()
-}
-
-func (b *activityBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.touch()
-	}
-	return n, err
 }
 
 // activityConn records activity both ways on an upgraded connection.
