@@ -41,6 +41,17 @@ func redirect(w http.ResponseWriter, to string) {
 	w.WriteHeader(http.StatusFound)
 }
 
+// oauthProviders lists the providers a browser may sign in with, so the
+// dashboard shows only the buttons that work; none configured is an empty
+// list, not an error.
+func (s *Server) oauthProviders(w http.ResponseWriter, _ *http.Request) {
+	names := []string{}
+	if s.deps.OAuth != nil {
+		names = append(names, s.deps.OAuth.Providers()...)
+	}
+	WriteJSON(w, http.StatusOK, map[string][]string{"providers": names})
+}
+
 func (s *Server) oauthStart(w http.ResponseWriter, r *http.Request) {
 	o, ok := s.oauthFlows(w, r)
 	if !ok {

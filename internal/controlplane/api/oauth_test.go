@@ -502,6 +502,35 @@ func TestOAuthNotConfigured(t *testing.T) {
 	e.want("GET", "/v1/me/identities", nil, s.cred(), http.StatusOK, nil)
 }
 
+// The providers list is what the dashboard's sign-in buttons follow: empty
+// without a provider, GitHub when it is configured; no credentials needed.
+func TestOAuthProvidersList(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		github bool
+		want   []string
+	}{
+		{"none configured", false, []string{}},
+		{"github configured", true, []string{"github"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e *env
+			if tc.github {
+				e, _ = newOAuthEnv(t)
+			} else {
+				e = newEnv(t)
+			}
+			var got struct {
+				Providers []string `json:"providers"`
+			}
+			e.want("GET", "/v1/auth/providers", nil, cred{}, http.StatusOK, &got)
+			if got.Providers == nil || !slices.Equal(got.Providers, tc.want) {
+				t.Fatalf("providers = %#v, want %#v", got.Providers, tc.want)
+			}
+		})
+	}
+}
+
 // The state cookie: HttpOnly, SameSite=Lax, short-lived, scoped to the
 // callback, Secure when the public URL is https; the start lands where
 // redirect says.

@@ -39,6 +39,9 @@ func NewOAuth(svc *Service, cfg OAuthConfig) (*OAuth, error) {
 // StateTTL is how long a flow's state cookie lives.
 func (o *OAuth) StateTTL() int { return int(o.cfg.States.TTL().Seconds()) }
 
+// Providers names the configured providers, sorted.
+func (o *OAuth) Providers() []string { return o.cfg.Providers.Names() }
+
 func (o *OAuth) provider(name string) (oauth.Provider, error) {
 	p, ok := o.cfg.Providers.Get(name)
 	if !ok {
