@@ -372,6 +372,15 @@ try {
 			expected = null;
 		});
 
+		await run('a failed provider callback is shown in words', async () => {
+			await gh.page.goto('/v1/auth/oauth/github/callback?state=forged&code=x');
+			await gh.page.waitForURL('**/auth/callback');
+			const alert = gh.page.getByRole('alert');
+			await alert.waitFor();
+			const text = (await alert.textContent()) ?? '';
+			if (text.includes('{') || !text.includes('invalid_oauth_state')) throw new Error(`error shown as: ${text}`);
+		});
+
 		await run('admin pages: members are not allowed', async () => {
 			await gh.page.goto('/admin/templates');
 			await gh.page.getByRole('heading', { name: 'Not allowed' }).waitFor();

@@ -5,6 +5,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/dashboard"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
@@ -79,6 +80,13 @@ func (s *Server) oauthCallback(w http.ResponseWriter, r *http.Request) {
 	// One state serves one callback, whatever its outcome.
 	s.setOAuthState(w, "", -1)
 	to, err := o.Callback(r.Context(), in)
+	if err != nil && dashboard.IsNavigation(r) {
+		// A browser shows the error on the dashboard; programs get JSON.
+		se := asServiceError("oauth callback", err)
+		s.logFailure(r, se)
+		redirect(w, o.FailureLanding(se.Code, se.Message))
+		return
+	}
 	if err != nil {
 		s.writeErr(w, r, err)
 		return

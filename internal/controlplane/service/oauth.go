@@ -167,6 +167,16 @@ func (o *OAuth) dashboard(path, key, value string) string {
 	return o.cfg.DashboardURL + path + "#" + url.Values{key: {value}}.Encode()
 }
 
+// callbackPage is the dashboard page that shows a failed callback.
+const callbackPage = "/auth/callback"
+
+// FailureLanding is where a browser goes when its callback failed: the
+// dashboard's callback page, with the error's code and message in the
+// fragment, so a person reads it in words instead of the API's JSON.
+func (o *OAuth) FailureLanding(code Code, message string) string {
+	return o.cfg.DashboardURL + callbackPage + "#" + url.Values{"oauth_error": {string(code)}, "oauth_message": {message}}.Encode()
+}
+
 // Exchange spends a one-time code for the session of its user.
 func (o *OAuth) Exchange(ctx context.Context, code string) (Session, error) {
 	bad := Unauthorized(CodeInvalidOAuthCode, "the code is invalid, used or expired; sign in again")

@@ -6,6 +6,8 @@ describe('oauth', () => {
 		['#oauth_code=abc123', { kind: 'code', code: 'abc123' }],
 		['oauth_code=a%2Bb', { kind: 'code', code: 'a+b' }],
 		['#oauth_linked=github', { kind: 'linked', provider: 'github' }],
+		['#oauth_error=email_taken&oauth_message=an+account+exists%3B+log+in', { kind: 'error', code: 'email_taken', message: 'an account exists; log in' }],
+		['#oauth_error=oauth_denied', { kind: 'error', code: 'oauth_denied', message: 'Signing in through the provider failed.' }],
 		['#oauth_code=', { kind: 'none' }],
 		['', { kind: 'none' }],
 		['#something=else', { kind: 'none' }]

@@ -31,11 +31,13 @@ export function startURL(provider: string, next: string): string {
 	return `/v1/auth/oauth/${encodeURIComponent(provider)}?redirect=${encodeURIComponent(landing)}`;
 }
 
-export type Landing = { kind: 'code'; code: string } | { kind: 'linked'; provider: string } | { kind: 'none' };
+export type Landing = { kind: 'code'; code: string } | { kind: 'linked'; provider: string } | { kind: 'error'; code: string; message: string } | { kind: 'none' };
 
-/** What the callback put in the fragment ("#oauth_code=..." or "#oauth_linked=github"). */
+/** What the callback put in the fragment ("#oauth_code=...", "#oauth_linked=github" or "#oauth_error=...&oauth_message=..."). */
 export function readFragment(hash: string): Landing {
 	const p = new URLSearchParams(hash.replace(/^#/, ''));
+	const failed = p.get('oauth_error');
+	if (failed) return { kind: 'error', code: failed, message: p.get('oauth_message') || 'Signing in through the provider failed.' };
 	const code = p.get('oauth_code');
 	if (code) return { kind: 'code', code };
 	const linked = p.get('oauth_linked');
