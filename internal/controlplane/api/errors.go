@@ -91,6 +91,12 @@ func writeError(w http.ResponseWriter, se *service.Error) {
 // failures.
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	se := asServiceError("unclassified", err)
+	s.logFailure(r, se)
+	writeError(w, se)
+}
+
+// logFailure logs se when it is the server's failure (5xx), not the caller's.
+func (s *Server) logFailure(r *http.Request, se *service.Error) {
 	if status := statusOf(se.Kind); status >= 500 {
 		lvl := slog.LevelWarn
 		if status == http.StatusInternalServerError {
@@ -99,7 +105,6 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		s.deps.Logger.Log(r.Context(), lvl, "request failed", "method", r.Method, "path", r.URL.Path,
 			"status", status, "code", se.Code, "err", errString(se), "request_id", middleware.GetReqID(r.Context()))
 	}
-	writeError(w, se)
 }
 
 func errString(e *service.Error) string {

@@ -1,6 +1,6 @@
 // The dashboard's sections. A feature's pages join the shell by adding an
-// entry here (audit log, channels, capsule stats and the admin templates
-// arrive with their APIs).
+// entry here (audit log, channels and capsule stats arrive with their
+// APIs); the admin area has its own sidebar, adminNav.
 export interface NavItem {
 	href: string;
 	label: string;
@@ -15,8 +15,17 @@ export const nav: NavItem[] = [
 	{ href: '/dashboard/capsules/list', label: 'Capsules', prefix: '/dashboard/capsules', badge: 'running' },
 	{ href: '/dashboard/keys', label: 'API keys', prefix: '/dashboard/keys' },
 	{ href: '/dashboard/team', label: 'Team', prefix: '/dashboard/team' },
-	{ href: '/dashboard/hosts', label: 'Hosts', prefix: '/dashboard/hosts' }
+	{ href: '/dashboard/hosts', label: 'Hosts', prefix: '/dashboard/hosts' },
+	{ href: '/admin/templates', label: 'Admin', prefix: '/admin', adminOnly: true }
 ];
+
+/** The admin area's sidebar (platform admins only). */
+export const adminNav: NavItem[] = [{ href: '/admin/templates', label: 'Templates', prefix: '/admin/templates' }];
+
+/** The items a user sees: admin-only ones for platform admins. */
+export function visibleNav(items: NavItem[], isAdmin: boolean): NavItem[] {
+	return items.filter((i) => !i.adminOnly || isAdmin);
+}
 
 /** Tabs of the capsules section (the stats tab joins with its API). */
 export const capsuleTabs: { href: string; label: string }[] = [{ href: '/dashboard/capsules/list', label: 'List' }];
