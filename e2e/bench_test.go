@@ -223,6 +223,8 @@ type benchDev struct {
 	base      string
 	apiKey    string
 	sandboxID string
+	// wrennDir is the agent's WRENN_DIR, prefix its network names' prefix.
+	wrennDir, prefix string
 }
 
 // startBenchDev starts `wrenn dev` on a temporary data dir and a private
@@ -271,7 +273,7 @@ func startBenchDev(b *testing.B) benchDev {
 	if key == nil {
 		b.Fatalf("banner without an API key:\n%s", p.stdout())
 	}
-	d := benchDev{base: fmt.Sprintf("http://127.0.0.1:%d", port), apiKey: key[1]}
+	d := benchDev{base: fmt.Sprintf("http://127.0.0.1:%d", port), apiKey: key[1], wrennDir: wrennDir, prefix: prefix}
 	b.Logf("wrenn dev ready in %s", time.Since(t0).Round(time.Millisecond))
 
 	t1 := time.Now()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth/oauth/githubtest"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
@@ -43,7 +45,10 @@ func loadAverage(t *testing.T) float64 {
 // Debian's Chromium (web/tests/browser.mjs, playwright-core): sign up,
 // create a capsule, `echo hi` in its terminal, upload and download a file,
 // pause and resume, an API key shown once, team, hosts, an expired session
-// and the control plane down. Any console error or failed request fails
+// and the control plane down; sign-in with GitHub (against the fake GitHub,
+// githubtest, on loopback), the admin area refused to a member, and an
+// admin building a template from a tiny recipe (a real build VM) and
+// seeing its steps complete. Any console error or failed request fails
 // it; a screenshot of every page lands in web/test-artifacts/dashboard (or
 // $WRENN_TEST_ARTIFACTS).
 func TestDashboardInBrowser(t *testing.T) {
@@ -67,8 +72,17 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Sign-in with GitHub goes to the fake, whose one account consents at once.
+	gh := githubtest.New(t)
+	const githubEmail = "octo-browser@example.com"
+	gh.SetUser(githubtest.User{ID: 9001, Login: "octo-browser", Name: "Octo Browser",
+		Emails: []githubtest.Email{{Email: githubEmail, Primary: true, Verified: true}}})
+
 	ds := newDevSetup(t, src, "dash", "wdb", 238)
-	dev := startDev(t, ds.env, ds.dataDir, ds.port)
+	// The callback URL GitHub sends browsers back to is CP_PUBLIC_URL's.
+	env := append(ds.env, "WRENN_GITHUB_CLIENT_ID="+githubtest.ClientID, "WRENN_GITHUB_CLIENT_SECRET="+githubtest.ClientSecret,
+		"WRENN_GITHUB_URL="+gh.URL, "WRENN_GITHUB_API_URL="+gh.URL, fmt.Sprintf("CP_PUBLIC_URL=http://127.0.0.1:%d", ds.port))
+	dev := startDev(t, env, ds.dataDir, ds.port)
 	password := bannerLogin.FindStringSubmatch(dev.p.stdout())[2]
 
 	// The binary must carry the dashboard; say how to build it when not.
@@ -81,12 +95,13 @@ func TestDashboardInBrowser(t *testing.T) {
 	resp.Body.Close()
 	testenv.Require(t, resp.StatusCode == http.StatusOK, "the wrenn binary has no dashboard (GET / = %d): run `make web` before the tests", resp.StatusCode)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "tests/browser.mjs")
 	cmd.Dir = webDir
 	cmd.Env = append(os.Environ(), "WRENN_BASE_URL="+dev.base, "CHROMIUM="+chromium, "ARTIFACTS="+artifacts,
-		"WRENN_ADMIN_EMAIL="+dev.email, "WRENN_ADMIN_PASSWORD="+password)
+		"WRENN_ADMIN_EMAIL="+dev.email, "WRENN_ADMIN_PASSWORD="+password,
+		"WRENN_FAKE_GITHUB_URL="+gh.URL, "WRENN_FAKE_GITHUB_EMAIL="+githubEmail)
 	out, err := cmd.CombinedOutput()
 	t.Logf("browser test output:\n%s", out)
 	if err != nil {
@@ -114,6 +129,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("first signed-in page interactive in %d ms, want within %s", res.InteractiveMS, budget.Round(time.Millisecond))
 	}
 	for _, name := range []string{"signup", "capsules-empty", "capsule-overview", "capsule-terminal", "capsule-files", "capsules-list", "capsules-list-375", "keys", "team", "team-dark", "hosts", "signin", "cp-down",
+		"signin-github", "github-signed-in", "oauth-callback-error", "admin-not-allowed", "admin-templates", "admin-create-template", "admin-builds", "admin-builds-375", "admin-builds-dark",
 		"capsules-stats", "capsules-stats-dark", "capsules-stats-375", "capsule-metrics", "audit", "audit-375", "channels", "channels-375"} {
 		if _, err := os.Stat(filepath.Join(artifacts, name+".png")); err != nil {
 			t.Errorf("screenshot %s missing: %v", name, err)

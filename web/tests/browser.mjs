@@ -1,8 +1,8 @@
 // The dashboard in a real browser (Debian's Chromium, driven by
 // playwright-core; no browser download) against a running control plane
 // with a real agent. e2e/dashboard_test.go starts the platform and runs this
-// with WRENN_BASE_URL, CHROMIUM, ARTIFACTS, WRENN_ADMIN_EMAIL and
-// WRENN_ADMIN_PASSWORD. Any console error, page error, failed request or
+// with WRENN_BASE_URL, CHROMIUM, ARTIFACTS, WRENN_ADMIN_EMAIL,
+// WRENN_ADMIN_PASSWORD, WRENN_FAKE_GITHUB_URL and WRENN_FAKE_GITHUB_EMAIL. Any console error, page error, failed request or
 // error answer outside the steps that expect one fails the run. The last
 // line of output is `RESULT {json}` with the measurements.
 import { chromium } from 'playwright-core';
@@ -16,6 +16,10 @@ const artifacts = must('ARTIFACTS');
 const adminEmail = must('WRENN_ADMIN_EMAIL');
 const adminPassword = must('WRENN_ADMIN_PASSWORD');
 const baseHost = new URL(base).host;
+// The fake GitHub the control plane is configured with (e2e starts it on loopback).
+const githubURL = must('WRENN_FAKE_GITHUB_URL');
+const githubEmail = must('WRENN_FAKE_GITHUB_EMAIL');
+const allowedHosts = new Set([baseHost, new URL(githubURL).host]);
 mkdirSync(artifacts, { recursive: true });
 
 function must(name) {
@@ -95,10 +99,10 @@ function watch(page, who) {
 
 async function newPage(who, viewport = { width: 1440, height: 900 }) {
 	const context = await browser.newContext({ viewport, acceptDownloads: true, baseURL: base });
-	// Only the control plane under test; every other request is refused and recorded.
+	// Only the control plane under test (and its fake GitHub); every other request is refused and recorded.
 	await context.route('**/*', (route) => {
 		const u = new URL(route.request().url());
-		if (u.host === baseHost || u.protocol === 'blob:' || u.protocol === 'data:') return route.continue();
+		if (allowedHosts.has(u.host) || u.protocol === 'blob:' || u.protocol === 'data:') return route.continue();
 		foreign.push(u.href);
 		return route.abort('blockedbyclient');
 	});
@@ -512,6 +516,143 @@ try {
 	});
 
 	await context.close();
+
+	// ---- dashb: sign-in with GitHub, the admin area, template builds ----
+	{
+		const gh = await newPage('github');
+		await run('sign in with GitHub', async () => {
+			await gh.page.goto('/signin?next=%2Fdashboard%2Fkeys');
+			const button = gh.page.getByRole('link', { name: 'Sign in with GitHub' });
+			await button.waitFor();
+			await shot(gh.page, 'signin-github');
+			await button.click();
+			// Control plane -> fake GitHub -> callback -> the dashboard's callback page -> next.
+			await gh.page.waitForURL('**/dashboard/keys');
+			if (gh.page.url().includes('oauth_code')) throw new Error(`the one-time code stayed in the URL: ${gh.page.url()}`);
+			const session = (await gh.context.cookies()).find((c) => c.name === 'wrenn_session');
+			if (!session || !session.httpOnly || session.sameSite !== 'Strict') throw new Error(`session cookie: ${JSON.stringify(session)}`);
+			const who = await gh.page.evaluate(async () => (await (await fetch('/v1/me')).json()).user.email);
+			if (who !== githubEmail) throw new Error(`signed in as ${who}, want ${githubEmail}`);
+			await gh.page.getByRole('heading', { name: 'API keys' }).waitFor();
+			if (await nav(gh.page).getByRole('link', { name: 'Admin' }).count()) throw new Error('a member sees the Admin link');
+			await shot(gh.page, 'github-signed-in');
+		});
+
+		await run('a used one-time code is refused in words', async () => {
+			expected = /HTTP 401 POST \/v1\/auth\/oauth\/exchange|status of 401/;
+			await gh.page.goto('/auth/callback?next=%2Fdashboard%2Fkeys#oauth_code=not-a-real-code');
+			const alert = gh.page.getByRole('alert');
+			await alert.waitFor();
+			const text = (await alert.textContent()) ?? '';
+			if (text.includes('{') || !text.includes('invalid_oauth_code')) throw new Error(`error shown as: ${text}`);
+			if (gh.page.url().includes('#')) throw new Error('the fragment was not cleared');
+			await shot(gh.page, 'oauth-callback-error');
+			expected = null;
+		});
+
+		await run('a failed provider callback is shown in words', async () => {
+			await gh.page.goto('/v1/auth/oauth/github/callback?state=forged&code=x');
+			await gh.page.waitForURL('**/auth/callback');
+			const alert = gh.page.getByRole('alert');
+			await alert.waitFor();
+			const text = (await alert.textContent()) ?? '';
+			if (text.includes('{') || !text.includes('invalid_oauth_state')) throw new Error(`error shown as: ${text}`);
+		});
+
+		await run('admin pages: members are not allowed', async () => {
+			await gh.page.goto('/admin/templates');
+			await gh.page.getByRole('heading', { name: 'Not allowed' }).waitFor();
+			await shot(gh.page, 'admin-not-allowed');
+		});
+		await gh.context.close();
+
+		const admin = await newPage('admin');
+		const ap = admin.page;
+		const templateName = `browser-${randomBytes(3).toString('hex')}`;
+		let buildID = '';
+		await run('admin: templates list', async () => {
+			await ap.goto('/signin?next=%2Fdashboard%2Fcapsules%2Flist');
+			await ap.getByLabel('Email').fill(adminEmail);
+			await ap.getByLabel('Password').fill(adminPassword);
+			await ap.getByRole('button', { name: 'Sign in' }).click();
+			await ap.waitForURL('**/dashboard/capsules/list');
+			await nav(ap).getByRole('link', { name: 'Admin' }).click();
+			await ap.waitForURL('**/admin/templates');
+			await ap.getByRole('navigation', { name: 'Admin' }).getByRole('link', { name: 'Templates' }).waitFor();
+			await ap.locator('tr[data-template="minimal"]').waitFor();
+			await shot(ap, 'admin-templates');
+		});
+
+		await run('admin: build a template and see its steps complete', async () => {
+			const logStreams = [];
+			const listCalls = [];
+			ap.on('request', (r) => {
+				const path = new URL(r.url()).pathname;
+				if (/^\/v1\/admin\/builds\/[^/]+\/logs$/.test(path)) logStreams.push(path);
+				if (path === '/v1/admin/builds' && r.method() === 'GET') listCalls.push(Date.now());
+			});
+			await ap.getByRole('button', { name: 'Create template' }).click();
+			const dialog = ap.getByRole('dialog', { name: 'Create a template' });
+			await dialog.getByLabel('Template name').fill(templateName);
+			await dialog.getByLabel('Recipe').fill('echo hello > /hello\ncat /hello');
+			await dialog.getByLabel('Snapshot').check();
+			await dialog.getByLabel('Image').check();
+			await shot(ap, 'admin-create-template');
+			await dialog.getByRole('button', { name: 'Build template' }).click();
+			await ap.waitForURL('**/admin/templates?tab=builds');
+			const card = ap.locator('article[data-build]', { hasText: templateName });
+			await card.waitFor();
+			buildID = (await card.getAttribute('data-build')) ?? '';
+			await card.getByRole('button', { name: /Hide steps/ }).waitFor();
+			await shot(ap, 'admin-build-running');
+			await ap.locator(`article[data-build="${buildID}"][data-status="succeeded"]`).waitFor({ timeout: 300000 });
+			const steps = card.locator('li[data-step]');
+			if ((await steps.count()) !== 2) throw new Error(`${await steps.count()} steps shown, want 2`);
+			await card.locator('li[data-step][data-status="succeeded"]').nth(1).waitFor();
+			await card.locator('li[data-step="1"] summary').click();
+			await card.getByLabel('Output of step 2').getByText('hello').waitFor();
+			const pct = await card.getByRole('progressbar').getAttribute('aria-valuenow');
+			if (pct !== '100') throw new Error(`progress ${pct}%, want 100`);
+			if (!logStreams.includes(`/v1/admin/builds/${buildID}/logs`)) throw new Error(`the live log was not followed: ${logStreams}`);
+			await shot(ap, 'admin-builds');
+			// No build is active now: the list stops polling.
+			await ap.waitForTimeout(1500);
+			const before = listCalls.length;
+			await ap.waitForTimeout(7000);
+			if (listCalls.length !== before) throw new Error(`${listCalls.length - before} polls of the builds list after every build ended`);
+		});
+
+		await run('admin: keyboard tabs, 375px, dark', async () => {
+			await ap.getByRole('tab', { name: 'Builds' }).focus();
+			await ap.keyboard.press('ArrowLeft');
+			await ap.waitForURL((u) => !u.search.includes('tab=builds'));
+			if ((await ap.getByRole('tab', { name: 'Templates' }).getAttribute('aria-selected')) !== 'true') throw new Error('ArrowLeft did not select Templates');
+			const row = ap.locator(`tr[data-template="${templateName}"]`);
+			await row.getByText('platform').waitFor();
+			await ap.keyboard.press('End');
+			await ap.waitForURL('**/admin/templates?tab=builds');
+			await ap.setViewportSize({ width: 375, height: 800 });
+			await ap.locator(`article[data-build="${buildID}"]`).waitFor();
+			await shot(ap, 'admin-builds-375');
+			const overflow = await ap.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+			if (overflow > 0) throw new Error(`the builds page is ${overflow}px wider than a 375px screen`);
+			await ap.setViewportSize({ width: 1440, height: 900 });
+			await ap.getByLabel('Theme').selectOption('dark');
+			await shot(ap, 'admin-builds-dark');
+			await ap.getByLabel('Theme').selectOption('system');
+		});
+
+		await run('admin: delete the built template', async () => {
+			await ap.getByRole('tab', { name: 'Templates' }).click();
+			const row = ap.locator(`tr[data-template="${templateName}"]`);
+			await row.getByRole('button', { name: /Delete/ }).click();
+			const dialog = ap.getByRole('dialog', { name: 'Delete this template?' });
+			await dialog.getByRole('button', { name: 'Delete' }).click();
+			await row.waitFor({ state: 'detached', timeout: 60000 });
+		});
+		await admin.context.close();
+	}
+	// ---- end dashb ----
 } catch (err) {
 	console.error(`FAIL ${step}: ${err?.stack ?? err}`);
 	exitCode = 1;

@@ -31,6 +31,10 @@ func WriteError(w http.ResponseWriter, code service.Code, message string) {
 	writeError(w, service.Errorf(code, "%s", message))
 }
 
+// WriteServiceError answers with se in the API's error format (for
+// handlers outside the router, such as the sandbox proxy's).
+func WriteServiceError(w http.ResponseWriter, se *service.Error) { writeError(w, se) }
+
 // WriteJSON writes v as JSON with the given status.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -55,6 +59,7 @@ var kindStatus = map[service.Kind]int{
 	service.KindUpstream:         http.StatusBadGateway,
 	service.KindUnavailable:      http.StatusServiceUnavailable,
 	service.KindStorageFull:      http.StatusInsufficientStorage,
+	service.KindGatewayTimeout:   http.StatusGatewayTimeout,
 }
 
 func statusOf(k service.Kind) int {
@@ -86,6 +91,12 @@ func writeError(w http.ResponseWriter, se *service.Error) {
 // failures.
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	se := asServiceError("unclassified", err)
+	s.logFailure(r, se)
+	writeError(w, se)
+}
+
+// logFailure logs se when it is the server's failure (5xx), not the caller's.
+func (s *Server) logFailure(r *http.Request, se *service.Error) {
 	if status := statusOf(se.Kind); status >= 500 {
 		lvl := slog.LevelWarn
 		if status == http.StatusInternalServerError {
@@ -94,7 +105,6 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		s.deps.Logger.Log(r.Context(), lvl, "request failed", "method", r.Method, "path", r.URL.Path,
 			"status", status, "code", se.Code, "err", errString(se), "request_id", middleware.GetReqID(r.Context()))
 	}
-	writeError(w, se)
 }
 
 func errString(e *service.Error) string {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/dashboard"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
@@ -41,6 +42,17 @@ func redirect(w http.ResponseWriter, to string) {
 	w.WriteHeader(http.StatusFound)
 }
 
+// oauthProviders lists the providers a browser may sign in with, so the
+// dashboard shows only the buttons that work; none configured is an empty
+// list, not an error.
+func (s *Server) oauthProviders(w http.ResponseWriter, _ *http.Request) {
+	names := []string{}
+	if s.deps.OAuth != nil {
+		names = append(names, s.deps.OAuth.Providers()...)
+	}
+	WriteJSON(w, http.StatusOK, map[string][]string{"providers": names})
+}
+
 func (s *Server) oauthStart(w http.ResponseWriter, r *http.Request) {
 	o, ok := s.oauthFlows(w, r)
 	if !ok {
@@ -68,6 +80,13 @@ func (s *Server) oauthCallback(w http.ResponseWriter, r *http.Request) {
 	// One state serves one callback, whatever its outcome.
 	s.setOAuthState(w, "", -1)
 	to, err := o.Callback(r.Context(), in)
+	if err != nil && dashboard.IsNavigation(r) {
+		// A browser shows the error on the dashboard; programs get JSON.
+		se := asServiceError("oauth callback", err)
+		s.logFailure(r, se)
+		redirect(w, o.FailureLanding(se.Code, se.Message))
+		return
+	}
 	if err != nil {
 		s.writeErr(w, r, err)
 		return

@@ -28,6 +28,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy/proxyurl"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -160,8 +161,12 @@ func newEnv(t testing.TB, opt ...func(*envOpts)) *env {
 		t.Cleanup(func() { brdb.Close() })
 		bs = builds.New(pool, brdb, svc, al, *o.builds, logger)
 	}
+	names, err := proxyurl.New("", "", []byte(testSecret), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := New(Deps{Logger: logger, Service: svc, HostUserAuth: svc, Stats: metrics.NewReader(pool, nil), RateLimiter: o.rateLimiter, MaxBodyBytes: 64 << 10, MaxUploadBytes: o.maxUpload,
-		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans, Builds: bs})
+		OAuth: flows, SecureCookies: o.secureCookies, Channels: chans, Builds: bs, ProxyNames: names})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -491,6 +491,54 @@ func TestOAuthProviderFaults(t *testing.T) {
 	}
 }
 
+// A browser whose callback fails lands on the dashboard's callback page
+// with the error's code and message in the fragment (a person reads words,
+// not JSON); a program asking for JSON still gets the error format.
+func TestOAuthCallbackFailureLandsOnDashboard(t *testing.T) {
+	e, gh := newOAuthEnv(t)
+	gh.SetUser(octocat)
+	for _, tc := range []struct {
+		name     string
+		callback func(b *browser) string
+		code     string
+	}{
+		{"forged state", func(*browser) string { return e.srv.URL + "/v1/auth/oauth/github/callback?state=forged&code=x" }, "invalid_oauth_state"},
+		{"denied at GitHub", func(b *browser) string {
+			return strings.Replace(b.startPath("/v1/auth/oauth/github"), "code=", "error=access_denied&code=", 1)
+		}, "oauth_denied"},
+		{"GitHub down", func(b *browser) string {
+			cb := b.startPath("/v1/auth/oauth/github")
+			gh.SetDown(true)
+			return cb
+		}, "provider_unavailable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer gh.SetDown(false)
+			b := newBrowser(t, e)
+			req := mustRequest(t, http.MethodGet, tc.callback(b), "")
+			req.Header.Set("Accept", "text/html,application/xhtml+xml")
+			resp, body := b.send(req)
+			if resp.StatusCode != http.StatusFound {
+				t.Fatalf("callback = %d, want 302: %s", resp.StatusCode, body)
+			}
+			to, err := url.Parse(resp.Header.Get("Location"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := e.srv.URL + "/auth/callback"; to.Scheme+"://"+to.Host+to.Path != want || to.RawQuery != "" {
+				t.Fatalf("landed on %s, want %s#...", to, want)
+			}
+			frag, err := url.ParseQuery(to.EscapedFragment())
+			if err != nil || frag.Get("oauth_error") != tc.code || frag.Get("oauth_message") == "" || frag.Has("oauth_code") {
+				t.Fatalf("fragment %q, want oauth_error=%s and a message", to.Fragment, tc.code)
+			}
+		})
+	}
+	if n := e.count("SELECT count(*) FROM users"); n != 0 {
+		t.Fatalf("%d users after failed callbacks", n)
+	}
+}
+
 // Without any provider configured, every OAuth route says so.
 func TestOAuthNotConfigured(t *testing.T) {
 	e := newEnv(t)
@@ -500,6 +548,35 @@ func TestOAuthNotConfigured(t *testing.T) {
 	e.wantErr("POST", "/v1/auth/oauth/exchange", map[string]string{"code": "x"}, cred{}, http.StatusNotFound, "provider_not_configured", "")
 	e.wantErr("POST", "/v1/me/identities/github", nil, s.cred(), http.StatusNotFound, "provider_not_configured", "")
 	e.want("GET", "/v1/me/identities", nil, s.cred(), http.StatusOK, nil)
+}
+
+// The providers list is what the dashboard's sign-in buttons follow: empty
+// without a provider, GitHub when it is configured; no credentials needed.
+func TestOAuthProvidersList(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		github bool
+		want   []string
+	}{
+		{"none configured", false, []string{}},
+		{"github configured", true, []string{"github"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e *env
+			if tc.github {
+				e, _ = newOAuthEnv(t)
+			} else {
+				e = newEnv(t)
+			}
+			var got struct {
+				Providers []string `json:"providers"`
+			}
+			e.want("GET", "/v1/auth/providers", nil, cred{}, http.StatusOK, &got)
+			if got.Providers == nil || !slices.Equal(got.Providers, tc.want) {
+				t.Fatalf("providers = %#v, want %#v", got.Providers, tc.want)
+			}
+		})
+	}
 }
 
 // The state cookie: HttpOnly, SameSite=Lax, short-lived, scoped to the

@@ -59,6 +59,7 @@ func (s *Server) authRoutes(r chi.Router) {
 	r.With(body, s.authenticate(jwtOnly)).Post("/switch-team", s.switchTeam)
 	// Sign-in through providers. The callback is where a provider's answer
 	// is spent, so it shares the signup/login rate limit's window.
+	r.Get("/providers", s.oauthProviders)
 	r.With(body, s.rateLimit("oauth-exchange")).Post("/oauth/exchange", s.oauthExchange)
 	r.Get("/oauth/{provider}", s.oauthStart)
 	r.With(s.rateLimit("oauth")).Get("/oauth/{provider}/callback", s.oauthCallback)
@@ -125,6 +126,8 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 			r.With(s.idempotent(sandboxRoute("sandboxes.pause"), nil)).Post("/pause", s.pauseSandbox)
 			r.With(s.idempotent(sandboxRoute("sandboxes.resume"), nil)).Post("/resume", s.resumeSandbox)
 			r.Post("/ping", s.pingSandbox)
+			r.Patch("/", s.updateSandbox)
+			r.Post("/preview-urls", s.createPreviewURL)
 			r.Post("/files/read", s.readFile)
 			r.Post("/files/list", s.listDir)
 			r.Post("/files/mkdir", s.makeDir)

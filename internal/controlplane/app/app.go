@@ -140,7 +140,8 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 		return fmt.Errorf("WRENN_CP_LISTEN_ADDR: listen on %s: %w", cfg.ListenAddr, err)
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		// Sandbox hostnames go to the proxy before the router sees them.
+		Handler:           core.Proxy.Wrap(handler),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

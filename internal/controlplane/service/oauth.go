@@ -39,6 +39,9 @@ func NewOAuth(svc *Service, cfg OAuthConfig) (*OAuth, error) {
 // StateTTL is how long a flow's state cookie lives.
 func (o *OAuth) StateTTL() int { return int(o.cfg.States.TTL().Seconds()) }
 
+// Providers names the configured providers, sorted.
+func (o *OAuth) Providers() []string { return o.cfg.Providers.Names() }
+
 func (o *OAuth) provider(name string) (oauth.Provider, error) {
 	p, ok := o.cfg.Providers.Get(name)
 	if !ok {
@@ -162,6 +165,16 @@ func (o *OAuth) dashboard(path, key, value string) string {
 		path = "/"
 	}
 	return o.cfg.DashboardURL + path + "#" + url.Values{key: {value}}.Encode()
+}
+
+// callbackPage is the dashboard page that shows a failed callback.
+const callbackPage = "/auth/callback"
+
+// FailureLanding is where a browser goes when its callback failed: the
+// dashboard's callback page, with the error's code and message in the
+// fragment, so a person reads it in words instead of the API's JSON.
+func (o *OAuth) FailureLanding(code Code, message string) string {
+	return o.cfg.DashboardURL + callbackPage + "#" + url.Values{"oauth_error": {string(code)}, "oauth_message": {message}}.Encode()
 }
 
 // Exchange spends a one-time code for the session of its user.

@@ -43,6 +43,10 @@ type Sandbox struct {
 	LastActiveAt *time.Time        `json:"last_active_at"`
 	PausedAt     *time.Time        `json:"paused_at"`
 	StoppedAt    *time.Time        `json:"stopped_at"`
+	// PublicPorts are reached through the sandbox HTTP proxy without
+	// credentials; AutoResume resumes a paused sandbox on proxied traffic.
+	PublicPorts []int32 `json:"public_ports"`
+	AutoResume  bool    `json:"auto_resume"`
 }
 
 func toSandbox(r db.Sandbox) Sandbox {
@@ -51,7 +55,8 @@ func toSandbox(r db.Sandbox) Sandbox {
 	return Sandbox{ID: r.ID, TeamID: r.TeamID, HostID: r.HostID, Template: r.Template, Status: Status(r.Status),
 		VCPUs: r.Vcpus, MemoryMB: r.MemoryMb, DiskMB: r.DiskMb, TimeoutSec: r.TimeoutSec, Metadata: md,
 		ErrorMessage: r.ErrorMessage, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
-		StartedAt: r.StartedAt, LastActiveAt: r.LastActiveAt, PausedAt: r.PausedAt, StoppedAt: r.StoppedAt}
+		StartedAt: r.StartedAt, LastActiveAt: r.LastActiveAt, PausedAt: r.PausedAt, StoppedAt: r.StoppedAt,
+		PublicPorts: publicPorts(r.PublicPorts), AutoResume: r.AutoResume}
 }
 
 // CreateSandboxInput is POST /v1/sandboxes.
@@ -63,6 +68,9 @@ type CreateSandboxInput struct {
 	Metadata       map[string]string `json:"metadata"`
 	EnvVars        map[string]string `json:"env_vars"`
 	InternetAccess *bool             `json:"internet_access"`
+	// PublicPorts and AutoResume: see Sandbox (both off by default).
+	PublicPorts []int `json:"public_ports"`
+	AutoResume  bool  `json:"auto_resume"`
 	// Build is set by the template build worker for its own sandbox, never
 	// from a request body.
 	Build *BuildPlacement `json:"-"`
@@ -123,6 +131,9 @@ func (s *Service) CheckCreate(in CreateSandboxInput) error {
 		return err
 	}
 	if err := checkStringMap("env_vars", in.EnvVars, 200); err != nil {
+		return err
+	}
+	if _, err := checkPublicPorts("public_ports", in.PublicPorts); err != nil {
 		return err
 	}
 	return s.checkTimeout("timeout_sec", in.TimeoutSec)
@@ -256,7 +267,8 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: disk, TimeoutSec: int32(timeout),
-			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID})
+			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID,
+			PublicPorts: ports32(in.PublicPorts), AutoResume: in.AutoResume})
 		if err != nil {
 			return err
 		}
@@ -648,7 +660,7 @@ func (s *Service) PauseSandbox(ctx context.Context, a auth.AuthContext, id strin
 	if _, err := c.PauseSandbox(lctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: r.ID})); err != nil {
 		return Sandbox{}, FromAgent("pause the sandbox", err)
 	}
-	return s.transition(lctx, a, r, StatusRunning, StatusPaused, "paused", nil)
+	return s.transition(lctx, a, ActorOf(a), r, StatusRunning, StatusPaused, "paused", nil)
 }
 
 // ResumeInput is POST /v1/sandboxes/{id}/resume.
@@ -658,6 +670,11 @@ type ResumeInput struct {
 
 // ResumeSandbox restores a paused sandbox on its host.
 func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id string, in ResumeInput) (Sandbox, error) {
+	return s.resume(ctx, a, ActorOf(a), id, in)
+}
+
+// resume is ResumeSandbox on behalf of actor.
+func (s *Service) resume(ctx context.Context, a auth.AuthContext, actor Actor, id string, in ResumeInput) (Sandbox, error) {
 	if err := s.checkTimeout("timeout_sec", in.TimeoutSec); err != nil {
 		return Sandbox{}, err
 	}
@@ -694,7 +711,7 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
 		return Sandbox{}, FromAgent("resume the sandbox", err)
 	}
-	return s.transition(lctx, a, r, StatusPaused, StatusRunning, "resumed", newTimeout)
+	return s.transition(lctx, a, actor, r, StatusPaused, StatusRunning, "resumed", newTimeout)
 }
 
 // reserveResume checks that a paused sandbox's host has room for it again
@@ -731,8 +748,8 @@ func (s *Service) reserveResume(ctx context.Context, r db.Sandbox) (release func
 // first (the reconciler reads the agent's state and may see a pause before
 // this call returns): that is success. Losing the race to a different
 // transition is a 409 naming the state the sandbox is in now.
-func (s *Service) transition(ctx context.Context, a auth.AuthContext, r db.Sandbox, from, to Status, reason string, timeout *int32) (Sandbox, error) {
-	c := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{from}, To: to, Actor: ActorOf(a), Reason: reason, TimeoutSec: timeout}
+func (s *Service) transition(ctx context.Context, a auth.AuthContext, actor Actor, r db.Sandbox, from, to Status, reason string, timeout *int32) (Sandbox, error) {
+	c := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{from}, To: to, Actor: actor, Reason: reason, TimeoutSec: timeout}
 	t, ok, err := s.states.Change(ctx, c)
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox state", err)

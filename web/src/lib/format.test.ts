@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bucketLabel, bytes, count, duration, mebibytes, percent, relative } from './format';
+import { bucketLabel, bytes, count, duration, mebibytes, millis, percent, relative } from './format';
 
 describe('bytes', () => {
 	it.each([
@@ -44,6 +44,19 @@ describe('relative', () => {
 		['not a date', '—']
 	])('%s -> %s', (when, want) => expect(relative(when, now)).toBe(want));
 	it('null is never', () => expect(relative(null, now)).toBe('never'));
+});
+
+describe('millis', () => {
+	it.each([
+		[0, '0 ms'],
+		[350, '350 ms'],
+		[1000, '1s'],
+		[1500, '1.5s'],
+		[59949, '59.9s'],
+		[125000, '2m 5s'],
+		[-5, '—'],
+		[Number.NaN, '—']
+	])('%d -> %s', (n, want) => expect(millis(n)).toBe(want));
 });
 
 describe('count', () => {

@@ -69,6 +69,14 @@ export function absolute(when: string | null | undefined): string {
 	return Number.isNaN(t.getTime()) ? '' : t.toLocaleString();
 }
 
+/** Milliseconds for a step's run time: 350 -> "350 ms", 1500 -> "1.5s", 125000 -> "2m 5s". */
+export function millis(ms: number): string {
+	if (!Number.isFinite(ms) || ms < 0) return '—';
+	if (ms < 1000) return `${Math.round(ms)} ms`;
+	if (ms < 60000) return `${(ms / 1000).toFixed(1).replace(/\.0$/, '')}s`;
+	return duration(ms / 1000);
+}
+
 const integerFormat = new Intl.NumberFormat('en');
 
 /** A count with digit grouping: 12345 -> "12,345". */

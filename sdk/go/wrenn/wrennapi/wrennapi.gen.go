@@ -576,11 +576,16 @@ type BuildStepStatus string
 
 // CreateSandboxRequest defines model for CreateSandboxRequest.
 type CreateSandboxRequest struct {
+	// AutoResume Off by default. A request through the sandbox HTTP proxy to the paused sandbox resumes it and is then served (otherwise 409 `sandbox_paused`).
+	AutoResume     *bool              `json:"auto_resume,omitempty"`
 	EnvVars        *map[string]string `json:"env_vars,omitempty"`
 	InternetAccess *bool              `json:"internet_access,omitempty"`
 	MemoryMb       *int               `json:"memory_mb,omitempty"`
 	Metadata       *map[string]string `json:"metadata,omitempty"`
-	Template       *string            `json:"template,omitempty"`
+
+	// PublicPorts Ports anyone may reach through the sandbox HTTP proxy without credentials (docs/proxy.md); none by default. 49983 (envd) is refused.
+	PublicPorts *[]int  `json:"public_ports,omitempty"`
+	Template    *string `json:"template,omitempty"`
 
 	// TimeoutSec Idle seconds before auto-pause; 0 never.
 	TimeoutSec *int `json:"timeout_sec,omitempty"`
@@ -724,6 +729,21 @@ type PingResult struct {
 	LastActiveAt time.Time `json:"last_active_at"`
 }
 
+// PreviewURL defines model for PreviewURL.
+type PreviewURL struct {
+	ExpiresAt time.Time `json:"expires_at"`
+	Port      int       `json:"port"`
+	Url       string    `json:"url"`
+}
+
+// PreviewURLRequest defines model for PreviewURLRequest.
+type PreviewURLRequest struct {
+	Port int `json:"port"`
+
+	// TtlSec Seconds the URL works (0 or absent - 3600).
+	TtlSec *int `json:"ttl_sec,omitempty"`
+}
+
 // Process defines model for Process.
 type Process struct {
 	Args *[]string          `json:"args,omitempty"`
@@ -739,7 +759,8 @@ type Role string
 
 // Sandbox defines model for Sandbox.
 type Sandbox struct {
-	CreatedAt time.Time `json:"created_at"`
+	AutoResume *bool     `json:"auto_resume,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
 
 	// CreatedBy User ID, or API key ID when created with a key.
 	CreatedBy    string            `json:"created_by"`
@@ -751,6 +772,7 @@ type Sandbox struct {
 	MemoryMb     int               `json:"memory_mb"`
 	Metadata     map[string]string `json:"metadata"`
 	PausedAt     *time.Time        `json:"paused_at,omitempty"`
+	PublicPorts  *[]int            `json:"public_ports,omitempty"`
 	StartedAt    *time.Time        `json:"started_at,omitempty"`
 	Status       SandboxStatus     `json:"status"`
 	StoppedAt    *time.Time        `json:"stopped_at,omitempty"`
@@ -846,6 +868,12 @@ type TemplateKind string
 
 // TemplateScope defines model for Template.Scope.
 type TemplateScope string
+
+// UpdateSandboxRequest defines model for UpdateSandboxRequest.
+type UpdateSandboxRequest struct {
+	AutoResume  *bool  `json:"auto_resume,omitempty"`
+	PublicPorts *[]int `json:"public_ports,omitempty"`
+}
 
 // Usage defines model for Usage.
 type Usage struct {
@@ -1147,6 +1175,12 @@ type SignupJSONRequestBody = SignupRequest
 // SwitchTeamJSONRequestBody defines body for SwitchTeam for application/json ContentType.
 type SwitchTeamJSONRequestBody SwitchTeamJSONBody
 
+// UpdateSandboxCapsuleJSONRequestBody defines body for UpdateSandboxCapsule for application/json ContentType.
+type UpdateSandboxCapsuleJSONRequestBody = UpdateSandboxRequest
+
+// CreatePreviewURLCapsuleJSONRequestBody defines body for CreatePreviewURLCapsule for application/json ContentType.
+type CreatePreviewURLCapsuleJSONRequestBody = PreviewURLRequest
+
 // UpdateMeJSONRequestBody defines body for UpdateMe for application/json ContentType.
 type UpdateMeJSONRequestBody UpdateMeJSONBody
 
@@ -1155,6 +1189,9 @@ type ChangePasswordJSONRequestBody ChangePasswordJSONBody
 
 // CreateSandboxJSONRequestBody defines body for CreateSandbox for application/json ContentType.
 type CreateSandboxJSONRequestBody = CreateSandboxRequest
+
+// UpdateSandboxJSONRequestBody defines body for UpdateSandbox for application/json ContentType.
+type UpdateSandboxJSONRequestBody = UpdateSandboxRequest
 
 // ExecJSONRequestBody defines body for Exec for application/json ContentType.
 type ExecJSONRequestBody = ExecRequest
@@ -1173,6 +1210,9 @@ type RemovePathJSONRequestBody = PathRequest
 
 // WriteFileMultipartRequestBody defines body for WriteFile for multipart/form-data ContentType.
 type WriteFileMultipartRequestBody WriteFileMultipartBody
+
+// CreatePreviewURLJSONRequestBody defines body for CreatePreviewURL for application/json ContentType.
+type CreatePreviewURLJSONRequestBody = PreviewURLRequest
 
 // ResumeSandboxJSONRequestBody defines body for ResumeSandbox for application/json ContentType.
 type ResumeSandboxJSONRequestBody ResumeSandboxJSONBody
@@ -1688,6 +1728,42 @@ type ClientInterface interface {
 	// Corresponds with POST /v1/auth/switch-team (the `SwitchTeam` operationId).
 	SwitchTeam(ctx context.Context, params *SwitchTeamParams, body SwitchTeamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// UpdateSandboxCapsuleWithBody Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+	UpdateSandboxCapsuleWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateSandboxCapsule Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+	UpdateSandboxCapsule(ctx context.Context, sandboxId string, body UpdateSandboxCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreatePreviewURLCapsuleWithBody Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+	CreatePreviewURLCapsuleWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreatePreviewURLCapsule Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+	CreatePreviewURLCapsule(ctx context.Context, sandboxId string, body CreatePreviewURLCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetMe The caller, their current team and all their teams
 	//
 	// Corresponds with GET /v1/me (the `GetMe` operationId).
@@ -1779,6 +1855,24 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/sandboxes/{sandbox_id} (the `GetSandbox` operationId).
 	GetSandbox(ctx context.Context, sandboxId string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateSandboxWithBody Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+	UpdateSandboxWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateSandbox Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+	UpdateSandbox(ctx context.Context, sandboxId string, body UpdateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ExecWithBody Run a command (or start it in the background)
 	//
@@ -1888,6 +1982,24 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{sandbox_id}/ping (the `PingSandbox` operationId).
 	PingSandbox(ctx context.Context, sandboxId string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreatePreviewURLWithBody Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+	CreatePreviewURLWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreatePreviewURL Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+	CreatePreviewURL(ctx context.Context, sandboxId string, body CreatePreviewURLJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListProcesses List background processes
 	//
@@ -2275,6 +2387,82 @@ func (c *Client) SwitchTeam(ctx context.Context, params *SwitchTeamParams, body 
 	return c.Client.Do(req)
 }
 
+// UpdateSandboxCapsuleWithBody Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+func (c *Client) UpdateSandboxCapsuleWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateSandboxCapsuleRequestWithBody(c.Server, sandboxId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateSandboxCapsule Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+func (c *Client) UpdateSandboxCapsule(ctx context.Context, sandboxId string, body UpdateSandboxCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateSandboxCapsuleRequest(c.Server, sandboxId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreatePreviewURLCapsuleWithBody Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+func (c *Client) CreatePreviewURLCapsuleWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreatePreviewURLCapsuleRequestWithBody(c.Server, sandboxId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreatePreviewURLCapsule Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+func (c *Client) CreatePreviewURLCapsule(ctx context.Context, sandboxId string, body CreatePreviewURLCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreatePreviewURLCapsuleRequest(c.Server, sandboxId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // GetMe The caller, their current team and all their teams
 //
 // Corresponds with GET /v1/me (the `GetMe` operationId).
@@ -2467,6 +2655,44 @@ func (c *Client) DestroySandbox(ctx context.Context, sandboxId string, reqEditor
 // Corresponds with GET /v1/sandboxes/{sandbox_id} (the `GetSandbox` operationId).
 func (c *Client) GetSandbox(ctx context.Context, sandboxId string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetSandboxRequest(c.Server, sandboxId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateSandboxWithBody Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+func (c *Client) UpdateSandboxWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateSandboxRequestWithBody(c.Server, sandboxId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateSandbox Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+func (c *Client) UpdateSandbox(ctx context.Context, sandboxId string, body UpdateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateSandboxRequest(c.Server, sandboxId, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2726,6 +2952,44 @@ func (c *Client) PauseSandbox(ctx context.Context, sandboxId string, params *Pau
 // Corresponds with POST /v1/sandboxes/{sandbox_id}/ping (the `PingSandbox` operationId).
 func (c *Client) PingSandbox(ctx context.Context, sandboxId string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPingSandboxRequest(c.Server, sandboxId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreatePreviewURLWithBody Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+func (c *Client) CreatePreviewURLWithBody(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreatePreviewURLRequestWithBody(c.Server, sandboxId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreatePreviewURL Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+func (c *Client) CreatePreviewURL(ctx context.Context, sandboxId string, body CreatePreviewURLJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreatePreviewURLRequest(c.Server, sandboxId, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3638,6 +3902,100 @@ func NewSwitchTeamRequestWithBody(server string, params *SwitchTeamParams, conte
 	return req, nil
 }
 
+// NewUpdateSandboxCapsuleRequest calls the generic UpdateSandboxCapsule builder with application/json body
+func NewUpdateSandboxCapsuleRequest(server string, sandboxId string, body UpdateSandboxCapsuleJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewUpdateSandboxCapsuleRequestWithBody(server, sandboxId, "application/json", bodyReader)
+}
+
+// NewUpdateSandboxCapsuleRequestWithBody constructs an http.Request for the UpdateSandboxCapsule method, with any body, and a specified content type
+func NewUpdateSandboxCapsuleRequestWithBody(server string, sandboxId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "sandbox_id", sandboxId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/capsules/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewCreatePreviewURLCapsuleRequest calls the generic CreatePreviewURLCapsule builder with application/json body
+func NewCreatePreviewURLCapsuleRequest(server string, sandboxId string, body CreatePreviewURLCapsuleJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreatePreviewURLCapsuleRequestWithBody(server, sandboxId, "application/json", bodyReader)
+}
+
+// NewCreatePreviewURLCapsuleRequestWithBody constructs an http.Request for the CreatePreviewURLCapsule method, with any body, and a specified content type
+func NewCreatePreviewURLCapsuleRequestWithBody(server string, sandboxId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "sandbox_id", sandboxId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/capsules/%s/preview-urls", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewGetMeRequest constructs an http.Request for the GetMe method
 func NewGetMeRequest(server string) (*http.Request, error) {
 	var err error
@@ -4015,6 +4373,53 @@ func NewGetSandboxRequest(server string, sandboxId string) (*http.Request, error
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewUpdateSandboxRequest calls the generic UpdateSandbox builder with application/json body
+func NewUpdateSandboxRequest(server string, sandboxId string, body UpdateSandboxJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewUpdateSandboxRequestWithBody(server, sandboxId, "application/json", bodyReader)
+}
+
+// NewUpdateSandboxRequestWithBody constructs an http.Request for the UpdateSandbox method, with any body, and a specified content type
+func NewUpdateSandboxRequestWithBody(server string, sandboxId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "sandbox_id", sandboxId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -4491,6 +4896,53 @@ func NewPingSandboxRequest(server string, sandboxId string) (*http.Request, erro
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewCreatePreviewURLRequest calls the generic CreatePreviewURL builder with application/json body
+func NewCreatePreviewURLRequest(server string, sandboxId string, body CreatePreviewURLJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreatePreviewURLRequestWithBody(server, sandboxId, "application/json", bodyReader)
+}
+
+// NewCreatePreviewURLRequestWithBody constructs an http.Request for the CreatePreviewURL method, with any body, and a specified content type
+func NewCreatePreviewURLRequestWithBody(server string, sandboxId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "sandbox_id", sandboxId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/preview-urls", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -5138,6 +5590,42 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /v1/auth/switch-team (the `SwitchTeam` operationId).
 	SwitchTeamWithResponse(ctx context.Context, params *SwitchTeamParams, body SwitchTeamJSONRequestBody, reqEditors ...RequestEditorFn) (*SwitchTeamResponse, error)
 
+	// UpdateSandboxCapsuleWithBodyWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+	UpdateSandboxCapsuleWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateSandboxCapsuleResponse, error)
+
+	// UpdateSandboxCapsuleWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+	UpdateSandboxCapsuleWithResponse(ctx context.Context, sandboxId string, body UpdateSandboxCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateSandboxCapsuleResponse, error)
+
+	// CreatePreviewURLCapsuleWithBodyWithResponse Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+	CreatePreviewURLCapsuleWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePreviewURLCapsuleResponse, error)
+
+	// CreatePreviewURLCapsuleWithResponse Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+	CreatePreviewURLCapsuleWithResponse(ctx context.Context, sandboxId string, body CreatePreviewURLCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePreviewURLCapsuleResponse, error)
+
 	// GetMeWithResponse The caller, their current team and all their teams
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -5239,6 +5727,24 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/sandboxes/{sandbox_id} (the `GetSandbox` operationId).
 	GetSandboxWithResponse(ctx context.Context, sandboxId string, reqEditors ...RequestEditorFn) (*GetSandboxResponse, error)
+
+	// UpdateSandboxWithBodyWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+	UpdateSandboxWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateSandboxResponse, error)
+
+	// UpdateSandboxWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+	//
+	// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+	UpdateSandboxWithResponse(ctx context.Context, sandboxId string, body UpdateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateSandboxResponse, error)
 
 	// ExecWithBodyWithResponse Run a command (or start it in the background)
 	//
@@ -5356,6 +5862,24 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{sandbox_id}/ping (the `PingSandbox` operationId).
 	PingSandboxWithResponse(ctx context.Context, sandboxId string, reqEditors ...RequestEditorFn) (*PingSandboxResponse, error)
+
+	// CreatePreviewURLWithBodyWithResponse Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+	CreatePreviewURLWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePreviewURLResponse, error)
+
+	// CreatePreviewURLWithResponse Sign a preview URL of one sandbox port, for a browser
+	//
+	// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+	CreatePreviewURLWithResponse(ctx context.Context, sandboxId string, body CreatePreviewURLJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePreviewURLResponse, error)
 
 	// ListProcessesWithResponse List background processes
 	//
@@ -6517,6 +7041,172 @@ func (r SwitchTeamResponse) ContentType() string {
 	return ""
 }
 
+type UpdateSandboxCapsuleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Sandbox
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *ApiError
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *ApiError
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *ApiError
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *ApiError
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON200() *Sandbox {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON400() *ApiError {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON401() *ApiError {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON404() *ApiError {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON409() *ApiError {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r UpdateSandboxCapsuleResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r UpdateSandboxCapsuleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UpdateSandboxCapsuleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UpdateSandboxCapsuleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UpdateSandboxCapsuleResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreatePreviewURLCapsuleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *PreviewURL
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *ApiError
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *ApiError
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *ApiError
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *ApiError
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON201() *PreviewURL {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON400() *ApiError {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON401() *ApiError {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON403() *ApiError {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON404() *ApiError {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CreatePreviewURLCapsuleResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreatePreviewURLCapsuleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreatePreviewURLCapsuleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreatePreviewURLCapsuleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreatePreviewURLCapsuleResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type GetMeResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -7119,6 +7809,89 @@ func (r GetSandboxResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetSandboxResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type UpdateSandboxResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Sandbox
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *ApiError
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *ApiError
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *ApiError
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *ApiError
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r UpdateSandboxResponse) GetJSON200() *Sandbox {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r UpdateSandboxResponse) GetJSON400() *ApiError {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r UpdateSandboxResponse) GetJSON401() *ApiError {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r UpdateSandboxResponse) GetJSON404() *ApiError {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r UpdateSandboxResponse) GetJSON409() *ApiError {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r UpdateSandboxResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r UpdateSandboxResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r UpdateSandboxResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UpdateSandboxResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UpdateSandboxResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UpdateSandboxResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -8016,6 +8789,89 @@ func (r PingSandboxResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r PingSandboxResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreatePreviewURLResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *PreviewURL
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *ApiError
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *ApiError
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *ApiError
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *ApiError
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON201() *PreviewURL {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON400() *ApiError {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON401() *ApiError {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON403() *ApiError {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON404() *ApiError {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CreatePreviewURLResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreatePreviewURLResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreatePreviewURLResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreatePreviewURLResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreatePreviewURLResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -9002,6 +9858,66 @@ func (c *ClientWithResponses) SwitchTeamWithResponse(ctx context.Context, params
 	return ParseSwitchTeamResponse(rsp)
 }
 
+// UpdateSandboxCapsuleWithBodyWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+func (c *ClientWithResponses) UpdateSandboxCapsuleWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateSandboxCapsuleResponse, error) {
+	rsp, err := c.UpdateSandboxCapsuleWithBody(ctx, sandboxId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateSandboxCapsuleResponse(rsp)
+}
+
+// UpdateSandboxCapsuleWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/capsules/{sandbox_id} (the `UpdateSandboxCapsule` operationId).
+func (c *ClientWithResponses) UpdateSandboxCapsuleWithResponse(ctx context.Context, sandboxId string, body UpdateSandboxCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateSandboxCapsuleResponse, error) {
+	rsp, err := c.UpdateSandboxCapsule(ctx, sandboxId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateSandboxCapsuleResponse(rsp)
+}
+
+// CreatePreviewURLCapsuleWithBodyWithResponse Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+func (c *ClientWithResponses) CreatePreviewURLCapsuleWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePreviewURLCapsuleResponse, error) {
+	rsp, err := c.CreatePreviewURLCapsuleWithBody(ctx, sandboxId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreatePreviewURLCapsuleResponse(rsp)
+}
+
+// CreatePreviewURLCapsuleWithResponse Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/capsules/{sandbox_id}/preview-urls (the `CreatePreviewURLCapsule` operationId).
+func (c *ClientWithResponses) CreatePreviewURLCapsuleWithResponse(ctx context.Context, sandboxId string, body CreatePreviewURLCapsuleJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePreviewURLCapsuleResponse, error) {
+	rsp, err := c.CreatePreviewURLCapsule(ctx, sandboxId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreatePreviewURLCapsuleResponse(rsp)
+}
+
 // GetMeWithResponse The caller, their current team and all their teams
 //
 // Returns a wrapper object for the known response body format(s).
@@ -9168,6 +10084,36 @@ func (c *ClientWithResponses) GetSandboxWithResponse(ctx context.Context, sandbo
 		return nil, err
 	}
 	return ParseGetSandboxResponse(rsp)
+}
+
+// UpdateSandboxWithBodyWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+func (c *ClientWithResponses) UpdateSandboxWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateSandboxResponse, error) {
+	rsp, err := c.UpdateSandboxWithBody(ctx, sandboxId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateSandboxResponse(rsp)
+}
+
+// UpdateSandboxWithResponse Change a sandbox's proxy options (public ports, auto-resume)
+//
+// Absent fields keep their value. 409 `invalid_state` for a stopped sandbox.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/sandboxes/{sandbox_id} (the `UpdateSandbox` operationId).
+func (c *ClientWithResponses) UpdateSandboxWithResponse(ctx context.Context, sandboxId string, body UpdateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateSandboxResponse, error) {
+	rsp, err := c.UpdateSandbox(ctx, sandboxId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateSandboxResponse(rsp)
 }
 
 // ExecWithBodyWithResponse Run a command (or start it in the background)
@@ -9375,6 +10321,36 @@ func (c *ClientWithResponses) PingSandboxWithResponse(ctx context.Context, sandb
 		return nil, err
 	}
 	return ParsePingSandboxResponse(rsp)
+}
+
+// CreatePreviewURLWithBodyWithResponse Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+func (c *ClientWithResponses) CreatePreviewURLWithBodyWithResponse(ctx context.Context, sandboxId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePreviewURLResponse, error) {
+	rsp, err := c.CreatePreviewURLWithBody(ctx, sandboxId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreatePreviewURLResponse(rsp)
+}
+
+// CreatePreviewURLWithResponse Sign a preview URL of one sandbox port, for a browser
+//
+// Returns `http(s)://{port}-{sandbox_id}.{domain}/?wrenn_preview=<token>`. Opening it sets an HttpOnly, SameSite=Lax cookie scoped to that exact host and redirects to the clean URL; the cookie then authenticates requests to that port until the token expires (`ttl_sec`, 60 s to 7 days, default 1 h). Links stop working when the sandbox is destroyed. 403 `port_not_allowed` for 49983 (envd) or a port outside 1-65535.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{sandbox_id}/preview-urls (the `CreatePreviewURL` operationId).
+func (c *ClientWithResponses) CreatePreviewURLWithResponse(ctx context.Context, sandboxId string, body CreatePreviewURLJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePreviewURLResponse, error) {
+	rsp, err := c.CreatePreviewURL(ctx, sandboxId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreatePreviewURLResponse(rsp)
 }
 
 // ListProcessesWithResponse List background processes
@@ -10396,6 +11372,142 @@ func ParseSwitchTeamResponse(rsp *http.Response) (*SwitchTeamResponse, error) {
 	return response, nil
 }
 
+// ParseUpdateSandboxCapsuleResponse parses an HTTP response from a UpdateSandboxCapsuleWithResponse call
+func ParseUpdateSandboxCapsuleResponse(rsp *http.Response) (*UpdateSandboxCapsuleResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UpdateSandboxCapsuleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Sandbox
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreatePreviewURLCapsuleResponse parses an HTTP response from a CreatePreviewURLCapsuleWithResponse call
+func ParseCreatePreviewURLCapsuleResponse(rsp *http.Response) (*CreatePreviewURLCapsuleResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreatePreviewURLCapsuleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest PreviewURL
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseGetMeResponse parses an HTTP response from a GetMeWithResponse call
 func ParseGetMeResponse(rsp *http.Response) (*GetMeResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -10870,6 +11982,74 @@ func ParseGetSandboxResponse(rsp *http.Response) (*GetSandboxResponse, error) {
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseUpdateSandboxResponse parses an HTTP response from a UpdateSandboxWithResponse call
+func ParseUpdateSandboxResponse(rsp *http.Response) (*UpdateSandboxResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UpdateSandboxResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Sandbox
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal
@@ -11631,6 +12811,74 @@ func ParsePingSandboxResponse(rsp *http.Response) (*PingSandboxResponse, error) 
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreatePreviewURLResponse parses an HTTP response from a CreatePreviewURLWithResponse call
+func ParseCreatePreviewURLResponse(rsp *http.Response) (*CreatePreviewURLResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreatePreviewURLResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest PreviewURL
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ApiError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}

@@ -11,7 +11,7 @@ type Op<P extends Path, M extends Method> = NonNullable<paths[P][M]>;
 
 type JSONOf<C> = C extends { content: { 'application/json': infer B } } ? B : undefined;
 type BodyOf<O> = O extends { requestBody: infer R } ? JSONOf<R> : O extends { requestBody?: infer R } ? JSONOf<NonNullable<R>> | undefined : undefined;
-type Ok<R> = 200 extends keyof R ? R[200] : 201 extends keyof R ? R[201] : undefined;
+type Ok<R> = 200 extends keyof R ? R[200] : 201 extends keyof R ? R[201] : 202 extends keyof R ? R[202] : undefined;
 export type Answer<P extends Path, M extends Method> = Op<P, M> extends { responses: infer R } ? JSONOf<Ok<R>> : never;
 type PathParams<O> = O extends { parameters: { path: infer PP } } ? (PP extends Record<string, unknown> ? { [K in keyof PP]: string } : never) : never;
 type QueryOf<O> = O extends { parameters: { query?: infer Q } } ? Q : never;

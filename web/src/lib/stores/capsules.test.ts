@@ -1,6 +1,6 @@
 import { get } from 'svelte/store';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { act, capsuleRunningCount, capsules, loaded, refresh, runningCount, upsert, visible, type Capsule } from './capsules';
+import { act, capsuleRunningCount, capsules, loaded, maxPages, refresh, runningCount, upsert, visible, type Capsule } from './capsules';
 
 function capsule(id: string, status: Capsule['status']): Capsule {
 	return {
@@ -79,5 +79,34 @@ describe('refresh', () => {
 		expect(get(loaded)).toBe(true);
 		await refresh();
 		expect(f).toHaveBeenCalledTimes(2);
+	});
+
+	it('follows the pages of live capsules', async () => {
+		const pages = [
+			{ sandboxes: [capsule('a', 'running'), capsule('b', 'paused')], next_cursor: 'c1' },
+			{ sandboxes: [capsule('c', 'running')] }
+		];
+		const urls: string[] = [];
+		const f = vi.fn(async (url: string) => {
+			urls.push(url);
+			return new Response(JSON.stringify(pages.shift()), { status: 200, headers: { 'Content-Type': 'application/json' } });
+		});
+		vi.stubGlobal('fetch', f);
+		await refresh();
+		expect(get(capsules).map((c) => c.id)).toEqual(['a', 'b', 'c']);
+		expect(get(capsuleRunningCount)).toBe(2);
+		expect(urls).toHaveLength(2);
+		const first = new URL(urls[0]!, 'http://x').searchParams;
+		expect(first.get('status')).toBe('pending,running,paused,stopping,error,missing');
+		expect(first.get('limit')).toBe('200');
+		expect(first.get('cursor')).toBeNull();
+		expect(new URL(urls[1]!, 'http://x').searchParams.get('cursor')).toBe('c1');
+	});
+
+	it('stops after the most pages one refresh walks', async () => {
+		const f = vi.fn(async () => new Response(JSON.stringify({ sandboxes: [], next_cursor: 'again' }), { status: 200, headers: { 'Content-Type': 'application/json' } }));
+		vi.stubGlobal('fetch', f);
+		await refresh();
+		expect(f).toHaveBeenCalledTimes(maxPages);
 	});
 });

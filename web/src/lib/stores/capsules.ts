@@ -39,13 +39,32 @@ export const capsules = writable<Capsule[]>([]);
 export const loaded = writable(false);
 export const capsuleRunningCount = derived(capsules, runningCount);
 
+/** The statuses the list asks for: all but stopped, so history never pushes live capsules off a page. */
+export const liveStatuses: Status[] = ['pending', 'running', 'paused', 'stopping', 'error', 'missing'];
+/** The API's largest page, and the most pages one refresh walks. */
+export const pageSize = 200;
+export const maxPages = 10;
+
+/** Every live capsule, following the API's pages (the running count needs them all). */
+async function loadAll(): Promise<Capsule[]> {
+	const out: Capsule[] = [];
+	let cursor: string | undefined;
+	for (let i = 0; i < maxPages; i++) {
+		const page = await request('get', '/v1/sandboxes', { query: { status: liveStatuses.join(','), limit: pageSize, cursor } });
+		out.push(...page.sandboxes);
+		cursor = page.next_cursor;
+		if (!cursor) break;
+	}
+	return visible(out);
+}
+
 let inflight: Promise<void> | undefined;
 
 /** Reloads the list; callers at the same moment share one request. */
 export function refresh(): Promise<void> {
-	inflight ??= request('get', '/v1/sandboxes', {})
-		.then((page) => {
-			capsules.set(visible(page.sandboxes));
+	inflight ??= loadAll()
+		.then((list) => {
+			capsules.set(list);
 			loaded.set(true);
 		})
 		.finally(() => (inflight = undefined));
