@@ -19,3 +19,9 @@ const ErrorReasonHeader = "Wrenn-Error-Reason"
 
 // ReasonDiskFull is ErrorReasonHeader's value for ENOSPC in the guest.
 const ReasonDiskFull = "disk-full"
+
+// Version is the version of E2B's envd protocol this envd implements, as
+// E2B's SDKs read it (envdVersion): they gate features on it (0.4.0: the
+// template's default user runs commands; 0.5.2: CloseStdin; 0.5.7:
+// octet-stream uploads), all of which envd serves.
+const Version = "0.5.7"
