@@ -57,7 +57,9 @@ var kindStatus = map[service.Kind]int{
 	service.KindStorageFull:      http.StatusInsufficientStorage,
 }
 
-func statusOf(k service.Kind) int {
+// StatusOf is the HTTP status of an error kind (kindStatus); the E2B API
+// (e2bapi) answers with it too.
+func StatusOf(k service.Kind) int {
 	if st, ok := kindStatus[k]; ok {
 		return st
 	}
@@ -79,14 +81,14 @@ func writeError(w http.ResponseWriter, se *service.Error) {
 	if d := se.RetryAfter(); d > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(d.Round(time.Second)/time.Second)))
 	}
-	WriteJSON(w, statusOf(se.Kind), errorBody{Error: errorDetail{Code: string(se.Code), Message: se.Message, Field: se.Field}})
+	WriteJSON(w, StatusOf(se.Kind), errorBody{Error: errorDetail{Code: string(se.Code), Message: se.Message, Field: se.Field}})
 }
 
 // writeErr answers with err in the API's format, logging server-side
 // failures.
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	se := asServiceError("unclassified", err)
-	if status := statusOf(se.Kind); status >= 500 {
+	if status := StatusOf(se.Kind); status >= 500 {
 		lvl := slog.LevelWarn
 		if status == http.StatusInternalServerError {
 			lvl = slog.LevelError

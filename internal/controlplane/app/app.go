@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/e2bapi"
 	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
@@ -114,6 +115,7 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	if err != nil {
 		return err
 	}
+	e2bapi.New(e2bapi.Deps{Logger: logger, Service: core.Service, MaxBodyBytes: deps.MaxBodyBytes}).Mount(handler.Router())
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	bgDone := make(chan struct{})
 	go func() { defer close(bgDone); core.RunBackground(bgCtx) }()
