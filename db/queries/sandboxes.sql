@@ -21,6 +21,11 @@ RETURNING *;
 -- name: GetSandbox :one
 SELECT * FROM sandboxes WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id);
 
+-- name: GetSandboxByID :one
+-- The sandbox HTTP proxy's lookup: the request names a sandbox before its
+-- caller's team is known (the proxy checks the team itself).
+SELECT * FROM sandboxes WHERE id = sqlc.arg(id);
+
 -- name: ListSandboxes :many
 -- Newest first; the cursor is the (created_at, id) of the last row seen.
 SELECT * FROM sandboxes

@@ -168,6 +168,47 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 	return i, err
 }
 
+const getSandboxByID = `-- name: GetSandboxByID :one
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1
+`
+
+// The sandbox HTTP proxy's lookup: the request names a sandbox before its
+// caller's team is known (the proxy checks the team itself).
+func (q *Queries) GetSandboxByID(ctx context.Context, id string) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, getSandboxByID, id)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.Metadata,
+		&i.ErrorMessage,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
+		&i.BuildID,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
+	)
+	return i, err
+}
+
 const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
                        op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token)

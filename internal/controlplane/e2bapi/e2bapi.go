@@ -22,6 +22,9 @@ type Deps struct {
 	// getHost(port) names "<port>-<sandbox id>.<Domain>", a hostname the
 	// sandbox proxy serves; empty: none is returned.
 	Domain string
+	// Forward reaches sandbox ports for requests routed by the
+	// E2b-Sandbox-Id header (Wrap); nil: those requests go to the API.
+	Forward Forwarder
 	// MaxBodyBytes bounds JSON bodies (default 1 MiB).
 	MaxBodyBytes int64
 }

@@ -33,7 +33,9 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 // env is the control plane (Wrenn's API and the E2B routes on one router)
 // on real PostgreSQL, with the in-memory agent over real Connect.
 type env struct {
-	t     *testing.T
+	t *testing.T
+	// forwarded records what header routing handed to the proxy.
+	forwarded chan forwarded
 	url   string
 	svc   *service.Service
 	agent *agenttest.Agent
@@ -67,10 +69,16 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e2bapi.New(e2bapi.Deps{Logger: logger, Service: svc, Domain: "sandbox.test"}).Mount(h.Router())
-	srv := httptest.NewServer(h)
+	fw := make(chan forwarded, 16)
+	e2b := e2bapi.New(e2bapi.Deps{Logger: logger, Service: svc, Domain: "sandbox.test",
+		Forward: func(w http.ResponseWriter, r *http.Request, team, id string, port int, envd bool) {
+			fw <- forwarded{team: team, id: id, port: port, envd: envd, path: r.URL.Path}
+			w.WriteHeader(http.StatusTeapot)
+		}})
+	e2b.Mount(h.Router())
+	srv := httptest.NewServer(e2b.Wrap(h))
 	t.Cleanup(srv.Close)
-	return &env{t: t, url: srv.URL, svc: svc, agent: agent, q: q}
+	return &env{t: t, url: srv.URL, svc: svc, agent: agent, q: q, forwarded: fw}
 }
 
 // in is e reporting to t (a subtest).
@@ -471,4 +479,88 @@ func TestTemplates(t *testing.T) {
 	if !found {
 		t.Fatalf("templates %+v lack minimal", ts)
 	}
+}
+
+type forwarded struct {
+	team, id, path string
+	port           int
+	envd           bool
+}
+
+func TestHeaderRouting(t *testing.T) {
+	e := newEnv(t)
+	k, jwt := e.team("a@example.com")
+	other, _ := e.team("b@example.com")
+	var me struct {
+		Team struct{ ID string } `json:"team"`
+	}
+	e.call("GET", "/v1/me", nil, map[string]string{"Authorization": "Bearer " + jwt}, 200, &me)
+	var c created
+	e.call("POST", "/v2/sandboxes", map[string]any{"templateID": "minimal"}, key(k), 201, &c)
+	var c2 created
+	e.call("POST", "/v2/sandboxes", map[string]any{"templateID": "minimal"}, key(other), 201, &c2)
+	route := func(port, tok, apiKey string) map[string]string {
+		h := map[string]string{"E2b-Sandbox-Id": c.SandboxID, "E2b-Sandbox-Port": port}
+		if tok != "" {
+			h["X-Access-Token"] = tok
+		}
+		if apiKey != "" {
+			h["X-API-Key"] = apiKey
+		}
+		return h
+	}
+	tests := []struct {
+		name, method, path string
+		hdr                map[string]string
+		want               int // 418: forwarded
+		envd               bool
+	}{
+		{"envd RPC with the token", "POST", "/process.Process/Start", route("49983", c.EnvdAccessToken, ""), 418, true},
+		{"envd files with the token", "GET", "/files", route("49983", c.EnvdAccessToken, ""), 418, true},
+		{"envd health with the token", "GET", "/health", route("49983", c.EnvdAccessToken, ""), 418, true},
+		{"envd without a token", "POST", "/process.Process/Start", route("49983", "", ""), 401, false},
+		{"envd with an API key only", "POST", "/process.Process/Start", route("49983", "", k), 401, false},
+		{"envd with another sandbox's token", "POST", "/process.Process/Start", route("49983", c2.EnvdAccessToken, ""), 401, false},
+		{"envd /init", "POST", "/init", route("49983", c.EnvdAccessToken, ""), 403, false},
+		{"envd's Wrenn-only paths", "POST", "/wrenn/poweroff", route("49983", c.EnvdAccessToken, ""), 403, false},
+		{"a dot segment towards /init", "POST", "/process.Process/../init", route("49983", c.EnvdAccessToken, ""), 403, false},
+		{"another port with the owner's key", "GET", "/index.html", route("8080", "", k), 418, false},
+		{"another port without a key", "GET", "/index.html", route("8080", c.EnvdAccessToken, ""), 401, false},
+		{"another port with a bad key", "GET", "/", route("8080", "", "wrn_bad"), 401, false},
+		{"not a port", "GET", "/", route("http", c.EnvdAccessToken, ""), 400, false},
+		{"port out of range", "GET", "/", route("70000", c.EnvdAccessToken, ""), 400, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := e.in(t)
+			req, _ := http.NewRequest(tc.method, e.url+tc.path, nil)
+			for k, v := range tc.hdr {
+				req.Header.Set(k, v)
+			}
+			// Go's client would clean the dot segment; send it as is.
+			req.URL.Opaque = tc.path
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("%s %s = %d, want %d: %s", tc.method, tc.path, resp.StatusCode, tc.want, b)
+			}
+			if tc.want != 418 {
+				var eb struct{ Code int }
+				if json.Unmarshal(b, &eb) != nil || eb.Code != tc.want {
+					t.Fatalf("answer %s is not in E2B's error format", b)
+				}
+				return
+			}
+			f := <-e.forwarded
+			if f.team != me.Team.ID || f.id != c.SandboxID || f.path != tc.path || f.envd != tc.envd {
+				t.Fatalf("forwarded %+v, want team %s sandbox %s path %s envd %v", f, me.Team.ID, c.SandboxID, tc.path, tc.envd)
+			}
+		})
+	}
+	// Without the header, requests reach the API.
+	e.call("GET", "/sandboxes/"+c.SandboxID, nil, key(k), 200, nil)
 }

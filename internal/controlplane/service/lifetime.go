@@ -3,11 +3,13 @@ package service
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
 )
 
@@ -122,4 +124,26 @@ func (s *Service) RunSandboxEnds(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// AuthorizeEnvd returns the team of sandbox id when token is its envd
+// access token (compared in constant time); anything else, including a
+// sandbox that is stopped or has no token, is a 401 that says nothing
+// about whether the sandbox exists.
+func (s *Service) AuthorizeEnvd(ctx context.Context, id, token string) (string, error) {
+	bad := Unauthorized(CodeInvalidToken, "the envd access token (X-Access-Token) is not this sandbox's")
+	if token == "" || !ids.Valid(ids.Sandbox, id) {
+		return "", bad
+	}
+	r, err := s.q.GetSandboxByID(ctx, id)
+	if isNoRows(err) {
+		return "", bad
+	}
+	if err != nil {
+		return "", Internal("load sandbox", err)
+	}
+	if r.EnvdAccessToken == nil || subtle.ConstantTimeCompare([]byte(*r.EnvdAccessToken), []byte(token)) != 1 {
+		return "", bad
+	}
+	return r.TeamID, nil
 }
