@@ -36,10 +36,10 @@ type env struct {
 	t *testing.T
 	// forwarded records what header routing handed to the proxy.
 	forwarded chan forwarded
-	url   string
-	svc   *service.Service
-	agent *agenttest.Agent
-	q     *db.Queries
+	url       string
+	svc       *service.Service
+	agent     *agenttest.Agent
+	q         *db.Queries
 }
 
 func newEnv(t *testing.T) *env {
