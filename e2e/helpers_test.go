@@ -250,6 +250,8 @@ type client struct {
 	base string
 	hc   *http.Client
 	hdr  http.Header
+	// host, when set, is the Host header sent (a sandbox proxy hostname).
+	host string
 }
 
 func newClient(base string) client {
@@ -273,6 +275,12 @@ func (c client) at(base string) client {
 	return c
 }
 
+// onHost is c sending Host: host (to base's address).
+func (c client) onHost(host string) client {
+	c.host = host
+	return c
+}
+
 func (c client) withKey(key string) client {
 	c.hdr = http.Header{"X-API-Key": {key}}
 	return c
@@ -287,6 +295,9 @@ func (c client) raw(t testing.TB, method, path, contentType string, body io.Read
 	}
 	for k, v := range c.hdr {
 		req.Header[k] = v
+	}
+	if c.host != "" {
+		req.Host = c.host
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)

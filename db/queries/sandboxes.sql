@@ -10,12 +10,13 @@ SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'run
 -- marks a template build's own sandbox.
 -- end_after_sec, when set, starts the end-of-life timer (end_at).
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
-                       op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token)
+                       op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token, public_ports, auto_resume)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(host_id), sqlc.arg(template), 'pending', sqlc.arg(vcpus),
         sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(timeout_sec), sqlc.arg(metadata), sqlc.arg(created_by),
         'create', sqlc.arg(op_id)::text, sqlc.arg(op_owner)::text, now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8),
         sqlc.narg(build_id), now() + make_interval(secs => sqlc.narg(end_after_sec)::integer),
-        COALESCE(sqlc.narg(on_end)::text, 'destroy'), sqlc.narg(envd_access_token)::text)
+        COALESCE(sqlc.narg(on_end)::text, 'destroy'), sqlc.narg(envd_access_token)::text,
+        COALESCE(sqlc.narg(public_ports)::integer[], '{}'), sqlc.arg(auto_resume))
 RETURNING *;
 
 -- name: GetSandbox :one
@@ -25,6 +26,12 @@ SELECT * FROM sandboxes WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id);
 -- The sandbox HTTP proxy's lookup: the request names a sandbox before its
 -- caller's team is known (the proxy checks the team itself).
 SELECT * FROM sandboxes WHERE id = sqlc.arg(id);
+
+-- name: SetSandboxProxyOptions :one
+-- The proxy options of a sandbox create or PATCH sets.
+UPDATE sandboxes SET public_ports = COALESCE(sqlc.narg(public_ports)::integer[], public_ports), auto_resume = COALESCE(sqlc.narg(auto_resume)::boolean, auto_resume), updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id)
+RETURNING *;
 
 -- name: ListSandboxes :many
 -- Newest first; the cursor is the (created_at, id) of the last row seen.

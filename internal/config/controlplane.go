@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/pki"
@@ -42,8 +43,11 @@ type ControlPlane struct {
 	// X-Forwarded-For and Forwarded headers name the client; empty trusts
 	// none, so the TCP peer is the client.
 	TrustedProxies []netip.Prefix
-	OAuth          OAuth
-	Channels       Channels
+	// ProxyDomain is the domain under which sandbox ports are reached
+	// through the control plane: {port}-{sandbox_id}.{ProxyDomain}.
+	ProxyDomain string
+	OAuth       OAuth
+	Channels    Channels
 	// CA, when set (WRENN_CA_CERT and WRENN_CA_KEY), makes every call to
 	// an agent mutual TLS; nil is plain HTTP mode (development).
 	CA     *pki.CA
@@ -192,6 +196,10 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		},
 	}
 	c.TrustedProxies = r.prefixes("WRENN_TRUSTED_PROXIES")
+	c.ProxyDomain = strings.ToLower(strings.Trim(r.str("WRENN_PROXY_DOMAIN", "localhost"), "."))
+	if c.ProxyDomain == "" || strings.ContainsAny(c.ProxyDomain, ":/ *") {
+		r.fail("WRENN_PROXY_DOMAIN", "must be a domain name such as sandboxes.example.com (sandbox ports are {port}-{id}.<domain>)")
+	}
 	c.OAuth = loadOAuth(r, c.PublicURL)
 	c.Channels = Channels{
 		EncryptionKey:         r.hexKey("WRENN_ENCRYPTION_KEY"),

@@ -148,6 +148,8 @@ type Sandbox struct {
 	OpOwner             *string         `json:"op_owner"`
 	OpExpiresAt         *time.Time      `json:"op_expires_at"`
 	BuildID             *string         `json:"build_id"`
+	PublicPorts         []int32         `json:"public_ports"`
+	AutoResume          bool            `json:"auto_resume"`
 	EndAt               *time.Time      `json:"end_at"`
 	OnEnd               string          `json:"on_end"`
 	EnvdAccessToken     *string         `json:"envd_access_token"`

@@ -16,7 +16,7 @@ UPDATE sandboxes SET op = $1::text, op_id = $2::text, op_owner = $3::text,
     op_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
 WHERE id = $5 AND team_id = $6 AND status = ANY($7::text[])
   AND (op IS NULL OR op_expires_at <= now() OR $8::boolean)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type ClaimSandboxOpParams struct {
@@ -72,6 +72,8 @@ func (q *Queries) ClaimSandboxOp(ctx context.Context, arg ClaimSandboxOpParams) 
 		&i.OpOwner,
 		&i.OpExpiresAt,
 		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
 		&i.EndAt,
 		&i.OnEnd,
 		&i.EnvdAccessToken,
@@ -125,7 +127,7 @@ func (q *Queries) EndSandboxOp(ctx context.Context, arg EndSandboxOpParams) erro
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -161,6 +163,8 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.OpOwner,
 		&i.OpExpiresAt,
 		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
 		&i.EndAt,
 		&i.OnEnd,
 		&i.EnvdAccessToken,
@@ -169,7 +173,7 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1
 `
 
 // The sandbox HTTP proxy's lookup: the request names a sandbox before its
@@ -202,6 +206,8 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id string) (Sandbox, error
 		&i.OpOwner,
 		&i.OpExpiresAt,
 		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
 		&i.EndAt,
 		&i.OnEnd,
 		&i.EnvdAccessToken,
@@ -211,13 +217,14 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id string) (Sandbox, error
 
 const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
-                       op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token)
+                       op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token, public_ports, auto_resume)
 VALUES ($1, $2, $3, $4, 'pending', $5,
         $6, $7, $8, $9, $10,
         'create', $11::text, $12::text, now() + make_interval(secs => $13::float8),
         $14, now() + make_interval(secs => $15::integer),
-        COALESCE($16::text, 'destroy'), $17::text)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token
+        COALESCE($16::text, 'destroy'), $17::text,
+        COALESCE($18::integer[], '{}'), $19)
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type InsertSandboxParams struct {
@@ -238,6 +245,8 @@ type InsertSandboxParams struct {
 	EndAfterSec     *int32          `json:"end_after_sec"`
 	OnEnd           *string         `json:"on_end"`
 	EnvdAccessToken *string         `json:"envd_access_token"`
+	PublicPorts     []int32         `json:"public_ports"`
+	AutoResume      bool            `json:"auto_resume"`
 }
 
 // A new sandbox is pending under the create operation's lease; build_id
@@ -262,6 +271,8 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.EndAfterSec,
 		arg.OnEnd,
 		arg.EnvdAccessToken,
+		arg.PublicPorts,
+		arg.AutoResume,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -289,6 +300,8 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.OpOwner,
 		&i.OpExpiresAt,
 		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
 		&i.EndAt,
 		&i.OnEnd,
 		&i.EnvdAccessToken,
@@ -297,7 +310,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 }
 
 const listEndedSandboxes = `-- name: ListEndedSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes
 WHERE status = 'running' AND end_at IS NOT NULL AND end_at <= now()
 ORDER BY end_at, id
 LIMIT $1
@@ -338,6 +351,8 @@ func (q *Queries) ListEndedSandboxes(ctx context.Context, lim int32) ([]Sandbox,
 			&i.OpOwner,
 			&i.OpExpiresAt,
 			&i.BuildID,
+			&i.PublicPorts,
+			&i.AutoResume,
 			&i.EndAt,
 			&i.OnEnd,
 			&i.EnvdAccessToken,
@@ -353,7 +368,7 @@ func (q *Queries) ListEndedSandboxes(ctx context.Context, lim int32) ([]Sandbox,
 }
 
 const listHostSandboxes = `-- name: ListHostSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
 `
@@ -398,6 +413,8 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 			&i.OpOwner,
 			&i.OpExpiresAt,
 			&i.BuildID,
+			&i.PublicPorts,
+			&i.AutoResume,
 			&i.EndAt,
 			&i.OnEnd,
 			&i.EnvdAccessToken,
@@ -413,7 +430,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes
 WHERE team_id = $1
   AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
   AND metadata @> $3::jsonb
@@ -474,6 +491,8 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.OpOwner,
 			&i.OpExpiresAt,
 			&i.BuildID,
+			&i.PublicPorts,
+			&i.AutoResume,
 			&i.EndAt,
 			&i.OnEnd,
 			&i.EnvdAccessToken,
@@ -489,7 +508,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSyncedSandboxes = `-- name: ListSyncedSandboxes :many
-SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, sandboxes.build_id, sandboxes.end_at, sandboxes.on_end, sandboxes.envd_access_token, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
+SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, sandboxes.build_id, sandboxes.public_ports, sandboxes.auto_resume, sandboxes.end_at, sandboxes.on_end, sandboxes.envd_access_token, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
 FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
@@ -542,6 +561,8 @@ func (q *Queries) ListSyncedSandboxes(ctx context.Context, arg ListSyncedSandbox
 			&i.Sandbox.OpOwner,
 			&i.Sandbox.OpExpiresAt,
 			&i.Sandbox.BuildID,
+			&i.Sandbox.PublicPorts,
+			&i.Sandbox.AutoResume,
 			&i.Sandbox.EndAt,
 			&i.Sandbox.OnEnd,
 			&i.Sandbox.EnvdAccessToken,
@@ -594,7 +615,7 @@ UPDATE sandboxes SET end_at = CASE WHEN $1::boolean AND end_at IS NOT NULL
                                    ELSE now() + make_interval(secs => $2::integer) END,
                      updated_at = now()
 WHERE id = $3 AND team_id = $4 AND status = 'running'
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type SetSandboxEndAtParams struct {
@@ -639,6 +660,64 @@ func (q *Queries) SetSandboxEndAt(ctx context.Context, arg SetSandboxEndAtParams
 		&i.OpOwner,
 		&i.OpExpiresAt,
 		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
+	)
+	return i, err
+}
+
+const setSandboxProxyOptions = `-- name: SetSandboxProxyOptions :one
+UPDATE sandboxes SET public_ports = COALESCE($1::integer[], public_ports), auto_resume = COALESCE($2::boolean, auto_resume), updated_at = now()
+WHERE id = $3 AND team_id = $4
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
+`
+
+type SetSandboxProxyOptionsParams struct {
+	PublicPorts []int32 `json:"public_ports"`
+	AutoResume  *bool   `json:"auto_resume"`
+	ID          string  `json:"id"`
+	TeamID      string  `json:"team_id"`
+}
+
+// The proxy options of a sandbox create or PATCH sets.
+func (q *Queries) SetSandboxProxyOptions(ctx context.Context, arg SetSandboxProxyOptionsParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, setSandboxProxyOptions,
+		arg.PublicPorts,
+		arg.AutoResume,
+		arg.ID,
+		arg.TeamID,
+	)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.Metadata,
+		&i.ErrorMessage,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
+		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
 		&i.EndAt,
 		&i.OnEnd,
 		&i.EnvdAccessToken,
@@ -671,7 +750,7 @@ UPDATE sandboxes s SET
     op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
 FROM cur
 WHERE s.id = cur.id
-RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at, s.build_id, s.end_at, s.on_end, s.envd_access_token
+RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at, s.build_id, s.public_ports, s.auto_resume, s.end_at, s.on_end, s.envd_access_token
 `
 
 type SetSandboxStatusParams struct {
@@ -734,6 +813,8 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 		&i.Sandbox.OpOwner,
 		&i.Sandbox.OpExpiresAt,
 		&i.Sandbox.BuildID,
+		&i.Sandbox.PublicPorts,
+		&i.Sandbox.AutoResume,
 		&i.Sandbox.EndAt,
 		&i.Sandbox.OnEnd,
 		&i.Sandbox.EnvdAccessToken,
@@ -744,7 +825,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type SetSandboxTimeoutParams struct {
@@ -788,6 +869,8 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.OpOwner,
 		&i.OpExpiresAt,
 		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
 		&i.EndAt,
 		&i.OnEnd,
 		&i.EnvdAccessToken,

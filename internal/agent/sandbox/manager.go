@@ -21,9 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -276,6 +278,25 @@ func (m *Manager) running(id string) (*Sandbox, *envdclient.Client, error) {
 	}
 	s.rec.LastActive = m.cfg.Now()
 	return s, s.client, nil
+}
+
+// GuestPort is where the agent reaches TCP port of running sandbox id:
+// the slot's host-reachable address, DNAT'ed to the guest for every port
+// (see network.Slot.GuestPortAddr), with a function that records activity
+// on the sandbox (the HTTP proxy's traffic counts, as calls do).
+func (m *Manager) GuestPort(id string, port uint16) (addr string, touch func(), err error) {
+	s, _, err := m.running(id)
+	if err != nil {
+		return "", nil, err
+	}
+	s.mu.Lock()
+	envd := s.rec.Slot.EnvdAddr
+	s.mu.Unlock()
+	host, _, err := net.SplitHostPort(envd)
+	if err != nil {
+		return "", nil, fmt.Errorf("sandbox %q: guest address %q: %w", id, envd, err)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(port))), func() { m.touch(s) }, nil
 }
 
 // touch records activity on a sandbox (cheap; not persisted each time).

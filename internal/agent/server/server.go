@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
+	"github.com/wrenn-dev/wrenn/internal/agent/proxy"
 	"github.com/wrenn-dev/wrenn/internal/agent/sandbox"
 	"github.com/wrenn-dev/wrenn/internal/agentwire"
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
@@ -62,6 +63,7 @@ type Server struct {
 	certs               *pki.HostCertStore
 	handlerOpts         []connect.HandlerOption
 	metrics             http.Handler
+	proxy               *proxy.Handler
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Server)(nil)
@@ -75,10 +77,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Server{m: cfg.Manager, dir: cfg.Dir, log: cfg.Logger, capVCPUs: cfg.CapacityVCPUs, capMemory: cfg.CapacityMemoryMB,
-		onCall: cfg.OnCall, certs: cfg.Certs, handlerOpts: cfg.HandlerOptions, metrics: cfg.Metrics}, nil
+		onCall: cfg.OnCall, certs: cfg.Certs, handlerOpts: cfg.HandlerOptions, metrics: cfg.Metrics,
+		proxy: proxy.New(cfg.Manager, proxy.Config{Logger: cfg.Logger})}, nil
 }
 
-// Handler serves the Connect service and GET /health.
+// Handler serves the Connect service, the sandbox HTTP proxy and GET /health.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	path, h := hostagentv1connect.NewHostAgentServiceHandler(s, s.handlerOpts...)
@@ -90,6 +93,16 @@ func (s *Server) Handler() http.Handler {
 		})
 	}
 	mux.Handle(path, h)
+	// The sandbox HTTP proxy: the control plane's users' traffic to guest
+	// ports. It is a call from the control plane too.
+	var px http.Handler = s.proxy
+	if s.onCall != nil {
+		px = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.onCall()
+			s.proxy.ServeHTTP(w, r)
+		})
+	}
+	mux.Handle(agentwire.ProxyPathPrefix, px)
 	mux.HandleFunc("GET /health", s.health)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", s.metrics)

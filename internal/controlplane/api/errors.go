@@ -31,6 +31,10 @@ func WriteError(w http.ResponseWriter, code service.Code, message string) {
 	writeError(w, service.Errorf(code, "%s", message))
 }
 
+// WriteServiceError answers with se in the API's error format (for
+// handlers outside the router, such as the sandbox proxy's).
+func WriteServiceError(w http.ResponseWriter, se *service.Error) { writeError(w, se) }
+
 // WriteJSON writes v as JSON with the given status.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -55,6 +59,7 @@ var kindStatus = map[service.Kind]int{
 	service.KindUpstream:         http.StatusBadGateway,
 	service.KindUnavailable:      http.StatusServiceUnavailable,
 	service.KindStorageFull:      http.StatusInsufficientStorage,
+	service.KindGatewayTimeout:   http.StatusGatewayTimeout,
 }
 
 // StatusOf is the HTTP status of an error kind (kindStatus); the E2B API

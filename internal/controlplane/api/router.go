@@ -22,6 +22,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostauth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy/proxyurl"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
@@ -92,6 +93,9 @@ type Deps struct {
 	// file upload (default 1 GiB).
 	MaxBodyBytes   int64
 	MaxUploadBytes int64
+	// ProxyNames formats sandbox proxy URLs and signs preview tokens
+	// (POST /v1/sandboxes/{id}/preview-urls); nil: that route answers 503.
+	ProxyNames *proxyurl.Names
 	// Dashboard serves the web dashboard at / (paths no route takes);
 	// nil: a browser loading a page there is told how to build it.
 	Dashboard *dashboard.Handler

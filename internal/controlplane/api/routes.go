@@ -125,6 +125,8 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 			r.With(s.idempotent(sandboxRoute("sandboxes.pause"), nil)).Post("/pause", s.pauseSandbox)
 			r.With(s.idempotent(sandboxRoute("sandboxes.resume"), nil)).Post("/resume", s.resumeSandbox)
 			r.Post("/ping", s.pingSandbox)
+			r.Patch("/", s.updateSandbox)
+			r.Post("/preview-urls", s.createPreviewURL)
 			r.Post("/files/read", s.readFile)
 			r.Post("/files/list", s.listDir)
 			r.Post("/files/mkdir", s.makeDir)

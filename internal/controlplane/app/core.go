@@ -26,6 +26,8 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/metrics"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy/proxyurl"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/reconciler"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
@@ -93,6 +95,10 @@ type Core struct {
 	log     *slog.Logger
 	// Dashboard is nil in a binary built without its assets.
 	Dashboard *dashboard.Handler
+	// Proxy serves sandbox hostnames ahead of the API (Wrap); ProxyNames
+	// formats their URLs and preview tokens.
+	Proxy      *proxy.Proxy
+	ProxyNames *proxyurl.Names
 }
 
 // cpCertRenewEvery renews the 24 h client certificate at half its life.
@@ -197,6 +203,14 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 		return nil, fmt.Errorf("metrics sampler lease: %w", err)
 	}
 	c.Stats = metrics.NewReader(pool, nil)
+	if c.ProxyNames, err = proxyurl.New(cfg.ProxyDomain, cfg.PublicURL, []byte(cfg.JWTSecret), nil); err != nil {
+		return nil, fmt.Errorf("WRENN_PROXY_DOMAIN: %w", err)
+	}
+	c.Proxy, err = proxy.New(proxy.Config{Service: svc, States: states, Hosts: hp, Names: c.ProxyNames, Tokens: tokens,
+		TrustedProxies: cfg.TrustedProxies, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("build sandbox proxy: %w", err)
+	}
 	return c, nil
 }
 
@@ -276,6 +290,7 @@ func (c *Core) Fill(d *api.Deps) {
 		d.Metrics = telemetry.Handler(c.Telemetry.Registry, c.MetricsConfig.Token)
 	}
 	d.Dashboard = c.Dashboard
+	d.ProxyNames = c.ProxyNames
 	if c.Relay != nil {
 		d.EventBacklog = c.Relay
 	}

@@ -32,6 +32,13 @@ func (r Resolver) isTrusted(a netip.Addr) bool {
 	return false
 }
 
+// FromTrustedProxy says whether req's TCP peer is a trusted proxy, whose
+// other forwarding headers (X-Forwarded-Proto) may be believed too.
+func (r Resolver) FromTrustedProxy(req *http.Request) bool {
+	peer := parseAddr(req.RemoteAddr)
+	return peer.IsValid() && r.isTrusted(peer)
+}
+
 // Of returns the client address of req; the zero Addr only when even the
 // TCP peer has no address (a request not from a TCP listener).
 func (r Resolver) Of(req *http.Request) netip.Addr {

@@ -11,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy/proxyurl"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
@@ -18,10 +19,10 @@ import (
 type Deps struct {
 	Logger  *slog.Logger
 	Service *service.Service
-	// Domain is returned as each sandbox's domain, so the SDK's
-	// getHost(port) names "<port>-<sandbox id>.<Domain>", a hostname the
-	// sandbox proxy serves; empty: none is returned.
-	Domain string
+	// Names gives each sandbox's domain, so the SDK's getHost(port) names
+	// "<port>-<sandbox id>.<domain>", a hostname the sandbox proxy serves;
+	// nil: none is returned.
+	Names *proxyurl.Names
 	// Forward reaches sandbox ports for requests routed by the
 	// E2b-Sandbox-Id header (Wrap); nil: those requests go to the API.
 	Forward Forwarder

@@ -21,6 +21,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/e2bapi"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy/proxyurl"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/envdwire"
@@ -70,7 +71,11 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	fw := make(chan forwarded, 16)
-	e2b := e2bapi.New(e2bapi.Deps{Logger: logger, Service: svc, Domain: "sandbox.test",
+	names, err := proxyurl.New("sandbox.test", "", []byte("test-secret-test-secret-test-secret!"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2b := e2bapi.New(e2bapi.Deps{Logger: logger, Service: svc, Names: names,
 		Forward: func(w http.ResponseWriter, r *http.Request, team, id string, port int, envd bool) {
 			fw <- forwarded{team: team, id: id, port: port, envd: envd, path: r.URL.Path}
 			w.WriteHeader(http.StatusTeapot)
@@ -79,6 +84,12 @@ func newEnv(t *testing.T) *env {
 	srv := httptest.NewServer(e2b.Wrap(h))
 	t.Cleanup(srv.Close)
 	return &env{t: t, url: srv.URL, svc: svc, agent: agent, q: q, forwarded: fw}
+}
+
+// port is the control plane's port (sandbox hostnames carry it).
+func (e *env) port() string {
+	u, _ := url.Parse(e.url)
+	return u.Port()
 }
 
 // in is e reporting to t (a subtest).
@@ -198,7 +209,7 @@ func TestCreateAndGet(t *testing.T) {
 			before := time.Now()
 			e.call("POST", path, map[string]any{"templateID": "minimal", "timeout": 60, "metadata": map[string]string{"user": "ann"},
 				"envVars": map[string]string{"GREETING": "hi"}, "secure": true, "mcp": nil, "autoResume": map[string]bool{"enabled": false}}, key(k), 201, &c)
-			if c.TemplateID != "minimal" || c.SandboxID == "" || c.EnvdVersion != envdwire.Version || c.ClientID != "host-test" || c.Domain == nil || *c.Domain != "sandbox.test" {
+			if c.TemplateID != "minimal" || c.SandboxID == "" || c.EnvdVersion != envdwire.Version || c.ClientID != "host-test" || c.Domain == nil || *c.Domain != "sandbox.test:"+e.port() {
 				t.Fatalf("create answered %+v", c)
 			}
 			// The control plane minted envd's token and gave it to the agent.

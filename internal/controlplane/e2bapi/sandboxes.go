@@ -2,6 +2,7 @@ package e2bapi
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -87,11 +88,14 @@ func stateOf(sb service.Sandbox) string {
 	return ""
 }
 
-func (s *Server) domain() *string {
-	if s.deps.Domain == "" {
+// domain is the sandboxes' domain for a request to the control plane.
+func (s *Server) domain(r *http.Request) *string {
+	if s.deps.Names == nil {
 		return nil
 	}
-	return &s.deps.Domain
+	_, port, _ := net.SplitHostPort(r.Host)
+	d := s.deps.Names.SDKDomain(port)
+	return &d
 }
 
 // clientID is E2B's legacy field naming the machine; Wrenn's host.
@@ -102,9 +106,9 @@ func clientID(sb service.Sandbox) string {
 	return ""
 }
 
-func (s *Server) ref(sb service.Sandbox) sandboxRef {
+func (s *Server) ref(r *http.Request, sb service.Sandbox) sandboxRef {
 	return sandboxRef{TemplateID: sb.Template, SandboxID: sb.ID, Alias: sb.Template, ClientID: clientID(sb),
-		EnvdVersion: envdwire.Version, EnvdAccessToken: sb.EnvdAccessToken, Domain: s.domain()}
+		EnvdVersion: envdwire.Version, EnvdAccessToken: sb.EnvdAccessToken, Domain: s.domain(r)}
 }
 
 func listed(sb service.Sandbox) sandboxDetail {
@@ -117,9 +121,9 @@ func listed(sb service.Sandbox) sandboxDetail {
 		DiskSizeMB: sb.DiskMB, EnvdVersion: envdwire.Version, Metadata: sb.Metadata}
 }
 
-func (s *Server) detail(sb service.Sandbox) sandboxDetail {
+func (s *Server) detail(r *http.Request, sb service.Sandbox) sandboxDetail {
 	d := listed(sb)
-	d.EnvdAccessToken, d.Domain = sb.EnvdAccessToken, s.domain()
+	d.EnvdAccessToken, d.Domain = sb.EnvdAccessToken, s.domain(r)
 	d.Lifecycle = &lifecycle{OnTimeout: "kill"}
 	if sb.PauseAtEnd {
 		d.Lifecycle.OnTimeout = "pause"
@@ -162,7 +166,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusCreated, s.ref(sb))
+	api.WriteJSON(w, http.StatusCreated, s.ref(r, sb))
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
@@ -171,7 +175,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, s.detail(sb))
+	api.WriteJSON(w, http.StatusOK, s.detail(r, sb))
 }
 
 // listRunning is GET /sandboxes (the v1 list): running sandboxes only.
@@ -378,7 +382,7 @@ func (s *Server) resumeOr(w http.ResponseWriter, r *http.Request, runningOK bool
 		s.writeErr(w, r, err)
 		return
 	}
-	api.WriteJSON(w, status, s.ref(sb))
+	api.WriteJSON(w, status, s.ref(r, sb))
 }
 
 // metric is E2B's SandboxMetric.

@@ -38,6 +38,7 @@ const (
 	KindUpstream                     // 502: the agent failed
 	KindUnavailable                  // 503: no host, agent or database reachable now
 	KindStorageFull                  // 507: the sandbox's disk is full
+	KindGatewayTimeout               // 504: a guest never answered the proxy
 )
 
 // Code is a stable snake_case error code of the API. Every code is a
@@ -66,6 +67,7 @@ const (
 	CodeOAuthCodeRejected        Code = "oauth_code_rejected"
 	CodeEmailUnverified          Code = "email_unverified"
 	CodeInvalidOAuthCode         Code = "invalid_oauth_code"
+	CodeInvalidPreviewToken      Code = "invalid_preview_token"
 
 	CodeForbidden       Code = "forbidden"
 	CodeSessionRequired Code = "session_required"
@@ -74,6 +76,7 @@ const (
 	CodeAdminRequired   Code = "admin_required"
 	CodeBYOCNotEnabled  Code = "byoc_not_enabled"
 	CodeWrongPassword   Code = "wrong_password"
+	CodePortNotAllowed  Code = "port_not_allowed"
 
 	CodeNotFound         Code = "not_found"
 	CodeSandboxNotFound  Code = "sandbox_not_found"
@@ -108,6 +111,7 @@ const (
 	CodeIdentityTaken       Code = "identity_taken"
 	CodeAlreadyLinked       Code = "already_linked"
 	CodeLastSignInMethod    Code = "last_sign_in_method"
+	CodeSandboxPaused       Code = "sandbox_paused"
 
 	CodeIdempotencyKeyInProgress Code = "idempotency_key_in_progress"
 	CodeIdempotencyKeyReused     Code = "idempotency_key_reused"
@@ -123,6 +127,8 @@ const (
 	CodeAgentError          Code = "agent_error"
 	CodeTemplateUnavailable Code = "template_unavailable"
 	CodeProviderUnavailable Code = "provider_unavailable"
+	CodeGuestUnreachable    Code = "guest_unreachable"
+	CodeGuestTimeout        Code = "guest_timeout"
 
 	CodeAgentUnavailable    Code = "agent_unavailable"
 	CodeHostCapacity        Code = "host_capacity"
@@ -167,6 +173,7 @@ var codes = map[Code]codeInfo{
 	CodeOAuthCodeRejected:        {kind: KindUnauthorized},
 	CodeEmailUnverified:          {kind: KindUnauthorized},
 	CodeInvalidOAuthCode:         {kind: KindUnauthorized},
+	CodeInvalidPreviewToken:      {kind: KindUnauthorized},
 
 	CodeForbidden:       {kind: KindForbidden},
 	CodeSessionRequired: {kind: KindForbidden},
@@ -175,6 +182,7 @@ var codes = map[Code]codeInfo{
 	CodeAdminRequired:   {kind: KindForbidden},
 	CodeBYOCNotEnabled:  {kind: KindForbidden},
 	CodeWrongPassword:   {kind: KindForbidden},
+	CodePortNotAllowed:  {kind: KindForbidden},
 
 	CodeNotFound:         {kind: KindNotFound},
 	CodeSandboxNotFound:  {kind: KindNotFound},
@@ -209,6 +217,7 @@ var codes = map[Code]codeInfo{
 	CodeIdentityTaken:       {kind: KindConflict},
 	CodeAlreadyLinked:       {kind: KindConflict},
 	CodeLastSignInMethod:    {kind: KindConflict},
+	CodeSandboxPaused:       {kind: KindConflict},
 	// The first request still runs; it ends within the lifecycle timeout.
 	CodeIdempotencyKeyInProgress: {kind: KindConflict, retryAfter: time.Second},
 	CodeIdempotencyKeyReused:     {kind: KindUnprocessable},
@@ -224,6 +233,8 @@ var codes = map[Code]codeInfo{
 	CodeAgentError:          {kind: KindUpstream},
 	CodeTemplateUnavailable: {kind: KindUpstream},
 	CodeProviderUnavailable: {kind: KindUpstream},
+	CodeGuestUnreachable:    {kind: KindUpstream},
+	CodeGuestTimeout:        {kind: KindGatewayTimeout},
 
 	CodeAgentUnavailable: {kind: KindUnavailable},
 	CodeHostCapacity:     {kind: KindUnavailable},

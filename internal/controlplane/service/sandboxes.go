@@ -49,6 +49,10 @@ type Sandbox struct {
 	EndAt           *time.Time `json:"-"`
 	PauseAtEnd      bool       `json:"-"`
 	EnvdAccessToken string     `json:"-"`
+	// PublicPorts are reached through the sandbox HTTP proxy without
+	// credentials; AutoResume resumes a paused sandbox on proxied traffic.
+	PublicPorts []int32 `json:"public_ports"`
+	AutoResume  bool    `json:"auto_resume"`
 }
 
 func toSandbox(r db.Sandbox) Sandbox {
@@ -58,7 +62,8 @@ func toSandbox(r db.Sandbox) Sandbox {
 		VCPUs: r.Vcpus, MemoryMB: r.MemoryMb, DiskMB: r.DiskMb, TimeoutSec: r.TimeoutSec, Metadata: md,
 		ErrorMessage: r.ErrorMessage, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
 		StartedAt: r.StartedAt, LastActiveAt: r.LastActiveAt, PausedAt: r.PausedAt, StoppedAt: r.StoppedAt,
-		EndAt: r.EndAt, PauseAtEnd: r.OnEnd == onEndPause, EnvdAccessToken: deref(r.EnvdAccessToken)}
+		EndAt: r.EndAt, PauseAtEnd: r.OnEnd == onEndPause, EnvdAccessToken: deref(r.EnvdAccessToken),
+		PublicPorts: publicPorts(r.PublicPorts), AutoResume: r.AutoResume}
 }
 
 func deref(s *string) string {
@@ -80,6 +85,9 @@ type CreateSandboxInput struct {
 	// Lifetime, when set, starts the end-of-life timer (the E2B API's
 	// timeout); Wrenn's own API has only the idle timeout.
 	Lifetime *Lifetime `json:"-"`
+	// PublicPorts and AutoResume: see Sandbox (both off by default).
+	PublicPorts []int `json:"public_ports"`
+	AutoResume  bool  `json:"auto_resume"`
 	// Build is set by the template build worker for its own sandbox, never
 	// from a request body.
 	Build *BuildPlacement `json:"-"`
@@ -144,6 +152,9 @@ func (s *Service) CheckCreate(in CreateSandboxInput) error {
 		if err := s.checkLifetime(in.Lifetime.Seconds); err != nil {
 			return err
 		}
+	}
+	if _, err := checkPublicPorts("public_ports", in.PublicPorts); err != nil {
+		return err
 	}
 	return s.checkTimeout("timeout_sec", in.TimeoutSec)
 }
@@ -268,7 +279,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
 			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID,
-			EndAfterSec: endAfter, OnEnd: onEnd, EnvdAccessToken: &envdToken})
+			EndAfterSec: endAfter, OnEnd: onEnd, EnvdAccessToken: &envdToken, PublicPorts: ports32(in.PublicPorts), AutoResume: in.AutoResume})
 		if err != nil {
 			return err
 		}
@@ -673,6 +684,11 @@ type ResumeInput struct {
 
 // ResumeSandbox restores a paused sandbox on its host.
 func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id string, in ResumeInput) (Sandbox, error) {
+	return s.resume(ctx, a, ActorOf(a), id, in)
+}
+
+// resume is ResumeSandbox on behalf of actor.
+func (s *Service) resume(ctx context.Context, a auth.AuthContext, actor Actor, id string, in ResumeInput) (Sandbox, error) {
 	if err := s.checkTimeout("timeout_sec", in.TimeoutSec); err != nil {
 		return Sandbox{}, err
 	}
@@ -714,7 +730,7 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
 		return Sandbox{}, FromAgent("resume the sandbox", err)
 	}
-	ch := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{StatusPaused}, To: StatusRunning, Actor: ActorOf(a), Reason: "resumed", TimeoutSec: newTimeout}
+	ch := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{StatusPaused}, To: StatusRunning, Actor: actor, Reason: "resumed", TimeoutSec: newTimeout}
 	if in.EndAfterSec != nil {
 		ch.EndAfterSec = new(int32(*in.EndAfterSec))
 	}

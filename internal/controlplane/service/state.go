@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -77,6 +78,9 @@ var (
 	ActorChannelDispatcher = Actor{Type: ActorSystem, ID: "channel-dispatcher", Name: "channel dispatcher"}
 	// ActorBuildWorker runs template builds.
 	ActorBuildWorker = Actor{Type: ActorSystem, ID: "build-worker", Name: "build worker"}
+	// ActorAutoResume is the sandbox HTTP proxy resuming a paused sandbox
+	// with auto_resume on traffic to it.
+	ActorAutoResume = Actor{Type: ActorSystem, ID: "auto-resume", Name: "auto-resume"}
 	// ActorBuildReaper fails builds whose worker died.
 	ActorBuildReaper = Actor{Type: ActorSystem, ID: "build-reaper", Name: "build reaper"}
 	// ActorSandboxEnd ends sandboxes whose end-of-life timer passed.
@@ -142,6 +146,19 @@ type States struct {
 	q     *db.Queries
 	audit *audit.Logger
 	log   *slog.Logger
+
+	mu        sync.Mutex
+	observers []func(Transition)
+}
+
+// Observe calls fn with every transition this process commits, after the
+// commit, and with every other change of a sandbox's row that readers may
+// cache (From == To: its proxy options); the sandbox HTTP proxy drops what
+// it cached about the sandbox. fn must be quick and must not block.
+func (s *States) Observe(fn func(Transition)) {
+	s.mu.Lock()
+	s.observers = append(s.observers, fn)
+	s.mu.Unlock()
 }
 
 // NewStates builds the writer, recording every change in the audit trail.
@@ -181,8 +198,19 @@ func (s *States) InTx(ctx context.Context, fn func(tx *StateTx) error) error {
 	for _, t := range st.done {
 		s.log.InfoContext(ctx, "sandbox state changed", "sandbox_id", t.SandboxID, "team_id", t.TeamID,
 			"from", t.From, "to", t.To, "actor_type", t.Actor.Type, "actor_id", t.Actor.ID, "reason", t.Reason)
+		s.notify(t)
 	}
 	return nil
+}
+
+// notify tells the observers about t.
+func (s *States) notify(t Transition) {
+	s.mu.Lock()
+	observers := s.observers
+	s.mu.Unlock()
+	for _, fn := range observers {
+		fn(t)
+	}
 }
 
 // Change applies c in its own transaction. ok is false, with no error,
