@@ -183,12 +183,15 @@ step('kill')
 
 step('SDK 2.45 (v1 routes): create, run, connect, kill')
 {
-  const old = await Sandbox245.create(namedTemplate, { timeoutMs: 120_000 })
+  // SDKs before 2.46 refuse keys not shaped like E2B's (e2b_<hex>) unless
+  // told not to check (E2B_VALIDATE_API_KEY=false does the same).
+  const v1 = { validateApiKey: false }
+  const old = await Sandbox245.create(namedTemplate, { ...v1, timeoutMs: 120_000 })
   assert.equal((await old.commands.run('echo v1')).stdout, 'v1\n')
-  const again = await Sandbox245.connect(old.sandboxId)
+  const again = await Sandbox245.connect(old.sandboxId, v1)
   assert.equal((await again.commands.run('echo again')).stdout, 'again\n')
   await old.kill()
-  await assert.rejects(Sandbox245.getInfo(old.sandboxId))
+  await assert.rejects(Sandbox245.getInfo(old.sandboxId, v1))
 }
 
 step('benchmark: create to first commands.run, E2B API vs Wrenn API')
