@@ -15,6 +15,7 @@ export WRENN_DIR ?= /var/lib/wrenn
 PROTOC_GEN_GO_VERSION         := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.19.1
 SQLC_VERSION                  := v1.30.0
+OAPI_CODEGEN_VERSION          := v2.8.2
 STATICCHECK_VERSION           := v0.8.2
 
 PROTO_FILES := proto/envd/process/process.proto proto/envd/filesystem/filesystem.proto proto/hostagent/v1/hostagent.proto proto/hostagent/v1/errors.proto
@@ -24,7 +25,7 @@ DASHBOARD_DIST := internal/controlplane/dashboard/dist
 DASHBOARD_SRC := $(shell find web/src web/static -type f ! -name openapi.yaml ! -name schema.d.ts 2>/dev/null) \
 	web/svelte.config.js web/vite.config.ts web/tsconfig.json $(wildcard internal/controlplane/api/openapi/*.yaml)
 
-.PHONY: help setup tools web build images generate check-generated lint test test-go test-web bench dev clean
+.PHONY: help setup tools web build images generate sdk-gen check-generated lint test test-go test-web bench dev clean
 
 help:
 	@echo "make dev     - install what is missing, build, run the whole platform locally"
@@ -36,7 +37,7 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-tools: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go $(BIN)/sqlc $(BIN)/staticcheck
+tools: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go $(BIN)/sqlc $(BIN)/staticcheck $(BIN)/oapi-codegen
 
 $(BIN)/protoc-gen-go: Makefile
 	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
@@ -46,6 +47,9 @@ $(BIN)/protoc-gen-connect-go: Makefile
 	@touch $@
 $(BIN)/sqlc: Makefile
 	GOBIN=$(BIN) $(GO) install github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION)
+	@touch $@
+$(BIN)/oapi-codegen: Makefile
+	GOBIN=$(BIN) $(GO) install github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@$(OAPI_CODEGEN_VERSION)
 	@touch $@
 $(BIN)/staticcheck: Makefile
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -86,6 +90,15 @@ generate: tools
 	  --go_out=. --go_opt=module=$(MODULE) \
 	  --connect-go_out=. --connect-go_opt=module=$(MODULE) $(PROTO_FILES)
 	sqlc generate
+	$(MAKE) --no-print-directory sdk-gen SDK_GEN_OUT=$(SDK_GEN)
+
+# The Go SDK's models and raw client, from the merged OpenAPI document.
+SDK_GEN := sdk/go/wrenn/wrennapi/wrennapi.gen.go
+SDK_GEN_OUT ?= $(SDK_GEN)
+sdk-gen:
+	@spec=$$(mktemp --suffix=.yaml); trap 'rm -f $$spec' EXIT; \
+	$(GO) run ./internal/controlplane/api/specdump > $$spec && \
+	oapi-codegen -config sdk/go/wrenn/wrennapi/oapi-codegen.yaml -o $(SDK_GEN_OUT) $$spec
 
 # Fails when committed generated code differs from what the generators make.
 check-generated: tools
@@ -98,10 +111,13 @@ check-generated: tools
 	  echo "generated protobuf code is stale: run 'make generate' and commit"; exit 1; fi; \
 	if ! sqlc diff >/dev/null 2>&1; then sqlc diff | head -40; \
 	  echo "generated sqlc code is stale: run 'make generate' and commit"; exit 1; fi; \
+	$(MAKE) --no-print-directory sdk-gen SDK_GEN_OUT=$$tmp/sdk.gen.go; \
+	if ! cmp -s $$tmp/sdk.gen.go $(SDK_GEN); then diff $$tmp/sdk.gen.go $(SDK_GEN) | head -40; \
+	  echo "the Go SDK's generated code is stale: run 'make generate' and commit"; exit 1; fi; \
 	echo "generated code is current"
 
 lint: tools
-	@out=$$(gofmt -l cmd internal db proto); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd internal db proto sdk e2e); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@$(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit"; exit 1; }
 	$(GO) vet ./...
 	staticcheck ./...

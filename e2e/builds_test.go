@@ -38,14 +38,17 @@ type buildView struct {
 
 // buildPlatform is one control plane (restartable) and one agent.
 type buildPlatform struct {
-	t        testing.TB
-	bin      string
-	env      []string
-	base     string
-	cp       *proc
-	admin    client
-	agent    *e2eAgent
-	cpStarts int
+	t     testing.TB
+	bin   string
+	env   []string
+	base  string
+	cp    *proc
+	admin client
+	// adminEmail signed up first (a platform admin); its password is
+	// e2ePassword(adminEmail).
+	adminEmail string
+	agent      *e2eAgent
+	cpStarts   int
 }
 
 func (p *buildPlatform) startCP() {
@@ -113,7 +116,8 @@ func startBuildPlatform(t testing.TB) *buildPlatform {
 			"WRENN_BUILD_WORKERS=2", "WRENN_BUILDS_PER_HOST=2")}
 	p.startCP()
 	anon := newClient(p.base)
-	p.admin = anon.withSession(anon.signup(t, "e2e-builds-"+randomHex(t, 4)+"@example.com"))
+	p.adminEmail = "e2e-builds-" + randomHex(t, 4) + "@example.com"
+	p.admin = anon.withSession(anon.signup(t, p.adminEmail))
 	a := &e2eAgent{name: "builds", prefix: fmt.Sprintf("wbd%d-", testID), netRange: fmt.Sprintf("10.234.%d.0/24", testID)}
 	a.dir = agentDir(t, src)
 	t.Cleanup(func() { scrub(t, a.dir, a.prefix, a.netRange) })

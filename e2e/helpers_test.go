@@ -380,13 +380,16 @@ func (c client) sh(t testing.TB, id, script string) execResult {
 	return r
 }
 
+// e2ePassword is the password signup gives the user email.
+func e2ePassword(email string) string { return "e2e passphrase " + email }
+
 // signup creates a user with its own team and returns its session token.
 func (c client) signup(t testing.TB, email string) string {
 	t.Helper()
 	var s struct {
 		Token string `json:"token"`
 	}
-	c.must(t, http.MethodPost, "/v1/auth/signup", map[string]string{"email": email, "password": "e2e passphrase " + email, "name": "E2E"}, &s, http.StatusCreated)
+	c.must(t, http.MethodPost, "/v1/auth/signup", map[string]string{"email": email, "password": e2ePassword(email), "name": "E2E"}, &s, http.StatusCreated)
 	if s.Token == "" {
 		t.Fatal("signup answered no token")
 	}

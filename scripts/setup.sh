@@ -10,8 +10,8 @@ packages=(
   qemu-system-x86 qemu-utils e2fsprogs xfsprogs
   # sandbox networking
   iproute2 nftables
-  # the minimal root filesystem
-  busybox-static bash-static ca-certificates
+  # the minimal root filesystem; the base template (Debian, by mmdebstrap)
+  busybox-static bash-static ca-certificates mmdebstrap
   # the microVM kernel build (from Debian's kernel source)
   linux-source-6.1 build-essential bc bison flex libelf-dev cpio xz-utils
   # protobuf code generation (protoc and the well-known types)

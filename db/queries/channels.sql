@@ -68,10 +68,10 @@ WHERE id IN (
 )
 RETURNING *;
 
--- name: ReleaseDelivery :exec
--- Hands a taken delivery back untried (shutting down): due at once.
+-- name: ReleaseDeliveries :exec
+-- Hands taken deliveries back untried (shutting down): due at once.
 UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()
-WHERE id = $1 AND status = 'pending';
+WHERE id = ANY(sqlc.arg(ids)::text[]) AND status = 'pending';
 
 -- name: FinishAttempts :many
 -- Records attempts' outcomes (one element per delivery): status stays

@@ -3,7 +3,9 @@
 SELECT pg_advisory_xact_lock(4242002, hashtext(sqlc.arg(team_id)::text));
 
 -- name: CountActiveSandboxes :one
-SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running');
+-- The team's live sandboxes under its running-sandbox limit: a template
+-- build's own sandbox is the platform's, bounded per host instead.
+SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running') AND build_id IS NULL;
 
 -- name: InsertSandbox :one
 -- A new sandbox is pending under the create operation's lease; build_id

@@ -507,6 +507,9 @@ func (s *suite) files(t *testing.T) {
 	}
 	_, _, err = s.readFile(t, id, dir+"/a.txt")
 	wantCode(t, "read a removed file", err, connect.CodeNotFound)
+	// envd takes a missing path as removed (E2B); the agent's contract says not found.
+	_, err = s.c.RemovePath(ctx, connect.NewRequest(&pb.RemovePathRequest{SandboxId: id, Path: "/conf-dir"}))
+	wantCode(t, "remove a missing path", err, connect.CodeNotFound)
 }
 
 // guestPaths: a path the guest's kernel would refuse (agentwire's

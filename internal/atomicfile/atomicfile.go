@@ -48,7 +48,15 @@ type File struct {
 // the umask does not apply). Until then the temporary file has mode 0600
 // and a hidden name beside path.
 func New(path string, perm fs.FileMode) (*File, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	return NewIn(filepath.Dir(path), path, perm)
+}
+
+// NewIn is New with the temporary file in tempDir instead of beside path,
+// for a writer whose temporary name must not show in path's directory
+// (envd's uploads, which directory watchers report). tempDir must be on
+// path's filesystem (and mount), or Commit fails.
+func NewIn(tempDir, path string, perm fs.FileMode) (*File, error) {
+	tmp, err := os.CreateTemp(tempDir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return nil, fmt.Errorf("replace %s: %w", path, err)
 	}

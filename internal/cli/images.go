@@ -22,14 +22,17 @@ func newImagesCmd() *cobra.Command {
 		},
 	}
 	var envd string
-	var verbose bool
+	var verbose, base bool
 	build := &cobra.Command{
 		Use:   "build",
-		Short: "Build the microVM kernel and the minimal root filesystem (cached)",
+		Short: "Build the microVM kernel and the minimal and base root filesystems (cached)",
 		Long: `Build what is missing or out of date under WRENN_DIR (default /var/lib/wrenn):
 the microVM kernel from Debian's linux-source-6.1 (about 5 minutes on 2 cores,
-once) and the minimal root filesystem (busybox, bash, envd, CA certificates).
-A second run with the same inputs does nothing.`,
+once), the minimal root filesystem (busybox, bash, envd, CA certificates) and
+the base template E2B's SDKs start by default: Debian with user "user"
+(passwordless sudo), bash, python3, git, curl and CA certificates, installed
+by mmdebstrap from deb.debian.org (a few minutes, once per recipe; a new envd
+only repacks the cached tree). A second run with the same inputs does nothing.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if envd == "" {
@@ -44,7 +47,7 @@ A second run with the same inputs does nothing.`,
 			}
 			// Progress goes to stderr, one line per step; tool output only with -v.
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			cfg := images.Config{WrennDir: images.DirFromEnv(), EnvdPath: abs, Logger: logger}
+			cfg := images.Config{WrennDir: images.DirFromEnv(), EnvdPath: abs, Logger: logger, Base: base}
 			if verbose {
 				cfg.Output = cmd.ErrOrStderr()
 			}
@@ -54,11 +57,15 @@ A second run with the same inputs does nothing.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "kernel: %s (%s)\nrootfs: %s (%s)\n",
 				res.KernelPath, builtOrCached(res.KernelBuilt), res.RootfsPath, builtOrCached(res.RootfsBuilt))
+			if base {
+				fmt.Fprintf(cmd.OutOrStdout(), "base: %s (%s)\n", res.BasePath, builtOrCached(res.BaseBuilt))
+			}
 			return nil
 		},
 	}
 	build.Flags().StringVar(&envd, "envd", "", "path of the static envd binary to install into the root filesystem")
-	build.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the output of make and mkfs")
+	build.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the output of make, mmdebstrap and mkfs")
+	build.Flags().BoolVar(&base, "base", true, "also build the base template (Debian; needs root, mmdebstrap and deb.debian.org once)")
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show which images are installed",

@@ -1,5 +1,6 @@
 // Package cli is the `wrenn` command line: every server role (server,
-// agent, dev) and the operator tools (migrate, images, version).
+// agent, dev), the operator tools (migrate, images, version) and the user
+// commands that drive a platform (login, sandbox, snapshot, template, keys).
 package cli
 
 import (
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/joho/godotenv"
@@ -43,6 +45,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
+	var ec exitCodeError
+	if errors.As(err, &ec) {
+		return ec.code
+	}
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsageError(err) {
 		if cmd == nil {
@@ -51,7 +57,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wrenn: %v\n\n%s", err, cmd.UsageString())
 		return ExitUsage
 	}
-	fmt.Fprintf(stderr, "wrenn: %v\n", err)
+	// The SDK's errors carry the same prefix.
+	fmt.Fprintf(stderr, "wrenn: %s\n", strings.TrimPrefix(err.Error(), "wrenn: "))
 	return 1
 }
 
@@ -78,6 +85,11 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newCACmd(),
 		newVersionCmd(),
 	)
+	// The commands that drive a platform (sdk/go underneath).
+	uf := &userFlags{}
+	for _, cmd := range []*cobra.Command{newLoginCmd(uf), newLogoutCmd(uf), newSandboxCmd(uf), newSnapshotCmd(uf), newTemplateCmd(uf), newKeysCmd(uf)} {
+		root.AddCommand(userCommand(uf, cmd))
+	}
 	return root
 }
 

@@ -482,14 +482,14 @@ func (q *Queries) MatchingChannels(ctx context.Context, teamID string) ([]Matchi
 	return items, nil
 }
 
-const releaseDelivery = `-- name: ReleaseDelivery :exec
+const releaseDeliveries = `-- name: ReleaseDeliveries :exec
 UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()
-WHERE id = $1 AND status = 'pending'
+WHERE id = ANY($1::text[]) AND status = 'pending'
 `
 
-// Hands a taken delivery back untried (shutting down): due at once.
-func (q *Queries) ReleaseDelivery(ctx context.Context, id string) error {
-	_, err := q.db.Exec(ctx, releaseDelivery, id)
+// Hands taken deliveries back untried (shutting down): due at once.
+func (q *Queries) ReleaseDeliveries(ctx context.Context, ids []string) error {
+	_, err := q.db.Exec(ctx, releaseDeliveries, ids)
 	return err
 }
 

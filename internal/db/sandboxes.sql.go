@@ -82,9 +82,11 @@ func (q *Queries) ClaimSandboxOp(ctx context.Context, arg ClaimSandboxOpParams) 
 }
 
 const countActiveSandboxes = `-- name: CountActiveSandboxes :one
-SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running')
+SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'running') AND build_id IS NULL
 `
 
+// The team's live sandboxes under its running-sandbox limit: a template
+// build's own sandbox is the platform's, bounded per host instead.
 func (q *Queries) CountActiveSandboxes(ctx context.Context, teamID string) (int64, error) {
 	row := q.db.QueryRow(ctx, countActiveSandboxes, teamID)
 	var count int64

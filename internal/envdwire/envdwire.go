@@ -26,11 +26,12 @@ const ErrorReasonHeader = "Wrenn-Error-Reason"
 // ReasonDiskFull is ErrorReasonHeader's value for ENOSPC in the guest.
 const ReasonDiskFull = "disk-full"
 
-// Version is the version of E2B's envd protocol this envd implements, as
-// E2B's SDKs read it (envdVersion): they gate features on it (0.4.0: the
-// template's default user runs commands; 0.5.2: CloseStdin; 0.5.7:
-// octet-stream uploads), all of which envd serves.
-const Version = "0.5.7"
+// E2BVersion is the version of E2B's envd whose behaviour Wrenn's envd
+// gives, as E2B's SDKs read it (the sandbox's envdVersion) to choose what
+// they use: 0.4.0 and later run commands as the default user, 0.5.2 close
+// stdin, 0.5.7 upload raw bodies, 0.6.2 file metadata, 0.6.3 entries in
+// watch events. (0.6.4, watching network mounts, is not claimed.)
+const E2BVersion = "0.6.3"
 
 // Port is envd's port in the guest (E2B's).
 const Port = 49983

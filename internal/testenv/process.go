@@ -109,3 +109,28 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	addr, _ := netip.AddrFromSlice(raw)
 	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
 }
+
+// Result is a finished program's output and exit code.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// RunProgram runs bin with exactly env and stdin until it ends; a
+// non-zero exit is in Code, a failure to start it fails the test.
+func RunProgram(t testing.TB, env []string, stdin, bin string, args ...string) Result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run %s: %v", bin, err)
+	}
+	return Result{Stdout: out.String(), Stderr: errOut.String(), Code: code}
+}

@@ -33,13 +33,7 @@ func (b *Builder) KernelKey() (string, error) {
 }
 
 func kernelKey(sourceID string, config, patch []byte) string {
-	h := sha256.New()
-	for _, part := range [][]byte{[]byte(kernelRecipeVersion), []byte(sourceID), config, patch} {
-		// Length-prefix each part so concatenations cannot collide.
-		_ = binary.Write(h, binary.BigEndian, uint64(len(part)))
-		h.Write(part)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	return contentKey([]byte(kernelRecipeVersion), []byte(sourceID), config, patch)
 }
 
 // sourceID names the kernel source: the Debian package version when dpkg

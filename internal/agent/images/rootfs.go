@@ -4,10 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"debug/elf"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,14 +22,17 @@ import (
 
 // Metadata describes one built template; it is written next to the rootfs.
 type Metadata struct {
-	Template   string    `json:"template"`
-	RootfsKey  string    `json:"rootfs_key"`
-	RootfsFile string    `json:"rootfs_file"`
-	Format     string    `json:"format"`
-	SizeBytes  int64     `json:"size_bytes"`
-	KernelKey  string    `json:"kernel_key,omitempty"`
-	EnvdSHA256 string    `json:"envd_sha256"`
-	BuiltAt    time.Time `json:"built_at"`
+	Template   string `json:"template"`
+	RootfsKey  string `json:"rootfs_key"`
+	RootfsFile string `json:"rootfs_file"`
+	Format     string `json:"format"`
+	SizeBytes  int64  `json:"size_bytes"`
+	KernelKey  string `json:"kernel_key,omitempty"`
+	EnvdSHA256 string `json:"envd_sha256"`
+	// DefaultUser is the user the image is made for (base: "user"); empty
+	// means root.
+	DefaultUser string    `json:"default_user,omitempty"`
+	BuiltAt     time.Time `json:"built_at"`
 }
 
 // ReadMetadata reads a template's metadata.json.
@@ -64,29 +64,21 @@ func ParseMetadata(data []byte) (Metadata, error) {
 }
 
 func (b *Builder) rootfsKey(envdSum string) (string, error) {
-	h := sha256.New()
-	parts := []string{rootfsRecipeVersion, envdSum, strconv.Itoa(b.cfg.RootfsSizeMiB)}
+	parts := [][]byte{[]byte(rootfsRecipeVersion), []byte(envdSum), []byte(strconv.Itoa(b.cfg.RootfsSizeMiB))}
 	for _, p := range []string{b.cfg.BusyboxPath, b.cfg.BashPath, b.cfg.CACertsPath} {
 		sum, err := hashFile(p)
 		if err != nil {
 			return "", fmt.Errorf("hash %s: %w", p, err)
 		}
-		parts = append(parts, sum)
+		parts = append(parts, []byte(sum))
 	}
-	for _, p := range parts {
-		_ = binary.Write(h, binary.BigEndian, uint64(len(p)))
-		h.Write([]byte(p))
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	return contentKey(parts...), nil
 }
 
 func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path string, built bool, err error) {
-	log := b.cfg.Logger
 	name := MinimalTemplate
-	if b.cfg.EnvdPath == "" {
-		return "", "", false, errors.New("no envd binary given: build one with `CGO_ENABLED=0 go build -o envd ./cmd/envd` (or images.BuildEnvd) and pass its path")
-	}
-	if err := checkStatic(b.cfg.EnvdPath); err != nil {
+	envdSum, err := b.checkEnvd()
+	if err != nil {
 		return "", "", false, err
 	}
 	for _, p := range []struct{ path, pkg string }{{b.cfg.BusyboxPath, "busybox-static"}, {b.cfg.CACertsPath, "ca-certificates"}} {
@@ -97,67 +89,90 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 	if err := checkStatic(b.cfg.BusyboxPath); err != nil {
 		return "", "", false, fmt.Errorf("%w (install busybox-static, not busybox)", err)
 	}
-	envdSum, err := hashFile(b.cfg.EnvdPath)
-	if err != nil {
-		return "", "", false, fmt.Errorf("hash envd: %w", err)
-	}
 	key, err = b.rootfsKey(envdSum)
 	if err != nil {
 		return "", "", false, err
 	}
+	path, built, err = b.installRootfs(ctx, rootfsSpec{
+		name: name, key: key, sizeMiB: b.cfg.RootfsSizeMiB, kernelKey: kernelKey, envdSum: envdSum,
+		populate: b.populate,
+	})
+	return key, path, built, err
+}
+
+// rootfsSpec is one template's root filesystem: what goes in it and what
+// its metadata says.
+type rootfsSpec struct {
+	name      string
+	key       string
+	sizeMiB   int
+	kernelKey string
+	envdSum   string
+	// defaultUser is the user envd runs calls as when a sandbox names none.
+	defaultUser string
+	populate    func(ctx context.Context, dir string) error
+}
+
+// installRootfs makes the ext4 image of spec (unless one with its key is
+// installed), points the template's rootfs.ext4 at it, writes its
+// metadata and prunes superseded images.
+func (b *Builder) installRootfs(ctx context.Context, spec rootfsSpec) (path string, built bool, err error) {
+	log := b.cfg.Logger
+	name, key := spec.name, spec.key
 	path = b.paths.RootfsFile(name, key)
 	if m, err := ReadMetadata(b.paths.Metadata(name)); err == nil && m.RootfsKey == key && fileExists(path) {
 		log.Info("rootfs up to date", "template", name, "key", key, "path", path)
-		return key, path, false, atomicfile.Symlink(filepath.Base(path), b.paths.Rootfs(name))
+		return path, false, atomicfile.Symlink(filepath.Base(path), b.paths.Rootfs(name))
 	}
 
 	start := time.Now()
-	log.Info("rootfs: building", "template", name, "key", key, "envd_sha256", envdSum[:16])
+	log.Info("rootfs: building", "template", name, "key", key, "envd_sha256", spec.envdSum[:16])
 	if os.Geteuid() != 0 {
 		log.Warn("rootfs: not running as root; files in the image will be owned by the current user")
 	}
 	if err := os.MkdirAll(b.paths.TemplateDir(name), 0o755); err != nil {
-		return "", "", false, fmt.Errorf("create template dir: %w", err)
+		return "", false, fmt.Errorf("create template dir: %w", err)
 	}
 	if err := os.MkdirAll(b.paths.CacheDir(), 0o755); err != nil {
-		return "", "", false, fmt.Errorf("create cache dir: %w", err)
+		return "", false, fmt.Errorf("create cache dir: %w", err)
 	}
 	staging, err := os.MkdirTemp(b.paths.CacheDir(), "rootfs-"+name+"-")
 	if err != nil {
-		return "", "", false, fmt.Errorf("create staging dir: %w", err)
+		return "", false, fmt.Errorf("create staging dir: %w", err)
 	}
 	defer os.RemoveAll(staging)
-	if err := b.populate(ctx, staging); err != nil {
-		return "", "", false, err
+	if err := spec.populate(ctx, staging); err != nil {
+		return "", false, err
 	}
 	img, err := atomicfile.New(path, 0o644)
 	if err != nil {
-		return "", "", false, fmt.Errorf("create image: %w", err)
+		return "", false, fmt.Errorf("create image: %w", err)
 	}
 	defer img.Abort()
-	size := int64(b.cfg.RootfsSizeMiB) << 20
+	size := int64(spec.sizeMiB) << 20
 	if err := img.Temp().Truncate(size); err != nil {
-		return "", "", false, fmt.Errorf("size image: %w", err)
+		return "", false, fmt.Errorf("size image: %w", err)
 	}
-	log.Info("rootfs: mkfs.ext4", "size_mib", b.cfg.RootfsSizeMiB)
+	log.Info("rootfs: mkfs.ext4", "template", name, "size_mib", spec.sizeMiB)
 	// -d copies the staging tree in, so no loop mount (and no root for mount) is needed.
 	if err := b.run(ctx, staging, io.Discard, "mkfs.ext4", "-q", "-F", "-L", "wrenn-root", "-m", "0",
 		"-E", "root_owner=0:0", "-d", staging, img.TempName()); err != nil {
-		return "", "", false, fmt.Errorf("mkfs.ext4 (e2fsprogs): %w", err)
+		return "", false, fmt.Errorf("mkfs.ext4 (e2fsprogs): %w", err)
 	}
 	if err := img.Commit(); err != nil {
-		return "", "", false, fmt.Errorf("install image: %w", err)
+		return "", false, fmt.Errorf("install image: %w", err)
 	}
 	if err := atomicfile.Symlink(filepath.Base(path), b.paths.Rootfs(name)); err != nil {
-		return "", "", false, err
+		return "", false, err
 	}
 	meta := Metadata{
 		Template: name, RootfsKey: key, RootfsFile: filepath.Base(path), Format: "ext4",
-		SizeBytes: size, KernelKey: kernelKey, EnvdSHA256: envdSum, BuiltAt: time.Now().UTC(),
+		SizeBytes: size, KernelKey: spec.kernelKey, EnvdSHA256: spec.envdSum, DefaultUser: spec.defaultUser,
+		BuiltAt: time.Now().UTC(),
 	}
 	data, _ := json.MarshalIndent(meta, "", "  ")
 	if err := atomicfile.WriteFile(b.paths.Metadata(name), append(data, '\n'), 0o644); err != nil {
-		return "", "", false, fmt.Errorf("write metadata: %w", err)
+		return "", false, fmt.Errorf("write metadata: %w", err)
 	}
 	log.Info("rootfs built", "template", name, "path", path, "took", time.Since(start).Round(time.Millisecond))
 	removed, err := b.paths.PruneRootfs(name, path)
@@ -168,7 +183,22 @@ func (b *Builder) buildRootfs(ctx context.Context, kernelKey string) (key, path 
 	for _, r := range removed {
 		log.Info("rootfs: removed superseded image", "path", r)
 	}
-	return key, path, true, nil
+	return path, true, nil
+}
+
+// checkEnvd checks the envd binary the images get and returns its SHA-256.
+func (b *Builder) checkEnvd() (string, error) {
+	if b.cfg.EnvdPath == "" {
+		return "", errors.New("no envd binary given: build one with `CGO_ENABLED=0 go build -o envd ./cmd/envd` (or images.BuildEnvd) and pass its path")
+	}
+	if err := checkStatic(b.cfg.EnvdPath); err != nil {
+		return "", err
+	}
+	sum, err := hashFile(b.cfg.EnvdPath)
+	if err != nil {
+		return "", fmt.Errorf("hash envd: %w", err)
+	}
+	return sum, nil
 }
 
 // populate lays out the minimal root filesystem in dir.

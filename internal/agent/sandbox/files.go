@@ -187,6 +187,11 @@ func (m *Manager) RemovePath(ctx context.Context, req *pb.RemovePathRequest) err
 	if err != nil {
 		return err
 	}
+	// envd, like E2B's, takes a missing path as removed; Wrenn's API says
+	// not found, so the agent looks first.
+	if _, err := c.Filesystem.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: req.GetPath()})); err != nil {
+		return m.guestErr(s, c, err, "remove %q", req.GetPath())
+	}
 	_, err = c.Filesystem.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: req.GetPath()}))
 	return m.guestErr(s, c, err, "remove %q", req.GetPath())
 }

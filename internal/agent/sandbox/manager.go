@@ -455,6 +455,9 @@ func (m *Manager) boot(ctx context.Context, s *Sandbox) error {
 		return err
 	}
 	s.restored = tpl.snap != nil
+	if r.DefaultUser == "" {
+		r.DefaultUser = tpl.defaultUser
+	}
 	if tpl.snap != nil {
 		if r.VCPUs != tpl.meta.VCPUs || r.MemoryMB != tpl.meta.MemoryMB {
 			if r.VCPUs != m.cfg.DefaultVCPUs || r.MemoryMB != m.cfg.DefaultMemoryMB {

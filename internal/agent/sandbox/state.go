@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/agent/agenterr"
+	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/agent/vmm"
 	"github.com/wrenn-dev/wrenn/internal/atomicfile"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
@@ -314,6 +315,9 @@ type template struct {
 	diskFormat string
 	snap       *vmm.Snapshot
 	meta       snapshotMeta
+	// defaultUser is what an image template's metadata names (base:
+	// "user"), for a sandbox whose request names none.
+	defaultUser string
 }
 
 // snapshotMeta is WRENN_DIR/templates/<name>/snapshot/meta.json.
@@ -357,7 +361,11 @@ func (m *Manager) resolveTemplate(name string) (template, error) {
 		}
 		return template{}, wrapErr(agenterr.ErrInvalidState, err, "template %q", name)
 	}
-	return template{kernel: kernel, disk: rootfs, diskFormat: "raw"}, nil
+	tpl := template{kernel: kernel, disk: rootfs, diskFormat: "raw"}
+	if md, err := images.ReadMetadata(m.paths.Metadata(name)); err == nil {
+		tpl.defaultUser = md.DefaultUser
+	}
+	return tpl, nil
 }
 
 // checkSnapshotFiles makes sure every file a restore needs is there.

@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/builds"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
 
 type buildResp struct {
@@ -107,7 +109,8 @@ func TestBuildRequestsRefused(t *testing.T) {
 		{"healthcheck without cmd", with("healthcheck", map[string]any{"interval": "1s"}), 400, "invalid_request", "healthcheck.cmd"},
 		{"unknown base", with("base_template", "nope"), 400, "unknown_template", "base_template"},
 		{"too many vcpus", with("vcpus", 99), 400, "invalid_request", "vcpus"},
-		{"disk resize", with("disk_mb", 4096), 400, "invalid_request", "disk_mb"},
+		{"disk shrink", with("disk_mb", 512), 400, "invalid_request", "disk_mb"},
+		{"disk too large", with("disk_mb", 1<<21), 400, "invalid_request", "disk_mb"},
 		{"COPY without archive", with("recipe", []string{"COPY site /srv"}), 400, "invalid_request", "archive"},
 		{"unknown field", with("shell", "bash"), 400, "invalid_request", "shell"},
 	}
@@ -304,4 +307,29 @@ func TestBuildFailsAndPages(t *testing.T) {
 		rows[0].Actor.ID != "build-reaper" || rows[0].Status != "error" || !strings.Contains(fmt.Sprint(rows[0].Metadata["error"]), "not retried again") {
 		t.Fatalf("reaped build rows %+v", rows)
 	}
+}
+
+// TestBuildSandboxesOutsideTeamLimit: a build's own sandbox needs no room
+// under its team's running-sandbox limit and takes none, and it gets the
+// build's disk_mb (larger than its template's).
+func TestBuildSandboxesOutsideTeamLimit(t *testing.T) {
+	e := newEnv(t, func(o *envOpts) { o.limits = service.Limits{MaxRunningPerTeam: 1} })
+	admin := e.signup("admin@example.com")
+	a := auth.AuthContext{Method: auth.MethodJWT, UserID: admin.User.ID, UserEmail: admin.User.Email, TeamID: admin.Team.ID, Role: admin.Team.Role}
+	first := e.createSandbox(admin.cred(), nil)
+	e.wantErr("POST", "/v1/sandboxes", nil, admin.cred(), 429, "sandbox_limit", "")
+	for i, disk := range []int{0, 2048} {
+		sb, err := e.svc.CreateSandbox(context.Background(), a, service.CreateSandboxInput{Template: "minimal",
+			Build: &service.BuildPlacement{BuildID: fmt.Sprintf("bld-limit-%d", i), PerHost: 2, DiskMB: disk}})
+		if err != nil {
+			t.Fatalf("build sandbox %d with the team at its limit: %v", i, err)
+		}
+		if want := max(int32(disk), 1024); sb.Status != "running" || sb.DiskMB != want {
+			t.Fatalf("build sandbox %d = %+v, want running with %d MiB", i, sb, want)
+		}
+	}
+	// The two build sandboxes do not count: one user sandbox fits again.
+	e.want("DELETE", sbPath(first.ID), nil, admin.cred(), http.StatusNoContent, nil)
+	e.createSandbox(admin.cred(), nil)
+	e.wantErr("POST", "/v1/sandboxes", nil, admin.cred(), 429, "sandbox_limit", "")
 }

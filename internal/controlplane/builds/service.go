@@ -48,6 +48,10 @@ const (
 	StepSkipped   = "skipped"
 )
 
+// maxDiskMB bounds a build's disk_mb (1 TiB); what a host takes (its
+// agent's WRENN_MAX_DISK_MB) is checked when the build sandbox is placed.
+const maxDiskMB = 1 << 20
+
 // QueueKey is the Redis list builds are pushed on; workers BLPOP it. The
 // list only wakes workers: the template_builds row is the truth.
 const QueueKey = "wrenn:builds:queue"
@@ -303,8 +307,15 @@ func (s *Service) Submit(ctx context.Context, a auth.AuthContext, in SubmitInput
 	if base.Kind == "snapshot" && (vcpus != int(base.Vcpus) || mem != int(base.MemoryMb)) {
 		return Build{}, service.Invalid("vcpus", "a build from snapshot %q keeps its %d vCPUs and %d MB", base.Name, base.Vcpus, base.MemoryMb)
 	}
-	if in.DiskMB != nil && *in.DiskMB != int(base.DiskMb) {
-		return Build{}, service.Invalid("disk_mb", "the build's disk is its base template's (%d MiB); resizing is not supported", base.DiskMb)
+	disk := base.DiskMb
+	if in.DiskMB != nil && *in.DiskMB != int(disk) {
+		switch {
+		case base.Kind == "snapshot":
+			return Build{}, service.Invalid("disk_mb", "a build from snapshot %q keeps its %d MiB disk", base.Name, base.DiskMb)
+		case *in.DiskMB < int(base.DiskMb) || *in.DiskMB > maxDiskMB:
+			return Build{}, service.Invalid("disk_mb", "disk_mb must be between the base template's %d and %d MiB (disks grow, never shrink)", base.DiskMb, maxDiskMB)
+		}
+		disk = int32(*in.DiskMB)
 	}
 	if _, err := s.q.GetPlatformTemplate(ctx, in.Name); err == nil {
 		return Build{}, nameTaken(in.Name)
@@ -318,7 +329,7 @@ func (s *Service) Submit(ctx context.Context, a auth.AuthContext, in SubmitInput
 		q := s.q.WithTx(tx)
 		var err error
 		row, err = q.InsertBuild(ctx, db.InsertBuildParams{ID: ids.New(ids.Build), Name: in.Name, BaseTemplate: base.Name, Recipe: recipe,
-			Healthcheck: hc, Steps: results, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: base.DiskMb, TeamID: a.TeamID, CreatedBy: a.UserID,
+			Healthcheck: hc, Steps: results, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: disk, TeamID: a.TeamID, CreatedBy: a.UserID,
 			HasArchive: len(archive) > 0})
 		if err != nil {
 			return err

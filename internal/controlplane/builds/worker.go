@@ -336,7 +336,7 @@ func (bl *builder) createSandbox(ctx context.Context) error {
 	vcpus, mem := int(bl.b.Vcpus), int(bl.b.MemoryMb)
 	in := service.CreateSandboxInput{Template: bl.b.BaseTemplate, VCPUs: &vcpus, MemoryMB: &mem,
 		Metadata: map[string]string{"wrenn.build": bl.b.ID}, InternetAccess: new(true),
-		Build: &service.BuildPlacement{BuildID: bl.b.ID, PerHost: bl.s.cfg.PerHost}}
+		Build: &service.BuildPlacement{BuildID: bl.b.ID, PerHost: bl.s.cfg.PerHost, DiskMB: int(bl.b.DiskMb)}}
 	for {
 		sb, err := bl.s.svc.CreateSandbox(ctx, bl.a, in)
 		if err == nil {

@@ -91,7 +91,7 @@ type Dispatcher struct {
 	global chan struct{}
 
 	mu    sync.Mutex
-	perCh map[string]*channelSlots
+	perCh map[string]*channelQueue
 	wg    sync.WaitGroup
 	// outcomes feeds the one writer of attempt outcomes, which records
 	// them in batches (a statement per batch, not per attempt).
@@ -123,9 +123,32 @@ type cachedChannel struct {
 // may be when an attempt is made.
 const channelTTL = time.Second
 
-type channelSlots struct {
-	sem   chan struct{}
-	users int
+// channelQueue is one channel's taken deliveries waiting for an attempt,
+// kept per resource (a sandbox, a template...) oldest first: a resource
+// has at most one attempt in flight per channel, so its events reach the
+// channel in the order they were taken. ready holds the resources with
+// deliveries waiting and none in flight, in the order they became ready;
+// at most PerChannel workers drain them.
+type channelQueue struct {
+	byResource map[string][]queued
+	inFlight   map[string]bool
+	ready      []string
+	workers    int
+}
+
+// queued is a taken delivery and its event (decoded once per entry), or
+// why its payload cannot be decoded.
+type queued struct {
+	row       db.ChannelDelivery
+	ev        *events.Event
+	decodeErr error
+}
+
+func (it queued) resource() string {
+	if it.ev == nil {
+		return ""
+	}
+	return it.ev.Resource.Type + "/" + it.ev.Resource.ID
 }
 
 // NewDispatcher builds a dispatcher over the service's channels.
@@ -138,7 +161,7 @@ func NewDispatcher(cfg DispatcherConfig, svc *Service, rdb *redis.Client, logger
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Dispatcher{cfg: cfg, q: svc.q, rdb: rdb, svc: svc, log: logger.With("component", "channels"),
-		wake: make(chan struct{}, 1), global: make(chan struct{}, cfg.Workers), perCh: map[string]*channelSlots{},
+		wake: make(chan struct{}, 1), global: make(chan struct{}, cfg.Workers), perCh: map[string]*channelQueue{},
 		outcomes: make(chan outcome, 4*cfg.Workers), cache: map[string]cachedChannel{}}, nil
 }
 
@@ -280,10 +303,14 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 		d.log.WarnContext(ctx, "record deliveries", "events", len(matched), "err", err)
 		return
 	}
+	decoded := make(map[string]*events.Event, len(matched))
+	for i := range matched {
+		decoded[matched[i].ev.ID] = &matched[i].ev
+	}
 	fresh := map[string]bool{}
 	for _, row := range taken {
 		fresh[row.EventID] = true
-		d.dispatch(ctx, row)
+		d.dispatch(ctx, queued{row: row, ev: decoded[row.EventID]})
 	}
 	for _, e := range matched {
 		if !fresh[e.ev.ID] {
@@ -332,7 +359,7 @@ func (d *Dispatcher) pollLoop(ctx context.Context) {
 			continue
 		}
 		for _, row := range rows {
-			d.dispatch(ctx, row)
+			d.dispatch(ctx, queued{row: row})
 		}
 		if len(rows) == d.cfg.Batch {
 			d.poke()
@@ -378,51 +405,115 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 	}
 }
 
-func (d *Dispatcher) slots(channelID string) *channelSlots {
+// dispatch queues a taken delivery behind its channel's and starts a
+// worker for the channel unless PerChannel already drain it. A worker
+// takes a slot of the global pool per attempt, so a slow channel holds at
+// most PerChannel slots and never delays another channel's queue. Few
+// long-lived workers, not a goroutine per delivery: a burst of thousands
+// of deliveries costs no goroutine churn.
+func (d *Dispatcher) dispatch(ctx context.Context, item queued) {
+	if item.ev == nil {
+		ev, err := events.Decode(item.row.Payload)
+		item.ev, item.decodeErr = &ev, err
+		if err != nil {
+			item.ev = nil
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := d.perCh[channelID]
-	if s == nil {
-		s = &channelSlots{sem: make(chan struct{}, d.cfg.PerChannel)}
-		d.perCh[channelID] = s
+	id, res := item.row.ChannelID, item.resource()
+	q := d.perCh[id]
+	if q == nil {
+		q = &channelQueue{byResource: map[string][]queued{}, inFlight: map[string]bool{}}
+		d.perCh[id] = q
 	}
-	s.users++
-	return s
+	q.byResource[res] = append(q.byResource[res], item)
+	if !q.inFlight[res] && len(q.byResource[res]) == 1 {
+		q.ready = append(q.ready, res)
+	}
+	if q.workers < d.cfg.PerChannel && len(q.ready) > 0 {
+		q.workers++
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.drain(ctx, id, q) }()
+	}
 }
 
-func (d *Dispatcher) release(channelID string, s *channelSlots) {
+// next ends the worker's attempt of done (nil at its start) and takes the
+// oldest delivery of the resource that became ready first; ok is false
+// when none is ready, and then this worker has ended (the workers with
+// attempts in flight take their resources' next deliveries).
+func (d *Dispatcher) next(id string, q *channelQueue, done *queued) (item queued, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if s.users--; s.users == 0 {
-		delete(d.perCh, channelID)
+	if done != nil {
+		res := done.resource()
+		delete(q.inFlight, res)
+		if len(q.byResource[res]) > 0 {
+			q.ready = append(q.ready, res)
+		}
 	}
+	if len(q.ready) == 0 {
+		if q.workers--; q.workers == 0 {
+			delete(d.perCh, id)
+		}
+		return queued{}, false
+	}
+	res := q.ready[0]
+	q.ready = q.ready[1:]
+	items := q.byResource[res]
+	item = items[0]
+	if len(items) == 1 {
+		delete(q.byResource, res)
+	} else {
+		items[0] = queued{}
+		q.byResource[res] = items[1:]
+	}
+	q.inFlight[res] = true
+	return item, true
 }
 
-// dispatch runs one attempt in the background: first a slot of its
-// channel, then one of the global pool, so a slow channel waits on its
-// own slots and never holds the others'.
-func (d *Dispatcher) dispatch(ctx context.Context, row db.ChannelDelivery) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		s := d.slots(row.ChannelID)
-		defer d.release(row.ChannelID, s)
-		select {
-		case s.sem <- struct{}{}:
-		case <-ctx.Done():
-			d.unlock(row)
+func (d *Dispatcher) drain(ctx context.Context, id string, q *channelQueue) {
+	var done *queued
+	for {
+		item, ok := d.next(id, q, done)
+		if !ok {
 			return
 		}
-		defer func() { <-s.sem }()
+		if ctx.Err() != nil {
+			d.abandon(id, q, item)
+			return
+		}
 		select {
 		case d.global <- struct{}{}:
 		case <-ctx.Done():
-			d.unlock(row)
+			d.abandon(id, q, item)
 			return
 		}
-		defer func() { <-d.global }()
-		d.attempt(ctx, row)
-	}()
+		d.attempt(ctx, item)
+		<-d.global
+		done = &item
+	}
+}
+
+// abandon hands back, untried, the delivery a stopping worker holds and
+// everything still queued behind its channel (one statement), and ends
+// the worker.
+func (d *Dispatcher) abandon(id string, q *channelQueue, held queued) {
+	ids := []string{held.row.ID}
+	d.mu.Lock()
+	for _, items := range q.byResource {
+		for _, it := range items {
+			ids = append(ids, it.row.ID)
+		}
+	}
+	clear(q.byResource)
+	q.ready = nil
+	delete(q.inFlight, held.resource())
+	if q.workers--; q.workers == 0 {
+		delete(d.perCh, id)
+	}
+	d.mu.Unlock()
+	d.unlock(ids...)
 }
 
 // disable turns a gone channel off, with its audit row, unless another
@@ -440,16 +531,17 @@ func (d *Dispatcher) disable(ctx context.Context, channelID, reason string) {
 	}
 }
 
-// unlock hands a delivery we will not attempt back at once.
-func (d *Dispatcher) unlock(row db.ChannelDelivery) {
+// unlock hands deliveries we will not attempt back at once.
+func (d *Dispatcher) unlock(ids ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := d.q.ReleaseDelivery(ctx, row.ID); err != nil {
-		d.log.Warn("release delivery", "delivery_id", row.ID, "err", err)
+	if err := d.q.ReleaseDeliveries(ctx, ids); err != nil {
+		d.log.Warn("release deliveries", "deliveries", len(ids), "err", err)
 	}
 }
 
-func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
+func (d *Dispatcher) attempt(ctx context.Context, item queued) {
+	row := item.row
 	c, err := d.channel(ctx, row.ChannelID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return // deleted with its deliveries
@@ -468,18 +560,18 @@ func (d *Dispatcher) attempt(ctx context.Context, row db.ChannelDelivery) {
 		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: errors.New("the channel's config cannot be opened with the configured keys")})
 		return
 	}
-	ev, err := events.Decode(row.Payload)
-	if err != nil {
-		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: err})
+	if item.decodeErr != nil {
+		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: item.decodeErr})
 		return
 	}
+	ev := item.ev
 	sctx, cancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
-	r := d.svc.d.Sender.Send(sctx, ch.Provider, sc.Config, Message{Event: ev, Payload: []byte(row.Payload), Attempt: int(n),
+	r := d.svc.d.Sender.Send(sctx, ch.Provider, sc.Config, Message{Event: *ev, Payload: []byte(row.Payload), Attempt: int(n),
 		ChannelID: ch.ID, Previous: sc.previous(time.Now())})
 	cancel()
 	if ctx.Err() != nil {
 		// Shutting down: this attempt does not count.
-		d.unlock(row)
+		d.unlock(row.ID)
 		return
 	}
 	switch {

@@ -165,8 +165,13 @@ func (w *world) start(consumer string, cfg DispatcherConfig) (stop func()) {
 
 func (w *world) publish(team, typ string) events.Event {
 	w.t.Helper()
+	return w.publishFor(team, typ, "sb-1")
+}
+
+func (w *world) publishFor(team, typ, sandboxID string) events.Event {
+	w.t.Helper()
 	ev := events.Event{ID: ids.New("evt-"), Type: typ, OccurredAt: time.Now().UTC(), TeamID: team,
-		Actor: events.Actor{Type: "system", Name: "test"}, Resource: events.Resource{Type: "sandbox", ID: "sb-1"}, Status: "success"}
+		Actor: events.Actor{Type: "system", Name: "test"}, Resource: events.Resource{Type: "sandbox", ID: sandboxID}, Status: "success"}
 	raw, _ := json.Marshal(ev)
 	if err := w.rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: events.StreamKey, Values: map[string]any{events.Field: string(raw)}}).Err(); err != nil {
 		w.t.Fatal(err)
@@ -469,5 +474,55 @@ func TestRedisRestart(t *testing.T) {
 	eventually(t, 15*time.Second, "every entry acked", func() bool { return w.pendingEntries() == 0 })
 	if h := rcv.got(); h[1].eventID != first.ID {
 		t.Fatalf("second request was %s, want the retry of %s", h[1].eventID, first.ID)
+	}
+}
+
+// A channel gets one resource's events in the order they were taken, one
+// attempt at a time, while another resource's go to it at the same time.
+func TestOrderPerResource(t *testing.T) {
+	w := newWorld(t)
+	const delay = 150 * time.Millisecond
+	rcv := newReceiver(t, always(204))
+	rcv.delay = delay
+	w.webhook(w.who, "ordered", rcv.srv.URL, "sandbox.*")
+	want := map[string][]string{}
+	for _, typ := range []string{"sandbox.created", "sandbox.running", "sandbox.paused", "sandbox.resumed", "sandbox.destroyed"} {
+		for _, sb := range []string{"sb-a", "sb-b"} {
+			want[sb] = append(want[sb], w.publishFor(w.team, typ, sb).ID)
+		}
+	}
+	w.start("cp-a", DispatcherConfig{PerChannel: 4})
+	eventually(t, 20*time.Second, "all ten events", func() bool { return len(rcv.got()) == 10 })
+	got := map[string][]hit{}
+	for _, h := range rcv.got() {
+		var ev events.Event
+		if err := json.Unmarshal(h.body, &ev); err != nil {
+			t.Fatal(err)
+		}
+		got[ev.Resource.ID] = append(got[ev.Resource.ID], h)
+	}
+	for sb, ids := range want {
+		hs := got[sb]
+		if len(hs) != len(ids) {
+			t.Fatalf("%s: %d deliveries, want %d", sb, len(hs), len(ids))
+		}
+		for i, h := range hs {
+			if h.eventID != ids[i] {
+				t.Fatalf("%s: delivery %d is event %s, want %s (the order taken)", sb, i, h.eventID, ids[i])
+			}
+			// The next began only after the previous one was answered.
+			if i > 0 && h.at.Sub(hs[i-1].at) < delay {
+				t.Fatalf("%s: deliveries %d and %d overlapped (%s apart)", sb, i-1, i, h.at.Sub(hs[i-1].at))
+			}
+		}
+	}
+	overlap := false
+	for _, a := range got["sb-a"] {
+		for _, b := range got["sb-b"] {
+			overlap = overlap || a.at.Sub(b.at).Abs() < delay
+		}
+	}
+	if !overlap {
+		t.Fatal("no delivery of sb-a overlapped one of sb-b: resources were serialized")
 	}
 }

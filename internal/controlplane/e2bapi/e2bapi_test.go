@@ -209,7 +209,7 @@ func TestCreateAndGet(t *testing.T) {
 			before := time.Now()
 			e.call("POST", path, map[string]any{"templateID": "minimal", "timeout": 60, "metadata": map[string]string{"user": "ann"},
 				"envVars": map[string]string{"GREETING": "hi"}, "secure": true, "mcp": nil, "autoResume": map[string]bool{"enabled": false}}, key(k), 201, &c)
-			if c.TemplateID != "minimal" || c.SandboxID == "" || c.EnvdVersion != envdwire.Version || c.ClientID != "host-test" || c.Domain == nil || *c.Domain != "sandbox.test:"+e.port() {
+			if c.TemplateID != "minimal" || c.SandboxID == "" || c.EnvdVersion != envdwire.E2BVersion || c.ClientID != "host-test" || c.Domain == nil || *c.Domain != "sandbox.test:"+e.port() {
 				t.Fatalf("create answered %+v", c)
 			}
 			// The control plane minted envd's token and gave it to the agent.
@@ -485,7 +485,7 @@ func TestTemplates(t *testing.T) {
 	e.call("GET", "/templates", nil, key(k), 200, &ts)
 	found := false
 	for _, tp := range ts {
-		found = found || (tp.TemplateID == "minimal" && tp.EnvdVersion == envdwire.Version && tp.CPUCount > 0)
+		found = found || (tp.TemplateID == "minimal" && tp.EnvdVersion == envdwire.E2BVersion && tp.CPUCount > 0)
 	}
 	if !found {
 		t.Fatalf("templates %+v lack minimal", ts)

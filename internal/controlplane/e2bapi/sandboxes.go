@@ -108,7 +108,7 @@ func clientID(sb service.Sandbox) string {
 
 func (s *Server) ref(r *http.Request, sb service.Sandbox) sandboxRef {
 	return sandboxRef{TemplateID: sb.Template, SandboxID: sb.ID, Alias: sb.Template, ClientID: clientID(sb),
-		EnvdVersion: envdwire.Version, EnvdAccessToken: sb.EnvdAccessToken, Domain: s.domain(r)}
+		EnvdVersion: envdwire.E2BVersion, EnvdAccessToken: sb.EnvdAccessToken, Domain: s.domain(r)}
 }
 
 func listed(sb service.Sandbox) sandboxDetail {
@@ -118,7 +118,7 @@ func listed(sb service.Sandbox) sandboxDetail {
 	}
 	return sandboxDetail{TemplateID: sb.Template, SandboxID: sb.ID, Alias: sb.Template, ClientID: clientID(sb),
 		StartedAt: started, EndAt: sb.EndAt, State: stateOf(sb), CPUCount: sb.VCPUs, MemoryMB: sb.MemoryMB,
-		DiskSizeMB: sb.DiskMB, EnvdVersion: envdwire.Version, Metadata: sb.Metadata}
+		DiskSizeMB: sb.DiskMB, EnvdVersion: envdwire.E2BVersion, Metadata: sb.Metadata}
 }
 
 func (s *Server) detail(r *http.Request, sb service.Sandbox) sandboxDetail {
@@ -463,7 +463,7 @@ func (s *Server) templates(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, template{TemplateID: t.Name, BuildID: build, Aliases: []string{t.Name}, Names: []string{t.Name},
 			CPUCount: t.VCPUs, MemoryMB: t.MemoryMB, DiskSizeMB: t.DiskMB, Public: t.Scope != "team", BuildStatus: "ready",
-			EnvdVersion: envdwire.Version, CreatedAt: t.CreatedAt, UpdatedAt: t.CreatedAt})
+			EnvdVersion: envdwire.E2BVersion, CreatedAt: t.CreatedAt, UpdatedAt: t.CreatedAt})
 	}
 	api.WriteJSON(w, http.StatusOK, out)
 }

@@ -93,11 +93,13 @@ type CreateSandboxInput struct {
 	Build *BuildPlacement `json:"-"`
 }
 
-// BuildPlacement marks a template build's sandbox: its build, and how many
-// builds one host may run at once.
+// BuildPlacement marks a template build's sandbox: its build, how many
+// builds one host may run at once, and its disk when larger than its
+// template's (the guest grows its filesystem to fill it at boot).
 type BuildPlacement struct {
 	BuildID string
 	PerHost int
+	DiskMB  int
 }
 
 const (
@@ -236,6 +238,13 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 	if tpl.Kind == "snapshot" && (vcpus != int(tpl.Vcpus) || mem != int(tpl.MemoryMb)) {
 		return Sandbox{}, Invalid("vcpus", "a sandbox from snapshot %q keeps its %d vCPUs and %d MB", tpl.Name, tpl.Vcpus, tpl.MemoryMb)
 	}
+	disk := tpl.DiskMb
+	if in.Build != nil && in.Build.DiskMB > int(disk) {
+		if tpl.Kind == "snapshot" {
+			return Sandbox{}, Invalid("disk_mb", "a sandbox from snapshot %q keeps its %d MiB disk", tpl.Name, tpl.DiskMb)
+		}
+		disk = int32(in.Build.DiskMB)
+	}
 	timeout := 0
 	if in.TimeoutSec != nil {
 		timeout = *in.TimeoutSec
@@ -260,7 +269,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		// Placement locks the hosts it considers until this transaction
 		// commits the pending row, which then counts against the host.
 		var err error
-		need := hosts.Need{VCPUs: vcpus, MemoryMB: mem, DiskMB: int(tpl.DiskMb)}
+		need := hosts.Need{VCPUs: vcpus, MemoryMB: mem, DiskMB: int(disk)}
 		var buildID *string
 		if in.Build != nil {
 			need.BuildsPerHost, buildID = max(in.Build.PerHost, 1), &in.Build.BuildID
@@ -269,15 +278,19 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		if err != nil {
 			return err
 		}
-		n, err := q.CountActiveSandboxes(ctx, a.TeamID)
-		if err != nil {
-			return err
-		}
-		if n >= int64(s.limits.MaxRunningPerTeam) {
-			return &Error{Kind: CodeSandboxLimit.Kind(), Code: CodeSandboxLimit, Message: fmt.Sprintf("the team already runs %d sandboxes, the most allowed", n)}
+		// A build's sandbox is outside the team's limit (and not counted
+		// in it): builds are bounded by the workers and per host instead.
+		if in.Build == nil {
+			n, err := q.CountActiveSandboxes(ctx, a.TeamID)
+			if err != nil {
+				return err
+			}
+			if n >= int64(s.limits.MaxRunningPerTeam) {
+				return &Error{Kind: CodeSandboxLimit.Kind(), Code: CodeSandboxLimit, Message: fmt.Sprintf("the team already runs %d sandboxes, the most allowed", n)}
+			}
 		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
-			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: tpl.DiskMb, TimeoutSec: int32(timeout),
+			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: disk, TimeoutSec: int32(timeout),
 			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID,
 			EndAfterSec: endAfter, OnEnd: onEnd, EnvdAccessToken: &envdToken, PublicPorts: ports32(in.PublicPorts), AutoResume: in.AutoResume})
 		if err != nil {
@@ -297,7 +310,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 	op := s.track(lctx, row.ID, opID)
 	req := &pb.CreateSandboxRequest{
 		SandboxId: row.ID, Template: agentTemplate(tpl), Vcpus: uint32(vcpus), MemoryMb: uint32(mem),
-		DiskMb: uint32(tpl.DiskMb), TimeoutSec: int64(timeout), EnvVars: templateEnv(tpl, in.EnvVars), Metadata: md, InternetAccess: in.InternetAccess,
+		DiskMb: uint32(disk), TimeoutSec: int64(timeout), EnvVars: templateEnv(tpl, in.EnvVars), Metadata: md, InternetAccess: in.InternetAccess,
 		DefaultUser: tpl.DefaultUser, DefaultWorkdir: tpl.Workdir, EnvdAccessToken: envdToken,
 	}
 	boot := func() (Sandbox, error) {

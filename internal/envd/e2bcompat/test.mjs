@@ -118,6 +118,25 @@ step('files write/read/list/info/rename/remove')
   await assert.rejects(sbx.files.read(`${dir}/nope`))
 }
 
+step('file metadata, symlink info, removing what is not there')
+{
+  const md = { owner: 'alice', build: '7' }
+  const p = `${dir}/meta/m.txt`
+  const info = await sbx.files.write(p, 'm', { metadata: md })
+  assert.deepEqual(info.metadata, md)
+  assert.deepEqual((await sbx.files.getInfo(p)).metadata, md)
+  const ls = await sbx.files.list(`${dir}/meta`)
+  assert.deepEqual(ls.map((e) => e.metadata), [md])
+  const moved = await sbx.files.rename(p, `${dir}/meta/n.txt`)
+  assert.deepEqual(moved.metadata, md)
+  await sbx.commands.run(`ln -s n.txt ${dir}/meta/link`)
+  const li = await sbx.files.getInfo(`${dir}/meta/link`)
+  assert.equal(li.type, 'file')
+  assert.equal(li.symlinkTarget, `${dir}/meta/n.txt`)
+  assert.deepEqual(li.metadata, md)
+  await sbx.files.remove(`${dir}/meta/never-was`)
+}
+
 step('watch dir')
 {
   const wdir = `${dir}/watched`
@@ -128,11 +147,14 @@ step('watch dir')
   await sbx.commands.run(`mv ${wdir}/w.txt ${wdir}/w2.txt && rm ${wdir}/w2.txt`)
   for (let i = 0; i < 200 && !events.includes('remove:w2.txt'); i++) await sleep(25)
   await handle.stop()
-  // The upload lands through a temporary file renamed into place.
-  for (const want of ['rename:w.txt', 'remove:w2.txt']) {
+  // The upload shows as a write on the file's own name; its temporary
+  // file never shows.
+  for (const want of ['write:w.txt', 'rename:w.txt', 'remove:w2.txt']) {
     assert.ok(events.includes(want), `watch events ${JSON.stringify(events)} lack ${want}`)
   }
   assert.ok(events.some((e) => e === 'create:w.txt' || e === 'create:w2.txt'), `creates in ${JSON.stringify(events)}`)
+  const names = events.map((e) => e.slice(e.indexOf(':') + 1))
+  assert.deepEqual([...new Set(names)].sort(), ['w.txt', 'w2.txt'], `only the file's names in ${JSON.stringify(events)}`)
 }
 
 console.log('E2B SDK compatibility: all checks passed')

@@ -195,6 +195,9 @@ func (s *Service) list(ctx context.Context, dir string, depth int, res *pb.ListD
 			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("more than %d entries: list with a smaller depth", MaxListEntries))
 		}
 		full := filepath.Join(dir, de.Name())
+		if s.env.Uploads.IsStaging(full) {
+			continue // envd's own, like the watchers it is hidden from
+		}
 		info, err := de.Info()
 		if err != nil {
 			continue // removed while listing
@@ -213,14 +216,12 @@ func (s *Service) list(ctx context.Context, dir string, depth int, res *pb.ListD
 	return nil
 }
 
-// Remove implements Filesystem.Remove (recursive).
+// Remove implements Filesystem.Remove (recursive). A path that does not
+// exist is already removed: success, as os.RemoveAll and E2B's envd answer.
 func (s *Service) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
 	p, _, err := s.resolve(req.Header(), req.Msg.GetPath())
 	if err != nil {
 		return nil, err
-	}
-	if _, err := os.Lstat(p); err != nil {
-		return nil, fsErr("remove", req.Msg.GetPath(), err)
 	}
 	if err := os.RemoveAll(p); err != nil {
 		return nil, fsErr("remove", req.Msg.GetPath(), err)

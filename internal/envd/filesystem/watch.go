@@ -16,7 +16,6 @@ import (
 	"connectrpc.com/connect"
 	"github.com/fsnotify/fsnotify"
 
-	"github.com/wrenn-dev/wrenn/internal/envd/paths"
 	"github.com/wrenn-dev/wrenn/internal/envd/rpcutil"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 )
@@ -27,7 +26,10 @@ const MaxPolledEvents = 10_000
 
 // watch follows dir (a host path) and calls emit for each event until ctx
 // ends or emit fails. ready is called once the watch is in place.
-func watch(ctx context.Context, r paths.Resolver, dir string, recursive, withEntry bool, ready func() error, emit func(*pb.FilesystemEvent) error) error {
+// Upload staging directories are neither followed nor reported (see
+// package uploads).
+func watch(ctx context.Context, env rpcutil.Env, dir string, recursive, withEntry bool, ready func() error, emit func(*pb.FilesystemEvent) error) error {
+	r := env.Resolver
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fsErr("watch", r.Client(dir), err)
@@ -57,11 +59,33 @@ func watch(ctx context.Context, r paths.Resolver, dir string, recursive, withEnt
 			if err != nil || !d.IsDir() || p == dir {
 				return nil // unreadable parts are skipped
 			}
+			if env.Uploads.IsStaging(p) {
+				return filepath.SkipDir
+			}
 			return add(p)
 		})
 		if err != nil {
 			return connect.NewError(connect.CodeResourceExhausted, err)
 		}
+	}
+	// send emits one event per type on the host path p.
+	send := func(p string, types []pb.EventType) error {
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			rel = p
+		}
+		for _, t := range types {
+			fe := &pb.FilesystemEvent{Name: rel, Type: t}
+			if withEntry && t != pb.EventType_EVENT_TYPE_REMOVE && t != pb.EventType_EVENT_TYPE_RENAME {
+				if e, err := entryInfo(r, p); err == nil {
+					fe.Entry = e
+				}
+			}
+			if err := emit(fe); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	if err := ready(); err != nil {
 		return err
@@ -79,25 +103,16 @@ func watch(ctx context.Context, r paths.Resolver, dir string, recursive, withEnt
 			if !ok {
 				return nil
 			}
+			if env.Uploads.IsStaging(ev.Name) {
+				continue
+			}
 			if recursive && ev.Has(fsnotify.Create) {
 				if st, err := os.Lstat(ev.Name); err == nil && st.IsDir() {
 					add(ev.Name) // best effort: the directory may be gone again
 				}
 			}
-			rel, err := filepath.Rel(dir, ev.Name)
-			if err != nil {
-				rel = ev.Name
-			}
-			for _, t := range eventTypes(ev.Op) {
-				fe := &pb.FilesystemEvent{Name: rel, Type: t}
-				if withEntry && t != pb.EventType_EVENT_TYPE_REMOVE && t != pb.EventType_EVENT_TYPE_RENAME {
-					if e, err := entryInfo(r, ev.Name); err == nil {
-						fe.Entry = e
-					}
-				}
-				if err := emit(fe); err != nil {
-					return err
-				}
+			if err := send(ev.Name, eventTypes(ev.Op)); err != nil {
+				return err
 			}
 		}
 	}
@@ -158,7 +173,7 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[pb.WatchDir
 		}()
 		return nil
 	}
-	return watch(ctx, s.env.Resolver, p, req.Msg.GetRecursive(), req.Msg.GetIncludeEntry(), ready, func(e *pb.FilesystemEvent) error {
+	return watch(ctx, s.env, p, req.Msg.GetRecursive(), req.Msg.GetIncludeEntry(), ready, func(e *pb.FilesystemEvent) error {
 		return send(&pb.WatchDirResponse{Event: &pb.WatchDirResponse_Filesystem{Filesystem: e}})
 	})
 }
@@ -190,7 +205,7 @@ func (s *Service) CreateWatcher(ctx context.Context, req *connect.Request[pb.Cre
 	pw := &pollWatcher{cancel: cancel}
 	readyc := make(chan error, 1)
 	go func() {
-		err := watch(wctx, s.env.Resolver, p, req.Msg.GetRecursive(), req.Msg.GetIncludeEntry(),
+		err := watch(wctx, s.env, p, req.Msg.GetRecursive(), req.Msg.GetIncludeEntry(),
 			func() error { readyc <- nil; return nil },
 			func(e *pb.FilesystemEvent) error {
 				pw.mu.Lock()

@@ -14,7 +14,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/wrenn-dev/wrenn/internal/atomicfile"
+	"github.com/wrenn-dev/wrenn/internal/envd/filemeta"
+	"github.com/wrenn-dev/wrenn/internal/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
 )
 
@@ -26,6 +27,8 @@ type EntryInfo struct {
 	Path string `json:"path"`
 	Name string `json:"name"`
 	Type string `json:"type"`
+	// Metadata is the file's user metadata (filemeta) after the write.
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // requestUser resolves the "username" query parameter (default user when absent).
@@ -123,6 +126,11 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	qpath := r.URL.Query().Get("path")
+	md, err := filemeta.FromHeader(r.Header)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	body := io.Reader(r.Body)
 	if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
 		zr, err := gzip.NewReader(r.Body)
@@ -166,7 +174,7 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, "path query parameter or a part file name is required")
 				return
 			}
-			e, code, err := a.writeFile(u, target, part)
+			e, code, err := a.writeFile(u, target, part, md)
 			part.Close()
 			if err != nil {
 				writeError(w, code, err.Error())
@@ -183,7 +191,7 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "path query parameter is required for a raw body")
 			return
 		}
-		e, code, err := a.writeFile(u, qpath, body)
+		e, code, err := a.writeFile(u, qpath, body, md)
 		if err != nil {
 			writeError(w, code, err.Error())
 			return
@@ -193,28 +201,38 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, written)
 }
 
-// writeFile streams src to the client path target through atomicfile, so
-// readers never see a partial file; an existing file keeps its mode.
-func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo, int, error) {
+// writeFile streams src to the client path target through a staged
+// atomic replacement (uploads), so readers never see a partial file and a
+// failed upload leaves the old content; an existing file keeps its mode and
+// metadata, md is added to it.
+func (a *API) writeFile(u *users.User, target string, src io.Reader, md map[string]string) (EntryInfo, int, error) {
 	p, err := a.cfg.Env.Resolver.Resolve(target, u.Home)
 	if err != nil {
 		return EntryInfo{}, http.StatusBadRequest, err
 	}
-	if st, err := os.Stat(p); err == nil && st.IsDir() {
+	existing, err := os.Stat(p)
+	if err != nil {
+		existing = nil
+	}
+	if existing != nil && existing.IsDir() {
 		return EntryInfo{}, http.StatusBadRequest, fmt.Errorf("path %q is a directory", target)
 	}
-	dir := filepath.Dir(p)
-	if err := checkWritable(u, p); err != nil {
+	if err := checkWritable(u, p, existing); err != nil {
 		return EntryInfo{}, http.StatusUnauthorized, fmt.Errorf("user %q may not write %q: %w", u.Name, target, err)
 	}
-	if err := mkdirAllAs(dir, u); err != nil {
+	if err := filesystem.MkdirAllAs(filepath.Dir(p), u); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create parent directories of %q: %w", target, err)
 	}
-	mode := os.FileMode(0o644)
-	if st, err := os.Stat(p); err == nil {
-		mode = st.Mode().Perm()
+	// A new file is the user's; a replaced one keeps its owner and mode,
+	// as a write in place would.
+	mode, owner := os.FileMode(0o644), ownerOf(u)
+	if existing != nil {
+		mode = existing.Mode().Perm()
+		if sys, ok := existing.Sys().(*syscall.Stat_t); ok {
+			owner = &[2]int{int(sys.Uid), int(sys.Gid)}
+		}
 	}
-	f, err := atomicfile.New(p, mode)
+	f, err := a.cfg.Env.Uploads.Create(p, mode)
 	if err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("create temporary file for %q: %w", target, err)
 	}
@@ -223,15 +241,23 @@ func (a *API) writeFile(u *users.User, target string, src io.Reader) (EntryInfo,
 	if _, err := io.CopyBuffer(f, src, buf); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
-	if !u.IsSelf() {
-		if err := f.Temp().Chown(int(u.UID), int(u.GID)); err != nil {
+	if owner != nil && (owner[0] != os.Getuid() || owner[1] != os.Getgid()) {
+		if err := f.Temp().Chown(owner[0], owner[1]); err != nil {
 			return EntryInfo{}, http.StatusInternalServerError, fmt.Errorf("chown %q: %w", target, err)
 		}
+	}
+	if err := filemeta.Carry(f.Temp(), p, md); err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("metadata of %q: %w", target, err)
 	}
 	if err := f.Commit(); err != nil {
 		return EntryInfo{}, errStatus(err), fmt.Errorf("write %q: %w", target, err)
 	}
-	return EntryInfo{Path: a.cfg.Env.Resolver.Client(p), Name: filepath.Base(p), Type: "file"}, 0, nil
+	a.cfg.Env.Uploads.Landed(p)
+	got, err := filemeta.Read(p)
+	if err != nil {
+		return EntryInfo{}, errStatus(err), fmt.Errorf("read metadata of %q: %w", target, err)
+	}
+	return EntryInfo{Path: a.cfg.Env.Resolver.Client(p), Name: filepath.Base(p), Type: "file", Metadata: got}, 0, nil
 }
 
 func errStatus(err error) int {
@@ -240,6 +266,8 @@ func errStatus(err error) int {
 		return http.StatusInsufficientStorage
 	case errors.Is(err, fs.ErrPermission):
 		return http.StatusUnauthorized
+	case errors.Is(err, filemeta.ErrInvalid):
+		return http.StatusBadRequest
 	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENAMETOOLONG):
 		return http.StatusBadRequest
 	default:
@@ -248,12 +276,16 @@ func errStatus(err error) int {
 }
 
 // checkWritable applies the permissions u would meet writing p, since envd
-// itself runs as root: the file, if it exists, must be writable by u, and the
-// nearest existing directory above it writable and searchable (that is
+// itself runs as root: an existing file (existing, nil if none) must be
+// writable by u, as for a write in place; for a new file the nearest
+// existing directory above it must be writable and searchable (that is
 // where u's new file or directories go).
-func checkWritable(u *users.User, p string) error {
-	if st, err := os.Stat(p); err == nil && !canAccess(u, st, 2) {
-		return fs.ErrPermission
+func checkWritable(u *users.User, p string, existing fs.FileInfo) error {
+	if existing != nil {
+		if !canAccess(u, existing, 2) {
+			return fs.ErrPermission
+		}
+		return nil
 	}
 	for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
 		st, err := os.Stat(dir)
@@ -272,29 +304,12 @@ func checkWritable(u *users.User, p string) error {
 	}
 }
 
-// mkdirAllAs creates dir and missing parents, owned by u.
-func mkdirAllAs(dir string, u *users.User) error {
-	if st, err := os.Stat(dir); err == nil {
-		if !st.IsDir() {
-			return fmt.Errorf("%s: %w", dir, syscall.ENOTDIR)
-		}
+// ownerOf is the uid and gid a new file of u gets (nil: envd's own).
+func ownerOf(u *users.User) *[2]int {
+	if u.IsSelf() {
 		return nil
 	}
-	parent := filepath.Dir(dir)
-	if parent != dir {
-		if err := mkdirAllAs(parent, u); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	if !u.IsSelf() {
-		if err := os.Lchown(dir, int(u.UID), int(u.GID)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return &[2]int{int(u.UID), int(u.GID)}
 }
 
 // rawFileName returns the filename parameter as sent: E2B SDKs put a whole

@@ -59,10 +59,20 @@ func (a *API) Register(mux *http.ServeMux) {
 }
 
 // RequireToken rejects every request but GET /health without the access
-// token once /init has set one. The comparison is constant-time.
+// token once /init has set one. The comparison is constant-time. A /files
+// request may carry a URL signature made with the token instead.
 func RequireToken(st *state.State, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/health" && !st.CheckToken(r.Header.Get(TokenHeader)) {
+			if hasSignature(r) && r.Header.Get(TokenHeader) == "" {
+				token, _ := st.Token()
+				if err := checkSignature(r, token, time.Now()); err != nil {
+					writeError(w, http.StatusUnauthorized, err.Error())
+					return
+				}
+				next.ServeHTTP(w, r)
+				return
+			}
 			if strings.HasPrefix(r.URL.Path, "/process.Process/") || strings.HasPrefix(r.URL.Path, "/filesystem.Filesystem/") {
 				// The Connect error shape; gRPC clients map the 401 status.
 				w.Header().Set("Content-Type", "application/json")

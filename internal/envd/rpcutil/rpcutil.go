@@ -12,6 +12,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/envd/paths"
 	"github.com/wrenn-dev/wrenn/internal/envd/state"
+	"github.com/wrenn-dev/wrenn/internal/envd/uploads"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
 )
 
@@ -36,6 +37,8 @@ func Keepalive(h http.Header) time.Duration {
 type Env struct {
 	State    *state.State
 	Resolver paths.Resolver
+	// Uploads stages uploads and tells watchers when they land.
+	Uploads *uploads.Area
 }
 
 // User resolves the caller's user: the Basic auth user name when given

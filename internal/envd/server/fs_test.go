@@ -25,6 +25,14 @@ func TestFilesystemRPCs(t *testing.T) {
 	}
 	must(os.WriteFile(filepath.Join(dir, "f.txt"), []byte("12345"), 0o640))
 	must(os.Symlink("f.txt", filepath.Join(dir, "link")))
+	// Links are outside the listed directory so the listing below keeps its names.
+	links := t.TempDir()
+	must(os.Symlink(filepath.Join(dir, "link"), filepath.Join(links, "chain")))
+	must(os.Mkdir(filepath.Join(links, "d"), 0o750))
+	must(os.Chmod(filepath.Join(links, "d"), 0o750))
+	must(os.Symlink("d", filepath.Join(links, "dirlink")))
+	must(os.Symlink("nowhere", filepath.Join(links, "dangling")))
+	must(os.Symlink("loop", filepath.Join(links, "loop")))
 
 	t.Run("stat", func(t *testing.T) {
 		tests := []struct {
@@ -35,7 +43,7 @@ func TestFilesystemRPCs(t *testing.T) {
 		}{
 			{filepath.Join(dir, "f.txt"), fspb.FileType_FILE_TYPE_FILE, 5, 0},
 			{dir, fspb.FileType_FILE_TYPE_DIRECTORY, -1, 0},
-			{filepath.Join(dir, "link"), fspb.FileType_FILE_TYPE_SYMLINK, -1, 0},
+			{filepath.Join(dir, "link"), fspb.FileType_FILE_TYPE_FILE, 5, 0},
 			{filepath.Join(dir, "missing"), 0, 0, connect.CodeNotFound},
 			{filepath.Join(dir, "f.txt", "below-a-file"), 0, 0, connect.CodeInvalidArgument},
 			{"", 0, 0, connect.CodeInvalidArgument},
@@ -58,11 +66,30 @@ func TestFilesystemRPCs(t *testing.T) {
 				t.Errorf("stat %q lacks owner/group/time/permissions: %v", tc.path, en)
 			}
 		}
-		res, _ := e.fs.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: filepath.Join(dir, "link")}))
-		if res.Msg.Entry.GetSymlinkTarget() != "f.txt" {
-			t.Errorf("symlink target = %q", res.Msg.Entry.GetSymlinkTarget())
+		// A link is described by what it resolves to, with the resolved
+		// absolute path as its target; a dangling one (or a loop) as a link.
+		for _, tc := range []struct {
+			link, wantTarget string
+			wantType         fspb.FileType
+			wantMode         uint32
+		}{
+			{filepath.Join(dir, "link"), filepath.Join(dir, "f.txt"), fspb.FileType_FILE_TYPE_FILE, 0o640},
+			{filepath.Join(links, "chain"), filepath.Join(dir, "f.txt"), fspb.FileType_FILE_TYPE_FILE, 0o640},
+			{filepath.Join(links, "dirlink"), filepath.Join(links, "d"), fspb.FileType_FILE_TYPE_DIRECTORY, 0o750},
+			{filepath.Join(links, "dangling"), filepath.Join(links, "nowhere"), fspb.FileType_FILE_TYPE_SYMLINK, 0o777},
+			{filepath.Join(links, "loop"), filepath.Join(links, "loop"), fspb.FileType_FILE_TYPE_SYMLINK, 0o777},
+		} {
+			res, err := e.fs.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: tc.link}))
+			if err != nil {
+				t.Errorf("stat %s: %v", tc.link, err)
+				continue
+			}
+			en := res.Msg.Entry
+			if en.GetSymlinkTarget() != tc.wantTarget || en.Type != tc.wantType || en.Mode != tc.wantMode || en.Path != tc.link {
+				t.Errorf("stat %s = target %q type %v mode %o path %q, want %q %v %o", tc.link, en.GetSymlinkTarget(), en.Type, en.Mode, en.Path, tc.wantTarget, tc.wantType, tc.wantMode)
+			}
 		}
-		res, _ = e.fs.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: filepath.Join(dir, "f.txt")}))
+		res, _ := e.fs.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: filepath.Join(dir, "f.txt")}))
 		if res.Msg.Entry.Mode != 0o640 || res.Msg.Entry.Permissions != "-rw-r-----" {
 			t.Errorf("mode %o permissions %q", res.Msg.Entry.Mode, res.Msg.Entry.Permissions)
 		}
@@ -133,14 +160,28 @@ func TestFilesystemRPCs(t *testing.T) {
 	})
 
 	t.Run("remove", func(t *testing.T) {
-		if _, err := e.fs.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: filepath.Join(dir, "a")})); err != nil {
-			t.Fatal(err)
+		must(os.WriteFile(filepath.Join(dir, "plain"), nil, 0o644))
+		tests := []struct {
+			name     string
+			path     string
+			wantCode connect.Code
+		}{
+			{"a directory tree", filepath.Join(dir, "a"), 0},
+			{"the same path again (already gone)", filepath.Join(dir, "a"), 0},
+			{"a path that never existed", filepath.Join(dir, "never", "was"), 0},
+			{"below a file", filepath.Join(dir, "plain", "x"), connect.CodeInvalidArgument},
+			{"a file", filepath.Join(dir, "plain"), 0},
+			{"an empty path", "", connect.CodeInvalidArgument},
 		}
-		if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
-			t.Errorf("still there: %v", err)
-		}
-		if _, err := e.fs.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: filepath.Join(dir, "a")})); codeOf(err) != connect.CodeNotFound {
-			t.Errorf("remove missing: %v", err)
+		for _, tc := range tests {
+			_, err := e.fs.Remove(ctx, connect.NewRequest(&fspb.RemoveRequest{Path: tc.path}))
+			if codeOf(err) != tc.wantCode {
+				t.Errorf("remove %s: %v, want %v", tc.name, err, tc.wantCode)
+				continue
+			}
+			if _, serr := os.Lstat(tc.path); err == nil && !os.IsNotExist(serr) {
+				t.Errorf("remove %s: still there: %v", tc.name, serr)
+			}
 		}
 	})
 }

@@ -19,6 +19,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/envd/uploads"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
@@ -360,8 +361,15 @@ func TestUploadDiskFull(t *testing.T) {
 	if res.StatusCode != http.StatusInsufficientStorage {
 		t.Fatalf("upload to a full disk: %d %s", res.StatusCode, out)
 	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-		t.Errorf("left behind: %v", ents)
+	// The staging directory of uploads (at the mount's root) may stay, empty.
+	ents, _ := os.ReadDir(dir)
+	for _, en := range ents {
+		if en.Name() != uploads.StagingName {
+			t.Errorf("left behind: %v", en.Name())
+		}
+	}
+	if staged, _ := os.ReadDir(filepath.Join(dir, uploads.StagingName)); len(staged) != 0 {
+		t.Errorf("staged files left behind: %v", staged)
 	}
 }
 

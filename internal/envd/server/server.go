@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/envd/reaper"
 	"github.com/wrenn-dev/wrenn/internal/envd/rpcutil"
 	"github.com/wrenn-dev/wrenn/internal/envd/state"
+	"github.com/wrenn-dev/wrenn/internal/envd/uploads"
 	"github.com/wrenn-dev/wrenn/internal/envd/users"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
@@ -64,7 +65,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	st := state.New(cfg.DefaultUser, cfg.DefaultWorkdir)
-	env := rpcutil.Env{State: st, Resolver: paths.Resolver{Root: cfg.Root}}
+	env := rpcutil.Env{State: st, Resolver: paths.Resolver{Root: cfg.Root}, Uploads: uploads.New(cfg.Logger)}
 	var popts []process.Option
 	if cfg.ShieldedFromOOM {
 		popts = append(popts, process.WithOOMScoreReset())

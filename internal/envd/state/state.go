@@ -77,6 +77,14 @@ func (s *State) TokenSet() bool {
 	return s.hasToken
 }
 
+// Token returns the access token and whether one is set (for what is
+// derived from it, such as file URL signatures).
+func (s *State) Token() (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return string(s.token), s.hasToken
+}
+
 // CheckToken reports whether got is acceptable: always when no token is set,
 // else when it equals the token (constant-time).
 func (s *State) CheckToken(got string) bool {
