@@ -16,7 +16,8 @@ import (
 // e2bSDKTemplate is the template of the run's main sandbox and
 // e2bNamedTemplate the one named for the others. The SDK's default, base,
 // is built by the guest half of the E2B work; until it is in the images,
-// both are minimal (busybox: the PTY step gives it a /bin/bash stand-in).
+// both are minimal (the PTY step gives a template without bash a
+// /bin/bash stand-in, as the SDK's PTY runs /bin/bash).
 const (
 	e2bSDKTemplate   = "minimal"
 	e2bNamedTemplate = "minimal"
