@@ -193,10 +193,11 @@ func Run(ctx context.Context, cfg config.Agent, log *slog.Logger) error {
 	return RunWith(ctx, cfg, log, RunOptions{})
 }
 
-// RunWith is Run with options. The agent learns its mode from its
-// credentials before it listens: registered with a control plane that has
-// a CA, it serves mutual TLS only; otherwise plain HTTP, on loopback unless
-// WRENN_AGENT_INSECURE_LISTEN is set.
+// RunWith is Run with options. The agent binds its port, then registers
+// (a control plane treats it as online from then on), then serves: it
+// learns its mode from its credentials. Registered with a control plane
+// that has a CA, it serves mutual TLS only; otherwise plain HTTP, on
+// loopback unless WRENN_AGENT_INSECURE_LISTEN is set.
 func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOptions) error {
 	p, err := Build(ctx, cfg, log, Options{})
 	if err != nil {
@@ -222,15 +223,18 @@ func RunWith(ctx context.Context, cfg config.Agent, log *slog.Logger, opts RunOp
 			}
 		}
 	}()
-	hb, err := prepareRegistration(ctx, cfg, p, log)
-	if err != nil {
-		return fmt.Errorf("control plane registration: %w", err)
+	var (
+		hb       *registration.Heartbeater
+		register func(context.Context) error
+	)
+	if belongsToControlPlane(cfg) {
+		register = func(ctx context.Context) (err error) {
+			hb, err = prepareRegistration(ctx, cfg, p, log)
+			return err
+		}
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	ln, err := listen(cfg, p.Certs, log)
-	if err != nil {
+	ln, err := listenRegistered(ctx, cfg, p.Certs, register, log)
+	if err != nil || ln == nil { // nil: stopped while registering
 		return err
 	}
 	defer ln.Close()

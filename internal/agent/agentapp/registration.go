@@ -24,11 +24,6 @@ import (
 // host certificate checked and installed in p.Certs. Nil: standalone.
 func prepareRegistration(ctx context.Context, cfg config.Agent, p *Parts, log *slog.Logger) (*registration.Heartbeater, error) {
 	reg := cfg.Registration
-	if reg.Token == "" && len(reg.CPURLs) == 0 {
-		if _, err := os.Stat(registration.CredentialsPath(cfg.Dir)); err != nil {
-			return nil, nil // standalone
-		}
-	}
 	return registration.Prepare(ctx, registration.Options{
 		Dir: cfg.Dir, CPURLs: reg.CPURLs, RegisterToken: reg.Token, Address: reg.Address,
 		Specs:    hostSpecs(ctx, p),
@@ -46,25 +41,72 @@ func prepareRegistration(ctx context.Context, cfg config.Agent, p *Parts, log *s
 	})
 }
 
-// listen opens the agent's port: mutual TLS 1.3 when it holds a host
-// certificate (tls.Listen, so every handshake reads the store and a renewed
-// certificate needs no restart), else plain HTTP.
-func listen(cfg config.Agent, certs *pki.HostCertStore, log *slog.Logger) (net.Listener, error) {
-	if certs.Loaded() {
-		ln, err := tls.Listen("tcp", cfg.ListenAddr, certs.ServerConfig(nil))
-		if err != nil {
-			return nil, fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: listen on %s: %w", cfg.ListenAddr, err)
-		}
-		log.Info("serving mutual TLS: only the control plane's client certificate is accepted", "cert_expires_at", certs.Leaf().NotAfter)
-		return ln, nil
+// belongsToControlPlane: the agent has a registration token, a control
+// plane URL or saved credentials; else it runs standalone.
+func belongsToControlPlane(cfg config.Agent) bool {
+	reg := cfg.Registration
+	if reg.Token != "" || len(reg.CPURLs) > 0 {
+		return true
 	}
+	_, err := os.Stat(registration.CredentialsPath(cfg.Dir))
+	return err == nil
+}
+
+// listenRegistered opens the agent's port, then registers (register is nil
+// for a standalone agent), then readies the port for the mode registration
+// revealed. The control plane marks the host online, and may send it a
+// create, the moment it registers: the port is bound by then, so such a
+// call waits in the listen backlog until the agent serves instead of being
+// refused. Nothing is accepted before registration has installed the host
+// certificate, so no handshake can happen without it. The listener is nil,
+// with no error, when ctx ended during registration.
+func listenRegistered(ctx context.Context, cfg config.Agent, certs *pki.HostCertStore, register func(context.Context) error, log *slog.Logger) (net.Listener, error) {
+	if register == nil {
+		return listenPlain(cfg, nil, log) // standalone: plain HTTP, known now
+	}
+	// A registered agent serves mutual TLS on the configured address; only
+	// a control plane without a CA makes it plain, and so loopback-bound.
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: listen on %s: %w", cfg.ListenAddr, err)
+	}
+	if err := register(ctx); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control plane registration: %w", err)
+	}
+	if ctx.Err() != nil {
+		ln.Close()
+		return nil, nil
+	}
+	if !certs.Loaded() {
+		return listenPlain(cfg, ln, log)
+	}
+	// tls.NewListener, as tls.Listen: every handshake reads the store, so a
+	// renewed certificate needs no restart.
+	log.Info("serving mutual TLS: only the control plane's client certificate is accepted", "cert_expires_at", certs.Leaf().NotAfter)
+	return tls.NewListener(ln, certs.ServerConfig(nil)), nil
+}
+
+// listenPlain serves plain HTTP on loopback (unless insecure): on bound
+// when it already listens there, else on a new listener (bound, when set,
+// is closed first: a wildcard port registered with a control plane without
+// a CA moves to loopback, the one case a call can still find it closed).
+func listenPlain(cfg config.Agent, bound net.Listener, log *slog.Logger) (net.Listener, error) {
 	addr, err := plainListenAddr(cfg.ListenAddr, cfg.InsecureListen)
 	if err != nil {
+		if bound != nil {
+			bound.Close()
+		}
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: listen on %s: %w", addr, err)
+	ln := bound
+	if addr != cfg.ListenAddr || ln == nil {
+		if bound != nil {
+			bound.Close()
+		}
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("WRENN_AGENT_LISTEN_ADDR: listen on %s: %w", addr, err)
+		}
 	}
 	log.Warn("no mTLS (standalone, or the control plane has no CA): plain HTTP without authentication, for development only", "addr", ln.Addr().String())
 	return ln, nil
