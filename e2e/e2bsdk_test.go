@@ -10,16 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/agent/images"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
-// e2bSDKTemplate is the template of the run's main sandbox and
-// e2bNamedTemplate the one named for the others. The SDK's default, base,
-// is built by the guest half of the E2B work; until it is in the images,
-// both are minimal (the PTY step gives a template without bash a
-// /bin/bash stand-in, as the SDK's PTY runs /bin/bash).
+// e2bSDKTemplate is the template of the run's main sandbox (base, the
+// SDK's default: sdk.mjs then calls Sandbox.create() without a name) and
+// e2bNamedTemplate the one named for the others.
 const (
-	e2bSDKTemplate   = "minimal"
+	e2bSDKTemplate   = "base"
 	e2bNamedTemplate = "minimal"
 )
 
@@ -41,6 +40,8 @@ type sdkResult struct {
 // Wrenn's own API in the same run.
 func TestE2BSDK(t *testing.T) {
 	src := requirePlatform(t)
+	_, err := images.ReadMetadata(filepath.Join(images.NewPaths(src).TemplateDir(images.BaseTemplate), "metadata.json"))
+	testenv.Require(t, err == nil, "the base template is not built (run `make images`): %v", err)
 	node, err := exec.LookPath("node")
 	testenv.Require(t, err == nil, "node not installed (scripts/setup.sh installs it)")
 	npm, err := exec.LookPath("npm")

@@ -44,7 +44,9 @@ const viaProxy = (host, path) =>
   })
 
 step(`Sandbox.create() of ${defaultTemplate}, with envs and metadata`)
-const sbx = await Sandbox.create(defaultTemplate, { timeoutMs: 300_000, metadata: { run, role: 'main' }, envs: { WRENN_E2B: 'from-create' } })
+const mainOpts = { timeoutMs: 300_000, metadata: { run, role: 'main' }, envs: { WRENN_E2B: 'from-create' } }
+// base is the SDK's own default: create it the way most E2B code does, by no name.
+const sbx = defaultTemplate === 'base' ? await Sandbox.create(mainOpts) : await Sandbox.create(defaultTemplate, mainOpts)
 {
   const r = await sbx.commands.run('echo $WRENN_E2B')
   assert.equal(r.stdout, 'from-create\n', 'envVars reach envd /init')
@@ -105,10 +107,11 @@ step('getInfo')
   assert.ok(info.endAt > info.startedAt, 'endAt after startedAt')
 }
 
-step('sandbox.getHost(8080) reaches a guest busybox httpd')
+step('sandbox.getHost(8080) reaches a guest web server (busybox httpd, or python3 on base)')
 {
   await sbx.files.write('/tmp/www/index.html', 'served by the guest')
-  await sbx.commands.run('busybox httpd -f -p 8080 -h /tmp/www', { background: true })
+  // minimal has busybox; base (Debian) has python3 instead.
+  await sbx.commands.run('if command -v busybox >/dev/null; then exec busybox httpd -f -p 8080 -h /tmp/www; else exec python3 -m http.server 8080 -d /tmp/www; fi', { background: true })
   const host = sbx.getHost(8080)
   assert.match(host, new RegExp(`^8080-${sbx.sandboxId}\\.`))
   await eventually('the guest httpd answers through the proxy', async () => {
