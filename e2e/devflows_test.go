@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels/webhookverify"
 )
 
 // webhookHit is one POST the test's webhook receiver got.
@@ -53,7 +52,7 @@ func newWebhookReceiver(t *testing.T) *webhookReceiver {
 		defer r.mu.Unlock()
 		r.hits = append(r.hits, webhookHit{eventID: req.Header.Get("X-Wrenn-Event-Id"), eventType: req.Header.Get("X-Wrenn-Event-Type"),
 			resourceID: ev.Resource.ID, signed: r.secret != "" && ev.ID == req.Header.Get("X-Wrenn-Event-Id") && ev.Type == req.Header.Get("X-Wrenn-Event-Type") &&
-				verifyWebhook(req.Header.Get("X-WRENN-SIGNATURE"), body, r.secret, time.Now())})
+				webhookverify.Valid(req.Header.Get("X-WRENN-SIGNATURE"), body, r.secret, time.Now())})
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(r.srv.Close)
@@ -86,36 +85,6 @@ func (r *webhookReceiver) typesFor(resourceID string) (types []string, unsigned 
 		}
 	}
 	return types, unsigned
-}
-
-// verifyWebhook is docs/webhooks.md's Go verifier: any v1= over "<t>.<raw
-// body>" with the secret, a timestamp within 5 minutes.
-func verifyWebhook(header string, body []byte, secret string, now time.Time) bool {
-	var ts string
-	var sigs []string
-	for _, part := range strings.Split(header, ",") {
-		k, v, _ := strings.Cut(part, "=")
-		switch k {
-		case "t":
-			ts = v
-		case "v1":
-			sigs = append(sigs, v)
-		}
-	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil || now.Sub(time.Unix(sec, 0)).Abs() > 5*time.Minute {
-		return false
-	}
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write([]byte(ts + "."))
-	mac.Write(body)
-	want := hex.EncodeToString(mac.Sum(nil))
-	for _, s := range sigs {
-		if hmac.Equal([]byte(s), []byte(want)) {
-			return true
-		}
-	}
-	return false
 }
 
 type templateView struct {

@@ -53,7 +53,7 @@ func requirePlatform(t testing.TB) string {
 }
 
 // agentDir makes a private WRENN_DIR for one agent whose kernel and minimal
-// template are symlinks to the built files in src: sandboxes, snapshots,
+// (and base, when built) templates are symlinks to the built files in src: sandboxes, snapshots,
 // credentials and state stay private, the big images are shared.
 func agentDir(t testing.TB, src string) string {
 	t.Helper()
@@ -66,10 +66,15 @@ func agentDir(t testing.TB, src string) string {
 	if err := os.MkdirAll(filepath.Join(dir, "templates"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for from, to := range map[string]string{
+	links := map[string]string{
 		p.KernelsDir():                        filepath.Join(dir, "kernels"),
 		p.TemplateDir(images.MinimalTemplate): filepath.Join(dir, "templates", images.MinimalTemplate),
-	} {
+	}
+	// base is shared when it is built (the tests that need it require it).
+	if _, err := os.Stat(p.TemplateDir(images.BaseTemplate)); err == nil {
+		links[p.TemplateDir(images.BaseTemplate)] = filepath.Join(dir, "templates", images.BaseTemplate)
+	}
+	for from, to := range links {
 		if err := os.Symlink(from, to); err != nil {
 			t.Fatal(err)
 		}

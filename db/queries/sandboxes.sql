@@ -10,12 +10,15 @@ SELECT count(*) FROM sandboxes WHERE team_id = $1 AND status IN ('pending', 'run
 -- name: InsertSandbox :one
 -- A new sandbox is pending under the create operation's lease; build_id
 -- marks a template build's own sandbox.
+-- end_after_sec, when set, starts the end-of-life timer (end_at).
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
-                       op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume)
+                       op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token, public_ports, auto_resume)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(host_id), sqlc.arg(template), 'pending', sqlc.arg(vcpus),
         sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(timeout_sec), sqlc.arg(metadata), sqlc.arg(created_by),
         'create', sqlc.arg(op_id)::text, sqlc.arg(op_owner)::text, now() + make_interval(secs => sqlc.arg(op_ttl_seconds)::float8),
-        sqlc.narg(build_id), COALESCE(sqlc.narg(public_ports)::integer[], '{}'), sqlc.arg(auto_resume))
+        sqlc.narg(build_id), now() + make_interval(secs => sqlc.narg(end_after_sec)::integer),
+        COALESCE(sqlc.narg(on_end)::text, 'destroy'), sqlc.narg(envd_access_token)::text,
+        COALESCE(sqlc.narg(public_ports)::integer[], '{}'), sqlc.arg(auto_resume))
 RETURNING *;
 
 -- name: GetSandbox :one
@@ -67,6 +70,10 @@ UPDATE sandboxes s SET
     paused_at      = CASE WHEN sqlc.arg(to_status)::text = 'paused' THEN now() ELSE s.paused_at END,
     stopped_at     = CASE WHEN sqlc.arg(to_status)::text = 'stopped' THEN now() ELSE s.stopped_at END,
     timeout_sec    = COALESCE(sqlc.narg(timeout_sec)::integer, s.timeout_sec),
+    -- The end-of-life timer runs only while the sandbox does: a pause
+    -- stops it, and a resume that names a lifetime starts it again.
+    end_at         = CASE WHEN sqlc.narg(end_after_sec)::integer IS NOT NULL THEN now() + make_interval(secs => sqlc.narg(end_after_sec)::integer)
+                          WHEN sqlc.arg(to_status)::text = 'paused' THEN NULL ELSE s.end_at END,
     op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
 FROM cur
 WHERE s.id = cur.id
@@ -77,6 +84,23 @@ RETURNING cur.status AS from_status, sqlc.embed(s);
 UPDATE sandboxes SET timeout_sec = sqlc.arg(timeout_sec), updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(status)
 RETURNING *;
+
+-- name: SetSandboxEndAt :one
+-- Moves a running sandbox's end-of-life timer to end_after_sec from now;
+-- only_later keeps a later end already set (E2B's connect never shortens).
+UPDATE sandboxes SET end_at = CASE WHEN sqlc.arg(only_later)::boolean AND end_at IS NOT NULL
+                                   THEN GREATEST(end_at, now() + make_interval(secs => sqlc.arg(end_after_sec)::integer))
+                                   ELSE now() + make_interval(secs => sqlc.arg(end_after_sec)::integer) END,
+                     updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = 'running'
+RETURNING *;
+
+-- name: ListEndedSandboxes :many
+-- Running sandboxes whose end-of-life timer has passed, the oldest first.
+SELECT * FROM sandboxes
+WHERE status = 'running' AND end_at IS NOT NULL AND end_at <= now()
+ORDER BY end_at, id
+LIMIT sqlc.arg(lim);
 
 -- name: TouchSandbox :one
 UPDATE sandboxes SET last_active_at = now()

@@ -150,6 +150,9 @@ type Sandbox struct {
 	BuildID             *string         `json:"build_id"`
 	PublicPorts         []int32         `json:"public_ports"`
 	AutoResume          bool            `json:"auto_resume"`
+	EndAt               *time.Time      `json:"end_at"`
+	OnEnd               string          `json:"on_end"`
+	EnvdAccessToken     *string         `json:"envd_access_token"`
 }
 
 type SandboxMetricSample struct {

@@ -16,7 +16,7 @@ UPDATE sandboxes SET op = $1::text, op_id = $2::text, op_owner = $3::text,
     op_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
 WHERE id = $5 AND team_id = $6 AND status = ANY($7::text[])
   AND (op IS NULL OR op_expires_at <= now() OR $8::boolean)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type ClaimSandboxOpParams struct {
@@ -74,6 +74,9 @@ func (q *Queries) ClaimSandboxOp(ctx context.Context, arg ClaimSandboxOpParams) 
 		&i.BuildID,
 		&i.PublicPorts,
 		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
 	)
 	return i, err
 }
@@ -126,7 +129,7 @@ func (q *Queries) EndSandboxOp(ctx context.Context, arg EndSandboxOpParams) erro
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -164,12 +167,15 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.BuildID,
 		&i.PublicPorts,
 		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
 	)
 	return i, err
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes WHERE id = $1
 `
 
 // The sandbox HTTP proxy's lookup: the request names a sandbox before its
@@ -204,41 +210,50 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id string) (Sandbox, error
 		&i.BuildID,
 		&i.PublicPorts,
 		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
 	)
 	return i, err
 }
 
 const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, created_by,
-                       op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume)
+                       op, op_id, op_owner, op_expires_at, build_id, end_at, on_end, envd_access_token, public_ports, auto_resume)
 VALUES ($1, $2, $3, $4, 'pending', $5,
         $6, $7, $8, $9, $10,
         'create', $11::text, $12::text, now() + make_interval(secs => $13::float8),
-        $14, COALESCE($15::integer[], '{}'), $16)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume
+        $14, now() + make_interval(secs => $15::integer),
+        COALESCE($16::text, 'destroy'), $17::text,
+        COALESCE($18::integer[], '{}'), $19)
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type InsertSandboxParams struct {
-	ID           string          `json:"id"`
-	TeamID       string          `json:"team_id"`
-	HostID       *string         `json:"host_id"`
-	Template     string          `json:"template"`
-	Vcpus        int32           `json:"vcpus"`
-	MemoryMb     int32           `json:"memory_mb"`
-	DiskMb       int32           `json:"disk_mb"`
-	TimeoutSec   int32           `json:"timeout_sec"`
-	Metadata     json.RawMessage `json:"metadata"`
-	CreatedBy    string          `json:"created_by"`
-	OpID         string          `json:"op_id"`
-	OpOwner      string          `json:"op_owner"`
-	OpTtlSeconds float64         `json:"op_ttl_seconds"`
-	BuildID      *string         `json:"build_id"`
-	PublicPorts  []int32         `json:"public_ports"`
-	AutoResume   bool            `json:"auto_resume"`
+	ID              string          `json:"id"`
+	TeamID          string          `json:"team_id"`
+	HostID          *string         `json:"host_id"`
+	Template        string          `json:"template"`
+	Vcpus           int32           `json:"vcpus"`
+	MemoryMb        int32           `json:"memory_mb"`
+	DiskMb          int32           `json:"disk_mb"`
+	TimeoutSec      int32           `json:"timeout_sec"`
+	Metadata        json.RawMessage `json:"metadata"`
+	CreatedBy       string          `json:"created_by"`
+	OpID            string          `json:"op_id"`
+	OpOwner         string          `json:"op_owner"`
+	OpTtlSeconds    float64         `json:"op_ttl_seconds"`
+	BuildID         *string         `json:"build_id"`
+	EndAfterSec     *int32          `json:"end_after_sec"`
+	OnEnd           *string         `json:"on_end"`
+	EnvdAccessToken *string         `json:"envd_access_token"`
+	PublicPorts     []int32         `json:"public_ports"`
+	AutoResume      bool            `json:"auto_resume"`
 }
 
 // A new sandbox is pending under the create operation's lease; build_id
 // marks a template build's own sandbox.
+// end_after_sec, when set, starts the end-of-life timer (end_at).
 func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, insertSandbox,
 		arg.ID,
@@ -255,6 +270,9 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.OpOwner,
 		arg.OpTtlSeconds,
 		arg.BuildID,
+		arg.EndAfterSec,
+		arg.OnEnd,
+		arg.EnvdAccessToken,
 		arg.PublicPorts,
 		arg.AutoResume,
 	)
@@ -286,12 +304,73 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.BuildID,
 		&i.PublicPorts,
 		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
 	)
 	return i, err
 }
 
+const listEndedSandboxes = `-- name: ListEndedSandboxes :many
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes
+WHERE status = 'running' AND end_at IS NOT NULL AND end_at <= now()
+ORDER BY end_at, id
+LIMIT $1
+`
+
+// Running sandboxes whose end-of-life timer has passed, the oldest first.
+func (q *Queries) ListEndedSandboxes(ctx context.Context, lim int32) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, listEndedSandboxes, lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.Status,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.TimeoutSec,
+			&i.Metadata,
+			&i.ErrorMessage,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.StartedAt,
+			&i.LastActiveAt,
+			&i.PausedAt,
+			&i.StoppedAt,
+			&i.ResumeReservedUntil,
+			&i.Op,
+			&i.OpID,
+			&i.OpOwner,
+			&i.OpExpiresAt,
+			&i.BuildID,
+			&i.PublicPorts,
+			&i.AutoResume,
+			&i.EndAt,
+			&i.OnEnd,
+			&i.EnvdAccessToken,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listHostSandboxes = `-- name: ListHostSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
 `
@@ -338,6 +417,9 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 			&i.BuildID,
 			&i.PublicPorts,
 			&i.AutoResume,
+			&i.EndAt,
+			&i.OnEnd,
+			&i.EnvdAccessToken,
 		); err != nil {
 			return nil, err
 		}
@@ -350,7 +432,7 @@ func (q *Queries) ListHostSandboxes(ctx context.Context, arg ListHostSandboxesPa
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume FROM sandboxes
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token FROM sandboxes
 WHERE team_id = $1
   AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
   AND metadata @> $3::jsonb
@@ -413,6 +495,9 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.BuildID,
 			&i.PublicPorts,
 			&i.AutoResume,
+			&i.EndAt,
+			&i.OnEnd,
+			&i.EnvdAccessToken,
 		); err != nil {
 			return nil, err
 		}
@@ -425,7 +510,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSyncedSandboxes = `-- name: ListSyncedSandboxes :many
-SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, sandboxes.build_id, sandboxes.public_ports, sandboxes.auto_resume, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
+SELECT sandboxes.id, sandboxes.team_id, sandboxes.host_id, sandboxes.template, sandboxes.status, sandboxes.vcpus, sandboxes.memory_mb, sandboxes.disk_mb, sandboxes.timeout_sec, sandboxes.metadata, sandboxes.error_message, sandboxes.created_by, sandboxes.created_at, sandboxes.updated_at, sandboxes.started_at, sandboxes.last_active_at, sandboxes.paused_at, sandboxes.stopped_at, sandboxes.resume_reserved_until, sandboxes.op, sandboxes.op_id, sandboxes.op_owner, sandboxes.op_expires_at, sandboxes.build_id, sandboxes.public_ports, sandboxes.auto_resume, sandboxes.end_at, sandboxes.on_end, sandboxes.envd_access_token, (op IS NOT NULL AND op_expires_at > now())::boolean AS op_live
 FROM sandboxes
 WHERE host_id = $1 AND status = ANY($2::text[])
 ORDER BY created_at, id
@@ -480,6 +565,9 @@ func (q *Queries) ListSyncedSandboxes(ctx context.Context, arg ListSyncedSandbox
 			&i.Sandbox.BuildID,
 			&i.Sandbox.PublicPorts,
 			&i.Sandbox.AutoResume,
+			&i.Sandbox.EndAt,
+			&i.Sandbox.OnEnd,
+			&i.Sandbox.EnvdAccessToken,
 			&i.OpLive,
 		); err != nil {
 			return nil, err
@@ -523,10 +611,70 @@ func (q *Queries) RenewSandboxOp(ctx context.Context, arg RenewSandboxOpParams) 
 	return result.RowsAffected(), nil
 }
 
+const setSandboxEndAt = `-- name: SetSandboxEndAt :one
+UPDATE sandboxes SET end_at = CASE WHEN $1::boolean AND end_at IS NOT NULL
+                                   THEN GREATEST(end_at, now() + make_interval(secs => $2::integer))
+                                   ELSE now() + make_interval(secs => $2::integer) END,
+                     updated_at = now()
+WHERE id = $3 AND team_id = $4 AND status = 'running'
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
+`
+
+type SetSandboxEndAtParams struct {
+	OnlyLater   bool   `json:"only_later"`
+	EndAfterSec int32  `json:"end_after_sec"`
+	ID          string `json:"id"`
+	TeamID      string `json:"team_id"`
+}
+
+// Moves a running sandbox's end-of-life timer to end_after_sec from now;
+// only_later keeps a later end already set (E2B's connect never shortens).
+func (q *Queries) SetSandboxEndAt(ctx context.Context, arg SetSandboxEndAtParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, setSandboxEndAt,
+		arg.OnlyLater,
+		arg.EndAfterSec,
+		arg.ID,
+		arg.TeamID,
+	)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.Metadata,
+		&i.ErrorMessage,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+		&i.ResumeReservedUntil,
+		&i.Op,
+		&i.OpID,
+		&i.OpOwner,
+		&i.OpExpiresAt,
+		&i.BuildID,
+		&i.PublicPorts,
+		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
+	)
+	return i, err
+}
+
 const setSandboxProxyOptions = `-- name: SetSandboxProxyOptions :one
 UPDATE sandboxes SET public_ports = COALESCE($1::integer[], public_ports), auto_resume = COALESCE($2::boolean, auto_resume), updated_at = now()
 WHERE id = $3 AND team_id = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type SetSandboxProxyOptionsParams struct {
@@ -572,6 +720,9 @@ func (q *Queries) SetSandboxProxyOptions(ctx context.Context, arg SetSandboxProx
 		&i.BuildID,
 		&i.PublicPorts,
 		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
 	)
 	return i, err
 }
@@ -579,10 +730,10 @@ func (q *Queries) SetSandboxProxyOptions(ctx context.Context, arg SetSandboxProx
 const setSandboxStatus = `-- name: SetSandboxStatus :one
 WITH cur AS (
     SELECT c.id, c.status FROM sandboxes c
-    WHERE c.id = $4::text
-      AND ($5::text IS NULL OR c.team_id = $5::text)
-      AND c.status = ANY($6::text[])
-      AND ($7::timestamptz IS NULL OR c.updated_at = $7::timestamptz)
+    WHERE c.id = $5::text
+      AND ($6::text IS NULL OR c.team_id = $6::text)
+      AND c.status = ANY($7::text[])
+      AND ($8::timestamptz IS NULL OR c.updated_at = $8::timestamptz)
     FOR UPDATE
 )
 UPDATE sandboxes s SET
@@ -594,16 +745,21 @@ UPDATE sandboxes s SET
     paused_at      = CASE WHEN $1::text = 'paused' THEN now() ELSE s.paused_at END,
     stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE s.stopped_at END,
     timeout_sec    = COALESCE($3::integer, s.timeout_sec),
+    -- The end-of-life timer runs only while the sandbox does: a pause
+    -- stops it, and a resume that names a lifetime starts it again.
+    end_at         = CASE WHEN $4::integer IS NOT NULL THEN now() + make_interval(secs => $4::integer)
+                          WHEN $1::text = 'paused' THEN NULL ELSE s.end_at END,
     op = NULL, op_id = NULL, op_owner = NULL, op_expires_at = NULL
 FROM cur
 WHERE s.id = cur.id
-RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at, s.build_id, s.public_ports, s.auto_resume
+RETURNING cur.status AS from_status, s.id, s.team_id, s.host_id, s.template, s.status, s.vcpus, s.memory_mb, s.disk_mb, s.timeout_sec, s.metadata, s.error_message, s.created_by, s.created_at, s.updated_at, s.started_at, s.last_active_at, s.paused_at, s.stopped_at, s.resume_reserved_until, s.op, s.op_id, s.op_owner, s.op_expires_at, s.build_id, s.public_ports, s.auto_resume, s.end_at, s.on_end, s.envd_access_token
 `
 
 type SetSandboxStatusParams struct {
 	ToStatus      string     `json:"to_status"`
 	ErrorMessage  *string    `json:"error_message"`
 	TimeoutSec    *int32     `json:"timeout_sec"`
+	EndAfterSec   *int32     `json:"end_after_sec"`
 	ID            string     `json:"id"`
 	TeamID        *string    `json:"team_id"`
 	FromStatuses  []string   `json:"from_statuses"`
@@ -626,6 +782,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 		arg.ToStatus,
 		arg.ErrorMessage,
 		arg.TimeoutSec,
+		arg.EndAfterSec,
 		arg.ID,
 		arg.TeamID,
 		arg.FromStatuses,
@@ -660,6 +817,9 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 		&i.Sandbox.BuildID,
 		&i.Sandbox.PublicPorts,
 		&i.Sandbox.AutoResume,
+		&i.Sandbox.EndAt,
+		&i.Sandbox.OnEnd,
+		&i.Sandbox.EnvdAccessToken,
 	)
 	return i, err
 }
@@ -667,7 +827,7 @@ func (q *Queries) SetSandboxStatus(ctx context.Context, arg SetSandboxStatusPara
 const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, error_message, created_by, created_at, updated_at, started_at, last_active_at, paused_at, stopped_at, resume_reserved_until, op, op_id, op_owner, op_expires_at, build_id, public_ports, auto_resume, end_at, on_end, envd_access_token
 `
 
 type SetSandboxTimeoutParams struct {
@@ -713,6 +873,9 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.BuildID,
 		&i.PublicPorts,
 		&i.AutoResume,
+		&i.EndAt,
+		&i.OnEnd,
+		&i.EnvdAccessToken,
 	)
 	return i, err
 }

@@ -3,6 +3,12 @@
 // changed; extensions are request headers or separate endpoints.
 package envdwire
 
+import (
+	"net/http"
+	"path"
+	"strings"
+)
+
 // DetachHeader on a process.Process/Start request, with the value "true",
 // makes envd end the stream right after the start event while the process
 // runs on in the background with its output kept for Connect (up to the
@@ -26,3 +32,25 @@ const ReasonDiskFull = "disk-full"
 // stdin, 0.5.7 upload raw bodies, 0.6.2 file metadata, 0.6.3 entries in
 // watch events. (0.6.4, watching network mounts, is not claimed.)
 const E2BVersion = "0.6.3"
+
+// Port is envd's port in the guest (E2B's).
+const Port = 49983
+
+// PublicPath reports whether method and path are part of envd's public
+// surface, which SDKs call with the sandbox's access token: the process
+// and filesystem services, files, health, metrics and envs. Everything
+// else (/init, Wrenn's /wrenn/...) only the host agent may call.
+func PublicPath(method, p string) bool {
+	if path.Clean(p) != p {
+		return false // dot segments or doubled slashes would land elsewhere
+	}
+	switch {
+	case strings.HasPrefix(p, "/process.Process/"), strings.HasPrefix(p, "/filesystem.Filesystem/"):
+		return method == http.MethodPost || method == http.MethodGet
+	case p == "/files":
+		return method == http.MethodGet || method == http.MethodPost
+	case p == "/health", p == "/metrics", p == "/envs":
+		return method == http.MethodGet
+	}
+	return false
+}

@@ -314,7 +314,16 @@ func validID(id string) bool {
 	if id == "" || len(id) > 64 || id[0] == '.' || id[0] == '-' {
 		return false
 	}
-	for _, r := range id {
+	return onlyIDChars(id)
+}
+
+// validToken: an envd access token travels in a header and a JSON body.
+func validToken(tok string) bool {
+	return len(tok) >= 16 && len(tok) <= 128 && onlyIDChars(tok)
+}
+
+func onlyIDChars(s string) bool {
+	for _, r := range s {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
 			return false
 		}
@@ -378,6 +387,9 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 			return nil, agenterr.Invalid("env_vars", "env var name %q is invalid", k)
 		}
 	}
+	if tok := req.GetEnvdAccessToken(); tok != "" && !validToken(tok) {
+		return nil, agenterr.Invalid("envd_access_token", "envd_access_token: use 16-128 letters, digits, '-' or '_'")
+	}
 	internet := true
 	if req.InternetAccess != nil {
 		internet = req.GetInternetAccess()
@@ -387,6 +399,7 @@ func (m *Manager) Create(ctx context.Context, req *pb.CreateSandboxRequest) (*pb
 		ID: id, Template: tmpl, VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB,
 		TimeoutSec: req.GetTimeoutSec(), EnvVars: copyMap(req.GetEnvVars()), Metadata: copyMap(req.GetMetadata()),
 		DefaultUser: req.GetDefaultUser(), DefaultWorkdir: req.GetDefaultWorkdir(),
+		GivenToken:     req.GetEnvdAccessToken(),
 		InternetAccess: internet, Driver: m.cfg.Driver.Name(),
 		State: pb.SandboxState_SANDBOX_STATE_STARTING, StateSeq: m.nextSeq(),
 		StartedAt: now, LastActive: now,
@@ -552,9 +565,9 @@ func (m *Manager) vmConfig(r *record) vmm.Config {
 	}
 }
 
-// initEnvd waits for envd and initialises it with a fresh access token,
-// the env vars, the default user and directory, and the host's clock
-// (stale after a restore).
+// initEnvd waits for envd and initialises it with its access token (the
+// control plane's, else a fresh one), the env vars, the default user and
+// directory, and the host's clock (stale after a restore).
 func (m *Manager) initEnvd(ctx context.Context, s *Sandbox, mref *machineRef, client *envdclient.Client) error {
 	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
@@ -574,7 +587,10 @@ func (m *Manager) initEnvd(ctx context.Context, s *Sandbox, mref *machineRef, cl
 		}
 		return wrapErr(agenterr.ErrUnavailable, err, "wait for envd")
 	}
-	tok := randomHex(24)
+	tok := s.rec.GivenToken
+	if tok == "" {
+		tok = randomHex(24)
+	}
 	now := m.cfg.Now()
 	if err := client.Init(bctx, envdclient.InitRequest{EnvVars: s.rec.EnvVars, AccessToken: &tok, Timestamp: &now,
 		DefaultUser: s.rec.DefaultUser, DefaultWorkdir: s.rec.DefaultWorkdir}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -99,6 +100,8 @@ func TestCreateRejectsBadInput(t *testing.T) {
 		{"bad id", &pb.CreateSandboxRequest{SandboxId: "../etc"}, agenterr.ErrInvalidArgument},
 		{"bad template name", &pb.CreateSandboxRequest{Template: "A/B"}, agenterr.ErrInvalidArgument},
 		{"bad env name", &pb.CreateSandboxRequest{EnvVars: map[string]string{"A=B": "x"}}, agenterr.ErrInvalidArgument},
+		{"short envd token", &pb.CreateSandboxRequest{EnvdAccessToken: "short"}, agenterr.ErrInvalidArgument},
+		{"envd token with a newline", &pb.CreateSandboxRequest{EnvdAccessToken: "0123456789abcdef\nX-Evil: 1"}, agenterr.ErrInvalidArgument},
 		{"unknown template", &pb.CreateSandboxRequest{Template: "nope"}, agenterr.ErrNotFound},
 	}
 	for _, tt := range tests {
@@ -428,6 +431,27 @@ func TestLifecycleWithHostEnvd(t *testing.T) {
 		}
 		_, err = m.Resume(ctx, "sb1", nil)
 		wantErr(t, err, agenterr.ErrInvalidState)
+	})
+
+	t.Run("the control plane's envd token", func(t *testing.T) {
+		const tok = "cp-minted-token-0123456789abcdef"
+		if _, err := m.Create(ctx, &pb.CreateSandboxRequest{SandboxId: "sbtok", EnvdAccessToken: tok}); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		defer m.Destroy(ctx, "sbtok")
+		// envd took it: the agent's own calls, made with the token, work.
+		res, err := m.Exec(ctx, &pb.ExecRequest{SandboxId: "sbtok", Cmd: "echo", Args: []string{"ok"}})
+		if err != nil || string(res.Stdout) != "ok\n" {
+			t.Fatalf("exec with the given token: %v %v", res, err)
+		}
+		var rec struct {
+			AccessToken string `json:"access_token"`
+			GivenToken  string `json:"given_token"`
+		}
+		b, err := os.ReadFile(filepath.Join(e.dir, "sandboxes/sbtok/state.json"))
+		if err != nil || json.Unmarshal(b, &rec) != nil || rec.AccessToken != tok || rec.GivenToken != tok {
+			t.Fatalf("recorded tokens %+v (%v), want both %q", rec, err, tok)
+		}
 	})
 
 	pid := 0

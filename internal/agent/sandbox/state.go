@@ -39,11 +39,15 @@ type record struct {
 	StartedAt      time.Time         `json:"started_at"`
 	LastActive     time.Time         `json:"last_active"`
 	AccessToken    string            `json:"access_token"`
-	KernelPath     string            `json:"kernel_path"`
-	DiskPath       string            `json:"disk_path"`
-	DiskFormat     string            `json:"disk_format"`
-	Slot           NetSlot           `json:"slot"`
-	PID            int               `json:"pid"`
+	// GivenToken is the envd access token the control plane chose at
+	// create; every boot (create, resume) installs it. Empty: each boot
+	// mints a fresh AccessToken.
+	GivenToken string  `json:"given_token,omitempty"`
+	KernelPath string  `json:"kernel_path"`
+	DiskPath   string  `json:"disk_path"`
+	DiskFormat string  `json:"disk_format"`
+	Slot       NetSlot `json:"slot"`
+	PID        int     `json:"pid"`
 	// Snapshot is set while the sandbox is paused.
 	Snapshot *vmm.Snapshot `json:"snapshot,omitempty"`
 }

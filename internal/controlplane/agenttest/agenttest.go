@@ -40,11 +40,13 @@ import (
 )
 
 type sandbox struct {
-	info  *pb.SandboxInfo
-	files map[string][]byte
-	dirs  map[string]bool
-	procs map[uint32]*pb.ProcessInfo
-	ptys  map[string]chan []byte
+	info *pb.SandboxInfo
+	// created is the CreateSandbox request that made it (nil for Put).
+	created *pb.CreateSandboxRequest
+	files   map[string][]byte
+	dirs    map[string]bool
+	procs   map[uint32]*pb.ProcessInfo
+	ptys    map[string]chan []byte
 }
 
 // Limits are the sizes the agent accepts, with the defaults it applies;
@@ -283,6 +285,16 @@ func (a *Agent) State(id string) pb.SandboxState {
 	return pb.SandboxState_SANDBOX_STATE_UNSPECIFIED
 }
 
+// Created is the CreateSandbox request that made sandbox id, nil when none.
+func (a *Agent) Created(id string) *pb.CreateSandboxRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if sb, ok := a.sandboxes[id]; ok && sb.created != nil {
+		return proto.Clone(sb.created).(*pb.CreateSandboxRequest)
+	}
+	return nil
+}
+
 // HasTemplate reports whether a template or snapshot exists.
 func (a *Agent) HasTemplate(name string) bool {
 	a.mu.Lock()
@@ -336,6 +348,9 @@ func invalid(format string, args ...any) error {
 // validID is the real agent's rule for sandbox IDs (they name directories).
 var validID = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$`)
 
+// validToken is the real agent's rule for envd access tokens.
+var validToken = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
+
 // checkCreate applies the real agent's defaults and bounds; callers hold a.mu.
 func (a *Agent) checkCreate(m *pb.CreateSandboxRequest) error {
 	if m.SandboxId == "" {
@@ -362,6 +377,8 @@ func (a *Agent) checkCreate(m *pb.CreateSandboxRequest) error {
 		return invalid("disk_mb %d above the maximum %d", m.DiskMb, l.MaxDiskMB)
 	case m.TimeoutSec < 0:
 		return invalid("timeout_sec %d is negative", m.TimeoutSec)
+	case m.EnvdAccessToken != "" && !validToken.MatchString(m.EnvdAccessToken):
+		return invalid("envd_access_token: use 16-128 letters, digits, '-' or '_'")
 	}
 	return nil
 }
@@ -394,7 +411,9 @@ func (a *Agent) CreateSandbox(_ context.Context, req *connect.Request[pb.CreateS
 	if !a.templates[m.GetTemplate()] {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("template %q not found", m.GetTemplate()))
 	}
-	return connect.NewResponse(&pb.CreateSandboxResponse{Sandbox: info(a.add(m))}), nil
+	sb := a.add(m)
+	sb.created = m
+	return connect.NewResponse(&pb.CreateSandboxResponse{Sandbox: info(sb)}), nil
 }
 
 func (a *Agent) DestroySandbox(_ context.Context, req *connect.Request[pb.DestroySandboxRequest]) (*connect.Response[pb.DestroySandboxResponse], error) {

@@ -184,12 +184,12 @@ func TestBuildRequestsRefused(t *testing.T) {
 	if code != 200 || !strings.Contains(string(logs), "event: build\n") || !strings.Contains(string(logs), "event: end\ndata: {\"type\":\"end\",\"index\":0,\"status\":\"cancelled\"}") {
 		t.Fatalf("logs = %d %s", code, logs)
 	}
-	// Templates: built-in minimal is listed and cannot be deleted.
+	// Templates: the built-in base and minimal are listed; minimal cannot be deleted.
 	var list struct {
 		Templates []struct{ Name, Kind, Scope string }
 	}
 	e.want("GET", "/v1/templates", nil, user.cred(), http.StatusOK, &list)
-	if len(list.Templates) != 1 || list.Templates[0].Name != "minimal" || list.Templates[0].Scope != "builtin" {
+	if len(list.Templates) != 2 || list.Templates[0].Name != "base" || list.Templates[1].Name != "minimal" || list.Templates[0].Scope != "builtin" || list.Templates[1].Scope != "builtin" {
 		t.Fatalf("templates = %+v", list)
 	}
 	e.wantErr("DELETE", "/v1/admin/templates/minimal", nil, admin.cred(), 409, "template_builtin", "")

@@ -15,6 +15,16 @@ import (
 // wrong types and trailing data; every problem is a 400 naming the field
 // when one is at fault. An empty body is allowed only when optional.
 func decodeJSON(r *http.Request, v any, optional bool) error {
+	return decodeStrictness(r, v, optional, true)
+}
+
+// DecodeLenient decodes an optional JSON body whose unknown fields are
+// ignored: E2B's SDKs send fields the E2B API (e2bapi) does not use.
+func DecodeLenient(r *http.Request, v any) error {
+	return decodeStrictness(r, v, true, false)
+}
+
+func decodeStrictness(r *http.Request, v any, optional, strict bool) error {
 	if r.Body == nil || r.Body == http.NoBody {
 		if optional {
 			return nil
@@ -22,7 +32,9 @@ func decodeJSON(r *http.Request, v any, optional bool) error {
 		return service.Invalid("", "a JSON request body is required")
 	}
 	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, io.EOF) {
 			if optional {

@@ -27,9 +27,9 @@ func TestErrorCodesMatchTheDocs(t *testing.T) {
 		st, ok := documented[string(code)]
 		switch {
 		case !ok:
-			t.Errorf("code %q (status %d) is missing from docs/api.md's error code table", code, statusOf(kind))
-		case st != statusOf(kind):
-			t.Errorf("code %q: docs/api.md says %d, the API answers %d", code, st, statusOf(kind))
+			t.Errorf("code %q (status %d) is missing from docs/api.md's error code table", code, StatusOf(kind))
+		case st != StatusOf(kind):
+			t.Errorf("code %q: docs/api.md says %d, the API answers %d", code, st, StatusOf(kind))
 		}
 	}
 	for code := range documented {

@@ -62,7 +62,9 @@ var kindStatus = map[service.Kind]int{
 	service.KindGatewayTimeout:   http.StatusGatewayTimeout,
 }
 
-func statusOf(k service.Kind) int {
+// StatusOf is the HTTP status of an error kind (kindStatus); the E2B API
+// (e2bapi) answers with it too.
+func StatusOf(k service.Kind) int {
 	if st, ok := kindStatus[k]; ok {
 		return st
 	}
@@ -84,7 +86,7 @@ func writeError(w http.ResponseWriter, se *service.Error) {
 	if d := se.RetryAfter(); d > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(d.Round(time.Second)/time.Second)))
 	}
-	WriteJSON(w, statusOf(se.Kind), errorBody{Error: errorDetail{Code: string(se.Code), Message: se.Message, Field: se.Field}})
+	WriteJSON(w, StatusOf(se.Kind), errorBody{Error: errorDetail{Code: string(se.Code), Message: se.Message, Field: se.Field}})
 }
 
 // writeErr answers with err in the API's format, logging server-side
@@ -97,7 +99,7 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 
 // logFailure logs se when it is the server's failure (5xx), not the caller's.
 func (s *Server) logFailure(r *http.Request, se *service.Error) {
-	if status := statusOf(se.Kind); status >= 500 {
+	if status := StatusOf(se.Kind); status >= 500 {
 		lvl := slog.LevelWarn
 		if status == http.StatusInternalServerError {
 			lvl = slog.LevelError

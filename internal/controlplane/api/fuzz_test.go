@@ -37,7 +37,7 @@ func decodeBody(t *testing.T, body string, v any) error {
 	if !ok {
 		t.Fatalf("decode %q: unclassified error %v", body, err)
 	}
-	if st := statusOf(se.Kind); st != 400 && st != 413 {
+	if st := StatusOf(se.Kind); st != 400 && st != 413 {
 		t.Fatalf("decode %q: status %d for bad input", body, st)
 	}
 	if se.Message == "" {

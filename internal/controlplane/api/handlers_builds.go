@@ -27,17 +27,17 @@ func (s *Server) buildRoutes(r chi.Router) {
 	r.Post("/", s.submitBuild)
 	r.Get("/", s.listBuilds)
 	r.Get("/{build_id}", s.getBuild)
-	r.With(limitBody(s.deps.MaxBodyBytes)).Post("/{build_id}/cancel", s.cancelBuild)
+	r.With(LimitBody(s.deps.MaxBodyBytes)).Post("/{build_id}/cancel", s.cancelBuild)
 	r.Get("/{build_id}/logs", s.buildLogs)
 }
 
 func (s *Server) adminTemplateRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
 	r.Delete("/{name}", s.deleteTemplate)
 }
 
 func (s *Server) templateRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOrKey))
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOrKey))
 	r.Get("/", s.listTemplates)
 }
 

@@ -13,7 +13,7 @@ import (
 // channelRoutes: sessions only; members read, owners and admins manage
 // (the service checks roles).
 func (s *Server) channelRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly), s.channelsReady)
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly), s.channelsReady)
 	r.Get("/", s.listChannels)
 	r.Post("/", s.createChannel)
 	r.Post("/test", s.testChannelConfig)

@@ -72,7 +72,7 @@ func wsFail(ctx context.Context, c *websocket.Conn, err error) {
 	se := asServiceError("stream", err)
 	_ = wsSend(ctx, c, errorMsg(se))
 	code := websocket.StatusPolicyViolation
-	if statusOf(se.Kind) >= 500 {
+	if StatusOf(se.Kind) >= 500 {
 		code = websocket.StatusInternalError
 	}
 	_ = c.Close(code, string(se.Code))

@@ -124,7 +124,7 @@ func (s *Server) decodeHostBody(w http.ResponseWriter, r *http.Request, v any, o
 func (s *Server) writeHostError(w http.ResponseWriter, r *http.Request, err error) {
 	var inUse *hostauth.HostInUseError
 	if errors.As(err, &inUse) {
-		WriteJSON(w, statusOf(service.CodeHostHasSandboxes.Kind()), map[string]any{
+		WriteJSON(w, StatusOf(service.CodeHostHasSandboxes.Kind()), map[string]any{
 			"error":     errorDetail{Code: string(service.CodeHostHasSandboxes), Message: "the host still has sandboxes; delete with ?force=true to destroy them"},
 			"sandboxes": inUse.Sandboxes,
 		})

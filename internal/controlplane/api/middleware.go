@@ -87,8 +87,8 @@ func caller(r *http.Request) auth.AuthContext {
 	return ac
 }
 
-// limitBody caps request bodies.
-func limitBody(n int64) func(http.Handler) http.Handler {
+// LimitBody caps request bodies (the E2B routes use it too).
+func LimitBody(n int64) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Body != nil {

@@ -53,7 +53,7 @@ func (s *Server) serviceReady(next http.Handler) http.Handler {
 }
 
 func (s *Server) authRoutes(r chi.Router) {
-	body := limitBody(s.deps.MaxBodyBytes)
+	body := LimitBody(s.deps.MaxBodyBytes)
 	r.With(body, s.rateLimit("signup")).Post("/signup", s.signup)
 	r.With(body, s.rateLimit("login")).Post("/login", s.login)
 	r.With(body, s.authenticate(jwtOnly)).Post("/switch-team", s.switchTeam)
@@ -67,7 +67,7 @@ func (s *Server) authRoutes(r chi.Router) {
 }
 
 func (s *Server) meRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
 	r.Get("/", s.getMe)
 	r.Patch("/", s.patchMe)
 	r.Post("/password", s.changePassword)
@@ -77,7 +77,7 @@ func (s *Server) meRoutes(r chi.Router) {
 }
 
 func (s *Server) teamRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
 	r.Get("/", s.listTeams)
 	r.Post("/", s.createTeam)
 	r.Get("/{team_id}", s.getTeam)
@@ -90,14 +90,14 @@ func (s *Server) teamRoutes(r chi.Router) {
 }
 
 func (s *Server) keyRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOnly))
 	r.Get("/", s.listAPIKeys)
 	r.Post("/", s.createAPIKey)
 	r.Delete("/{key_id}", s.deleteAPIKey)
 }
 
 func (s *Server) snapshotRoutes(r chi.Router) {
-	r.Use(limitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOrKey))
+	r.Use(LimitBody(s.deps.MaxBodyBytes), s.authenticate(jwtOrKey))
 	r.With(s.idempotent(fixedRoute("snapshots.create"), func() string { return ids.New(ids.Template) })).Post("/", s.createSnapshot)
 	r.Get("/", s.listSnapshots)
 	r.Delete("/{name}", s.deleteSnapshot)
@@ -105,7 +105,7 @@ func (s *Server) snapshotRoutes(r chi.Router) {
 
 func (s *Server) sandboxRoutes(r chi.Router) {
 	r.Use(s.authenticate(jwtOrKey))
-	body := limitBody(s.deps.MaxBodyBytes)
+	body := LimitBody(s.deps.MaxBodyBytes)
 	r.With(body, s.idempotent(fixedRoute("sandboxes.create"), func() string { return ids.New(ids.Sandbox) })).Post("/", s.createSandbox)
 	r.Get("/", s.listSandboxes)
 	r.Get("/stats", s.sandboxStats)

@@ -19,6 +19,8 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/config"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/api"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/e2bapi"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/proxy"
 	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
@@ -114,6 +116,11 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 	if err != nil {
 		return err
 	}
+	e2b := e2bapi.New(e2bapi.Deps{Logger: logger, Service: core.Service, Names: core.ProxyNames, MaxBodyBytes: deps.MaxBodyBytes,
+		Forward: func(w http.ResponseWriter, r *http.Request, teamID, sandboxID string, port int, envd bool) {
+			core.Proxy.Forward(w, r, teamID, sandboxID, port, proxy.ForwardOptions{AllowEnvdPort: envd})
+		}})
+	e2b.Mount(handler.Router())
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	bgDone := make(chan struct{})
 	go func() { defer close(bgDone); core.RunBackground(bgCtx) }()
@@ -140,8 +147,9 @@ func Run(ctx context.Context, cfg config.ControlPlane, logger *slog.Logger, read
 		return fmt.Errorf("WRENN_CP_LISTEN_ADDR: listen on %s: %w", cfg.ListenAddr, err)
 	}
 	srv := &http.Server{
-		// Sandbox hostnames go to the proxy before the router sees them.
-		Handler:           core.Proxy.Wrap(handler),
+		// Sandbox hostnames go to the proxy, and requests routed by E2B's
+		// headers to the E2B layer, before the router sees them.
+		Handler:           core.Proxy.Wrap(e2b.Wrap(handler)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

@@ -35,6 +35,10 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/telemetry"
 )
 
+// sandboxEndInterval is how often the end-of-life timers are checked: a
+// sandbox outlives its end by about this much at most.
+const sandboxEndInterval = time.Second
+
 // Core is the control plane core (accounts, teams, keys, sandboxes, the
 // reconciler) built from configuration.
 type Core struct {
@@ -50,6 +54,9 @@ type Core struct {
 	// ReconcileLease makes the reconciler a singleton loop: one replica
 	// at a time polls the hosts.
 	ReconcileLease *lease.Lease
+	// SandboxEndLease makes the end-of-life timer's loop (the E2B API's
+	// timeouts) a singleton.
+	SandboxEndLease *lease.Lease
 	// OAuth is sign-in through providers; nil when none is configured.
 	OAuth *service.OAuth
 	pool  *pgxpool.Pool
@@ -163,6 +170,9 @@ func NewCore(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *redis.Client, log
 	c.ReconcileLease, err = lease.New(pool, lease.Config{Name: "reconciler", Replica: c.Replica, Interval: c.ReconcileInterval}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("WRENN_RECONCILE_INTERVAL: %w", err)
+	}
+	if c.SandboxEndLease, err = lease.New(pool, lease.Config{Name: "sandbox-end", Replica: c.Replica, Interval: 5 * time.Second}, logger); err != nil {
+		return nil, fmt.Errorf("sandbox end lease: %w", err)
 	}
 	if err := c.buildChannels(cfg, pool, rdb, logger); err != nil {
 		return nil, err
@@ -343,6 +353,9 @@ func (c *Core) RunBackground(ctx context.Context) {
 		}
 	}
 	wg.Go(func() { c.ReconcileLease.Run(ctx, c.Reconciler.Run) })
+	wg.Go(func() {
+		c.SandboxEndLease.Run(ctx, func(ctx context.Context) { c.Service.RunSandboxEnds(ctx, sandboxEndInterval) })
+	})
 	wg.Go(func() { c.SamplerLease.Run(ctx, c.Sampler.Run) })
 	if c.Relay != nil {
 		wg.Go(func() { c.RelayLease.Run(ctx, c.Relay.Run) })

@@ -25,6 +25,9 @@ type Method string
 const (
 	MethodJWT    Method = "jwt"
 	MethodAPIKey Method = "api_key"
+	// MethodSystem: a part of the control plane acting on a team's
+	// resources by itself (SystemActor names it), never a request.
+	MethodSystem Method = "system"
 )
 
 // AuthContext is who is calling, in which team.
@@ -42,12 +45,17 @@ type AuthContext struct {
 	// Set for API key requests so actions record which key acted.
 	APIKeyID   string
 	APIKeyName string
+	// SystemActor names the control plane's part acting (MethodSystem).
+	SystemActor string
 }
 
 // Actor names the caller for created_by fields and logs.
 func (a AuthContext) Actor() string {
-	if a.Method == MethodAPIKey {
+	switch a.Method {
+	case MethodAPIKey:
 		return a.APIKeyID
+	case MethodSystem:
+		return a.SystemActor
 	}
 	return a.UserID
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels/webhookverify"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -236,7 +238,7 @@ func TestRetrySchedule(t *testing.T) {
 		t.Fatalf("%d attempts, want 3", len(hits))
 	}
 	for i, h := range hits {
-		if h.eventID != ev.ID || h.attempt != i+1 || !verifySignature(h.signature, h.body, "whsec_0123456789abcdef", time.Now()) {
+		if h.eventID != ev.ID || h.attempt != i+1 || !webhookverify.Valid(h.signature, h.body, "whsec_0123456789abcdef", time.Now()) {
 			t.Fatalf("attempt %d: event %s attempt %d signature %q", i+1, h.eventID, h.attempt, h.signature)
 		}
 	}

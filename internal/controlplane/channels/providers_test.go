@@ -2,11 +2,7 @@ package channels
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -15,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels/webhookverify"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 )
 
@@ -94,7 +91,7 @@ func (f *fakeProviders) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		_, _ = io.WriteString(w, `{"event_id":"$abc"}`)
 	case r.Host == "hooks.example.com" && r.Method == http.MethodPost:
-		if !verifySignature(r.Header.Get("X-WRENN-SIGNATURE"), body, "whsec_0123456789abcdef", time.Now()) {
+		if !webhookverify.Valid(r.Header.Get("X-WRENN-SIGNATURE"), body, "whsec_0123456789abcdef", time.Now()) {
 			http.Error(w, "bad signature", http.StatusUnauthorized)
 			return
 		}
@@ -108,36 +105,6 @@ func (f *fakeProviders) last() request {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.got[len(f.got)-1]
-}
-
-// verifySignature checks X-WRENN-SIGNATURE the way docs/webhooks.md tells
-// receivers to: the timestamp within 5 minutes, any v1 matching.
-func verifySignature(header string, body []byte, secret string, now time.Time) bool {
-	var ts string
-	var sigs []string
-	for _, part := range strings.Split(header, ",") {
-		k, v, _ := strings.Cut(part, "=")
-		switch k {
-		case "t":
-			ts = v
-		case "v1":
-			sigs = append(sigs, v)
-		}
-	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil || now.Sub(time.Unix(sec, 0)).Abs() > 5*time.Minute {
-		return false
-	}
-	mac := hmac.New(sha256.New, []byte(secret))
-	fmt.Fprintf(mac, "%s.", ts)
-	mac.Write(body)
-	want := hex.EncodeToString(mac.Sum(nil))
-	for _, s := range sigs {
-		if hmac.Equal([]byte(s), []byte(want)) {
-			return true
-		}
-	}
-	return false
 }
 
 var sampleEvent = events.Event{ID: "evt-sample1", Type: "sandbox.paused", OccurredAt: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC),
@@ -222,10 +189,10 @@ func TestWebhookSignatureRotationAndStatus(t *testing.T) {
 		t.Fatalf("send: %v", r.Err)
 	}
 	h := fp.last().Header.Get("X-WRENN-SIGNATURE")
-	if strings.Count(h, "v1=") != 2 || !verifySignature(h, body, old, time.Now()) || !verifySignature(h, body, cfg["secret"], time.Now()) {
+	if strings.Count(h, "v1=") != 2 || !webhookverify.Valid(h, body, old, time.Now()) || !webhookverify.Valid(h, body, cfg["secret"], time.Now()) {
 		t.Fatalf("signature %q does not carry both secrets", h)
 	}
-	if verifySignature(h, body, "whsec_wrong-wrong-wrong", time.Now()) || verifySignature(h, body, cfg["secret"], time.Now().Add(6*time.Minute)) {
+	if webhookverify.Valid(h, body, "whsec_wrong-wrong-wrong", time.Now()) || webhookverify.Valid(h, body, cfg["secret"], time.Now().Add(6*time.Minute)) {
 		t.Fatal("a wrong secret or a stale timestamp verified")
 	}
 	for _, tc := range []struct {

@@ -7,11 +7,12 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/envdwire"
 )
 
 // EnvdPort is the guest agent's port. The sandbox HTTP proxy never reaches
 // it for users: only the E2B-compatible layer does, after its own checks.
-const EnvdPort = 49983
+const EnvdPort = envdwire.Port
 
 // maxPublicPorts bounds public_ports (the migration's CHECK holds it too).
 const maxPublicPorts = 16

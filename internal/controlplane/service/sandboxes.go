@@ -43,6 +43,12 @@ type Sandbox struct {
 	LastActiveAt *time.Time        `json:"last_active_at"`
 	PausedAt     *time.Time        `json:"paused_at"`
 	StoppedAt    *time.Time        `json:"stopped_at"`
+	// EndAt is the end-of-life timer of a running sandbox (nil: none) and
+	// PauseAtEnd what its end does; EnvdAccessToken is envd's token. Only
+	// the E2B-compatible API shows them.
+	EndAt           *time.Time `json:"-"`
+	PauseAtEnd      bool       `json:"-"`
+	EnvdAccessToken string     `json:"-"`
 	// PublicPorts are reached through the sandbox HTTP proxy without
 	// credentials; AutoResume resumes a paused sandbox on proxied traffic.
 	PublicPorts []int32 `json:"public_ports"`
@@ -56,7 +62,15 @@ func toSandbox(r db.Sandbox) Sandbox {
 		VCPUs: r.Vcpus, MemoryMB: r.MemoryMb, DiskMB: r.DiskMb, TimeoutSec: r.TimeoutSec, Metadata: md,
 		ErrorMessage: r.ErrorMessage, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
 		StartedAt: r.StartedAt, LastActiveAt: r.LastActiveAt, PausedAt: r.PausedAt, StoppedAt: r.StoppedAt,
+		EndAt: r.EndAt, PauseAtEnd: r.OnEnd == onEndPause, EnvdAccessToken: deref(r.EnvdAccessToken),
 		PublicPorts: publicPorts(r.PublicPorts), AutoResume: r.AutoResume}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // CreateSandboxInput is POST /v1/sandboxes.
@@ -68,6 +82,9 @@ type CreateSandboxInput struct {
 	Metadata       map[string]string `json:"metadata"`
 	EnvVars        map[string]string `json:"env_vars"`
 	InternetAccess *bool             `json:"internet_access"`
+	// Lifetime, when set, starts the end-of-life timer (the E2B API's
+	// timeout); Wrenn's own API has only the idle timeout.
+	Lifetime *Lifetime `json:"-"`
 	// PublicPorts and AutoResume: see Sandbox (both off by default).
 	PublicPorts []int `json:"public_ports"`
 	AutoResume  bool  `json:"auto_resume"`
@@ -132,6 +149,11 @@ func (s *Service) CheckCreate(in CreateSandboxInput) error {
 	}
 	if err := checkStringMap("env_vars", in.EnvVars, 200); err != nil {
 		return err
+	}
+	if in.Lifetime != nil {
+		if err := s.checkLifetime(in.Lifetime.Seconds); err != nil {
+			return err
+		}
 	}
 	if _, err := checkPublicPorts("public_ports", in.PublicPorts); err != nil {
 		return err
@@ -232,6 +254,8 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		md = map[string]string{}
 	}
 	mdJSON, _ := json.Marshal(md)
+	endAfter, onEnd := in.Lifetime.params()
+	envdToken := newEnvdToken()
 
 	var (
 		row  db.Sandbox
@@ -268,7 +292,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{ID: id, TeamID: a.TeamID, HostID: &host.ID,
 			Template: tpl.Name, Vcpus: int32(vcpus), MemoryMb: int32(mem), DiskMb: disk, TimeoutSec: int32(timeout),
 			Metadata: mdJSON, CreatedBy: a.Actor(), OpID: opID, OpOwner: s.replica, OpTtlSeconds: s.limits.OperationLease.Seconds(), BuildID: buildID,
-			PublicPorts: ports32(in.PublicPorts), AutoResume: in.AutoResume})
+			EndAfterSec: endAfter, OnEnd: onEnd, EnvdAccessToken: &envdToken, PublicPorts: ports32(in.PublicPorts), AutoResume: in.AutoResume})
 		if err != nil {
 			return err
 		}
@@ -287,7 +311,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 	req := &pb.CreateSandboxRequest{
 		SandboxId: row.ID, Template: agentTemplate(tpl), Vcpus: uint32(vcpus), MemoryMb: uint32(mem),
 		DiskMb: uint32(disk), TimeoutSec: int64(timeout), EnvVars: templateEnv(tpl, in.EnvVars), Metadata: md, InternetAccess: in.InternetAccess,
-		DefaultUser: tpl.DefaultUser, DefaultWorkdir: tpl.Workdir,
+		DefaultUser: tpl.DefaultUser, DefaultWorkdir: tpl.Workdir, EnvdAccessToken: envdToken,
 	}
 	boot := func() (Sandbox, error) {
 		defer cancel()
@@ -660,12 +684,15 @@ func (s *Service) PauseSandbox(ctx context.Context, a auth.AuthContext, id strin
 	if _, err := c.PauseSandbox(lctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: r.ID})); err != nil {
 		return Sandbox{}, FromAgent("pause the sandbox", err)
 	}
-	return s.transition(lctx, a, ActorOf(a), r, StatusRunning, StatusPaused, "paused", nil)
+	return s.transition(lctx, a, Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{StatusRunning}, To: StatusPaused, Actor: ActorOf(a), Reason: "paused"})
 }
 
 // ResumeInput is POST /v1/sandboxes/{id}/resume.
 type ResumeInput struct {
 	TimeoutSec *int `json:"timeout_sec"`
+	// EndAfterSec, when set, restarts the end-of-life timer (the E2B
+	// API's connect); a resume without it leaves the sandbox no end.
+	EndAfterSec *int `json:"-"`
 }
 
 // ResumeSandbox restores a paused sandbox on its host.
@@ -677,6 +704,11 @@ func (s *Service) ResumeSandbox(ctx context.Context, a auth.AuthContext, id stri
 func (s *Service) resume(ctx context.Context, a auth.AuthContext, actor Actor, id string, in ResumeInput) (Sandbox, error) {
 	if err := s.checkTimeout("timeout_sec", in.TimeoutSec); err != nil {
 		return Sandbox{}, err
+	}
+	if in.EndAfterSec != nil {
+		if err := s.checkLifetime(*in.EndAfterSec); err != nil {
+			return Sandbox{}, err
+		}
 	}
 	r, err := s.loadSandbox(ctx, a, id)
 	if err != nil {
@@ -711,7 +743,11 @@ func (s *Service) resume(ctx context.Context, a auth.AuthContext, actor Actor, i
 	if _, err := c.ResumeSandbox(lctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: r.ID, TimeoutSec: &timeout})); err != nil {
 		return Sandbox{}, FromAgent("resume the sandbox", err)
 	}
-	return s.transition(lctx, a, actor, r, StatusPaused, StatusRunning, "resumed", newTimeout)
+	ch := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{StatusPaused}, To: StatusRunning, Actor: actor, Reason: "resumed", TimeoutSec: newTimeout}
+	if in.EndAfterSec != nil {
+		ch.EndAfterSec = new(int32(*in.EndAfterSec))
+	}
+	return s.transition(lctx, a, ch)
 }
 
 // reserveResume checks that a paused sandbox's host has room for it again
@@ -748,8 +784,7 @@ func (s *Service) reserveResume(ctx context.Context, r db.Sandbox) (release func
 // first (the reconciler reads the agent's state and may see a pause before
 // this call returns): that is success. Losing the race to a different
 // transition is a 409 naming the state the sandbox is in now.
-func (s *Service) transition(ctx context.Context, a auth.AuthContext, actor Actor, r db.Sandbox, from, to Status, reason string, timeout *int32) (Sandbox, error) {
-	c := Change{SandboxID: r.ID, TeamID: a.TeamID, From: []Status{from}, To: to, Actor: actor, Reason: reason, TimeoutSec: timeout}
+func (s *Service) transition(ctx context.Context, a auth.AuthContext, c Change) (Sandbox, error) {
 	t, ok, err := s.states.Change(ctx, c)
 	if err != nil {
 		return Sandbox{}, Internal("record sandbox state", err)
@@ -765,20 +800,22 @@ func (s *Service) transition(ctx context.Context, a auth.AuthContext, actor Acto
 		return Sandbox{}, Internal("record sandbox state", err)
 	}
 	if !same {
-		return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", r.ID, now.Status)}
+		return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently; it is now %s", c.SandboxID, now.Status)}
 	}
-	if timeout == nil {
-		return toSandbox(now), nil
+	// Same state already recorded; what the change also set still has to be.
+	if c.TimeoutSec != nil {
+		now, err = s.q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: c.SandboxID, TeamID: a.TeamID, Status: string(c.To), TimeoutSec: *c.TimeoutSec})
+		if isNoRows(err) {
+			return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently", c.SandboxID)}
+		}
+		if err != nil {
+			return Sandbox{}, Internal("record sandbox timeout", err)
+		}
 	}
-	// Same state already recorded; the new timeout still has to be.
-	row, err := s.q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: r.ID, TeamID: a.TeamID, Status: string(to), TimeoutSec: *timeout})
-	if isNoRows(err) {
-		return Sandbox{}, &Error{Kind: CodeInvalidState.Kind(), Code: CodeInvalidState, Message: fmt.Sprintf("sandbox %s changed state concurrently", r.ID)}
+	if c.EndAfterSec != nil {
+		return s.SetSandboxEnd(ctx, a, c.SandboxID, int(*c.EndAfterSec), false)
 	}
-	if err != nil {
-		return Sandbox{}, Internal("record sandbox timeout", err)
-	}
-	return toSandbox(row), nil
+	return toSandbox(now), nil
 }
 
 // PingResult is POST /v1/sandboxes/{id}/ping.

@@ -83,12 +83,22 @@ var (
 	ActorAutoResume = Actor{Type: ActorSystem, ID: "auto-resume", Name: "auto-resume"}
 	// ActorBuildReaper fails builds whose worker died.
 	ActorBuildReaper = Actor{Type: ActorSystem, ID: "build-reaper", Name: "build reaper"}
+	// ActorSandboxEnd ends sandboxes whose end-of-life timer passed.
+	ActorSandboxEnd = Actor{Type: ActorSystem, ID: "sandbox-end", Name: "end-of-life timer"}
 )
 
 // ActorOf is the actor behind an authenticated request.
 func ActorOf(a auth.AuthContext) Actor {
-	if a.Method == auth.MethodAPIKey {
+	switch a.Method {
+	case auth.MethodAPIKey:
 		return Actor{Type: ActorAPIKey, ID: a.APIKeyID, Name: a.APIKeyName}
+	case auth.MethodSystem:
+		for _, s := range []Actor{ActorReconciler, ActorHostMonitor, ActorAutoPause, ActorChannelDispatcher, ActorBuildWorker, ActorBuildReaper, ActorSandboxEnd} {
+			if s.ID == a.SystemActor {
+				return s
+			}
+		}
+		return Actor{Type: ActorSystem, ID: a.SystemActor, Name: a.SystemActor}
 	}
 	return Actor{Type: ActorUser, ID: a.UserID, Name: a.UserEmail}
 }
@@ -111,6 +121,9 @@ type Change struct {
 	ErrorMessage *string
 	// TimeoutSec, when set, replaces the idle timeout with the change.
 	TimeoutSec *int32
+	// EndAfterSec, when set, restarts the end-of-life timer with the change
+	// (a pause stops it; see SetSandboxStatus).
+	EndAfterSec *int32
 }
 
 // Transition is a change that was made.
@@ -242,7 +255,7 @@ func (tx *StateTx) Change(ctx context.Context, c Change) (Transition, bool, erro
 		return Transition{}, false, fmt.Errorf("sandbox %s state change: to, from, actor and reason are required", c.SandboxID)
 	}
 	p := db.SetSandboxStatusParams{ID: c.SandboxID, FromStatuses: StatusStrings(c.From), ToStatus: string(c.To),
-		SeenUpdatedAt: c.SeenUpdatedAt, ErrorMessage: c.ErrorMessage, TimeoutSec: c.TimeoutSec}
+		SeenUpdatedAt: c.SeenUpdatedAt, ErrorMessage: c.ErrorMessage, TimeoutSec: c.TimeoutSec, EndAfterSec: c.EndAfterSec}
 	if c.TeamID != "" {
 		p.TeamID = &c.TeamID
 	}

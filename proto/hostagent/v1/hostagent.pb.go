@@ -251,8 +251,12 @@ type CreateSandboxRequest struct {
 	// built template's USER and WORKDIR); empty: envd's own.
 	DefaultUser    string `protobuf:"bytes,10,opt,name=default_user,json=defaultUser,proto3" json:"default_user,omitempty"`
 	DefaultWorkdir string `protobuf:"bytes,11,opt,name=default_workdir,json=defaultWorkdir,proto3" json:"default_workdir,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The access token envd requires, minted by the control plane (which
+	// hands it to E2B SDKs); kept across pause and resume. Empty: the agent
+	// mints one at every boot.
+	EnvdAccessToken string `protobuf:"bytes,12,opt,name=envd_access_token,json=envdAccessToken,proto3" json:"envd_access_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
@@ -358,6 +362,13 @@ func (x *CreateSandboxRequest) GetDefaultUser() string {
 func (x *CreateSandboxRequest) GetDefaultWorkdir() string {
 	if x != nil {
 		return x.DefaultWorkdir
+	}
+	return ""
+}
+
+func (x *CreateSandboxRequest) GetEnvdAccessToken() string {
+	if x != nil {
+		return x.EnvdAccessToken
 	}
 	return ""
 }
@@ -4542,7 +4553,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fenvd_address\x18\r \x01(\tR\venvdAddress\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xeb\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -4557,7 +4568,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0finternet_access\x18\t \x01(\bH\x00R\x0einternetAccess\x88\x01\x01\x12!\n" +
 	"\fdefault_user\x18\n" +
 	" \x01(\tR\vdefaultUser\x12'\n" +
-	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x1a:\n" +
+	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x12*\n" +
+	"\x11envd_access_token\x18\f \x01(\tR\x0fenvdAccessToken\x1a:\n" +
 	"\fEnvVarsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +

@@ -133,15 +133,29 @@ func (n *Names) Host(id string, port int) string {
 // URL is the base URL of port of sandbox id; reqPort is the port the
 // request that asks came to (used when CP_PUBLIC_URL is not set).
 func (n *Names) URL(id string, port int, reqPort string) string {
-	p := n.port
-	if n.apiHost == "" {
-		p = reqPort
-	}
 	h := n.Host(id, port)
-	if p != "" {
+	if p := n.portFor(reqPort); p != "" {
 		h = net.JoinHostPort(h, p)
 	}
 	return n.scheme + "://" + h + "/"
+}
+
+// portFor is the port of handed-out names: CP_PUBLIC_URL's, or the
+// request's when it is not set.
+func (n *Names) portFor(reqPort string) string {
+	if n.apiHost == "" {
+		return reqPort
+	}
+	return n.port
+}
+
+// SDKDomain is the domain as E2B's SDKs take it: sandbox.getHost(port)
+// makes "{port}-{id}." + it, so it carries the port of handed-out URLs.
+func (n *Names) SDKDomain(reqPort string) string {
+	if p := n.portFor(reqPort); p != "" {
+		return net.JoinHostPort(n.domain, p)
+	}
+	return n.domain
 }
 
 // Secure says whether handed-out URLs are https (cookies are Secure).

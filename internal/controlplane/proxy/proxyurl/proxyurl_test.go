@@ -170,3 +170,30 @@ func TestPreviewTokens(t *testing.T) {
 		}
 	}
 }
+
+func TestSDKDomain(t *testing.T) {
+	tests := []struct {
+		name, publicURL, reqPort, want string
+	}{
+		{"no public URL: the request's port", "", "8000", "localhost:8000"},
+		{"no public URL, default port", "", "", "localhost"},
+		{"public URL with a port", "http://cp.example.com:9000", "8000", "localhost:9000"},
+		{"public URL without a port", "https://cp.example.com", "8000", "localhost"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := New("", tc.publicURL, []byte(strings.Repeat("k", 32)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := n.SDKDomain(tc.reqPort)
+			if got != tc.want {
+				t.Fatalf("SDKDomain(%q) = %q, want %q", tc.reqPort, got, tc.want)
+			}
+			// What the SDK's getHost makes of it is a name the proxy serves.
+			if host := "8080-sb-abcdefghijklmnopqrst." + got; !n.IsProxyHost(host) {
+				t.Fatalf("%s is not a proxy host", host)
+			}
+		})
+	}
+}
