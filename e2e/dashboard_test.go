@@ -44,7 +44,8 @@ func loadAverage(t *testing.T) float64 {
 // TestDashboardInBrowser drives the embedded dashboard of `wrenn dev` in
 // Debian's Chromium (web/tests/browser.mjs, playwright-core): sign up,
 // create a capsule, `echo hi` in its terminal, upload and download a file,
-// pause and resume, an API key shown once, team, hosts, an expired session
+// a preview link of a web server in the guest opened through the proxy (and
+// envd's port refused in words), pause and resume, an API key shown once, team, hosts, an expired session
 // and the control plane down; sign-in with GitHub (against the fake GitHub,
 // githubtest, on loopback), the admin area refused to a member, and an
 // admin building a template from a tiny recipe (a real build VM) and
@@ -128,7 +129,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if res.InteractiveMS <= 0 || time.Duration(res.InteractiveMS)*time.Millisecond > budget {
 		t.Errorf("first signed-in page interactive in %d ms, want within %s", res.InteractiveMS, budget.Round(time.Millisecond))
 	}
-	for _, name := range []string{"signup", "capsules-empty", "capsule-overview", "capsule-terminal", "capsule-files", "capsules-list", "capsules-list-375", "keys", "team", "team-dark", "hosts", "signin", "cp-down",
+	for _, name := range []string{"signup", "capsules-empty", "capsule-overview", "capsule-terminal", "capsule-files", "capsule-preview", "capsules-list", "capsules-list-375", "keys", "team", "team-dark", "hosts", "signin", "cp-down",
 		"signin-github", "github-signed-in", "oauth-callback-error", "admin-not-allowed", "admin-templates", "admin-create-template", "admin-builds", "admin-builds-375", "admin-builds-dark",
 		"capsules-stats", "capsules-stats-dark", "capsules-stats-375", "capsule-metrics", "audit", "audit-375", "channels", "channels-375"} {
 		if _, err := os.Stat(filepath.Join(artifacts, name+".png")); err != nil {

@@ -37,8 +37,9 @@ let expected = null;
 const browser = await chromium.launch({
 	executablePath: must('CHROMIUM'),
 	headless: true,
-	// Nothing resolves: the test server is addressed by IP.
-	args: ['--no-sandbox', `--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE ${new URL(base).hostname}`, '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-default-apps']
+	// Nothing resolves but *.localhost (sandbox ports through the proxy, on
+	// the control plane's listener): the test server is addressed by IP.
+	args: ['--no-sandbox', `--host-resolver-rules=MAP *.localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE ${new URL(base).hostname}`, '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-default-apps']
 });
 const results = {};
 let step = 'start';
@@ -243,6 +244,63 @@ try {
 		await shot(page, 'capsule-files');
 		await dirRow.getByRole('button', { name: /Delete/ }).click();
 		await dirRow.waitFor({ state: 'detached' });
+	});
+
+	// ---- Preview link: a web server in the guest, opened through the proxy ----
+	await run('overview: preview link of a guest port', async () => {
+		const csrf = (await context.cookies()).find((c) => c.name === 'wrenn_csrf')?.value ?? '';
+		const started = await page.request.post(`${base}/v1/sandboxes/${capsuleID}/exec`, {
+			headers: { 'X-CSRF-Token': csrf },
+			data: { cmd: '/bin/sh', args: ['-c', 'mkdir -p /tmp/www && echo served-by-guest > /tmp/www/index.html && busybox httpd -p 8080 -h /tmp/www'], timeout_sec: 60 }
+		});
+		const exec = await started.json();
+		if (started.status() !== 200 || exec.exit_code !== 0) throw new Error(`starting httpd in the guest: ${started.status()} ${JSON.stringify(exec)}`);
+
+		// The tab list's keys (Tabs.svelte) move the selection, kept in the URL.
+		await page.getByRole('tab', { name: 'Overview' }).click();
+		for (const [key, name] of [['End', 'Metrics'], ['ArrowRight', 'Overview'], ['ArrowLeft', 'Metrics'], ['Home', 'Overview']]) {
+			await page.keyboard.press(key);
+			await page.waitForURL((u) => u.searchParams.get('tab') === name.toLowerCase());
+			const tab = page.getByRole('tab', { name });
+			if ((await tab.getAttribute('aria-selected')) !== 'true' || !(await tab.evaluate((el) => el === document.activeElement)))
+				throw new Error(`${key} did not select and focus ${name}`);
+		}
+		const form = page.getByRole('region', { name: 'Open a port' });
+		const create = form.getByRole('button', { name: 'Create preview link' });
+
+		// envd's own port is refused, in words.
+		await form.getByLabel('Port').fill('49983');
+		expected = /HTTP 403 POST \/v1\/sandboxes\/[^/]+\/preview-urls|status of 403/;
+		await create.click();
+		const refused = form.getByRole('alert');
+		await refused.filter({ hasText: '(port_not_allowed)' }).waitFor();
+		const words = await refused.textContent();
+		if (!/port 49983 is the sandbox agent's own/.test(words ?? '')) throw new Error(`the 403 says ${JSON.stringify(words)}`);
+		expected = null;
+
+		await form.getByLabel('Port').fill('8080');
+		await create.click();
+		const link = form.getByRole('link', { name: /^http:\/\/8080-/ });
+		await link.waitFor();
+		await refused.waitFor({ state: 'detached' });
+		const href = new URL((await link.getAttribute('href')) ?? '');
+		const want = `8080-${capsuleID}.localhost:${new URL(base).port}`;
+		if (href.host !== want || !href.searchParams.get('wrenn_preview')) throw new Error(`preview URL ${href}, want one on ${want} with a token`);
+		if ((await link.getAttribute('target')) !== '_blank' || !((await link.getAttribute('rel')) ?? '').split(' ').includes('noopener'))
+			throw new Error('the preview link does not open in a new tab with rel=noopener');
+		await shot(page, 'capsule-preview');
+
+		// The link opens a new page of the same context: the token becomes a
+		// cookie for that host and the guest's page is served.
+		allowedHosts.add(href.host);
+		const [opened] = await Promise.all([context.waitForEvent('page'), link.click()]);
+		try {
+			await opened.waitForURL(`${href.origin}/`);
+			await opened.getByText('served-by-guest', { exact: true }).waitFor();
+		} finally {
+			await opened.close();
+			allowedHosts.delete(href.host);
+		}
 	});
 
 	await run('pause and resume', async () => {
