@@ -107,6 +107,7 @@ func TestExecStream(t *testing.T) {
 		{"unknown field", `{"type":"start","cmd":"echo","shell":true}`, "shell"},
 		{"args wrong type", `{"type":"start","cmd":"echo","args":"x"}`, "args"},
 		{"background", `{"type":"start","cmd":"echo","background":true}`, "background"},
+		{"stdin", `{"type":"start","cmd":"cat","stdin":"data"}`, "stdin"},
 	}
 	for _, tt := range bad {
 		t.Run("bad start "+tt.name, func(t *testing.T) {

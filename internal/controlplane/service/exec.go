@@ -135,6 +135,10 @@ func (s *Service) ExecStream(ctx context.Context, a auth.AuthContext, id string,
 	if err := s.CheckExec(in); err != nil {
 		return nil, err
 	}
+	// The agent's stream carries no stdin: refuse it rather than drop it.
+	if in.Stdin != "" {
+		return nil, Invalid("stdin", "stdin is not supported on the stream; use POST /exec")
+	}
 	r, c, err := s.runningSandbox(ctx, a, id)
 	if err != nil {
 		return nil, err
