@@ -76,6 +76,11 @@ only repacks the cached tree). A second run with the same inputs does nothing.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "WRENN_DIR: %s\n", st.Dir)
+			if st.Base.Present {
+				fmt.Fprintf(cmd.OutOrStdout(), "base template: %s\n", st.Base.RealPath)
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), "base template: not built (optional; `wrenn images build` builds it)")
+			}
 			if st.Ready() {
 				fmt.Fprintln(cmd.OutOrStdout(), "images: ready")
 				return nil

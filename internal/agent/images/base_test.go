@@ -85,6 +85,9 @@ func TestBuildBaseFromCachedTree(t *testing.T) {
 	if !res.BaseBuilt || res.BasePath != b.paths.RootfsFile(BaseTemplate, res.BaseKey) {
 		t.Fatalf("result %+v", res)
 	}
+	if st, err := Status(b.paths.Dir); err != nil || !st.Base.Present || st.Base.RealPath != res.BasePath || st.Base.Key != res.BaseKey {
+		t.Fatalf("Status after the base build: %+v, %v", st.Base, err)
+	}
 	checks := []struct{ req, want string }{
 		{"cat /etc/hostname", "sandbox\n"},
 		{"cat /etc/resolv.conf", ""},

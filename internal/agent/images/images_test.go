@@ -249,7 +249,7 @@ func TestStatusMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Ready() || len(st.Missing) != 2 {
+	if st.Ready() || len(st.Missing) != 2 || st.Base.Present {
 		t.Fatalf("empty dir: %+v", st)
 	}
 	if err := st.Err(); !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), "wrenn images build") {

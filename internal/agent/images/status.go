@@ -22,6 +22,9 @@ type StatusReport struct {
 	Dir     string
 	Kernel  ArtifactStatus
 	Minimal ArtifactStatus
+	// Base is the optional Debian template (`--base=false` skips it): it
+	// is reported, never counted as missing.
+	Base ArtifactStatus
 	// Metadata of the minimal template, when present.
 	Metadata *Metadata
 	// Missing lists, for people, what is absent.
@@ -60,6 +63,11 @@ func Status(wrennDir string) (StatusReport, error) {
 	if !st.Minimal.Present {
 		st.Missing = append(st.Missing, "minimal template ("+p.Rootfs(MinimalTemplate)+")")
 	}
+	st.Base, err = artifact(p.Rootfs(BaseTemplate), "rootfs-")
+	if err != nil {
+		return st, err
+	}
+	st.Base.Key = strings.TrimSuffix(st.Base.Key, ".ext4")
 	if m, err := ReadMetadata(p.Metadata(MinimalTemplate)); err == nil {
 		st.Metadata = &m
 	} else if st.Minimal.Present {
