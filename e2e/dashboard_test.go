@@ -54,16 +54,7 @@ func loadAverage(t *testing.T) float64 {
 // $WRENN_TEST_ARTIFACTS).
 func TestDashboardInBrowser(t *testing.T) {
 	src := requirePlatform(t)
-	chromium, err := exec.LookPath("chromium")
-	testenv.Require(t, err == nil, "Chromium not installed (Debian package chromium; scripts/setup.sh installs it)")
-	node, err := exec.LookPath("node")
-	testenv.Require(t, err == nil, "node not installed (scripts/setup.sh installs it)")
-	webDir, err := filepath.Abs("../web")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = os.Stat(filepath.Join(webDir, "node_modules", "playwright-core"))
-	testenv.Require(t, err == nil, "web/node_modules has no playwright-core (run `make web`)")
+	chromium, node, webDir := requireBrowser(t)
 	artifacts := os.Getenv("WRENN_TEST_ARTIFACTS")
 	if artifacts == "" {
 		artifacts = filepath.Join(webDir, "test-artifacts")

@@ -500,3 +500,21 @@ func scrub(t testing.TB, dir, prefix, netRange string) {
 		t.Logf("cleanup: network shutdown: %v", err)
 	}
 }
+
+// requireBrowser checks what the headless-Chromium tests need and returns
+// Chromium's and node's paths and the web directory (its node_modules holds
+// playwright-core).
+func requireBrowser(t testing.TB) (chromium, node, webDir string) {
+	t.Helper()
+	chromium, err := exec.LookPath("chromium")
+	testenv.Require(t, err == nil, "Chromium not installed (Debian package chromium; scripts/setup.sh installs it)")
+	node, err = exec.LookPath("node")
+	testenv.Require(t, err == nil, "node not installed (scripts/setup.sh installs it)")
+	webDir, err = filepath.Abs("../web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = os.Stat(filepath.Join(webDir, "node_modules", "playwright-core"))
+	testenv.Require(t, err == nil, "web/node_modules has no playwright-core (run `make web`)")
+	return chromium, node, webDir
+}

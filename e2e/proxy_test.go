@@ -20,8 +20,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-
-	"github.com/wrenn-dev/wrenn/internal/testenv"
 )
 
 // proxyHost is the proxy hostname of port of sandbox id under wrenn dev's
@@ -379,16 +377,7 @@ func testPreviewURL(t *testing.T, key client, cpAddr, id string) {
 		}
 	}
 	t.Run("in headless Chromium", func(t *testing.T) {
-		chromium, err := exec.LookPath("chromium")
-		testenv.Require(t, err == nil, "Chromium not installed (Debian package chromium; scripts/setup.sh installs it)")
-		node, err := exec.LookPath("node")
-		testenv.Require(t, err == nil, "node not installed (scripts/setup.sh installs it)")
-		webDir, err := filepath.Abs("../web")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = os.Stat(filepath.Join(webDir, "node_modules", "playwright-core"))
-		testenv.Require(t, err == nil, "web/node_modules has no playwright-core (run `make web`)")
+		chromium, node, webDir := requireBrowser(t)
 		var fresh struct {
 			URL string `json:"url"`
 		}
