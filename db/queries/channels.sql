@@ -44,17 +44,31 @@ WHERE team_id = $1 AND enabled;
 -- name: ChannelForDelivery :one
 SELECT * FROM channels WHERE id = $1;
 
--- name: InsertDeliveries :many
--- Records the deliveries of a batch of events (one element per event and
--- channel), taken by this replica for their first attempt at once; rows
--- that exist (an entry read again) are left alone.
-INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, locked_until)
--- (set-returning functions in one select list advance together)
-SELECT unnest(sqlc.arg(event_ids)::text[]), unnest(sqlc.arg(event_types)::text[]), unnest(sqlc.arg(channel_ids)::text[]),
-       unnest(sqlc.arg(payloads)::text[]), unnest(sqlc.arg(stream_ids)::text[]),
-       now() + make_interval(secs => sqlc.arg(lock_seconds)::float8)
+-- name: RecordFirstAttempts :many
+-- Writes deliveries with their first attempt's outcome (one element per
+-- event and channel): pending with next_attempt_at for a retry (attempts
+-- 0 and due at once for one handed back untried), or final. A row that
+-- exists (the event was also attempted from another entry) is left
+-- alone; the rows written are returned.
+INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
+                                last_status_code, last_error)
+SELECT u.event_id, u.event_type, u.channel_id, u.payload, u.stream_id, u.status, u.attempts,
+       now() + make_interval(secs => u.retry_in), NULLIF(u.code, 0), NULLIF(u.err, '')
+FROM (SELECT unnest(sqlc.arg(event_ids)::text[]) AS event_id, unnest(sqlc.arg(event_types)::text[]) AS event_type,
+             unnest(sqlc.arg(channel_ids)::text[]) AS channel_id, unnest(sqlc.arg(payloads)::text[]) AS payload,
+             unnest(sqlc.arg(stream_ids)::text[]) AS stream_id, unnest(sqlc.arg(statuses)::text[]) AS status,
+             unnest(sqlc.arg(attempts)::int[]) AS attempts, unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in,
+             unnest(sqlc.arg(codes)::int[]) AS code, unnest(sqlc.arg(errors)::text[]) AS err) AS u
 ON CONFLICT (event_id, channel_id) DO NOTHING
-RETURNING *;
+RETURNING event_id, channel_id;
+
+-- name: DeliveriesOfEvents :many
+-- The deliveries recorded for these events, and whether each is final:
+-- an index lookup per event (OFFSET 0 keeps the planner from turning it
+-- into a scan of the whole table when its statistics predate its growth).
+SELECT d.event_id, d.channel_id, d.status
+FROM unnest(sqlc.arg(event_ids)::text[]) AS e(id)
+CROSS JOIN LATERAL (SELECT event_id, channel_id, status FROM channel_deliveries WHERE event_id = e.id OFFSET 0) AS d;
 
 -- name: ClaimDueDeliveries :many
 -- Takes pending deliveries that are due and that no live replica holds.
@@ -90,15 +104,6 @@ FROM (SELECT unnest(sqlc.arg(ids)::text[]) AS id, unnest(sqlc.arg(statuses)::tex
              unnest(sqlc.arg(codes)::int[]) AS code, unnest(sqlc.arg(errors)::text[]) AS err) AS u
 WHERE d.id = u.id
 RETURNING d.event_id, d.stream_id, d.status;
-
--- name: SettledEvents :many
--- The events among these with no delivery still pending.
-SELECT e.id::text FROM unnest(sqlc.arg(event_ids)::text[]) AS e(id)
-WHERE NOT EXISTS (SELECT 1 FROM channel_deliveries d WHERE d.event_id = e.id AND d.status = 'pending');
-
--- name: EventPending :one
--- Whether any delivery of the event still waits for a final outcome.
-SELECT EXISTS (SELECT 1 FROM channel_deliveries WHERE event_id = $1 AND status = 'pending');
 
 -- name: ListDeliveries :many
 -- A channel's deliveries, newest first, after the (created_at, id) cursor.

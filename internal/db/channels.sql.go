@@ -153,6 +153,41 @@ func (q *Queries) DeleteChannel(ctx context.Context, arg DeleteChannelParams) (C
 	return i, err
 }
 
+const deliveriesOfEvents = `-- name: DeliveriesOfEvents :many
+SELECT d.event_id, d.channel_id, d.status
+FROM unnest($1::text[]) AS e(id)
+CROSS JOIN LATERAL (SELECT event_id, channel_id, status FROM channel_deliveries WHERE event_id = e.id OFFSET 0) AS d
+`
+
+type DeliveriesOfEventsRow struct {
+	EventID   string `json:"event_id"`
+	ChannelID string `json:"channel_id"`
+	Status    string `json:"status"`
+}
+
+// The deliveries recorded for these events, and whether each is final:
+// an index lookup per event (OFFSET 0 keeps the planner from turning it
+// into a scan of the whole table when its statistics predate its growth).
+func (q *Queries) DeliveriesOfEvents(ctx context.Context, eventIds []string) ([]DeliveriesOfEventsRow, error) {
+	rows, err := q.db.Query(ctx, deliveriesOfEvents, eventIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []DeliveriesOfEventsRow{}
+	for rows.Next() {
+		var i DeliveriesOfEventsRow
+		if err := rows.Scan(&i.EventID, &i.ChannelID, &i.Status); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const disableChannel = `-- name: DisableChannel :one
 UPDATE channels SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1 AND enabled
 RETURNING id, team_id, name, provider, config_sealed, events, enabled, disabled_reason, created_at, updated_at
@@ -180,18 +215,6 @@ func (q *Queries) DisableChannel(ctx context.Context, arg DisableChannelParams) 
 		&i.UpdatedAt,
 	)
 	return i, err
-}
-
-const eventPending = `-- name: EventPending :one
-SELECT EXISTS (SELECT 1 FROM channel_deliveries WHERE event_id = $1 AND status = 'pending')
-`
-
-// Whether any delivery of the event still waits for a final outcome.
-func (q *Queries) EventPending(ctx context.Context, eventID string) (bool, error) {
-	row := q.db.QueryRow(ctx, eventPending, eventID)
-	var exists bool
-	err := row.Scan(&exists)
-	return exists, err
 }
 
 const finishAttempts = `-- name: FinishAttempts :many
@@ -280,70 +303,6 @@ func (q *Queries) GetChannel(ctx context.Context, arg GetChannelParams) (Channel
 		&i.UpdatedAt,
 	)
 	return i, err
-}
-
-const insertDeliveries = `-- name: InsertDeliveries :many
-INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, locked_until)
-SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[]),
-       unnest($4::text[]), unnest($5::text[]),
-       now() + make_interval(secs => $6::float8)
-ON CONFLICT (event_id, channel_id) DO NOTHING
-RETURNING id, event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at, locked_until, last_status_code, last_error, created_at, updated_at
-`
-
-type InsertDeliveriesParams struct {
-	EventIds    []string `json:"event_ids"`
-	EventTypes  []string `json:"event_types"`
-	ChannelIds  []string `json:"channel_ids"`
-	Payloads    []string `json:"payloads"`
-	StreamIds   []string `json:"stream_ids"`
-	LockSeconds float64  `json:"lock_seconds"`
-}
-
-// Records the deliveries of a batch of events (one element per event and
-// channel), taken by this replica for their first attempt at once; rows
-// that exist (an entry read again) are left alone.
-// (set-returning functions in one select list advance together)
-func (q *Queries) InsertDeliveries(ctx context.Context, arg InsertDeliveriesParams) ([]ChannelDelivery, error) {
-	rows, err := q.db.Query(ctx, insertDeliveries,
-		arg.EventIds,
-		arg.EventTypes,
-		arg.ChannelIds,
-		arg.Payloads,
-		arg.StreamIds,
-		arg.LockSeconds,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []ChannelDelivery{}
-	for rows.Next() {
-		var i ChannelDelivery
-		if err := rows.Scan(
-			&i.ID,
-			&i.EventID,
-			&i.EventType,
-			&i.ChannelID,
-			&i.Payload,
-			&i.StreamID,
-			&i.Status,
-			&i.Attempts,
-			&i.NextAttemptAt,
-			&i.LockedUntil,
-			&i.LastStatusCode,
-			&i.LastError,
-			&i.CreatedAt,
-			&i.UpdatedAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const listChannels = `-- name: ListChannels :many
@@ -482,6 +441,74 @@ func (q *Queries) MatchingChannels(ctx context.Context, teamID string) ([]Matchi
 	return items, nil
 }
 
+const recordFirstAttempts = `-- name: RecordFirstAttempts :many
+INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
+                                last_status_code, last_error)
+SELECT u.event_id, u.event_type, u.channel_id, u.payload, u.stream_id, u.status, u.attempts,
+       now() + make_interval(secs => u.retry_in), NULLIF(u.code, 0), NULLIF(u.err, '')
+FROM (SELECT unnest($1::text[]) AS event_id, unnest($2::text[]) AS event_type,
+             unnest($3::text[]) AS channel_id, unnest($4::text[]) AS payload,
+             unnest($5::text[]) AS stream_id, unnest($6::text[]) AS status,
+             unnest($7::int[]) AS attempts, unnest($8::float8[]) AS retry_in,
+             unnest($9::int[]) AS code, unnest($10::text[]) AS err) AS u
+ON CONFLICT (event_id, channel_id) DO NOTHING
+RETURNING event_id, channel_id
+`
+
+type RecordFirstAttemptsParams struct {
+	EventIds       []string  `json:"event_ids"`
+	EventTypes     []string  `json:"event_types"`
+	ChannelIds     []string  `json:"channel_ids"`
+	Payloads       []string  `json:"payloads"`
+	StreamIds      []string  `json:"stream_ids"`
+	Statuses       []string  `json:"statuses"`
+	Attempts       []int32   `json:"attempts"`
+	RetryInSeconds []float64 `json:"retry_in_seconds"`
+	Codes          []int32   `json:"codes"`
+	Errors         []string  `json:"errors"`
+}
+
+type RecordFirstAttemptsRow struct {
+	EventID   string `json:"event_id"`
+	ChannelID string `json:"channel_id"`
+}
+
+// Writes deliveries with their first attempt's outcome (one element per
+// event and channel): pending with next_attempt_at for a retry (attempts
+// 0 and due at once for one handed back untried), or final. A row that
+// exists (the event was also attempted from another entry) is left
+// alone; the rows written are returned.
+func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) ([]RecordFirstAttemptsRow, error) {
+	rows, err := q.db.Query(ctx, recordFirstAttempts,
+		arg.EventIds,
+		arg.EventTypes,
+		arg.ChannelIds,
+		arg.Payloads,
+		arg.StreamIds,
+		arg.Statuses,
+		arg.Attempts,
+		arg.RetryInSeconds,
+		arg.Codes,
+		arg.Errors,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []RecordFirstAttemptsRow{}
+	for rows.Next() {
+		var i RecordFirstAttemptsRow
+		if err := rows.Scan(&i.EventID, &i.ChannelID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const releaseDeliveries = `-- name: ReleaseDeliveries :exec
 UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()
 WHERE id = ANY($1::text[]) AND status = 'pending'
@@ -521,32 +548,6 @@ func (q *Queries) SetChannelConfig(ctx context.Context, arg SetChannelConfigPara
 		&i.UpdatedAt,
 	)
 	return i, err
-}
-
-const settledEvents = `-- name: SettledEvents :many
-SELECT e.id::text FROM unnest($1::text[]) AS e(id)
-WHERE NOT EXISTS (SELECT 1 FROM channel_deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
-`
-
-// The events among these with no delivery still pending.
-func (q *Queries) SettledEvents(ctx context.Context, eventIds []string) ([]string, error) {
-	rows, err := q.db.Query(ctx, settledEvents, eventIds)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []string{}
-	for rows.Next() {
-		var e_id string
-		if err := rows.Scan(&e_id); err != nil {
-			return nil, err
-		}
-		items = append(items, e_id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const updateChannel = `-- name: UpdateChannel :one

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/channels/webhookverify"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/testenv"
@@ -29,7 +32,25 @@ type benchWorld struct {
 	mu      sync.Mutex
 	arrived map[string]time.Time // event id: last of its n deliveries
 	count   map[string]int
-	total   atomic.Int64
+	total   atomic.Int64 // deliveries with a valid signature
+	forged  atomic.Int64 // deliveries without one
+	conns   atomic.Int64 // connections the receiver accepted
+}
+
+const benchSecret = "whsec_0123456789abcdef"
+
+// wait waits until every one of want deliveries arrived signed.
+func (bw *benchWorld) wait(b *testing.B, want int64, within time.Duration) {
+	deadline := time.Now().Add(within)
+	for bw.total.Load() < want {
+		if n := bw.forged.Load(); n > 0 {
+			b.Fatalf("%d deliveries with an invalid signature", n)
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d deliveries", bw.total.Load(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // benchSandboxes is how many sandboxes the events are about: a channel
@@ -54,7 +75,16 @@ func newBenchWorld(b *testing.B, benchChannels int) *benchWorld {
 	u.RawQuery = q.Encode()
 	w := newWorldOn(b, u.String())
 	bw := &benchWorld{world: w, n: benchChannels, arrived: map[string]time.Time{}, count: map[string]int{}}
-	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+	// The receiver checks every signature, as a real one must, and counts
+	// the connections it accepted: the dispatcher should keep a few alive,
+	// not dial per delivery.
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil || !webhookverify.Valid(r.Header.Get("X-Wrenn-Signature"), body, benchSecret, time.Now()) {
+			bw.forged.Add(1)
+			rw.WriteHeader(http.StatusUnauthorized)
+			return
+		}
 		id := r.Header.Get("X-Wrenn-Event-Id")
 		now := time.Now()
 		bw.mu.Lock()
@@ -66,10 +96,16 @@ func newBenchWorld(b *testing.B, benchChannels int) *benchWorld {
 		bw.total.Add(1)
 		rw.WriteHeader(http.StatusNoContent)
 	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			bw.conns.Add(1)
+		}
+	}
+	srv.Start()
 	b.Cleanup(srv.Close)
 	for i := range benchChannels {
 		if _, err := w.svc.Create(context.Background(), w.who, CreateInput{Name: fmt.Sprintf("bench-%d", i), Provider: Webhook,
-			Config: Config{"url": srv.URL, "secret": "whsec_0123456789abcdef"}, Events: []string{"sandbox.*"}}); err != nil {
+			Config: Config{"url": srv.URL, "secret": benchSecret}, Events: []string{"sandbox.*"}}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -110,13 +146,7 @@ func benchThroughput(b *testing.B, benchChannels int) {
 		}
 	}
 	want := int64(b.N * benchChannels)
-	deadline := time.Now().Add(10 * time.Minute)
-	for bw.total.Load() < want {
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d deliveries", bw.total.Load(), want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	bw.wait(b, want, 10*time.Minute)
 	took, cpu := time.Since(start), processCPU(b)-cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/took.Seconds(), "events/s")
@@ -125,6 +155,7 @@ func benchThroughput(b *testing.B, benchChannels int) {
 	// unlike the rates, it does not depend on the CPU share the machine's
 	// other work leaves; PostgreSQL's and Redis's share is not in it.
 	b.ReportMetric(float64(cpu.Microseconds())/float64(want), "cpu-us/delivery")
+	b.ReportMetric(float64(bw.conns.Load()), "receiver-conns")
 }
 
 // BenchmarkDeliveryLatency: events published at 100 a second, the time
@@ -152,13 +183,7 @@ func benchLatency(b *testing.B, benchChannels int) {
 			b.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(time.Minute)
-	for bw.total.Load() < int64(b.N*benchChannels) {
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d deliveries", bw.total.Load(), b.N*benchChannels)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	bw.wait(b, int64(b.N*benchChannels), time.Minute)
 	b.StopTimer()
 	bw.mu.Lock()
 	lat := make([]time.Duration, 0, b.N)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -76,11 +78,14 @@ func (c *DispatcherConfig) defaults() {
 
 // Dispatcher reads events.StreamKey in the consumer group and delivers
 // each event to its team's matching channels. Every (event, channel) pair
-// is a row of channel_deliveries, which holds the retry schedule, so a
-// retry survives the restart of every control plane; an entry is acked
-// only once every delivery of its event is final. Every replica runs one:
-// the group shares entries between them and rows are taken with SKIP
-// LOCKED and a lock that expires.
+// becomes a row of channel_deliveries, written once with its first
+// attempt's outcome; until then the unacked stream entry is the durable
+// record, so a crash mid-attempt leads to the entry being claimed and the
+// missing deliveries made. A pending row holds the retry schedule, so a
+// retry survives the restart of every control plane. An entry is acked
+// only once every matching channel has a final row. Every replica runs
+// one: the group shares entries between them and retry rows are taken
+// with SKIP LOCKED and a lock that expires.
 type Dispatcher struct {
 	cfg    DispatcherConfig
 	q      *db.Queries
@@ -99,15 +104,31 @@ type Dispatcher struct {
 
 	cacheMu sync.Mutex
 	cache   map[string]cachedChannel
+
+	flightMu sync.Mutex
+	flights  map[string]*flight // by event id
+}
+
+// flight is an event whose first attempts this process is making. Its
+// entries stay unacked, and kept claimed by this consumer, until every
+// one is recorded.
+type flight struct {
+	ev        *events.Event
+	streamIDs []string // one, or more when the event was published twice
+	remaining int      // first attempts not recorded yet
+	pending   bool     // a delivery of the event waits (or may wait) for a retry
+	lost      bool     // a record failed: the entry is read again once idle
 }
 
 // outcome is one attempt's result to record.
 type outcome struct {
-	id       string
+	item     queued
 	status   string
 	attempts int32
 	retryIn  time.Duration
 	r        Result
+	// gone: nothing to record, the channel was deleted with its deliveries.
+	gone bool
 }
 
 // cachedChannel is a channel and its opened config, reused for channelTTL
@@ -136,12 +157,33 @@ type channelQueue struct {
 	workers    int
 }
 
-// queued is a taken delivery and its event (decoded once per entry), or
-// why its payload cannot be decoded.
+// queued is a delivery waiting for an attempt: a first attempt, made
+// from a stream entry before any row exists (flight set), or a retry
+// taken from its row (rowID set); with its event, decoded once per entry,
+// or why its payload cannot be decoded.
 type queued struct {
-	row       db.ChannelDelivery
+	rowID     string
+	flight    *flight
+	eventID   string
+	eventType string
+	channelID string
+	streamID  string
+	payload   []byte // shared by the event's deliveries; never written
+	attempts  int32  // made before this one
 	ev        *events.Event
 	decodeErr error
+}
+
+// retryItem is a delivery taken from its row.
+func retryItem(row db.ChannelDelivery) queued {
+	it := queued{rowID: row.ID, eventID: row.EventID, eventType: row.EventType, channelID: row.ChannelID,
+		streamID: row.StreamID, payload: []byte(row.Payload), attempts: row.Attempts}
+	if ev, err := events.Decode(row.Payload); err != nil {
+		it.decodeErr = err
+	} else {
+		it.ev = &ev
+	}
+	return it
 }
 
 func (it queued) resource() string {
@@ -162,10 +204,10 @@ func NewDispatcher(cfg DispatcherConfig, svc *Service, rdb *redis.Client, logger
 	}
 	return &Dispatcher{cfg: cfg, q: svc.q, rdb: rdb, svc: svc, log: logger.With("component", "channels"),
 		wake: make(chan struct{}, 1), global: make(chan struct{}, cfg.Workers), perCh: map[string]*channelQueue{},
-		outcomes: make(chan outcome, 4*cfg.Workers), cache: map[string]cachedChannel{}}, nil
+		outcomes: make(chan outcome, 4*cfg.Workers), cache: map[string]cachedChannel{}, flights: map[string]*flight{}}, nil
 }
 
-// lockSeconds is how long a taken delivery stays ours: its queueing behind
+// lockSeconds is how long a taken retry stays ours: its queueing behind
 // its channel's slots and the attempt itself.
 func (d *Dispatcher) lockSeconds() float64 { return (6 * d.cfg.SendTimeout).Seconds() }
 
@@ -242,20 +284,22 @@ func (d *Dispatcher) redisDown(ctx context.Context, failing bool, err error) boo
 	return true
 }
 
-// handle turns a batch of entries into deliveries and starts their first
-// attempts: one channel lookup per team and one insert for the batch.
-// Reading an entry again (a claim after a crash) adds no row that exists
-// and acks the entry when every delivery of its event is final.
+// handle starts the first attempts of a batch of entries' deliveries:
+// one channel lookup per team and one lookup of the rows recorded for the
+// batch's events. Reading an entry again (a claim after a crash, an event
+// published twice) attempts only the channels without a row, and acks the
+// entry when every delivery is final.
 func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 	type entry struct {
 		streamID string
-		ev       events.Event
-		raw      string
+		ev       *events.Event
+		payload  []byte
+		channels []string
 	}
 	var (
-		done    []string // entries with nothing to deliver
-		matched []entry
-		p       = db.InsertDeliveriesParams{LockSeconds: d.lockSeconds()}
+		done    []string // entries with nothing (more) to deliver
+		entries []entry
+		ids     []string
 		byTeam  = map[string][]db.MatchingChannelsRow{}
 	)
 	for _, m := range msgs {
@@ -267,56 +311,121 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 			done = append(done, m.ID)
 			continue
 		}
-		rows, ok := byTeam[ev.TeamID]
-		if !ok {
-			rows, err = d.q.MatchingChannels(ctx, ev.TeamID)
-			if err != nil {
-				// Left pending: the claim loop reads it again.
-				d.log.WarnContext(ctx, "find channels for event", "event_id", ev.ID, "err", err)
-				continue
-			}
-			byTeam[ev.TeamID] = rows
+		chans, err := d.matching(ctx, byTeam, &ev)
+		if err != nil {
+			// Left pending: the claim loop reads it again.
+			d.log.WarnContext(ctx, "find channels for event", "event_id", ev.ID, "err", err)
+			continue
 		}
-		n := 0
-		for _, r := range rows {
-			if !r.CreatedAt.After(ev.OccurredAt) && events.Matches(r.Events, ev.Type) {
-				p.EventIds = append(p.EventIds, ev.ID)
-				p.EventTypes = append(p.EventTypes, ev.Type)
-				p.ChannelIds = append(p.ChannelIds, r.ID)
-				p.Payloads = append(p.Payloads, raw)
-				p.StreamIds = append(p.StreamIds, m.ID)
-				n++
-			}
-		}
-		if n == 0 {
+		if len(chans) == 0 {
 			done = append(done, m.ID)
 			continue
 		}
-		matched = append(matched, entry{streamID: m.ID, ev: ev, raw: raw})
+		entries = append(entries, entry{streamID: m.ID, ev: &ev, payload: []byte(raw), channels: chans})
+		ids = append(ids, ev.ID)
 	}
-	d.ack(ctx, done...)
-	if len(matched) == 0 {
+	defer func() { d.ack(ctx, done...) }()
+	if len(entries) == 0 {
 		return
 	}
-	taken, err := d.q.InsertDeliveries(ctx, p)
+	recorded, err := d.recorded(ctx, ids)
 	if err != nil {
-		d.log.WarnContext(ctx, "record deliveries", "events", len(matched), "err", err)
+		d.log.WarnContext(ctx, "find recorded deliveries", "events", len(entries), "err", err)
 		return
 	}
-	decoded := make(map[string]*events.Event, len(matched))
-	for i := range matched {
-		decoded[matched[i].ev.ID] = &matched[i].ev
-	}
-	fresh := map[string]bool{}
-	for _, row := range taken {
-		fresh[row.EventID] = true
-		d.dispatch(ctx, queued{row: row, ev: decoded[row.EventID]})
-	}
-	for _, e := range matched {
-		if !fresh[e.ev.ID] {
-			d.ackIfFinal(ctx, e.ev.ID, e.streamID)
+	for _, e := range entries {
+		have := recorded[e.ev.ID]
+		var todo []string
+		for _, c := range e.channels {
+			if _, ok := have[c]; !ok {
+				todo = append(todo, c)
+			}
+		}
+		pending := slices.Contains(slices.Collect(maps.Values(have)), StatusPending)
+		f, join := d.fly(e.ev, e.streamID, len(todo), pending)
+		switch {
+		case join:
+			// In flight here already: acked with the flight.
+		case f == nil && !pending:
+			done = append(done, e.streamID)
+		case f == nil:
+			// Waits for its retries, which ack it.
+		default:
+			for _, c := range todo {
+				d.dispatch(ctx, queued{flight: f, eventID: e.ev.ID, eventType: e.ev.Type, channelID: c,
+					streamID: e.streamID, payload: e.payload, ev: e.ev})
+			}
 		}
 	}
+}
+
+// matching is the event's channels: enabled, made before the event
+// occurred, with a filter that matches; byTeam caches the lookups of one
+// batch.
+func (d *Dispatcher) matching(ctx context.Context, byTeam map[string][]db.MatchingChannelsRow, ev *events.Event) ([]string, error) {
+	rows, ok := byTeam[ev.TeamID]
+	if !ok {
+		var err error
+		if rows, err = d.q.MatchingChannels(ctx, ev.TeamID); err != nil {
+			return nil, err
+		}
+		byTeam[ev.TeamID] = rows
+	}
+	var out []string
+	for _, r := range rows {
+		if !r.CreatedAt.After(ev.OccurredAt) && events.Matches(r.Events, ev.Type) {
+			out = append(out, r.ID)
+		}
+	}
+	return out, nil
+}
+
+// recorded is the deliveries of these events that have a row: event id
+// to channel id to status.
+func (d *Dispatcher) recorded(ctx context.Context, eventIDs []string) (map[string]map[string]string, error) {
+	rows, err := d.q.DeliveriesOfEvents(ctx, eventIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]string{}
+	for _, r := range rows {
+		if out[r.EventID] == nil {
+			out[r.EventID] = map[string]string{}
+		}
+		out[r.EventID][r.ChannelID] = r.Status
+	}
+	return out, nil
+}
+
+// fly starts the flight of an event with todo first attempts, or joins
+// the entry to the event's flight here (join). No flight (nil) when there
+// is nothing to attempt.
+func (d *Dispatcher) fly(ev *events.Event, streamID string, todo int, pending bool) (f *flight, join bool) {
+	d.flightMu.Lock()
+	defer d.flightMu.Unlock()
+	if f := d.flights[ev.ID]; f != nil {
+		if !slices.Contains(f.streamIDs, streamID) {
+			f.streamIDs = append(f.streamIDs, streamID)
+		}
+		return nil, true
+	}
+	if todo == 0 {
+		return nil, false
+	}
+	f = &flight{ev: ev, streamIDs: []string{streamID}, remaining: todo, pending: pending}
+	d.flights[ev.ID] = f
+	return f, false
+}
+
+// flightEntries is the stream ids of the events in flight here.
+func (d *Dispatcher) flightEntries() []string {
+	d.flightMu.Lock()
+	defer d.flightMu.Unlock()
+	var out []string
+	for _, f := range d.flights {
+		out = append(out, f.streamIDs...)
+	}
+	return out
 }
 
 func (d *Dispatcher) ack(ctx context.Context, streamIDs ...string) {
@@ -326,17 +435,6 @@ func (d *Dispatcher) ack(ctx context.Context, streamIDs ...string) {
 	if err := d.rdb.XAck(ctx, events.StreamKey, ConsumerGroup, streamIDs...).Err(); err != nil {
 		// The claim loop reads them again and acks them then.
 		d.log.WarnContext(ctx, "ack events", "stream_ids", streamIDs, "err", err)
-	}
-}
-
-func (d *Dispatcher) ackIfFinal(ctx context.Context, eventID, streamID string) {
-	pending, err := d.q.EventPending(ctx, eventID)
-	if err != nil {
-		d.log.WarnContext(ctx, "check event deliveries", "event_id", eventID, "err", err)
-		return
-	}
-	if !pending {
-		d.ack(ctx, streamID)
 	}
 }
 
@@ -359,7 +457,7 @@ func (d *Dispatcher) pollLoop(ctx context.Context) {
 			continue
 		}
 		for _, row := range rows {
-			d.dispatch(ctx, queued{row: row})
+			d.dispatch(ctx, retryItem(row))
 		}
 		if len(rows) == d.cfg.Batch {
 			d.poke()
@@ -376,7 +474,9 @@ func (d *Dispatcher) poke() {
 
 // claimLoop takes entries left unacked past ClaimIdle by any consumer
 // (a dead replica's, or ours waiting on retries or on a failed ack) and
-// reads them again.
+// reads them again. First it claims again the entries of the events in
+// flight here, which resets their idle time: however long their attempts
+// queue, no consumer takes them while this one lives.
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	t := time.NewTicker(d.cfg.ClaimIdle / 2)
 	defer t.Stop()
@@ -385,6 +485,13 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		for ids := d.flightEntries(); len(ids) > 0 && ctx.Err() == nil; ids = ids[min(len(ids), 1000):] {
+			err := d.rdb.XClaimJustID(ctx, &redis.XClaimArgs{Stream: events.StreamKey, Group: ConsumerGroup,
+				Consumer: d.cfg.Consumer, Messages: ids[:min(len(ids), 1000)]}).Err()
+			if err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) {
+				d.log.WarnContext(ctx, "keep events in flight claimed", "err", err)
+			}
 		}
 		start := "0-0"
 		for ctx.Err() == nil {
@@ -412,16 +519,9 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 // long-lived workers, not a goroutine per delivery: a burst of thousands
 // of deliveries costs no goroutine churn.
 func (d *Dispatcher) dispatch(ctx context.Context, item queued) {
-	if item.ev == nil {
-		ev, err := events.Decode(item.row.Payload)
-		item.ev, item.decodeErr = &ev, err
-		if err != nil {
-			item.ev = nil
-		}
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	id, res := item.row.ChannelID, item.resource()
+	id, res := item.channelID, item.resource()
 	q := d.perCh[id]
 	if q == nil {
 		q = &channelQueue{byResource: map[string][]queued{}, inFlight: map[string]bool{}}
@@ -496,15 +596,12 @@ func (d *Dispatcher) drain(ctx context.Context, id string, q *channelQueue) {
 }
 
 // abandon hands back, untried, the delivery a stopping worker holds and
-// everything still queued behind its channel (one statement), and ends
-// the worker.
+// everything still queued behind its channel, and ends the worker.
 func (d *Dispatcher) abandon(id string, q *channelQueue, held queued) {
-	ids := []string{held.row.ID}
+	items := []queued{held}
 	d.mu.Lock()
-	for _, items := range q.byResource {
-		for _, it := range items {
-			ids = append(ids, it.row.ID)
-		}
+	for _, waiting := range q.byResource {
+		items = append(items, waiting...)
 	}
 	clear(q.byResource)
 	q.ready = nil
@@ -513,7 +610,24 @@ func (d *Dispatcher) abandon(id string, q *channelQueue, held queued) {
 		delete(d.perCh, id)
 	}
 	d.mu.Unlock()
-	d.unlock(ids...)
+	d.handBack(items...)
+}
+
+// handBack returns deliveries untried, due at once for any replica: a
+// retry's row is unlocked (one statement), a first attempt is recorded
+// pending with no attempt made.
+func (d *Dispatcher) handBack(items ...queued) {
+	var rows []string
+	for _, it := range items {
+		if it.flight == nil {
+			rows = append(rows, it.rowID)
+			continue
+		}
+		d.finish(it, StatusPending, it.attempts, 0, Result{})
+	}
+	if len(rows) > 0 {
+		d.unlock(rows...)
+	}
 }
 
 // disable turns a gone channel off, with its audit row, unless another
@@ -531,7 +645,7 @@ func (d *Dispatcher) disable(ctx context.Context, channelID, reason string) {
 	}
 }
 
-// unlock hands deliveries we will not attempt back at once.
+// unlock hands retries we will not attempt back at once.
 func (d *Dispatcher) unlock(ids ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -541,50 +655,52 @@ func (d *Dispatcher) unlock(ids ...string) {
 }
 
 func (d *Dispatcher) attempt(ctx context.Context, item queued) {
-	row := item.row
-	c, err := d.channel(ctx, row.ChannelID)
+	c, err := d.channel(ctx, item.channelID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return // deleted with its deliveries
+		d.outcomes <- outcome{item: item, gone: true} // deleted with its deliveries
+		return
 	}
 	if err != nil {
-		d.log.WarnContext(ctx, "load channel for delivery", "delivery_id", row.ID, "err", err)
-		return // the lock expires and the poll loop takes it again
+		d.log.WarnContext(ctx, "load channel for delivery", "channel_id", item.channelID, "err", err)
+		if item.flight != nil {
+			d.handBack(item)
+		}
+		return // a retry's lock expires and the poll loop takes it again
 	}
 	ch, sc := c.ch, c.sc
-	n := row.Attempts + 1
+	n := item.attempts + 1
 	if !ch.Enabled {
-		d.finish(ctx, row, StatusFailed, row.Attempts, 0, Result{Err: errors.New("the channel is disabled")})
+		d.finish(item, StatusFailed, item.attempts, 0, Result{Err: errors.New("the channel is disabled")})
 		return
 	}
 	if c.err != nil {
-		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: errors.New("the channel's config cannot be opened with the configured keys")})
+		d.finish(item, StatusFailed, n, 0, Result{Err: errors.New("the channel's config cannot be opened with the configured keys")})
 		return
 	}
 	if item.decodeErr != nil {
-		d.finish(ctx, row, StatusFailed, n, 0, Result{Err: item.decodeErr})
+		d.finish(item, StatusFailed, n, 0, Result{Err: item.decodeErr})
 		return
 	}
-	ev := item.ev
 	sctx, cancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
-	r := d.svc.d.Sender.Send(sctx, ch.Provider, sc.Config, Message{Event: *ev, Payload: []byte(row.Payload), Attempt: int(n),
+	r := d.svc.d.Sender.Send(sctx, ch.Provider, sc.Config, Message{Event: *item.ev, Payload: item.payload, Attempt: int(n),
 		ChannelID: ch.ID, Previous: sc.previous(time.Now())})
 	cancel()
 	if ctx.Err() != nil {
 		// Shutting down: this attempt does not count.
-		d.unlock(row.ID)
+		d.handBack(item)
 		return
 	}
 	switch {
 	case r.OK():
-		d.finish(ctx, row, StatusDelivered, n, 0, r)
+		d.finish(item, StatusDelivered, n, 0, r)
 	case r.Disable != "":
 		d.forget(ch.ID)
 		d.disable(ctx, ch.ID, r.Disable)
-		d.finish(ctx, row, StatusFailed, n, 0, r)
+		d.finish(item, StatusFailed, n, 0, r)
 	case int(n) <= len(d.cfg.RetryDelays):
-		d.finish(ctx, row, StatusPending, n, d.cfg.RetryDelays[n-1], r)
+		d.finish(item, StatusPending, n, d.cfg.RetryDelays[n-1], r)
 	default:
-		d.finish(ctx, row, StatusFailed, n, 0, r)
+		d.finish(item, StatusFailed, n, 0, r)
 	}
 }
 
@@ -620,8 +736,8 @@ func (d *Dispatcher) forget(id string) {
 	d.cacheMu.Unlock()
 }
 
-func (d *Dispatcher) finish(_ context.Context, row db.ChannelDelivery, status string, attempts int32, retryIn time.Duration, r Result) {
-	d.outcomes <- outcome{id: row.ID, status: status, attempts: attempts, retryIn: retryIn, r: r}
+func (d *Dispatcher) finish(item queued, status string, attempts int32, retryIn time.Duration, r Result) {
+	d.outcomes <- outcome{item: item, status: status, attempts: attempts, retryIn: retryIn, r: r}
 }
 
 // recordLoop writes outcomes in batches of what has arrived (up to
@@ -647,47 +763,171 @@ func (d *Dispatcher) recordLoop() {
 	}
 }
 
+// record writes a batch of outcomes, a statement for the first attempts
+// (rows written once, with their outcome) and one for the retries, and
+// acks the entries whose events are settled.
 func (d *Dispatcher) record(batch []outcome) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var p db.FinishAttemptsParams
+	var first db.RecordFirstAttemptsParams
+	var retry db.FinishAttemptsParams
+	var firstOut, retryOut outcomeColumns
+	retried := map[string]*events.Event{}
 	for _, o := range batch {
-		p.Ids = append(p.Ids, o.id)
-		p.Statuses = append(p.Statuses, o.status)
-		p.Attempts = append(p.Attempts, o.attempts)
-		p.RetryInSeconds = append(p.RetryInSeconds, o.retryIn.Seconds())
-		p.Codes = append(p.Codes, int32(o.r.StatusCode))
-		msg := ""
-		if o.r.Err != nil {
-			msg = describe(o.r.Err)
-		}
-		p.Errors = append(p.Errors, msg)
-	}
-	rows, err := d.q.FinishAttempts(ctx, p)
-	if err != nil {
-		// The rows stay locked until the lock expires; then they are tried again.
-		d.log.Warn("record delivery attempts", "deliveries", len(batch), "err", err)
-		return
-	}
-	streams := map[string]string{}
-	var final []string
-	for _, r := range rows {
-		if r.Status != StatusPending && streams[r.EventID] == "" {
-			streams[r.EventID] = r.StreamID
-			final = append(final, r.EventID)
+		switch it := o.item; {
+		case o.gone:
+		case it.flight != nil:
+			first.EventIds = append(first.EventIds, it.eventID)
+			first.EventTypes = append(first.EventTypes, it.eventType)
+			first.ChannelIds = append(first.ChannelIds, it.channelID)
+			first.Payloads = append(first.Payloads, string(it.payload))
+			first.StreamIds = append(first.StreamIds, it.streamID)
+			firstOut.add(o)
+		default:
+			retry.Ids = append(retry.Ids, it.rowID)
+			retryOut.add(o)
+			retried[it.eventID] = it.ev
 		}
 	}
-	if len(final) == 0 {
-		return
+	first.Statuses, first.Attempts, first.RetryInSeconds, first.Codes, first.Errors = firstOut.columns()
+	retry.Statuses, retry.Attempts, retry.RetryInSeconds, retry.Codes, retry.Errors = retryOut.columns()
+	written := map[[2]string]bool{}
+	var firstErr error
+	if len(first.EventIds) > 0 {
+		rows, err := d.q.RecordFirstAttempts(ctx, first)
+		if err != nil {
+			// Their entries stay unacked and are read again once idle.
+			d.log.Warn("record first delivery attempts", "deliveries", len(first.EventIds), "err", err)
+			firstErr = err
+		}
+		for _, r := range rows {
+			written[[2]string{r.EventID, r.ChannelID}] = true
+		}
 	}
-	settled, err := d.q.SettledEvents(ctx, final)
+	var check []settling
+	if len(retry.Ids) > 0 {
+		rows, err := d.q.FinishAttempts(ctx, retry)
+		if err != nil {
+			// The rows stay locked until the lock expires; then they are tried again.
+			d.log.Warn("record delivery attempts", "deliveries", len(retry.Ids), "err", err)
+		}
+		seen := map[string]bool{}
+		for _, r := range rows {
+			if r.Status != StatusPending && !seen[r.EventID] {
+				seen[r.EventID] = true
+				check = append(check, settling{eventID: r.EventID, ev: retried[r.EventID], streamIDs: []string{r.StreamID}})
+			}
+		}
+	}
+	acks, more := d.land(batch, written, firstErr)
+	acks = append(acks, d.settled(ctx, append(check, more...))...)
+	d.ack(ctx, acks...)
+}
+
+// outcomeColumns is the outcome half of a batch statement's arrays.
+type outcomeColumns struct {
+	statuses []string
+	attempts []int32
+	retryIn  []float64
+	codes    []int32
+	errors   []string // empty: none
+}
+
+func (c *outcomeColumns) add(o outcome) {
+	msg := ""
+	if o.r.Err != nil {
+		msg = describe(o.r.Err)
+	}
+	c.statuses = append(c.statuses, o.status)
+	c.attempts = append(c.attempts, o.attempts)
+	c.retryIn = append(c.retryIn, o.retryIn.Seconds())
+	c.codes = append(c.codes, int32(o.r.StatusCode))
+	c.errors = append(c.errors, msg)
+}
+
+func (c *outcomeColumns) columns() ([]string, []int32, []float64, []int32, []string) {
+	return c.statuses, c.attempts, c.retryIn, c.codes, c.errors
+}
+
+// settling is an event that may be settled, and its entries.
+type settling struct {
+	eventID   string
+	ev        *events.Event // nil: its payload cannot be decoded
+	streamIDs []string
+}
+
+// land counts the batch's recorded first attempts against their flights.
+// A flight whose attempts are all recorded ends: its entries are acked at
+// once when every delivery is final, checked when some may wait for a
+// retry, and left to be read again when a record failed.
+func (d *Dispatcher) land(batch []outcome, written map[[2]string]bool, recordErr error) (acks []string, check []settling) {
+	d.flightMu.Lock()
+	defer d.flightMu.Unlock()
+	for _, o := range batch {
+		f := o.item.flight
+		if f == nil {
+			continue
+		}
+		switch {
+		case o.gone:
+		case recordErr != nil:
+			f.lost = true
+		case o.status == StatusPending || !written[[2]string{o.item.eventID, o.item.channelID}]:
+			// A row written elsewhere first may be pending.
+			f.pending = true
+		}
+		if f.remaining--; f.remaining > 0 {
+			continue
+		}
+		if d.flights[f.ev.ID] == f {
+			delete(d.flights, f.ev.ID)
+		}
+		switch {
+		case f.lost:
+		case f.pending:
+			check = append(check, settling{eventID: f.ev.ID, ev: f.ev, streamIDs: f.streamIDs})
+		default:
+			acks = append(acks, f.streamIDs...)
+		}
+	}
+	return acks, check
+}
+
+// settled is the entries of the events whose every matching channel has a
+// final delivery. A channel without a row has its first attempt still
+// coming (in flight in some replica, or lost with one and made after a
+// claim), so it keeps the entry unacked.
+func (d *Dispatcher) settled(ctx context.Context, events []settling) []string {
+	if len(events) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(events))
+	for _, e := range events {
+		ids = append(ids, e.eventID)
+	}
+	recorded, err := d.recorded(ctx, ids)
 	if err != nil {
+		// Their entries are read again once idle, and acked then.
 		d.log.Warn("check settled events", "err", err)
-		return
+		return nil
 	}
-	ids := make([]string, 0, len(settled))
-	for _, e := range settled {
-		ids = append(ids, streams[e])
+	byTeam := map[string][]db.MatchingChannelsRow{}
+	var acks []string
+	for _, e := range events {
+		have := recorded[e.eventID]
+		if slices.Contains(slices.Collect(maps.Values(have)), StatusPending) {
+			continue
+		}
+		var chans []string
+		if e.ev != nil {
+			if chans, err = d.matching(ctx, byTeam, e.ev); err != nil {
+				d.log.Warn("find channels for event", "event_id", e.eventID, "err", err)
+				continue
+			}
+		}
+		if !slices.ContainsFunc(chans, func(c string) bool { _, ok := have[c]; return !ok }) {
+			acks = append(acks, e.streamIDs...)
+		}
 	}
-	d.ack(ctx, ids...)
+	return acks
 }

@@ -528,3 +528,95 @@ func TestOrderPerResource(t *testing.T) {
 		t.Fatal("no delivery of sb-a overlapped one of sb-b: resources were serialized")
 	}
 }
+
+// A control plane dies after reading an entry and before recording any
+// attempt (no row exists: rows are written with their first outcome).
+// Another claims the entry once it is idle and makes the delivery once.
+func TestFirstAttemptAfterCrash(t *testing.T) {
+	w := newWorld(t)
+	rcv := newReceiver(t, always(204))
+	ch := w.webhook(w.who, "ops", rcv.srv.URL, "*")
+	if err := w.rdb.XGroupCreateMkStream(context.Background(), events.StreamKey, ConsumerGroup, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ev := w.publish(w.team, "sandbox.created")
+	// The dead process's read: the entry is in its pending list, nothing else happened.
+	read, err := w.rdb.XReadGroup(context.Background(), &redis.XReadGroupArgs{Group: ConsumerGroup, Consumer: "cp-dead",
+		Streams: []string{events.StreamKey, ">"}, Count: 10}).Result()
+	if err != nil || len(read) != 1 || len(read[0].Messages) != 1 {
+		t.Fatalf("read as the dead consumer: %v %v", read, err)
+	}
+	w.start("cp-new", DispatcherConfig{ClaimIdle: 500 * time.Millisecond})
+	eventually(t, 10*time.Second, "the delivery after the claim", func() bool {
+		d := w.deliveries(ch.ID)
+		return len(d) == 1 && d[0].Status == StatusDelivered
+	})
+	eventually(t, 10*time.Second, "the entry acked", func() bool { return w.pendingEntries() == 0 })
+	time.Sleep(700 * time.Millisecond) // another claim round: nothing is sent twice
+	if hits := rcv.got(); len(hits) != 1 || hits[0].eventID != ev.ID || hits[0].attempt != 1 {
+		t.Fatalf("hits %+v, want one first attempt of %s", hits, ev.ID)
+	}
+}
+
+// Attempts that queue behind a slow endpoint for longer than ClaimIdle
+// are not claimed and made again by another control plane while theirs
+// lives; one stopped meanwhile hands its queued deliveries back, and the
+// other makes them at once (not after ClaimIdle).
+func TestQueuedAttemptsStayClaimed(t *testing.T) {
+	w := newWorld(t)
+	rcv := newReceiver(t, always(204))
+	rcv.delay = 300 * time.Millisecond
+	ch := w.webhook(w.who, "slow", rcv.srv.URL, "*")
+	cfg := DispatcherConfig{ClaimIdle: time.Second, PerChannel: 1}
+	stopA := w.start("cp-a", cfg)
+	var want []string
+	for range 10 {
+		want = append(want, w.publish(w.team, "sandbox.paused").ID) // one sandbox: one at a time
+	}
+	eventually(t, 5*time.Second, "cp-a's first attempt", func() bool { return len(rcv.got()) >= 1 })
+	w.start("cp-b", cfg)
+	time.Sleep(2 * time.Second) // past ClaimIdle, with cp-a's attempts still queued
+	sent := func() map[string]int {
+		seen := map[string]int{}
+		for _, h := range rcv.got() {
+			seen[h.eventID]++
+		}
+		return seen
+	}
+	for id, n := range sent() {
+		if n != 1 {
+			t.Fatalf("event %s sent %d times while its control plane lived", id, n)
+		}
+	}
+	if n := len(rcv.got()); n >= len(want) {
+		t.Fatalf("all %d sent before the stop: nothing was left queued", n)
+	}
+	stopA()
+	stopped := time.Now()
+	eventually(t, 10*time.Second, "every event delivered", func() bool {
+		n := 0
+		for _, d := range w.deliveries(ch.ID) {
+			if d.Status == StatusDelivered {
+				n++
+			}
+		}
+		return n == len(want)
+	})
+	// Handed back due at once: no wait for ClaimIdle (nor the poll's tick) per delivery.
+	if took := time.Since(stopped); took > time.Duration(len(want))*rcv.delay+2*time.Second {
+		t.Fatalf("the handed-back deliveries took %s", took)
+	}
+	twice := 0
+	for _, id := range want {
+		switch n := sent()[id]; {
+		case n == 2:
+			twice++ // the attempt cut by the stop, made again
+		case n != 1:
+			t.Fatalf("event %s sent %d times", id, n)
+		}
+	}
+	if twice > 1 {
+		t.Fatalf("%d events sent twice; only the one in flight at the stop may be", twice)
+	}
+	eventually(t, 5*time.Second, "the entries acked", func() bool { return w.pendingEntries() == 0 })
+}
