@@ -114,6 +114,7 @@ type Dispatcher struct {
 // one is recorded.
 type flight struct {
 	ev        *events.Event
+	payload   string // the entry's event JSON, as read
 	streamIDs []string // one, or more when the event was published twice
 	remaining int      // first attempts not recorded yet
 	pending   bool     // a delivery of the event waits (or may wait) for a retry
@@ -293,7 +294,7 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 	type entry struct {
 		streamID string
 		ev       *events.Event
-		payload  []byte
+		raw      string
 		channels []string
 	}
 	var (
@@ -321,7 +322,7 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 			done = append(done, m.ID)
 			continue
 		}
-		entries = append(entries, entry{streamID: m.ID, ev: &ev, payload: []byte(raw), channels: chans})
+		entries = append(entries, entry{streamID: m.ID, ev: &ev, raw: raw, channels: chans})
 		ids = append(ids, ev.ID)
 	}
 	defer func() { d.ack(ctx, done...) }()
@@ -342,7 +343,7 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 			}
 		}
 		pending := slices.Contains(slices.Collect(maps.Values(have)), StatusPending)
-		f, join := d.fly(e.ev, e.streamID, len(todo), pending)
+		f, join := d.fly(e.ev, e.raw, e.streamID, len(todo), pending)
 		switch {
 		case join:
 			// In flight here already: acked with the flight.
@@ -351,9 +352,10 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 		case f == nil:
 			// Waits for its retries, which ack it.
 		default:
+			payload := []byte(e.raw)
 			for _, c := range todo {
 				d.dispatch(ctx, queued{flight: f, eventID: e.ev.ID, eventType: e.ev.Type, channelID: c,
-					streamID: e.streamID, payload: e.payload, ev: e.ev})
+					streamID: e.streamID, payload: payload, ev: e.ev})
 			}
 		}
 	}
@@ -400,7 +402,7 @@ func (d *Dispatcher) recorded(ctx context.Context, eventIDs []string) (map[strin
 // fly starts the flight of an event with todo first attempts, or joins
 // the entry to the event's flight here (join). No flight (nil) when there
 // is nothing to attempt.
-func (d *Dispatcher) fly(ev *events.Event, streamID string, todo int, pending bool) (f *flight, join bool) {
+func (d *Dispatcher) fly(ev *events.Event, payload, streamID string, todo int, pending bool) (f *flight, join bool) {
 	d.flightMu.Lock()
 	defer d.flightMu.Unlock()
 	if f := d.flights[ev.ID]; f != nil {
@@ -412,7 +414,7 @@ func (d *Dispatcher) fly(ev *events.Event, streamID string, todo int, pending bo
 	if todo == 0 {
 		return nil, false
 	}
-	f = &flight{ev: ev, streamIDs: []string{streamID}, remaining: todo, pending: pending}
+	f = &flight{ev: ev, payload: payload, streamIDs: []string{streamID}, remaining: todo, pending: pending}
 	d.flights[ev.ID] = f
 	return f, false
 }
@@ -745,8 +747,9 @@ func (d *Dispatcher) finish(item queued, status string, attempts int32, retryIn 
 // outcomes is closed, after every attempt ended, so none is lost on
 // shutdown.
 func (d *Dispatcher) recordLoop() {
+	batch := make([]outcome, 0, d.cfg.Batch)
 	for first := range d.outcomes {
-		batch := []outcome{first}
+		batch = append(batch[:0], first)
 	more:
 		for len(batch) < d.cfg.Batch {
 			select {
@@ -760,6 +763,7 @@ func (d *Dispatcher) recordLoop() {
 			}
 		}
 		d.record(batch)
+		clear(batch) // drops the payloads it held
 	}
 }
 
@@ -773,14 +777,21 @@ func (d *Dispatcher) record(batch []outcome) {
 	var retry db.FinishAttemptsParams
 	var firstOut, retryOut outcomeColumns
 	retried := map[string]*events.Event{}
+	payloadOf := map[*flight]int32{} // each event's payload is sent once
 	for _, o := range batch {
 		switch it := o.item; {
 		case o.gone:
 		case it.flight != nil:
+			i, ok := payloadOf[it.flight]
+			if !ok {
+				first.Payloads = append(first.Payloads, it.flight.payload)
+				i = int32(len(first.Payloads)) // 1-based, as SQL arrays
+				payloadOf[it.flight] = i
+			}
 			first.EventIds = append(first.EventIds, it.eventID)
 			first.EventTypes = append(first.EventTypes, it.eventType)
 			first.ChannelIds = append(first.ChannelIds, it.channelID)
-			first.Payloads = append(first.Payloads, string(it.payload))
+			first.PayloadOf = append(first.PayloadOf, i)
 			first.StreamIds = append(first.StreamIds, it.streamID)
 			firstOut.add(o)
 		default:

@@ -132,10 +132,12 @@ func (n *Network) CheckURL(field, raw string) error {
 	return nil
 }
 
-// Client is the one HTTP client every provider sends through: the guarded
-// dialer, no redirects (a 3xx is the answer), no proxy from the
-// environment (it would bypass the address check).
-func (n *Network) Client() *http.Client {
+// Transport is the one HTTP transport every provider sends through: the
+// guarded dialer and no proxy from the environment (it would bypass the
+// address check). Senders call its RoundTrip, which follows no redirect
+// (a 3xx is the answer), without an http.Client, which would only copy
+// each request's headers for the redirects it is not to follow.
+func (n *Network) Transport() *http.Transport {
 	var tr *http.Transport
 	if n.Base != nil {
 		tr = n.Base.Clone()
@@ -144,10 +146,11 @@ func (n *Network) Client() *http.Client {
 	}
 	tr.Proxy = nil
 	tr.DialContext = n.DialContext
-	// Deliveries to one host run in parallel; keep their connections.
+	// Deliveries to one host run in parallel; keep their connections
+	// (more idle ones per host than attempts in flight to it at once).
 	tr.MaxIdleConnsPerHost = 64
-	return &http.Client{
-		Transport:     tr,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	// Answers are discarded: asking for gzip would only add a header to
+	// parse at both ends.
+	tr.DisableCompression = true
+	return tr
 }

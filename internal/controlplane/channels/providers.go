@@ -20,7 +20,7 @@ import (
 )
 
 // The chat providers speak their wire formats directly over Network's one
-// HTTP client instead of going through shoutrrr
+// HTTP transport instead of going through shoutrrr
 // (github.com/nicholas-fedor/shoutrrr v0.13.2): its services build their
 // own clients (Google Chat posts with http.DefaultClient, Discord keeps a
 // client of its own with transport-level retries, Matrix another), so the
@@ -223,9 +223,9 @@ func adaptiveCard(text string) any {
 	}
 }
 
-// Sender performs attempts over Network's client.
+// Sender performs attempts over Network's transport.
 type Sender struct {
-	client *http.Client
+	transport http.RoundTripper
 	// PublicURL, when set, links messages to the dashboard.
 	PublicURL string
 	now       func() time.Time
@@ -233,7 +233,7 @@ type Sender struct {
 
 // NewSender builds a sender on n.
 func NewSender(n *Network, publicURL string) *Sender {
-	return &Sender{client: n.Client(), PublicURL: strings.TrimRight(publicURL, "/"), now: time.Now}
+	return &Sender{transport: n.Transport(), PublicURL: strings.TrimRight(publicURL, "/"), now: time.Now}
 }
 
 // Send makes one attempt.
@@ -275,7 +275,7 @@ func (s *Sender) postJSON(ctx context.Context, method, u string, hdr http.Header
 		return Result{Err: fmt.Errorf("encode message: %w", err)}
 	}
 	if hdr == nil {
-		hdr = http.Header{}
+		hdr = make(http.Header, 2)
 	}
 	return s.do(ctx, method, u, hdr, raw)
 }
@@ -286,15 +286,19 @@ func (s *Sender) do(ctx context.Context, method, u string, hdr http.Header, body
 	if err != nil {
 		return Result{Err: fmt.Errorf("build request: invalid URL")}
 	}
+	// Keys already canonical: no Set, which would canonicalize each again.
+	hdr["Content-Type"] = []string{"application/json"}
+	hdr["User-Agent"] = []string{"Wrenn-Channels/1"}
 	req.Header = hdr
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "Wrenn-Channels/1")
-	resp, err := s.client.Do(req)
+	resp, err := s.transport.RoundTrip(req)
 	if err != nil {
 		return Result{Err: scrubURLError(err)}
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.Body != http.NoBody {
+		// Read to its end (up to a bound), so the connection is reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	}
 	r := Result{StatusCode: resp.StatusCode}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		r.Err = fmt.Errorf("answered %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
@@ -302,7 +306,7 @@ func (s *Sender) do(ctx context.Context, method, u string, hdr http.Header, body
 	return r
 }
 
-// scrubURLError drops the URL from a client error (it may carry a token).
+// scrubURLError drops the URL from an error that has one (it may carry a token).
 func scrubURLError(err error) error {
 	if ue, ok := err.(*url.Error); ok {
 		return fmt.Errorf("%s: %w", strings.ToLower(ue.Op), ue.Err)
@@ -313,26 +317,32 @@ func scrubURLError(err error) error {
 // Signature is the X-WRENN-SIGNATURE value for body at t: one v1= per
 // secret (the current one first; a rotated-out one during its grace).
 func Signature(t time.Time, body []byte, secrets ...string) string {
-	ts := strconv.FormatInt(t.Unix(), 10)
-	parts := []string{"t=" + ts}
+	out := make([]byte, 0, 24+len(secrets)*(4+2*sha256.Size))
+	out = strconv.AppendInt(append(out, "t="...), t.Unix(), 10)
+	signed := len("t=")
+	ts := out[signed:]
+	var sum [sha256.Size]byte
 	for _, sec := range secrets {
 		if sec == "" {
 			continue
 		}
 		mac := hmac.New(sha256.New, []byte(sec))
-		mac.Write([]byte(ts + "."))
+		mac.Write(ts)
+		mac.Write([]byte{'.'})
 		mac.Write(body)
-		parts = append(parts, "v1="+hex.EncodeToString(mac.Sum(nil)))
+		out = hex.AppendEncode(append(out, ",v1="...), mac.Sum(sum[:0]))
 	}
-	return strings.Join(parts, ",")
+	return string(out)
 }
 
 func (s *Sender) sendWebhook(ctx context.Context, c Config, m Message) Result {
-	hdr := http.Header{}
-	hdr.Set("X-WRENN-SIGNATURE", Signature(s.now(), m.Payload, c["secret"], m.Previous))
-	hdr.Set("X-Wrenn-Event-Id", m.Event.ID)
-	hdr.Set("X-Wrenn-Event-Type", m.Event.Type)
-	hdr.Set("X-Wrenn-Delivery-Attempt", strconv.Itoa(m.Attempt))
+	// X-WRENN-SIGNATURE in its canonical form (names are case-insensitive).
+	hdr := http.Header{
+		"X-Wrenn-Signature":        {Signature(s.now(), m.Payload, c["secret"], m.Previous)},
+		"X-Wrenn-Event-Id":         {m.Event.ID},
+		"X-Wrenn-Event-Type":       {m.Event.Type},
+		"X-Wrenn-Delivery-Attempt": {strconv.Itoa(m.Attempt)},
+	}
 	r := s.do(ctx, http.MethodPost, c["url"], hdr, m.Payload)
 	if r.StatusCode == http.StatusGone {
 		r.Disable = "the webhook answered 410 Gone"
