@@ -45,21 +45,21 @@ WHERE team_id = $1 AND enabled;
 SELECT * FROM channels WHERE id = $1;
 
 -- name: RecordFirstAttempts :many
--- Writes deliveries with their first attempt's outcome (one element per
--- event and channel; payload_of indexes payloads, one per event):
--- pending with next_attempt_at for a retry (attempts 0 and due at once
--- for one handed back untried), or final. A row that exists (the event
--- was also attempted from another entry) is left alone; the rows written
--- are returned.
+-- Writes deliveries with their first attempt's outcome: the event arrays
+-- have one element per event, the others one per delivery, event_of
+-- indexing the events. Pending with next_attempt_at for a retry
+-- (attempts 0 and due at once for one handed back untried), or final. A
+-- row that exists (the event was also attempted from another entry) is
+-- left alone; the rows written are returned.
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
                                 last_status_code, last_error)
-SELECT u.event_id, u.event_type, u.channel_id, (sqlc.arg(payloads)::text[])[u.payload_of], u.stream_id, u.status, u.attempts,
+SELECT (sqlc.arg(event_ids)::text[])[u.e], (sqlc.arg(event_types)::text[])[u.e], u.channel_id,
+       (sqlc.arg(payloads)::text[])[u.e], (sqlc.arg(stream_ids)::text[])[u.e], u.status, u.attempts,
        now() + make_interval(secs => u.retry_in), NULLIF(u.code, 0), NULLIF(u.err, '')
-FROM (SELECT unnest(sqlc.arg(event_ids)::text[]) AS event_id, unnest(sqlc.arg(event_types)::text[]) AS event_type,
-             unnest(sqlc.arg(channel_ids)::text[]) AS channel_id, unnest(sqlc.arg(payload_of)::int[]) AS payload_of,
-             unnest(sqlc.arg(stream_ids)::text[]) AS stream_id, unnest(sqlc.arg(statuses)::text[]) AS status,
-             unnest(sqlc.arg(attempts)::int[]) AS attempts, unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in,
-             unnest(sqlc.arg(codes)::int[]) AS code, unnest(sqlc.arg(errors)::text[]) AS err) AS u
+FROM (SELECT unnest(sqlc.arg(event_of)::int[]) AS e, unnest(sqlc.arg(channel_ids)::text[]) AS channel_id,
+             unnest(sqlc.arg(statuses)::text[]) AS status, unnest(sqlc.arg(attempts)::int[]) AS attempts,
+             unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in, unnest(sqlc.arg(codes)::int[]) AS code,
+             unnest(sqlc.arg(errors)::text[]) AS err) AS u
 ON CONFLICT (event_id, channel_id) DO NOTHING
 RETURNING event_id, channel_id;
 

@@ -444,24 +444,24 @@ func (q *Queries) MatchingChannels(ctx context.Context, teamID string) ([]Matchi
 const recordFirstAttempts = `-- name: RecordFirstAttempts :many
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
                                 last_status_code, last_error)
-SELECT u.event_id, u.event_type, u.channel_id, ($1::text[])[u.payload_of], u.stream_id, u.status, u.attempts,
+SELECT ($1::text[])[u.e], ($2::text[])[u.e], u.channel_id,
+       ($3::text[])[u.e], ($4::text[])[u.e], u.status, u.attempts,
        now() + make_interval(secs => u.retry_in), NULLIF(u.code, 0), NULLIF(u.err, '')
-FROM (SELECT unnest($2::text[]) AS event_id, unnest($3::text[]) AS event_type,
-             unnest($4::text[]) AS channel_id, unnest($5::int[]) AS payload_of,
-             unnest($6::text[]) AS stream_id, unnest($7::text[]) AS status,
-             unnest($8::int[]) AS attempts, unnest($9::float8[]) AS retry_in,
-             unnest($10::int[]) AS code, unnest($11::text[]) AS err) AS u
+FROM (SELECT unnest($5::int[]) AS e, unnest($6::text[]) AS channel_id,
+             unnest($7::text[]) AS status, unnest($8::int[]) AS attempts,
+             unnest($9::float8[]) AS retry_in, unnest($10::int[]) AS code,
+             unnest($11::text[]) AS err) AS u
 ON CONFLICT (event_id, channel_id) DO NOTHING
 RETURNING event_id, channel_id
 `
 
 type RecordFirstAttemptsParams struct {
-	Payloads       []string  `json:"payloads"`
 	EventIds       []string  `json:"event_ids"`
 	EventTypes     []string  `json:"event_types"`
-	ChannelIds     []string  `json:"channel_ids"`
-	PayloadOf      []int32   `json:"payload_of"`
+	Payloads       []string  `json:"payloads"`
 	StreamIds      []string  `json:"stream_ids"`
+	EventOf        []int32   `json:"event_of"`
+	ChannelIds     []string  `json:"channel_ids"`
 	Statuses       []string  `json:"statuses"`
 	Attempts       []int32   `json:"attempts"`
 	RetryInSeconds []float64 `json:"retry_in_seconds"`
@@ -474,20 +474,20 @@ type RecordFirstAttemptsRow struct {
 	ChannelID string `json:"channel_id"`
 }
 
-// Writes deliveries with their first attempt's outcome (one element per
-// event and channel; payload_of indexes payloads, one per event):
-// pending with next_attempt_at for a retry (attempts 0 and due at once
-// for one handed back untried), or final. A row that exists (the event
-// was also attempted from another entry) is left alone; the rows written
-// are returned.
+// Writes deliveries with their first attempt's outcome: the event arrays
+// have one element per event, the others one per delivery, event_of
+// indexing the events. Pending with next_attempt_at for a retry
+// (attempts 0 and due at once for one handed back untried), or final. A
+// row that exists (the event was also attempted from another entry) is
+// left alone; the rows written are returned.
 func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) ([]RecordFirstAttemptsRow, error) {
 	rows, err := q.db.Query(ctx, recordFirstAttempts,
-		arg.Payloads,
 		arg.EventIds,
 		arg.EventTypes,
-		arg.ChannelIds,
-		arg.PayloadOf,
+		arg.Payloads,
 		arg.StreamIds,
+		arg.EventOf,
+		arg.ChannelIds,
 		arg.Statuses,
 		arg.Attempts,
 		arg.RetryInSeconds,

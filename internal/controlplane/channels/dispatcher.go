@@ -172,6 +172,7 @@ type queued struct {
 	payload   []byte // shared by the event's deliveries; never written
 	attempts  int32  // made before this one
 	ev        *events.Event
+	res       string // resourceOf(ev)
 	decodeErr error
 }
 
@@ -184,14 +185,17 @@ func retryItem(row db.ChannelDelivery) queued {
 	} else {
 		it.ev = &ev
 	}
+	it.res = resourceOf(it.ev)
 	return it
 }
 
-func (it queued) resource() string {
-	if it.ev == nil {
+// resourceOf keys a channel's queue by what the event is about ("" for
+// an event that cannot be decoded).
+func resourceOf(ev *events.Event) string {
+	if ev == nil {
 		return ""
 	}
-	return it.ev.Resource.Type + "/" + it.ev.Resource.ID
+	return ev.Resource.Type + "/" + ev.Resource.ID
 }
 
 // NewDispatcher builds a dispatcher over the service's channels.
@@ -352,10 +356,10 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 		case f == nil:
 			// Waits for its retries, which ack it.
 		default:
-			payload := []byte(e.raw)
+			payload, res := []byte(e.raw), resourceOf(e.ev)
 			for _, c := range todo {
 				d.dispatch(ctx, queued{flight: f, eventID: e.ev.ID, eventType: e.ev.Type, channelID: c,
-					streamID: e.streamID, payload: payload, ev: e.ev})
+					streamID: e.streamID, payload: payload, ev: e.ev, res: res})
 			}
 		}
 	}
@@ -523,7 +527,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 func (d *Dispatcher) dispatch(ctx context.Context, item queued) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	id, res := item.channelID, item.resource()
+	id, res := item.channelID, item.res
 	q := d.perCh[id]
 	if q == nil {
 		q = &channelQueue{byResource: map[string][]queued{}, inFlight: map[string]bool{}}
@@ -548,7 +552,7 @@ func (d *Dispatcher) next(id string, q *channelQueue, done *queued) (item queued
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if done != nil {
-		res := done.resource()
+		res := done.res
 		delete(q.inFlight, res)
 		if len(q.byResource[res]) > 0 {
 			q.ready = append(q.ready, res)
@@ -607,7 +611,7 @@ func (d *Dispatcher) abandon(id string, q *channelQueue, held queued) {
 	}
 	clear(q.byResource)
 	q.ready = nil
-	delete(q.inFlight, held.resource())
+	delete(q.inFlight, held.res)
 	if q.workers--; q.workers == 0 {
 		delete(d.perCh, id)
 	}
@@ -777,22 +781,22 @@ func (d *Dispatcher) record(batch []outcome) {
 	var retry db.FinishAttemptsParams
 	var firstOut, retryOut outcomeColumns
 	retried := map[string]*events.Event{}
-	payloadOf := map[*flight]int32{} // each event's payload is sent once
+	eventOf := map[*flight]int32{} // each event is sent once
 	for _, o := range batch {
 		switch it := o.item; {
 		case o.gone:
 		case it.flight != nil:
-			i, ok := payloadOf[it.flight]
+			e, ok := eventOf[it.flight]
 			if !ok {
+				first.EventIds = append(first.EventIds, it.eventID)
+				first.EventTypes = append(first.EventTypes, it.eventType)
 				first.Payloads = append(first.Payloads, it.flight.payload)
-				i = int32(len(first.Payloads)) // 1-based, as SQL arrays
-				payloadOf[it.flight] = i
+				first.StreamIds = append(first.StreamIds, it.streamID)
+				e = int32(len(first.EventIds)) // 1-based, as SQL arrays
+				eventOf[it.flight] = e
 			}
-			first.EventIds = append(first.EventIds, it.eventID)
-			first.EventTypes = append(first.EventTypes, it.eventType)
+			first.EventOf = append(first.EventOf, e)
 			first.ChannelIds = append(first.ChannelIds, it.channelID)
-			first.PayloadOf = append(first.PayloadOf, i)
-			first.StreamIds = append(first.StreamIds, it.streamID)
 			firstOut.add(o)
 		default:
 			retry.Ids = append(retry.Ids, it.rowID)
@@ -804,11 +808,11 @@ func (d *Dispatcher) record(batch []outcome) {
 	retry.Statuses, retry.Attempts, retry.RetryInSeconds, retry.Codes, retry.Errors = retryOut.columns()
 	written := map[[2]string]bool{}
 	var firstErr error
-	if len(first.EventIds) > 0 {
+	if len(first.EventOf) > 0 {
 		rows, err := d.q.RecordFirstAttempts(ctx, first)
 		if err != nil {
 			// Their entries stay unacked and are read again once idle.
-			d.log.Warn("record first delivery attempts", "deliveries", len(first.EventIds), "err", err)
+			d.log.Warn("record first delivery attempts", "deliveries", len(first.EventOf), "err", err)
 			firstErr = err
 		}
 		for _, r := range rows {
