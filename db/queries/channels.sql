@@ -44,13 +44,13 @@ WHERE team_id = $1 AND enabled;
 -- name: ChannelForDelivery :one
 SELECT * FROM channels WHERE id = $1;
 
--- name: RecordFirstAttempts :many
+-- name: RecordFirstAttempts :execrows
 -- Writes deliveries with their first attempt's outcome: the event arrays
 -- have one element per event, the others one per delivery, event_of
 -- indexing the events. Pending with next_attempt_at for a retry
 -- (attempts 0 and due at once for one handed back untried), or final. A
 -- row that exists (the event was also attempted from another entry) is
--- left alone; the rows written are returned.
+-- left alone; the count is of the rows written.
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
                                 last_status_code, last_error)
 SELECT (sqlc.arg(event_ids)::text[])[u.e], (sqlc.arg(event_types)::text[])[u.e], u.channel_id,
@@ -60,8 +60,7 @@ FROM (SELECT unnest(sqlc.arg(event_of)::int[]) AS e, unnest(sqlc.arg(channel_ids
              unnest(sqlc.arg(statuses)::text[]) AS status, unnest(sqlc.arg(attempts)::int[]) AS attempts,
              unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in, unnest(sqlc.arg(codes)::int[]) AS code,
              unnest(sqlc.arg(errors)::text[]) AS err) AS u
-ON CONFLICT (event_id, channel_id) DO NOTHING
-RETURNING event_id, channel_id;
+ON CONFLICT (event_id, channel_id) DO NOTHING;
 
 -- name: DeliveriesOfEvents :many
 -- The deliveries recorded for these events, and whether each is final:

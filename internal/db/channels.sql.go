@@ -441,7 +441,7 @@ func (q *Queries) MatchingChannels(ctx context.Context, teamID string) ([]Matchi
 	return items, nil
 }
 
-const recordFirstAttempts = `-- name: RecordFirstAttempts :many
+const recordFirstAttempts = `-- name: RecordFirstAttempts :execrows
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
                                 last_status_code, last_error)
 SELECT ($1::text[])[u.e], ($2::text[])[u.e], u.channel_id,
@@ -452,7 +452,6 @@ FROM (SELECT unnest($5::int[]) AS e, unnest($6::text[]) AS channel_id,
              unnest($9::float8[]) AS retry_in, unnest($10::int[]) AS code,
              unnest($11::text[]) AS err) AS u
 ON CONFLICT (event_id, channel_id) DO NOTHING
-RETURNING event_id, channel_id
 `
 
 type RecordFirstAttemptsParams struct {
@@ -469,19 +468,14 @@ type RecordFirstAttemptsParams struct {
 	Errors         []string  `json:"errors"`
 }
 
-type RecordFirstAttemptsRow struct {
-	EventID   string `json:"event_id"`
-	ChannelID string `json:"channel_id"`
-}
-
 // Writes deliveries with their first attempt's outcome: the event arrays
 // have one element per event, the others one per delivery, event_of
 // indexing the events. Pending with next_attempt_at for a retry
 // (attempts 0 and due at once for one handed back untried), or final. A
 // row that exists (the event was also attempted from another entry) is
-// left alone; the rows written are returned.
-func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) ([]RecordFirstAttemptsRow, error) {
-	rows, err := q.db.Query(ctx, recordFirstAttempts,
+// left alone; the count is of the rows written.
+func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) (int64, error) {
+	result, err := q.db.Exec(ctx, recordFirstAttempts,
 		arg.EventIds,
 		arg.EventTypes,
 		arg.Payloads,
@@ -495,21 +489,9 @@ func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemp
 		arg.Errors,
 	)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	defer rows.Close()
-	items := []RecordFirstAttemptsRow{}
-	for rows.Next() {
-		var i RecordFirstAttemptsRow
-		if err := rows.Scan(&i.EventID, &i.ChannelID); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
+	return result.RowsAffected(), nil
 }
 
 const releaseDeliveries = `-- name: ReleaseDeliveries :exec

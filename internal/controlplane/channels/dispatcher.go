@@ -806,18 +806,16 @@ func (d *Dispatcher) record(batch []outcome) {
 	}
 	first.Statuses, first.Attempts, first.RetryInSeconds, first.Codes, first.Errors = firstOut.columns()
 	retry.Statuses, retry.Attempts, retry.RetryInSeconds, retry.Codes, retry.Errors = retryOut.columns()
-	written := map[[2]string]bool{}
+	allWritten := true
 	var firstErr error
 	if len(first.EventOf) > 0 {
-		rows, err := d.q.RecordFirstAttempts(ctx, first)
+		n, err := d.q.RecordFirstAttempts(ctx, first)
 		if err != nil {
 			// Their entries stay unacked and are read again once idle.
 			d.log.Warn("record first delivery attempts", "deliveries", len(first.EventOf), "err", err)
 			firstErr = err
 		}
-		for _, r := range rows {
-			written[[2]string{r.EventID, r.ChannelID}] = true
-		}
+		allWritten = n == int64(len(first.EventOf))
 	}
 	var check []settling
 	if len(retry.Ids) > 0 {
@@ -834,7 +832,7 @@ func (d *Dispatcher) record(batch []outcome) {
 			}
 		}
 	}
-	acks, more := d.land(batch, written, firstErr)
+	acks, more := d.land(batch, allWritten, firstErr)
 	acks = append(acks, d.settled(ctx, append(check, more...))...)
 	d.ack(ctx, acks...)
 }
@@ -874,8 +872,10 @@ type settling struct {
 // land counts the batch's recorded first attempts against their flights.
 // A flight whose attempts are all recorded ends: its entries are acked at
 // once when every delivery is final, checked when some may wait for a
-// retry, and left to be read again when a record failed.
-func (d *Dispatcher) land(batch []outcome, written map[[2]string]bool, recordErr error) (acks []string, check []settling) {
+// retry, and left to be read again when a record failed. allWritten is
+// false when some row existed already (written elsewhere first, maybe
+// pending): then every flight of the batch is checked.
+func (d *Dispatcher) land(batch []outcome, allWritten bool, recordErr error) (acks []string, check []settling) {
 	d.flightMu.Lock()
 	defer d.flightMu.Unlock()
 	for _, o := range batch {
@@ -887,8 +887,7 @@ func (d *Dispatcher) land(batch []outcome, written map[[2]string]bool, recordErr
 		case o.gone:
 		case recordErr != nil:
 			f.lost = true
-		case o.status == StatusPending || !written[[2]string{o.item.eventID, o.item.channelID}]:
-			// A row written elsewhere first may be pending.
+		case o.status == StatusPending || !allWritten:
 			f.pending = true
 		}
 		if f.remaining--; f.remaining > 0 {

@@ -620,3 +620,49 @@ func TestQueuedAttemptsStayClaimed(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "the entries acked", func() bool { return w.pendingEntries() == 0 })
 }
+
+// An event on the stream twice (the relay publishes at least once), in
+// one batch or after its delivery: delivered once, both entries acked.
+func TestEventPublishedTwice(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration
+	}{{"same batch", 0}, {"after delivery", 500 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			rcv := newReceiver(t, always(204))
+			ch := w.webhook(w.who, "ops", rcv.srv.URL, "*")
+			ev := events.Event{ID: ids.New("evt-"), Type: "sandbox.created", OccurredAt: time.Now().UTC(), TeamID: w.team,
+				Resource: events.Resource{Type: "sandbox", ID: "sb-1"}}
+			raw, _ := json.Marshal(ev)
+			add := func() {
+				if err := w.rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: events.StreamKey, Values: map[string]any{events.Field: string(raw)}}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.gap == 0 {
+				add()
+				add()
+			}
+			w.start("cp-a", DispatcherConfig{})
+			if tc.gap > 0 {
+				add()
+			}
+			eventually(t, 5*time.Second, "the delivery", func() bool { return len(rcv.got()) == 1 })
+			if tc.gap > 0 {
+				add()
+			}
+			eventually(t, 5*time.Second, "both entries acked", func() bool {
+				n, err := w.rdb.XLen(context.Background(), events.StreamKey).Result()
+				return err == nil && n == 2 && w.pendingEntries() == 0
+			})
+			time.Sleep(tc.gap)
+			if hits := rcv.got(); len(hits) != 1 || hits[0].eventID != ev.ID {
+				t.Fatalf("hits %+v, want the event once", hits)
+			}
+			if d := w.deliveries(ch.ID); len(d) != 1 || d[0].Status != StatusDelivered {
+				t.Fatalf("deliveries %+v", d)
+			}
+		})
+	}
+}
