@@ -114,7 +114,7 @@ type Dispatcher struct {
 // one is recorded.
 type flight struct {
 	ev        *events.Event
-	payload   string // the entry's event JSON, as read
+	payload   string   // the entry's event JSON, as read
 	streamIDs []string // one, or more when the event was published twice
 	remaining int      // first attempts not recorded yet
 	pending   bool     // a delivery of the event waits (or may wait) for a retry
