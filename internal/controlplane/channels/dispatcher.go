@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -346,7 +345,7 @@ func (d *Dispatcher) handle(ctx context.Context, msgs []redis.XMessage) {
 				todo = append(todo, c)
 			}
 		}
-		pending := slices.Contains(slices.Collect(maps.Values(have)), StatusPending)
+		pending := anyPending(have)
 		f, join := d.fly(e.ev, e.raw, e.streamID, len(todo), pending)
 		switch {
 		case join:
@@ -401,6 +400,17 @@ func (d *Dispatcher) recorded(ctx context.Context, eventIDs []string) (map[strin
 		out[r.EventID][r.ChannelID] = r.Status
 	}
 	return out, nil
+}
+
+// anyPending reports whether one of an event's recorded deliveries
+// (channel id to status) waits for a retry.
+func anyPending(statuses map[string]string) bool {
+	for _, st := range statuses {
+		if st == StatusPending {
+			return true
+		}
+	}
+	return false
 }
 
 // fly starts the flight of an event with todo first attempts, or joins
@@ -929,7 +939,7 @@ func (d *Dispatcher) settled(ctx context.Context, events []settling) []string {
 	var acks []string
 	for _, e := range events {
 		have := recorded[e.eventID]
-		if slices.Contains(slices.Collect(maps.Values(have)), StatusPending) {
+		if anyPending(have) {
 			continue
 		}
 		var chans []string
