@@ -698,7 +698,7 @@ func (s *Service) DeleteHost(ctx context.Context, a auth.AuthContext, id string,
 		if err != nil || n == 0 {
 			return err
 		}
-		return tx.Audit.HostDeleted(ctx, tx.Q, service.ActorOf(a), h, len(refs))
+		return tx.Audit.HostDeleted(ctx, tx.Tail, service.ActorOf(a), h, len(refs))
 	})
 	if err != nil {
 		return DeleteResult{}, service.Internal("delete host", err)

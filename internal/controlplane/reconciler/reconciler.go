@@ -224,7 +224,7 @@ func (r *Reconciler) markIfSilent(ctx context.Context, h db.Host) (PassResult, e
 			return err
 		}
 		res.Unreachable = 1
-		if err := tx.Audit.HostMarkedDown(ctx, tx.Q, service.ActorHostMonitor, h, reason); err != nil {
+		if err := tx.Audit.HostMarkedDown(ctx, tx.Tail, service.ActorHostMonitor, h, reason); err != nil {
 			return err
 		}
 		running, err := tx.Q.ListHostSandboxes(ctx, db.ListHostSandboxesParams{HostID: &h.ID, Statuses: []string{string(service.StatusRunning)}})

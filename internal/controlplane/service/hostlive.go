@@ -22,5 +22,5 @@ func (tx *StateTx) HostAnswered(ctx context.Context, p db.HeartbeatHostParams, a
 	if prev != hosts.StatusUnreachable {
 		return h, false, nil
 	}
-	return h, true, tx.Audit.HostMarkedUp(ctx, tx.Q, a, h)
+	return h, true, tx.Audit.HostMarkedUp(ctx, tx.Tail, a, h)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/ids"
 	"github.com/wrenn-dev/wrenn/internal/db"
 	"github.com/wrenn-dev/wrenn/internal/names"
+	"github.com/wrenn-dev/wrenn/internal/pgtx"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -262,7 +263,8 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		host db.Host
 	)
 	opID := newOpID()
-	err = s.inTx(ctx, func(q *db.Queries) error {
+	err = pgtx.Run(ctx, s.pool, func(tx *pgtx.Tx) error {
+		q := tx.Q
 		if err := q.LockTeamSandboxes(ctx, a.TeamID); err != nil {
 			return err
 		}
@@ -296,7 +298,7 @@ func (s *Service) StartSandbox(ctx context.Context, a auth.AuthContext, in Creat
 		if err != nil {
 			return err
 		}
-		return s.audit.SandboxCreated(ctx, q, ActorOf(a), row)
+		return s.audit.SandboxCreated(ctx, tx.Tail, ActorOf(a), row)
 	})
 	if isUniqueViolation(err) && opts.ID != "" {
 		// The same ID made concurrently (by a retry that took over).

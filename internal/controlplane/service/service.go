@@ -17,6 +17,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hosts"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/lease"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/pgtx"
 )
 
 // Limits bound what one request or team may ask for.
@@ -149,9 +150,10 @@ func (s *Service) WaitBackground(ctx context.Context) error {
 // Limits reports the effective limits.
 func (s *Service) Limits() Limits { return s.limits }
 
-// inTx runs fn in a transaction.
+// inTx runs fn in a transaction. One that records audit rows calls
+// pgtx.Run itself, to queue them on its Tail.
 func (s *Service) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return fn(s.q.WithTx(tx)) })
+	return pgtx.Run(ctx, s.pool, func(tx *pgtx.Tx) error { return fn(tx.Q) })
 }
 
 func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

@@ -14,6 +14,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/audit"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/auth"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/pgtx"
 )
 
 // Status is a sandbox's state in the database. The migration's CHECK
@@ -179,7 +180,11 @@ func NewAuditedStates(pool *pgxpool.Pool, al *audit.Logger, logger *slog.Logger)
 type StateTx struct {
 	// Q runs other queries in the same transaction.
 	Q *db.Queries
-	// Audit records other actions of the transaction (a host marked down).
+	// Tail takes the transaction's audit rows: they are sent with its
+	// COMMIT (pgtx), so recording costs no round trip of its own.
+	Tail *db.Queries
+	// Audit records other actions of the transaction (a host marked down),
+	// through Tail.
 	Audit *audit.Logger
 	done  []Transition
 }
@@ -188,8 +193,8 @@ type StateTx struct {
 // they are committed.
 func (s *States) InTx(ctx context.Context, fn func(tx *StateTx) error) error {
 	var st *StateTx
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		st = &StateTx{Q: s.q.WithTx(tx), Audit: s.audit}
+	err := pgtx.Run(ctx, s.pool, func(tx *pgtx.Tx) error {
+		st = &StateTx{Q: tx.Q, Tail: tx.Tail, Audit: s.audit}
 		return fn(st)
 	})
 	if err != nil {
@@ -297,5 +302,5 @@ func (tx *StateTx) recordAudit(ctx context.Context, t Transition) error {
 	default:
 		return fmt.Errorf("sandbox %s state change to %s: no audit event for it", t.SandboxID, t.To)
 	}
-	return record(ctx, tx.Q, t.Actor, c)
+	return record(ctx, tx.Tail, t.Actor, c)
 }
