@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -89,9 +88,8 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "tests/browser.mjs")
-	cmd.Dir = webDir
-	cmd.Env = append(os.Environ(), "WRENN_BASE_URL="+dev.base, "CHROMIUM="+chromium, "ARTIFACTS="+artifacts,
+	cmd, _ := browserCommand(t, ctx, node, webDir, "tests/browser.mjs", []string{dev.base, gh.URL},
+		"WRENN_BASE_URL="+dev.base, "CHROMIUM="+chromium, "ARTIFACTS="+artifacts,
 		"WRENN_ADMIN_EMAIL="+dev.email, "WRENN_ADMIN_PASSWORD="+password,
 		"WRENN_FAKE_GITHUB_URL="+gh.URL, "WRENN_FAKE_GITHUB_EMAIL="+githubEmail)
 	out, err := cmd.CombinedOutput()

@@ -10,6 +10,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
+import { bridgeLoopback, listenReachable } from './netns-bridge.mjs';
 
 const base = must('WRENN_BASE_URL');
 const artifacts = must('ARTIFACTS');
@@ -34,6 +35,7 @@ const networkChanged = [];
 /** While set, problems matching it are expected (the step provokes them). */
 let expected = null;
 
+await bridgeLoopback();
 const browser = await chromium.launch({
 	executablePath: must('CHROMIUM'),
 	headless: true,
@@ -56,8 +58,7 @@ const receiver = createServer((req, res) => {
 		res.writeHead(200).end();
 	});
 });
-await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
-const receiverURL = `http://127.0.0.1:${receiver.address().port}/hook`;
+const receiverURL = `${await listenReachable(receiver)}/hook`;
 
 /** Whether one of the v1= signatures of X-WRENN-SIGNATURE is body's under secret. */
 function signedWith(r, secret) {
@@ -734,7 +735,7 @@ try {
 	receiver.close();
 }
 for (const p of problems) console.error(`problem: ${p}`);
-if (networkChanged.length) console.log(`note: ${networkChanged.length} requests or messages cut by net::ERR_NETWORK_CHANGED (other tests' interfaces), first: ${networkChanged[0]}`);
+if (networkChanged.length) console.log(`note: ${networkChanged.length} requests or messages cut by net::ERR_NETWORK_CHANGED (interface changes in the browser's namespace), first: ${networkChanged[0]}`);
 for (const f of foreign) console.error(`foreign request: ${f}`);
 if (problems.length || foreign.length) exitCode = 1;
 console.log('RESULT ' + JSON.stringify(results));

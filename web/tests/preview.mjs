@@ -5,6 +5,7 @@
 // HttpOnly, SameSite=Lax cookie for that exact host only. Names resolve to
 // loopback only for *.localhost; anything else does not resolve.
 import { chromium } from 'playwright-core';
+import { bridgeLoopback } from './netns-bridge.mjs';
 
 function must(name) {
 	const v = process.env[name];
@@ -14,6 +15,7 @@ function must(name) {
 
 const previewURL = new URL(must('PREVIEW_URL'));
 const expectText = must('EXPECT_TEXT');
+await bridgeLoopback();
 const browser = await chromium.launch({
 	executablePath: must('CHROMIUM'),
 	headless: true,
