@@ -150,8 +150,9 @@ func (s *Service) WaitBackground(ctx context.Context) error {
 // Limits reports the effective limits.
 func (s *Service) Limits() Limits { return s.limits }
 
-// inTx runs fn in a transaction. One that records audit rows calls
-// pgtx.Run itself, to queue them on its Tail.
+// inTx runs fn in a transaction. A hot path that records an audit row
+// (a sandbox create) calls pgtx.Run itself and queues the row on its Tail,
+// so it costs no round trip.
 func (s *Service) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
 	return pgtx.Run(ctx, s.pool, func(tx *pgtx.Tx) error { return fn(tx.Q) })
 }
