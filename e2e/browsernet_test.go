@@ -26,9 +26,10 @@ import (
 // The script's namespace reaches the loopback ports of reach (URLs served
 // here) through one Unix socket each: web/tests/netns-bridge.mjs listens on
 // the same port inside and forwards to the socket, and this side dials the
-// port. The other way, inbound is a loopback port here that reaches the
-// script's own server (its webhook receiver), which listens on a socket.
-func browserCommand(t *testing.T, ctx context.Context, node, webDir, script string, reach []string, env ...string) (cmd *exec.Cmd, inbound int) {
+// port. The other way, a loopback port here (WRENN_NETNS_INBOUND_PORT)
+// reaches the script's own server (its webhook receiver), which listens on
+// a socket.
+func browserCommand(t *testing.T, ctx context.Context, node, webDir, script string, reach []string, env ...string) *exec.Cmd {
 	t.Helper()
 	// Not t.TempDir: a Unix socket path must stay under 108 bytes.
 	dir, err := os.MkdirTemp("", "wrenn-netns-")
@@ -54,16 +55,16 @@ func browserCommand(t *testing.T, ctx context.Context, node, webDir, script stri
 		t.Fatalf("browser bridge: %v", err)
 	}
 	serveForward(t, in, func() (net.Conn, error) { return net.Dial("unix", filepath.Join(dir, "inbound.sock")) })
-	inbound = in.Addr().(*net.TCPAddr).Port
+	inbound := in.Addr().(*net.TCPAddr).Port
 
 	// unshare fails the run when the namespace cannot be made: the script
 	// never runs in this namespace instead.
-	cmd = exec.CommandContext(ctx, "unshare", "--net", "--", "sh", "-ec", `ip link set lo up; exec "$@"`, "sh", node, script)
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "--", "sh", "-ec", `ip link set lo up; exec "$@"`, "sh", node, script)
 	cmd.Dir = webDir
 	cmd.Env = append(os.Environ(), "WRENN_NETNS_BRIDGE="+dir, "WRENN_NETNS_PORTS="+strings.Join(ports, ","),
 		"WRENN_NETNS_INBOUND_PORT="+strconv.Itoa(inbound))
 	cmd.Env = append(cmd.Env, env...)
-	return cmd, inbound
+	return cmd
 }
 
 // serveForward accepts on ln until the test ends and splices each

@@ -88,7 +88,7 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	cmd, _ := browserCommand(t, ctx, node, webDir, "tests/browser.mjs", []string{dev.base, gh.URL},
+	cmd := browserCommand(t, ctx, node, webDir, "tests/browser.mjs", []string{dev.base, gh.URL},
 		"WRENN_BASE_URL="+dev.base, "CHROMIUM="+chromium, "ARTIFACTS="+artifacts,
 		"WRENN_ADMIN_EMAIL="+dev.email, "WRENN_ADMIN_PASSWORD="+password,
 		"WRENN_FAKE_GITHUB_URL="+gh.URL, "WRENN_FAKE_GITHUB_EMAIL="+githubEmail)

@@ -384,7 +384,7 @@ func testPreviewURL(t *testing.T, key client, cpAddr, id string) {
 		key.must(t, http.MethodPost, "/v1/sandboxes/"+id+"/preview-urls", map[string]any{"port": 8080}, &fresh, http.StatusCreated)
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		cmd, _ := browserCommand(t, ctx, node, webDir, "tests/preview.mjs", []string{"http://" + cpAddr},
+		cmd := browserCommand(t, ctx, node, webDir, "tests/preview.mjs", []string{"http://" + cpAddr},
 			"PREVIEW_URL="+fresh.URL, "EXPECT_TEXT=hello-proxy", "CHROMIUM="+chromium)
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "RESULT ") {
