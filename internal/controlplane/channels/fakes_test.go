@@ -47,8 +47,7 @@ func newFakeNet(t *testing.T, handler http.Handler) (*fakeNet, *Network) {
 	f.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
-	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-	n := &Network{Resolver: f, Dial: f.dial, Base: base}
+	n := &Network{Resolver: f, Dial: f.dial, TLS: &tls.Config{RootCAs: pool}}
 	return f, n
 }
 

@@ -2,14 +2,18 @@ package channels
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // ErrAddressNotAllowed is returned when a destination resolves to an
@@ -64,9 +68,9 @@ type Network struct {
 	AllowPrivate bool
 	Resolver     Resolver
 	Dial         DialFunc
-	// Base is the transport Client clones (tests set their fake
-	// providers' TLS roots on it); nil: http.DefaultTransport.
-	Base *http.Transport
+	// TLS is the client's TLS config (tests set their fake providers'
+	// roots on it); nil: the system's roots.
+	TLS *tls.Config
 }
 
 // DialContext is the guarded dialer for an http.Transport.
@@ -132,25 +136,59 @@ func (n *Network) CheckURL(field, raw string) error {
 	return nil
 }
 
-// Transport is the one HTTP transport every provider sends through: the
-// guarded dialer and no proxy from the environment (it would bypass the
-// address check). Senders call its RoundTrip, which follows no redirect
-// (a 3xx is the answer), without an http.Client, which would only copy
-// each request's headers for the redirects it is not to follow.
-func (n *Network) Transport() *http.Transport {
-	var tr *http.Transport
-	if n.Base != nil {
-		tr = n.Base.Clone()
+// Client is the one HTTP client every provider sends through: the guarded
+// dialer, no proxy from the environment (it would bypass the address
+// check), and no redirect followed (a 3xx is the answer).
+//
+// It is fasthttp's, not net/http's: a delivery is one small POST whose
+// answer is discarded, and net/http's two goroutines per connection, the
+// hand-offs between them and its allocations cost about as much CPU as the
+// rest of the dispatcher (docs/benchmarks.md, "Notification channels").
+// What net/http did for free is set here: TLS 1.2 at least, a bounded
+// answer, idle connections dropped before common servers' keep-alive
+// timeouts, and one retry of a request whose connection was closed before
+// any answer (a keep-alive race).
+func (n *Network) Client() *fasthttp.Client {
+	var tc *tls.Config
+	if n.TLS != nil {
+		tc = n.TLS.Clone()
 	} else {
-		tr = http.DefaultTransport.(*http.Transport).Clone()
+		tc = &tls.Config{}
 	}
-	tr.Proxy = nil
-	tr.DialContext = n.DialContext
-	// Deliveries to one host run in parallel; keep their connections
-	// (more idle ones per host than attempts in flight to it at once).
-	tr.MaxIdleConnsPerHost = 64
-	// Answers are discarded: asking for gzip would only add a header to
-	// parse at both ends.
-	tr.DisableCompression = true
-	return tr
+	if tc.MinVersion == 0 {
+		tc.MinVersion = tls.VersionTLS12
+	}
+	return &fasthttp.Client{
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			return n.DialContext(ctx, "tcp", addr)
+		},
+		TLSConfig: tc,
+		// Deliveries to one host run in parallel (a process has at most
+		// DispatcherConfig.Workers in flight), and the most recently used
+		// connection is reused first, so idle ones age out.
+		MaxConnsPerHost:     1024,
+		MaxConnWaitTimeout:  5 * time.Second,
+		ConnPoolStrategy:    fasthttp.LIFO,
+		MaxIdleConnDuration: 4 * time.Second, // Node's default keep-alive is 5 s
+		// Answers are read and dropped; headers up to 16 KiB, a body up to
+		// 64 KiB (a larger one still gives its status).
+		ReadBufferSize:      16 << 10,
+		MaxResponseBodySize: 64 << 10,
+		// The path is sent as the channel's config gives it (tokens and
+		// escaped room ids included), and no default User-Agent is added.
+		DisablePathNormalizing:   true,
+		NoDefaultUserAgentHeader: true,
+		RetryIfErr:               retryClosedOnce,
+	}
+}
+
+// retryClosedOnce retries a request once when its connection was closed or
+// reset before any answer: a pooled connection the server had just closed
+// for idleness. A timeout is never retried: the attempt's time is spent.
+func retryClosedOnce(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	closed := errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return false, attempts == 1 && closed
 }

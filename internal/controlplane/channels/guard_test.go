@@ -1,11 +1,19 @@
 package channels
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 )
@@ -114,3 +122,101 @@ func codeOf(err error) string {
 }
 
 func serviceErr(err error) (*service.Error, bool) { return service.AsError(err) }
+
+// closingServer answers each request 204 and then closes its connection
+// without saying so (no Connection: close), as a server dropping an idle
+// keep-alive connection does; it counts the connections it accepted.
+func closingServer(t *testing.T) (url string, conns *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				_, _ = io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String() + "/hook", conns
+}
+
+// The client's behaviour where net/http's would differ by default: a
+// pooled connection the server closed is retried once on a new one; a
+// large answer still gives its status; a cancelled or timed-out attempt
+// returns at once.
+func TestSenderClient(t *testing.T) {
+	n := &Network{AllowPrivate: true}
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(1500 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Padding", strings.Repeat("p", 8<<10))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(bytes.Repeat([]byte("b"), 1<<20))
+	}))
+	t.Cleanup(big.Close)
+	cfg := func(u string) Config { return Config{"url": u, "secret": "0123456789abcdef"} }
+	msg := Message{Payload: []byte(`{}`), Attempt: 1}
+
+	t.Run("connection closed after an answer", func(t *testing.T) {
+		u, conns := closingServer(t)
+		s := NewSender(n, "")
+		for i := range 3 {
+			if r := s.Send(context.Background(), Webhook, cfg(u), msg); !r.OK() || r.StatusCode != 204 {
+				t.Fatalf("send %d: code %d, %v", i+1, r.StatusCode, r.Err)
+			}
+		}
+		if c := conns.Load(); c != 3 {
+			t.Fatalf("%d connections for 3 sends, want 3 (each answer closes its connection)", c)
+		}
+	})
+	t.Run("large answer", func(t *testing.T) {
+		r := NewSender(n, "").Send(context.Background(), Webhook, cfg(big.URL), msg)
+		if !r.OK() || r.StatusCode != 200 {
+			t.Fatalf("code %d, %v; want 200", r.StatusCode, r.Err)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		want error
+	}{
+		{"cancelled", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(100*time.Millisecond, cancel)
+			return ctx, cancel
+		}, context.Canceled},
+		{"timed out", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 200*time.Millisecond)
+		}, context.DeadlineExceeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			start := time.Now()
+			r := NewSender(n, "").Send(ctx, Webhook, cfg(slow.URL), msg)
+			if took := time.Since(start); !errors.Is(r.Err, tc.want) || took > time.Second {
+				t.Fatalf("after %v: %v, want %v at once", took, r.Err, tc.want)
+			}
+		})
+	}
+}

@@ -1,12 +1,12 @@
 package channels
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -18,18 +18,21 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 )
 
 // The chat providers speak their wire formats directly over Network's one
-// HTTP transport instead of going through shoutrrr
+// HTTP client instead of going through shoutrrr
 // (github.com/nicholas-fedor/shoutrrr v0.13.2): its services build their
 // own clients (Google Chat posts with http.DefaultClient, Discord keeps a
 // client of its own with transport-level retries, Matrix another), so the
 // dial-time address check could not be applied to every send, the tests
 // could not reach fakes under the production host names, and Discord's
 // hidden retries would run beside the durable schedule. Each request here
-// is one attempt, bounded by the caller's context.
+// is one attempt, bounded by the caller's context (resent once only when
+// its pooled connection was closed before any answer: Network.Client).
 
 // Provider names.
 const (
@@ -105,7 +108,7 @@ var providers = map[string]provider{
 			// homeserver drops a repeat of a send that did arrive.
 			txn := url.PathEscape(m.ChannelID + "." + m.Event.ID)
 			u := strings.TrimRight(c["homeserver_url"], "/") + "/_matrix/client/v3/rooms/" + url.PathEscape(c["room_id"]) + "/send/m.room.message/" + txn
-			hdr := http.Header{"Authorization": {"Bearer " + c["access_token"]}}
+			hdr := []header{{"Authorization", "Bearer " + c["access_token"]}}
 			return s.postJSON(ctx, http.MethodPut, u, hdr, map[string]string{"msgtype": "m.text", "body": s.text(m.Event)})
 		}},
 	Webhook: {fields: []string{"url", "secret"}, optional: map[string]bool{"secret": true}, validate: validateWebhook,
@@ -225,9 +228,9 @@ func adaptiveCard(text string) any {
 	}
 }
 
-// Sender performs attempts over Network's transport.
+// Sender performs attempts over Network's client.
 type Sender struct {
-	transport http.RoundTripper
+	client *fasthttp.Client
 	// PublicURL, when set, links messages to the dashboard.
 	PublicURL string
 	now       func() time.Time
@@ -236,7 +239,7 @@ type Sender struct {
 
 // NewSender builds a sender on n.
 func NewSender(n *Network, publicURL string) *Sender {
-	return &Sender{transport: n.Transport(), PublicURL: strings.TrimRight(publicURL, "/"), now: time.Now}
+	return &Sender{client: n.Client(), PublicURL: strings.TrimRight(publicURL, "/"), now: time.Now}
 }
 
 // Send makes one attempt.
@@ -272,50 +275,77 @@ func (s *Sender) text(e events.Event) string {
 	return b.String()
 }
 
-func (s *Sender) postJSON(ctx context.Context, method, u string, hdr http.Header, body any) Result {
+func (s *Sender) postJSON(ctx context.Context, method, u string, hdr []header, body any) Result {
 	raw, err := json.Marshal(body)
 	if err != nil {
 		return Result{Err: fmt.Errorf("encode message: %w", err)}
 	}
-	if hdr == nil {
-		hdr = make(http.Header, 2)
-	}
 	return s.do(ctx, method, u, hdr, raw)
 }
 
-// do sends one request. Errors never quote the URL: it holds tokens.
-func (s *Sender) do(ctx context.Context, method, u string, hdr http.Header, body []byte) Result {
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
-	if err != nil {
-		return Result{Err: fmt.Errorf("build request: invalid URL")}
+// header is one request header besides Content-Type and User-Agent.
+type header struct{ name, value string }
+
+// answer is what a request's goroutine hands back.
+type answer struct {
+	status int
+	err    error
+}
+
+// do sends one request, bounded by ctx: a request still running when ctx
+// is cancelled goes on in the background until its deadline, and its
+// answer is dropped. Errors never quote the URL: it holds tokens.
+func (s *Sender) do(ctx context.Context, method, u string, hdr []header, body []byte) Result {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(defaultSendTimeout)
 	}
-	// Keys already canonical: no Set, which would canonicalize each again.
-	hdr["Content-Type"] = []string{"application/json"}
-	hdr["User-Agent"] = []string{"Wrenn-Channels/1"}
-	req.Header = hdr
-	resp, err := s.transport.RoundTrip(req)
-	if err != nil {
-		return Result{Err: scrubURLError(err)}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	req.SetRequestURI(u)
+	req.Header.SetMethod(method)
+	req.Header.SetContentType("application/json")
+	req.Header.SetUserAgent("Wrenn-Channels/1")
+	for _, h := range hdr {
+		req.Header.Set(h.name, h.value)
 	}
-	defer resp.Body.Close()
-	if resp.Body != http.NoBody {
-		// Read to its end (up to a bound), so the connection is reused.
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	req.SetBodyRaw(body) // not copied: a payload is never changed once built
+	done := make(chan answer, 1)
+	go func() {
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		err := s.client.DoDeadline(req, resp, deadline)
+		done <- answer{status: resp.StatusCode(), err: err}
+	}()
+	var a answer
+	select {
+	case a = <-done:
+	case <-ctx.Done():
+		return Result{Err: ctx.Err()}
 	}
-	r := Result{StatusCode: resp.StatusCode}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		r.Err = fmt.Errorf("answered %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+	switch {
+	case errors.Is(a.err, fasthttp.ErrBodyTooLarge):
+		// The status line and headers were read: they are the answer.
+	case errors.Is(a.err, fasthttp.ErrTimeout), errors.Is(a.err, fasthttp.ErrDialTimeout), errors.Is(a.err, fasthttp.ErrTLSHandshakeTimeout):
+		return Result{Err: fmt.Errorf("%w (%v)", context.DeadlineExceeded, a.err)}
+	case errors.Is(a.err, fasthttp.ErrConnectionClosed), errors.Is(a.err, io.EOF):
+		return Result{Err: errClosedUnanswered}
+	case a.err != nil:
+		return Result{Err: a.err}
+	}
+	r := Result{StatusCode: a.status}
+	if a.status < 200 || a.status > 299 {
+		r.Err = fmt.Errorf("answered %d %s", a.status, http.StatusText(a.status))
 	}
 	return r
 }
 
-// scrubURLError drops the URL from an error that has one (it may carry a token).
-func scrubURLError(err error) error {
-	if ue, ok := err.(*url.Error); ok {
-		return fmt.Errorf("%s: %w", strings.ToLower(ue.Op), ue.Err)
-	}
-	return err
-}
+// errClosedUnanswered is a connection closed with no answer (twice: the
+// client retries such a request once).
+var errClosedUnanswered = errors.New("the endpoint closed the connection without answering (EOF)")
+
+// defaultSendTimeout bounds a request whose context has no deadline
+// (callers give one: DispatcherConfig.SendTimeout, Deps.SendTimeout).
+const defaultSendTimeout = 10 * time.Second
 
 // Signature is the X-WRENN-SIGNATURE value for body at t: one v1= per
 // secret (the current one first; a rotated-out one during its grace).
@@ -367,12 +397,11 @@ func (g *signer) pool(secret string) *sync.Pool {
 }
 
 func (s *Sender) sendWebhook(ctx context.Context, c Config, m Message) Result {
-	// X-WRENN-SIGNATURE in its canonical form (names are case-insensitive).
-	hdr := http.Header{
-		"X-Wrenn-Signature":        {s.signer.sign(s.now(), m.Payload, c["secret"], m.Previous)},
-		"X-Wrenn-Event-Id":         {m.Event.ID},
-		"X-Wrenn-Event-Type":       {m.Event.Type},
-		"X-Wrenn-Delivery-Attempt": {strconv.Itoa(m.Attempt)},
+	hdr := []header{
+		{"X-Wrenn-Signature", s.signer.sign(s.now(), m.Payload, c["secret"], m.Previous)},
+		{"X-Wrenn-Event-Id", m.Event.ID},
+		{"X-Wrenn-Event-Type", m.Event.Type},
+		{"X-Wrenn-Delivery-Attempt", strconv.Itoa(m.Attempt)},
 	}
 	r := s.do(ctx, http.MethodPost, c["url"], hdr, m.Payload)
 	if r.StatusCode == http.StatusGone {
