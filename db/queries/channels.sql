@@ -49,8 +49,14 @@ SELECT * FROM channels WHERE id = $1;
 -- have one element per event, the others one per delivery, event_of
 -- indexing the events. Pending with next_attempt_at for a retry
 -- (attempts 0 and due at once for one handed back untried), or final. A
--- row that exists (the event was also attempted from another entry) is
--- left alone; the count is of the rows written.
+-- row that exists (the event was also attempted from another entry) fails
+-- the statement with a unique violation: the caller leaves those out and
+-- writes the rest again. That is rare; ON CONFLICT DO NOTHING would instead
+-- probe the unique index before every insert, which costs a tenth of the
+-- dispatcher's throughput (docs/benchmarks.md, "Notification channels").
+-- A channel deleted since the dispatcher looked it up gets no row (there
+-- is no foreign key to refuse one): the batch's channels are looked up
+-- once per statement, not probed per row.
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
                                 last_status_code, last_error)
 SELECT (sqlc.arg(event_ids)::text[])[u.e], (sqlc.arg(event_types)::text[])[u.e], u.channel_id,
@@ -60,7 +66,7 @@ FROM (SELECT unnest(sqlc.arg(event_of)::int[]) AS e, unnest(sqlc.arg(channel_ids
              unnest(sqlc.arg(statuses)::text[]) AS status, unnest(sqlc.arg(attempts)::int[]) AS attempts,
              unnest(sqlc.arg(retry_in_seconds)::float8[]) AS retry_in, unnest(sqlc.arg(codes)::int[]) AS code,
              unnest(sqlc.arg(errors)::text[]) AS err) AS u
-ON CONFLICT (event_id, channel_id) DO NOTHING;
+WHERE u.channel_id = ANY(ARRAY(SELECT id FROM channels WHERE id = ANY(sqlc.arg(channel_ids)::text[])));
 
 -- name: DeliveriesOfEvents :many
 -- The deliveries recorded for these events, and whether each is final:
@@ -81,6 +87,11 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING *;
+
+-- name: DeleteOrphanDeliveries :exec
+-- Deletes retries whose channel is gone (recorded while it was deleted).
+DELETE FROM channel_deliveries d
+WHERE d.id = ANY(sqlc.arg(ids)::text[]) AND NOT EXISTS (SELECT 1 FROM channels c WHERE c.id = d.channel_id);
 
 -- name: ReleaseDeliveries :exec
 -- Hands taken deliveries back untried (shutting down): due at once.

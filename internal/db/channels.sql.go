@@ -153,6 +153,17 @@ func (q *Queries) DeleteChannel(ctx context.Context, arg DeleteChannelParams) (C
 	return i, err
 }
 
+const deleteOrphanDeliveries = `-- name: DeleteOrphanDeliveries :exec
+DELETE FROM channel_deliveries d
+WHERE d.id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM channels c WHERE c.id = d.channel_id)
+`
+
+// Deletes retries whose channel is gone (recorded while it was deleted).
+func (q *Queries) DeleteOrphanDeliveries(ctx context.Context, ids []string) error {
+	_, err := q.db.Exec(ctx, deleteOrphanDeliveries, ids)
+	return err
+}
+
 const deliveriesOfEvents = `-- name: DeliveriesOfEvents :many
 SELECT d.event_id, d.channel_id, d.status
 FROM unnest($1::text[]) AS e(id)
@@ -451,7 +462,7 @@ FROM (SELECT unnest($5::int[]) AS e, unnest($6::text[]) AS channel_id,
              unnest($7::text[]) AS status, unnest($8::int[]) AS attempts,
              unnest($9::float8[]) AS retry_in, unnest($10::int[]) AS code,
              unnest($11::text[]) AS err) AS u
-ON CONFLICT (event_id, channel_id) DO NOTHING
+WHERE u.channel_id = ANY(ARRAY(SELECT id FROM channels WHERE id = ANY($6::text[])))
 `
 
 type RecordFirstAttemptsParams struct {
@@ -472,8 +483,14 @@ type RecordFirstAttemptsParams struct {
 // have one element per event, the others one per delivery, event_of
 // indexing the events. Pending with next_attempt_at for a retry
 // (attempts 0 and due at once for one handed back untried), or final. A
-// row that exists (the event was also attempted from another entry) is
-// left alone; the count is of the rows written.
+// row that exists (the event was also attempted from another entry) fails
+// the statement with a unique violation: the caller leaves those out and
+// writes the rest again. That is rare; ON CONFLICT DO NOTHING would instead
+// probe the unique index before every insert, which costs a tenth of the
+// dispatcher's throughput (docs/benchmarks.md, "Notification channels").
+// A channel deleted since the dispatcher looked it up gets no row (there
+// is no foreign key to refuse one): the batch's channels are looked up
+// once per statement, not probed per row.
 func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) (int64, error) {
 	result, err := q.db.Exec(ctx, recordFirstAttempts,
 		arg.EventIds,

@@ -127,7 +127,8 @@ type outcome struct {
 	attempts int32
 	retryIn  time.Duration
 	r        Result
-	// gone: nothing to record, the channel was deleted with its deliveries.
+	// gone: the channel was deleted (with its deliveries, but for a retry
+	// recorded while it was: record deletes that one).
 	gone bool
 }
 
@@ -673,7 +674,7 @@ func (d *Dispatcher) unlock(ids ...string) {
 func (d *Dispatcher) attempt(ctx context.Context, item queued) {
 	c, err := d.channel(ctx, item.channelID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		d.outcomes <- outcome{item: item, gone: true} // deleted with its deliveries
+		d.outcomes <- outcome{item: item, gone: true}
 		return
 	}
 	if err != nil {
@@ -787,47 +788,36 @@ func (d *Dispatcher) recordLoop() {
 func (d *Dispatcher) record(batch []outcome) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var first db.RecordFirstAttemptsParams
+	var firsts []outcome
 	var retry db.FinishAttemptsParams
-	var firstOut, retryOut outcomeColumns
+	var retryOut outcomeColumns
 	retried := map[string]*events.Event{}
-	eventOf := map[*flight]int32{} // each event is sent once
+	var orphans []string
+	var check []settling
 	for _, o := range batch {
 		switch it := o.item; {
+		case o.gone && it.flight == nil:
+			// A retry recorded while its channel was deleted: the trigger
+			// that deletes a channel's deliveries ran before it existed.
+			orphans = append(orphans, it.rowID)
+			check = append(check, settling{eventID: it.eventID, ev: it.ev, streamIDs: []string{it.streamID}})
 		case o.gone:
 		case it.flight != nil:
-			e, ok := eventOf[it.flight]
-			if !ok {
-				first.EventIds = append(first.EventIds, it.eventID)
-				first.EventTypes = append(first.EventTypes, it.eventType)
-				first.Payloads = append(first.Payloads, it.flight.payload)
-				first.StreamIds = append(first.StreamIds, it.streamID)
-				e = int32(len(first.EventIds)) // 1-based, as SQL arrays
-				eventOf[it.flight] = e
-			}
-			first.EventOf = append(first.EventOf, e)
-			first.ChannelIds = append(first.ChannelIds, it.channelID)
-			firstOut.add(o)
+			firsts = append(firsts, o)
 		default:
 			retry.Ids = append(retry.Ids, it.rowID)
 			retryOut.add(o)
 			retried[it.eventID] = it.ev
 		}
 	}
-	first.Statuses, first.Attempts, first.RetryInSeconds, first.Codes, first.Errors = firstOut.columns()
 	retry.Statuses, retry.Attempts, retry.RetryInSeconds, retry.Codes, retry.Errors = retryOut.columns()
-	allWritten := true
-	var firstErr error
-	if len(first.EventOf) > 0 {
-		n, err := d.q.RecordFirstAttempts(ctx, first)
-		if err != nil {
-			// Their entries stay unacked and are read again once idle.
-			d.log.Warn("record first delivery attempts", "deliveries", len(first.EventOf), "err", err)
-			firstErr = err
+	allWritten, firstErr := d.recordFirsts(ctx, firsts)
+	if len(orphans) > 0 {
+		if err := d.q.DeleteOrphanDeliveries(ctx, orphans); err != nil {
+			// Their locks expire and the next attempt finds them gone again.
+			d.log.Warn("delete deliveries of deleted channels", "deliveries", len(orphans), "err", err)
 		}
-		allWritten = n == int64(len(first.EventOf))
 	}
-	var check []settling
 	if len(retry.Ids) > 0 {
 		rows, err := d.q.FinishAttempts(ctx, retry)
 		if err != nil {
@@ -845,6 +835,69 @@ func (d *Dispatcher) record(batch []outcome) {
 	acks, more := d.land(batch, allWritten, firstErr)
 	acks = append(acks, d.settled(ctx, append(check, more...))...)
 	d.ack(ctx, acks...)
+}
+
+// recordFirsts writes first attempts' rows. A row that exists already (the
+// event was also attempted from another entry, maybe by another replica)
+// fails the statement: those are left out and the rest written again.
+// allWritten is false when some row existed.
+func (d *Dispatcher) recordFirsts(ctx context.Context, firsts []outcome) (allWritten bool, err error) {
+	allWritten = true
+	for try := 0; len(firsts) > 0; try++ {
+		_, err = d.q.RecordFirstAttempts(ctx, firstAttempts(firsts))
+		if !service.IsUniqueViolation(err) || try == 2 {
+			break
+		}
+		allWritten = false
+		var recorded map[string]map[string]string
+		if recorded, err = d.recorded(ctx, eventIDsOf(firsts)); err != nil {
+			break
+		}
+		firsts = slices.DeleteFunc(firsts, func(o outcome) bool {
+			_, ok := recorded[o.item.eventID][o.item.channelID]
+			return ok
+		})
+	}
+	if err != nil {
+		// Their entries stay unacked and are read again once idle.
+		d.log.Warn("record first delivery attempts", "deliveries", len(firsts), "err", err)
+	}
+	return allWritten, err
+}
+
+// firstAttempts is the statement's arrays for first attempts: each event
+// (its payload) once, and one element per delivery.
+func firstAttempts(firsts []outcome) db.RecordFirstAttemptsParams {
+	var p db.RecordFirstAttemptsParams
+	var out outcomeColumns
+	eventOf := map[*flight]int32{}
+	for _, o := range firsts {
+		it := o.item
+		e, ok := eventOf[it.flight]
+		if !ok {
+			p.EventIds = append(p.EventIds, it.eventID)
+			p.EventTypes = append(p.EventTypes, it.eventType)
+			p.Payloads = append(p.Payloads, it.flight.payload)
+			p.StreamIds = append(p.StreamIds, it.streamID)
+			e = int32(len(p.EventIds)) // 1-based, as SQL arrays
+			eventOf[it.flight] = e
+		}
+		p.EventOf = append(p.EventOf, e)
+		p.ChannelIds = append(p.ChannelIds, it.channelID)
+		out.add(o)
+	}
+	p.Statuses, p.Attempts, p.RetryInSeconds, p.Codes, p.Errors = out.columns()
+	return p
+}
+
+func eventIDsOf(outs []outcome) []string {
+	var ids []string
+	for _, o := range outs {
+		if !slices.Contains(ids, o.item.eventID) {
+			ids = append(ids, o.item.eventID)
+		}
+	}
+	return ids
 }
 
 // outcomeColumns is the outcome half of a batch statement's arrays.

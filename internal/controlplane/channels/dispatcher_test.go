@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -662,6 +663,126 @@ func TestEventPublishedTwice(t *testing.T) {
 			}
 			if d := w.deliveries(ch.ID); len(d) != 1 || d[0].Status != StatusDelivered {
 				t.Fatalf("deliveries %+v", d)
+			}
+		})
+	}
+}
+
+// A channel's deliveries go with it, deleted directly or with its team;
+// a retry recorded while its channel was being deleted (the row outlives
+// the delete) is deleted when next due, untried, and its entry acked.
+func TestDeletedChannelDeliveries(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	count := func(channelID string) (n int) {
+		t.Helper()
+		if err := w.pool.QueryRow(ctx, "SELECT count(*) FROM channel_deliveries WHERE channel_id = $1", channelID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	rcv := newReceiver(t, func(n int) int {
+		if n == 1 {
+			return 503
+		}
+		return 204
+	})
+	ch := w.webhook(w.who, "ops", rcv.srv.URL, "*")
+	other := w.newTeam()
+	otherWho := auth.AuthContext{TeamID: other, Role: "owner", UserID: "usr-test"}
+	theirs := w.webhook(otherWho, "theirs", rcv.srv.URL, "*")
+	cfg := DispatcherConfig{RetryDelays: []time.Duration{time.Second}, ClaimIdle: 500 * time.Millisecond}
+	stop := w.start("cp-1", cfg)
+	w.publish(w.team, "sandbox.created")
+	w.publish(other, "sandbox.created")
+	eventually(t, 10*time.Second, "both teams' first attempts recorded", func() bool {
+		return count(ch.ID) == 1 && count(theirs.ID) == 1
+	})
+	stop()
+
+	// The team goes, and its channel's deliveries with it.
+	if err := db.New(w.pool).DeleteTeam(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(theirs.ID); n != 0 {
+		t.Fatalf("%d deliveries of a deleted team's channel", n)
+	}
+
+	// The retry row as it would be if recorded just after the delete.
+	if _, err := w.pool.Exec(ctx, "CREATE TABLE kept AS SELECT * FROM channel_deliveries WHERE channel_id = $1", ch.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.svc.Delete(ctx, w.who, ch.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(ch.ID); n != 0 {
+		t.Fatalf("%d deliveries of a deleted channel", n)
+	}
+	if _, err := w.pool.Exec(ctx, "INSERT INTO channel_deliveries SELECT * FROM kept"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(ch.ID); n != 1 {
+		t.Fatalf("%d orphan rows, want 1", n)
+	}
+	hits := len(rcv.got())
+	w.start("cp-2", cfg)
+	eventually(t, 30*time.Second, "the orphan retry deleted", func() bool { return count(ch.ID) == 0 })
+	eventually(t, 30*time.Second, "the entries acked", func() bool { return w.pendingEntries() == 0 })
+	if n := len(rcv.got()); n != hits {
+		t.Fatalf("%d more attempts to deleted channels", n-hits)
+	}
+}
+
+// First attempts whose rows another entry (or replica) wrote first: the
+// statement fails on the unique key, the rows that exist are left as they
+// are, and the others are written. One to a channel deleted since it was
+// looked up gets no row.
+func TestFirstAttemptsAlreadyRecorded(t *testing.T) {
+	w := newWorld(t)
+	a := w.webhook(w.who, "a", "http://127.0.0.1:1/a", "*")
+	b := w.webhook(w.who, "b", "http://127.0.0.1:1/b", "*")
+	gone := w.webhook(w.who, "gone", "http://127.0.0.1:1/gone", "*")
+	if err := w.svc.Delete(context.Background(), w.who, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	d, err := NewDispatcher(DispatcherConfig{Consumer: "cp-a"}, w.svc, w.rdb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := events.Event{ID: ids.New("evt-"), Type: "sandbox.created", OccurredAt: time.Now().UTC(), TeamID: w.team}
+	raw, _ := json.Marshal(ev)
+	f := &flight{ev: &ev, payload: string(raw), streamIDs: []string{"1-0"}, remaining: 2}
+	item := func(ch Channel) queued {
+		return queued{flight: f, eventID: ev.ID, eventType: ev.Type, channelID: ch.ID, streamID: "1-0", ev: &ev}
+	}
+	ctx := context.Background()
+	// a's row exists already, pending: another replica's attempt failed.
+	if _, err := d.recordFirsts(ctx, []outcome{{item: item(a), status: StatusPending, attempts: 1, retryIn: time.Hour,
+		r: Result{StatusCode: 500, Err: errors.New("answered 500")}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		outs       []outcome
+		allWritten bool
+	}{
+		{"one exists", []outcome{{item: item(a), status: StatusDelivered, attempts: 1}, {item: item(b), status: StatusDelivered, attempts: 1},
+			{item: item(gone), status: StatusDelivered, attempts: 1}}, false},
+		{"all exist", []outcome{{item: item(a), status: StatusDelivered, attempts: 1}, {item: item(b), status: StatusDelivered, attempts: 1}}, false},
+		{"channel deleted", []outcome{{item: item(gone), status: StatusDelivered, attempts: 1}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			allWritten, err := d.recordFirsts(ctx, tc.outs)
+			if err != nil || allWritten != tc.allWritten {
+				t.Fatalf("recordFirsts: allWritten %v, err %v; want %v and no error", allWritten, err, tc.allWritten)
+			}
+			gotA, gotB := w.deliveries(a.ID), w.deliveries(b.ID)
+			if len(gotA) != 1 || gotA[0].Status != StatusPending || len(gotB) != 1 || gotB[0].Status != StatusDelivered {
+				t.Fatalf("deliveries a %+v, b %+v: want a's pending row kept and b's written once", gotA, gotB)
+			}
+			var orphans int
+			if err := w.pool.QueryRow(ctx, "SELECT count(*) FROM channel_deliveries WHERE channel_id = $1", gone.ID).Scan(&orphans); err != nil || orphans != 0 {
+				t.Fatalf("%d rows for the deleted channel (%v)", orphans, err)
 			}
 		})
 	}
