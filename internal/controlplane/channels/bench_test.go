@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane/channels/webhookverify"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
@@ -62,7 +63,7 @@ const benchSandboxes = 100
 // compared with in the same run.
 var benchChannelCounts = []int{1, 10}
 
-func newBenchWorld(b *testing.B, benchChannels int) *benchWorld {
+func newBenchWorld(b *testing.B, benchChannels int, receiver string) *benchWorld {
 	// A pool as large as the dispatcher's concurrency (pgxpool's default
 	// is 4 connections on this 2-core machine); set pool_max_conns in
 	// DATABASE_URL likewise in production.
@@ -75,41 +76,90 @@ func newBenchWorld(b *testing.B, benchChannels int) *benchWorld {
 	u.RawQuery = q.Encode()
 	w := newWorldOn(b, u.String())
 	bw := &benchWorld{world: w, n: benchChannels, arrived: map[string]time.Time{}, count: map[string]int{}}
-	// The receiver checks every signature, as a real one must, and counts
-	// the connections it accepted: the dispatcher should keep a few alive,
-	// not dial per delivery.
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil || !webhookverify.Valid(r.Header.Get("X-Wrenn-Signature"), body, benchSecret, time.Now()) {
-			bw.forged.Add(1)
-			rw.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		id := r.Header.Get("X-Wrenn-Event-Id")
-		now := time.Now()
-		bw.mu.Lock()
-		bw.count[id]++
-		if bw.count[id] == bw.n {
-			bw.arrived[id] = now
-		}
-		bw.mu.Unlock()
-		bw.total.Add(1)
-		rw.WriteHeader(http.StatusNoContent)
-	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			bw.conns.Add(1)
-		}
-	}
-	srv.Start()
-	b.Cleanup(srv.Close)
+	recvURL := bw.serve(b, receiver)
 	for i := range benchChannels {
 		if _, err := w.svc.Create(context.Background(), w.who, CreateInput{Name: fmt.Sprintf("bench-%d", i), Provider: Webhook,
-			Config: Config{"url": srv.URL, "secret": benchSecret}, Events: []string{"sandbox.*"}}); err != nil {
+			Config: Config{"url": recvURL, "secret": benchSecret}, Events: []string{"sandbox.*"}}); err != nil {
 			b.Fatal(err)
 		}
 	}
 	return bw
+}
+
+// benchReceivers are the webhook receivers a run can deliver to, both real
+// HTTP/1.1 servers on loopback that verify every signature. On 2 cores the
+// receiver's CPU is taken from the dispatcher's: net/http's server costs
+// about 40% of the benchmark process, fasthttp's about half of that, so
+// the fasthttp receiver measures more of the dispatcher and less of the
+// fixture (docs/benchmarks.md, "Notification channels").
+var benchReceivers = []string{"fasthttp", "net-http"}
+
+// receive counts a delivery: its signature checked, and the time of the
+// event's last delivery kept.
+func (bw *benchWorld) receive(id, signature string, body []byte) bool {
+	if !webhookverify.Valid(signature, body, benchSecret, time.Now()) {
+		bw.forged.Add(1)
+		return false
+	}
+	now := time.Now()
+	bw.mu.Lock()
+	bw.count[id]++
+	if bw.count[id] == bw.n {
+		bw.arrived[id] = now
+	}
+	bw.mu.Unlock()
+	bw.total.Add(1)
+	return true
+}
+
+// serve starts the receiver and returns its URL. It counts the
+// connections it accepted: the dispatcher should keep a few alive, not
+// dial per delivery.
+func (bw *benchWorld) serve(b *testing.B, receiver string) string {
+	switch receiver {
+	case "net-http":
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(r.Body)
+			if err != nil || !bw.receive(r.Header.Get("X-Wrenn-Event-Id"), r.Header.Get("X-Wrenn-Signature"), body) {
+				rw.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			rw.WriteHeader(http.StatusNoContent)
+		}))
+		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				bw.conns.Add(1)
+			}
+		}
+		srv.Start()
+		b.Cleanup(srv.Close)
+		return srv.URL
+	case "fasthttp":
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := &fasthttp.Server{
+			Handler: func(c *fasthttp.RequestCtx) {
+				h := &c.Request.Header
+				if !bw.receive(string(h.Peek("X-Wrenn-Event-Id")), string(h.Peek("X-Wrenn-Signature")), c.PostBody()) {
+					c.SetStatusCode(http.StatusUnauthorized)
+					return
+				}
+				c.SetStatusCode(http.StatusNoContent)
+			},
+			ConnState: func(_ net.Conn, s fasthttp.ConnState) {
+				if s == fasthttp.StateNew {
+					bw.conns.Add(1)
+				}
+			},
+		}
+		go func() { _ = srv.Serve(ln) }()
+		b.Cleanup(func() { _ = srv.Shutdown() })
+		return "http://" + ln.Addr().String()
+	}
+	b.Fatalf("no receiver %q", receiver)
+	return ""
 }
 
 func (bw *benchWorld) publishAt(ctx context.Context, pipe redis.Pipeliner, n int) []string {
@@ -127,13 +177,15 @@ func (bw *benchWorld) publishAt(ctx context.Context, pipe redis.Pipeliner, n int
 // BenchmarkDeliveryThroughput: events per second delivered to every
 // channel (with 10, each event is 10 signed webhook POSTs).
 func BenchmarkDeliveryThroughput(b *testing.B) {
-	for _, n := range benchChannelCounts {
-		b.Run(fmt.Sprintf("channels=%d", n), func(b *testing.B) { benchThroughput(b, n) })
+	for _, rcv := range benchReceivers {
+		for _, n := range benchChannelCounts {
+			b.Run(fmt.Sprintf("receiver=%s/channels=%d", rcv, n), func(b *testing.B) { benchThroughput(b, n, rcv) })
+		}
 	}
 }
 
-func benchThroughput(b *testing.B, benchChannels int) {
-	bw := newBenchWorld(b, benchChannels)
+func benchThroughput(b *testing.B, benchChannels int, receiver string) {
+	bw := newBenchWorld(b, benchChannels, receiver)
 	bw.start("cp-bench", DispatcherConfig{PollInterval: 200 * time.Millisecond})
 	ctx := context.Background()
 	b.ResetTimer()
@@ -161,13 +213,15 @@ func benchThroughput(b *testing.B, benchChannels int) {
 // BenchmarkDeliveryLatency: events published at 100 a second, the time
 // from XADD to the last of the event's deliveries arriving.
 func BenchmarkDeliveryLatency(b *testing.B) {
-	for _, n := range benchChannelCounts {
-		b.Run(fmt.Sprintf("channels=%d", n), func(b *testing.B) { benchLatency(b, n) })
+	for _, rcv := range benchReceivers {
+		for _, n := range benchChannelCounts {
+			b.Run(fmt.Sprintf("receiver=%s/channels=%d", rcv, n), func(b *testing.B) { benchLatency(b, n, rcv) })
+		}
 	}
 }
 
-func benchLatency(b *testing.B, benchChannels int) {
-	bw := newBenchWorld(b, benchChannels)
+func benchLatency(b *testing.B, benchChannels int, receiver string) {
+	bw := newBenchWorld(b, benchChannels, receiver)
 	bw.start("cp-bench", DispatcherConfig{PollInterval: 200 * time.Millisecond})
 	ctx := context.Background()
 	sent := make(map[string]time.Time, b.N)
