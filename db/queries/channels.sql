@@ -93,6 +93,23 @@ RETURNING *;
 DELETE FROM channel_deliveries d
 WHERE d.id = ANY(sqlc.arg(ids)::text[]) AND NOT EXISTS (SELECT 1 FROM channels c WHERE c.id = d.channel_id);
 
+-- name: DeleteDeliveriesBefore :execrows
+-- Deletes up to batch_size final deliveries created before the cutoff,
+-- found channel by channel at the old end of the channel index (no index
+-- on created_at alone: it would cost every delivery's insert).
+-- The ids are collected first (ARRAY), so the delete is by primary key
+-- rather than a join that could scan the whole table per batch.
+DELETE FROM channel_deliveries WHERE id = ANY(ARRAY(
+    SELECT old.id FROM channels c
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM channel_deliveries d
+        WHERE d.channel_id = c.id AND d.created_at < sqlc.arg(before) AND d.status <> 'pending'
+        ORDER BY d.created_at
+        LIMIT sqlc.arg(batch_size)::int
+    ) AS old
+    LIMIT sqlc.arg(batch_size)::int
+));
+
 -- name: ReleaseDeliveries :exec
 -- Hands taken deliveries back untried (shutting down): due at once.
 UPDATE channel_deliveries SET locked_until = NULL, next_attempt_at = now(), updated_at = now()

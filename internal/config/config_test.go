@@ -31,15 +31,17 @@ func TestLoadControlPlaneChannels(t *testing.T) {
 	env := validCP()
 	c, err := LoadControlPlane(envOf(env))
 	if err != nil || c.Channels.EncryptionKey != nil || c.Channels.AllowPrivate || len(c.Channels.RetryDelays) != 2 ||
-		c.Channels.RetryDelays[0] != 10*time.Second || c.Channels.RetryDelays[1] != 30*time.Second {
+		c.Channels.RetryDelays[0] != 10*time.Second || c.Channels.RetryDelays[1] != 30*time.Second ||
+		c.Channels.DeliveryRetention != 30*24*time.Hour {
 		t.Fatalf("channel defaults: %+v, %v", c.Channels, err)
 	}
 	env["WRENN_ENCRYPTION_KEY"] = strings.Repeat("0f", 32)
 	env["WRENN_CHANNELS_ALLOW_PRIVATE"] = "true"
 	env["WRENN_CHANNELS_RETRY_DELAYS"] = "100ms, 1s, 2s"
+	env["WRENN_CHANNELS_DELIVERY_RETENTION"] = "7d"
 	c, err = LoadControlPlane(envOf(env))
 	if err != nil || len(c.Channels.EncryptionKey) != 32 || c.Channels.EncryptionKey[0] != 0x0f || !c.Channels.AllowPrivate ||
-		len(c.Channels.RetryDelays) != 3 || c.Channels.RetryDelays[0] != 100*time.Millisecond {
+		len(c.Channels.RetryDelays) != 3 || c.Channels.RetryDelays[0] != 100*time.Millisecond || c.Channels.DeliveryRetention != 7*24*time.Hour {
 		t.Fatalf("channel settings: %+v, %v", c.Channels, err)
 	}
 	// A malformed key is never quoted back.
@@ -81,6 +83,7 @@ func TestLoadControlPlaneProblems(t *testing.T) {
 		{"previous key alone", map[string]string{"WRENN_ENCRYPTION_KEY_PREVIOUS": strings.Repeat("ab", 32)}, "WRENN_ENCRYPTION_KEY_PREVIOUS", "without WRENN_ENCRYPTION_KEY"},
 		{"allow private not bool", map[string]string{"WRENN_CHANNELS_ALLOW_PRIVATE": "maybe"}, "WRENN_CHANNELS_ALLOW_PRIVATE", "true or false"},
 		{"retry delays bad", map[string]string{"WRENN_CHANNELS_RETRY_DELAYS": "10s,later"}, "WRENN_CHANNELS_RETRY_DELAYS", "durations"},
+		{"delivery retention too short", map[string]string{"WRENN_CHANNELS_DELIVERY_RETENTION": "10m"}, "WRENN_CHANNELS_DELIVERY_RETENTION", "1h"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,6 +94,8 @@ type Channels struct {
 	PerChannelConcurrency int
 	// TestRateLimit is the number of test sends per team per minute.
 	TestRateLimit int
+	// DeliveryRetention is how long final deliveries are kept.
+	DeliveryRetention time.Duration
 }
 
 // Builds configures template builds.
@@ -209,6 +211,7 @@ func LoadControlPlane(get Getenv) (ControlPlane, error) {
 		SendTimeout:           r.duration("WRENN_CHANNELS_SEND_TIMEOUT", 10*time.Second, 100*time.Millisecond),
 		PerChannelConcurrency: r.integer("WRENN_CHANNELS_PER_CHANNEL_CONCURRENCY", 4, 1, 1000),
 		TestRateLimit:         r.integer("WRENN_CHANNELS_TEST_RATE_LIMIT", 10, 1, 100000),
+		DeliveryRetention:     r.duration("WRENN_CHANNELS_DELIVERY_RETENTION", 30*24*time.Hour, time.Hour),
 	}
 	if c.Channels.PreviousKey != nil && r.str("WRENN_ENCRYPTION_KEY", "") == "" {
 		r.fail("WRENN_ENCRYPTION_KEY_PREVIOUS", "is set without WRENN_ENCRYPTION_KEY (the previous key only opens configs; set the current one too)")

@@ -153,6 +153,37 @@ func (q *Queries) DeleteChannel(ctx context.Context, arg DeleteChannelParams) (C
 	return i, err
 }
 
+const deleteDeliveriesBefore = `-- name: DeleteDeliveriesBefore :execrows
+DELETE FROM channel_deliveries WHERE id = ANY(ARRAY(
+    SELECT old.id FROM channels c
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM channel_deliveries d
+        WHERE d.channel_id = c.id AND d.created_at < $1 AND d.status <> 'pending'
+        ORDER BY d.created_at
+        LIMIT $2::int
+    ) AS old
+    LIMIT $2::int
+))
+`
+
+type DeleteDeliveriesBeforeParams struct {
+	Before    time.Time `json:"before"`
+	BatchSize int32     `json:"batch_size"`
+}
+
+// Deletes up to batch_size final deliveries created before the cutoff,
+// found channel by channel at the old end of the channel index (no index
+// on created_at alone: it would cost every delivery's insert).
+// The ids are collected first (ARRAY), so the delete is by primary key
+// rather than a join that could scan the whole table per batch.
+func (q *Queries) DeleteDeliveriesBefore(ctx context.Context, arg DeleteDeliveriesBeforeParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteDeliveriesBefore, arg.Before, arg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const deleteOrphanDeliveries = `-- name: DeleteOrphanDeliveries :exec
 DELETE FROM channel_deliveries d
 WHERE d.id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM channels c WHERE c.id = d.channel_id)

@@ -264,7 +264,7 @@ func (c *Core) buildChannels(cfg config.ControlPlane, pool *pgxpool.Pool, rdb *r
 		return nil
 	}
 	c.Dispatcher, err = channels.NewDispatcher(channels.DispatcherConfig{Consumer: c.Replica, RetryDelays: cc.RetryDelays,
-		SendTimeout: cc.SendTimeout, PerChannel: cc.PerChannelConcurrency}, c.Channels, rdb, logger)
+		SendTimeout: cc.SendTimeout, PerChannel: cc.PerChannelConcurrency, Retention: cc.DeliveryRetention}, c.Channels, rdb, logger)
 	if err != nil {
 		return fmt.Errorf("build channel dispatcher: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/events"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/service"
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/retention"
 )
 
 // ConsumerGroup is the channels' consumer group on events.StreamKey.
@@ -49,6 +50,12 @@ type DispatcherConfig struct {
 	PollInterval time.Duration
 	// Batch is the most entries read or deliveries claimed at once (default 100).
 	Batch int
+	// Retention is how long final deliveries are kept (default 30 days);
+	// every PruneEvery (default 5 minutes) older ones are deleted, at most
+	// PruneBatch (default 5000) per statement.
+	Retention  time.Duration
+	PruneEvery time.Duration
+	PruneBatch int32
 }
 
 func (c *DispatcherConfig) defaults() {
@@ -72,6 +79,15 @@ func (c *DispatcherConfig) defaults() {
 	}
 	if c.Batch <= 0 {
 		c.Batch = 100
+	}
+	if c.Retention <= 0 {
+		c.Retention = 30 * 24 * time.Hour
+	}
+	if c.PruneEvery <= 0 {
+		c.PruneEvery = 5 * time.Minute
+	}
+	if c.PruneBatch <= 0 {
+		c.PruneBatch = 5000
 	}
 }
 
@@ -222,7 +238,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	recorded := make(chan struct{})
 	go func() { defer close(recorded); d.recordLoop() }()
 	var loops sync.WaitGroup
-	for _, loop := range []func(context.Context){d.readLoop, d.pollLoop, d.claimLoop} {
+	for _, loop := range []func(context.Context){d.readLoop, d.pollLoop, d.claimLoop, d.pruneLoop} {
 		loops.Add(1)
 		go func() { defer loops.Done(); loop(ctx) }()
 	}
@@ -230,6 +246,38 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	d.wg.Wait()
 	close(d.outcomes)
 	<-recorded
+}
+
+// Prune deletes the final deliveries created before now minus the
+// retention, a batch per statement so no statement holds many row locks;
+// it returns how many went. Every replica prunes: two deleting the same
+// rows at once only wait for each other.
+func (d *Dispatcher) Prune(ctx context.Context, now time.Time) (int64, error) {
+	before := now.Add(-d.cfg.Retention)
+	n, err := retention.Batches(ctx, d.cfg.PruneBatch, func(ctx context.Context, batch int32) (int64, error) {
+		return d.q.DeleteDeliveriesBefore(ctx, db.DeleteDeliveriesBeforeParams{Before: before, BatchSize: batch})
+	})
+	if err != nil {
+		return n, fmt.Errorf("delete deliveries made before %s: %w", before.Format(time.RFC3339), err)
+	}
+	return n, nil
+}
+
+func (d *Dispatcher) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.PruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, err := d.Prune(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			d.log.Warn("prune channel deliveries", "deleted", n, "err", err)
+		} else if n > 0 {
+			d.log.Info("pruned channel deliveries", "deleted", n, "retention", d.cfg.Retention)
+		}
+	}
 }
 
 func (d *Dispatcher) ensureGroup(ctx context.Context) error {

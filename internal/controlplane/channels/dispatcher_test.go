@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -796,6 +797,68 @@ func TestFirstAttemptsAlreadyRecorded(t *testing.T) {
 			var orphans int
 			if err := w.pool.QueryRow(ctx, "SELECT count(*) FROM channel_deliveries WHERE channel_id = $1", gone.ID).Scan(&orphans); err != nil || orphans != 0 {
 				t.Fatalf("%d rows for the deleted channel (%v)", orphans, err)
+			}
+		})
+	}
+}
+
+// Final deliveries older than the retention go, in batches, from every
+// channel; a pending one (its retry still due) and a recent one stay.
+func TestPruneDeliveries(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	a := w.webhook(w.who, "a", "http://127.0.0.1:1/a", "*")
+	b := w.webhook(w.who, "b", "http://127.0.0.1:1/b", "*")
+	d, err := NewDispatcher(DispatcherConfig{Consumer: "cp-a", Retention: 30 * 24 * time.Hour, PruneBatch: 2}, w.svc, w.rdb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old []string // event ids whose rows are made 40 days old
+	record := func(ch Channel, status string, aged bool) string {
+		t.Helper()
+		ev := events.Event{ID: ids.New("evt-"), Type: "sandbox.created", OccurredAt: time.Now().UTC(), TeamID: w.team}
+		raw, _ := json.Marshal(ev)
+		f := &flight{ev: &ev, payload: string(raw), streamIDs: []string{"1-0"}, remaining: 1}
+		it := queued{flight: f, eventID: ev.ID, eventType: ev.Type, channelID: ch.ID, streamID: "1-0", ev: &ev}
+		if _, err := d.recordFirsts(ctx, []outcome{{item: it, status: status, attempts: 1, retryIn: time.Hour}}); err != nil {
+			t.Fatal(err)
+		}
+		if aged {
+			old = append(old, ev.ID)
+		}
+		return ev.ID
+	}
+	for range 3 {
+		record(a, StatusDelivered, true)
+	}
+	record(a, StatusFailed, true)
+	keptPending := record(a, StatusPending, true)
+	keptRecent := record(a, StatusDelivered, false)
+	record(b, StatusDelivered, true)
+	record(b, StatusFailed, true)
+	if _, err := w.pool.Exec(ctx, "UPDATE channel_deliveries SET created_at = now() - interval '40 days' WHERE event_id = ANY($1)", old); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		want int64
+	}{{"first", 6}, {"again", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := d.Prune(ctx, time.Now())
+			if err != nil || n != tc.want {
+				t.Fatalf("pruned %d (%v), want %d", n, err, tc.want)
+			}
+			var left []string
+			for _, ch := range []Channel{a, b} {
+				for _, dl := range w.deliveries(ch.ID) {
+					left = append(left, dl.EventID)
+				}
+			}
+			slices.Sort(left)
+			want := []string{keptPending, keptRecent}
+			slices.Sort(want)
+			if !slices.Equal(left, want) {
+				t.Fatalf("deliveries left %v, want the pending and the recent one %v", left, want)
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/db"
+	"github.com/wrenn-dev/wrenn/internal/retention"
 )
 
 // SampleInterval is the sampler's tick and the finest resolution of the
@@ -86,24 +87,19 @@ func (s *Sampler) Prune(ctx context.Context, now time.Time) (int64, error) {
 	var total int64
 	for _, del := range []struct {
 		what string
-		run  func() (int64, error)
+		run  func(ctx context.Context, batch int32) (int64, error)
 	}{
-		{"team snapshots", func() (int64, error) {
-			return s.q.DeleteSnapshotsBefore(ctx, db.DeleteSnapshotsBeforeParams{Before: before, BatchSize: s.cfg.PruneBatch})
+		{"team snapshots", func(ctx context.Context, batch int32) (int64, error) {
+			return s.q.DeleteSnapshotsBefore(ctx, db.DeleteSnapshotsBeforeParams{Before: before, BatchSize: batch})
 		}},
-		{"sandbox samples", func() (int64, error) {
-			return s.q.DeleteSandboxSamplesBefore(ctx, db.DeleteSandboxSamplesBeforeParams{Before: before, BatchSize: s.cfg.PruneBatch})
+		{"sandbox samples", func(ctx context.Context, batch int32) (int64, error) {
+			return s.q.DeleteSandboxSamplesBefore(ctx, db.DeleteSandboxSamplesBeforeParams{Before: before, BatchSize: batch})
 		}},
 	} {
-		for {
-			n, err := del.run()
-			total += n
-			if err != nil {
-				return total, fmt.Errorf("delete %s before %s: %w", del.what, before.Format(time.RFC3339), err)
-			}
-			if n < int64(s.cfg.PruneBatch) {
-				break
-			}
+		n, err := retention.Batches(ctx, s.cfg.PruneBatch, del.run)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("delete %s before %s: %w", del.what, before.Format(time.RFC3339), err)
 		}
 	}
 	return total, nil
