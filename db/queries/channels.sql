@@ -44,7 +44,7 @@ WHERE team_id = $1 AND enabled;
 -- name: ChannelForDelivery :one
 SELECT * FROM channels WHERE id = $1;
 
--- name: RecordFirstAttempts :execrows
+-- name: RecordFirstAttempts :exec
 -- Writes deliveries with their first attempt's outcome: the event arrays
 -- have one element per event, the others one per delivery, event_of
 -- indexing the events. Pending with next_attempt_at for a retry

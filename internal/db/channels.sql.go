@@ -483,7 +483,7 @@ func (q *Queries) MatchingChannels(ctx context.Context, teamID string) ([]Matchi
 	return items, nil
 }
 
-const recordFirstAttempts = `-- name: RecordFirstAttempts :execrows
+const recordFirstAttempts = `-- name: RecordFirstAttempts :exec
 INSERT INTO channel_deliveries (event_id, event_type, channel_id, payload, stream_id, status, attempts, next_attempt_at,
                                 last_status_code, last_error)
 SELECT ($1::text[])[u.e], ($2::text[])[u.e], u.channel_id,
@@ -522,8 +522,8 @@ type RecordFirstAttemptsParams struct {
 // A channel deleted since the dispatcher looked it up gets no row (there
 // is no foreign key to refuse one): the batch's channels are looked up
 // once per statement, not probed per row.
-func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) (int64, error) {
-	result, err := q.db.Exec(ctx, recordFirstAttempts,
+func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemptsParams) error {
+	_, err := q.db.Exec(ctx, recordFirstAttempts,
 		arg.EventIds,
 		arg.EventTypes,
 		arg.Payloads,
@@ -536,10 +536,7 @@ func (q *Queries) RecordFirstAttempts(ctx context.Context, arg RecordFirstAttemp
 		arg.Codes,
 		arg.Errors,
 	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	return err
 }
 
 const releaseDeliveries = `-- name: ReleaseDeliveries :exec

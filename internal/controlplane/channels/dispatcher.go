@@ -892,7 +892,7 @@ func (d *Dispatcher) record(batch []outcome) {
 func (d *Dispatcher) recordFirsts(ctx context.Context, firsts []outcome) (allWritten bool, err error) {
 	allWritten = true
 	for try := 0; len(firsts) > 0; try++ {
-		_, err = d.q.RecordFirstAttempts(ctx, firstAttempts(firsts))
+		err = d.q.RecordFirstAttempts(ctx, firstAttempts(firsts))
 		if !service.IsUniqueViolation(err) || try == 2 {
 			break
 		}
